@@ -12,7 +12,9 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use crate::deflate::{self, DeflateParams, InflateError};
-use crate::frame::{CloseCode, MAX_CONTROL_PAYLOAD, MessageKind, OpCode, apply_mask, encode_close, encode_control};
+use crate::frame::{
+    CloseCode, MAX_CONTROL_PAYLOAD, MessageKind, OpCode, apply_mask, encode_close, encode_control,
+};
 
 /// Receive limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +27,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_frame_size: 64 * 1024, max_message_size: 64 * 1024 }
+        Config {
+            max_frame_size: 64 * 1024,
+            max_message_size: 64 * 1024,
+        }
     }
 }
 
@@ -97,9 +102,9 @@ impl ProtocolError {
     /// bad payload data, 1002 for everything else.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCloseReason | ProtocolError::InvalidDeflate => {
-                CloseCode::INVALID_PAYLOAD
-            }
+            ProtocolError::InvalidUtf8
+            | ProtocolError::InvalidCloseReason
+            | ProtocolError::InvalidDeflate => CloseCode::INVALID_PAYLOAD,
             ProtocolError::FrameTooBig | ProtocolError::MessageTooBig => CloseCode::TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
@@ -169,7 +174,11 @@ impl Connection {
     /// is ignored; a close is validated, its echo queued, and the connection
     /// is closed: later bytes are ignored. After an error the connection is
     /// failed and later bytes are ignored too; send [`Connection::fail`].
-    pub fn receive(&mut self, data: &[u8], on_message: &mut dyn FnMut(Message)) -> Result<(), ProtocolError> {
+    pub fn receive(
+        &mut self,
+        data: &[u8],
+        on_message: &mut dyn FnMut(Message),
+    ) -> Result<(), ProtocolError> {
         if self.flags & (CLOSE_RECEIVED | FAILED) != 0 {
             return Ok(());
         }
@@ -234,7 +243,11 @@ impl Connection {
         self.kind = None;
     }
 
-    fn receive_inner(&mut self, mut data: &[u8], on_message: &mut dyn FnMut(Message)) -> Result<(), ProtocolError> {
+    fn receive_inner(
+        &mut self,
+        mut data: &[u8],
+        on_message: &mut dyn FnMut(Message),
+    ) -> Result<(), ProtocolError> {
         while !data.is_empty() && self.flags & CLOSE_RECEIVED == 0 {
             if self.flags & IN_PAYLOAD == 0 {
                 let used = self.read_header(data)?;
@@ -284,7 +297,10 @@ impl Connection {
         let h = &self.hdr;
         let (len, at) = match h[1] & 0x7f {
             126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
-            127 => (u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]), 10),
+            127 => (
+                u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                10,
+            ),
             n => (u64::from(n), 2),
         };
         if len >> 63 != 0 {
@@ -303,7 +319,11 @@ impl Connection {
             }
             match self.op {
                 OpCode::Text | OpCode::Binary => {
-                    self.kind = Some(if self.op == OpCode::Text { MessageKind::Text } else { MessageKind::Binary });
+                    self.kind = Some(if self.op == OpCode::Text {
+                        MessageKind::Text
+                    } else {
+                        MessageKind::Binary
+                    });
                     self.utf8_tail = 0;
                     if b0 & 0x40 != 0 {
                         self.flags |= COMPRESSED;
@@ -356,7 +376,11 @@ impl Connection {
     }
 
     /// Handles `chunk.len() <= remaining` payload bytes of the current frame.
-    fn payload(&mut self, chunk: &[u8], on_message: &mut dyn FnMut(Message)) -> Result<(), ProtocolError> {
+    fn payload(
+        &mut self,
+        chunk: &[u8],
+        on_message: &mut dyn FnMut(Message),
+    ) -> Result<(), ProtocolError> {
         let last = chunk.len() as u64 == self.remaining;
         let whole = last && self.mask_phase == 0 && self.ctrl.is_empty();
         self.remaining -= chunk.len() as u64;
@@ -370,7 +394,8 @@ impl Connection {
                 return self.end_of_frame(p, on_message);
             }
             if self.ctrl.capacity() == 0 {
-                self.ctrl.reserve_exact(chunk.len() + self.remaining as usize);
+                self.ctrl
+                    .reserve_exact(chunk.len() + self.remaining as usize);
             }
             self.ctrl.extend_from_slice(chunk);
             self.mask_phase = ((usize::from(self.mask_phase) + chunk.len()) % 4) as u8;
@@ -401,11 +426,17 @@ impl Connection {
         if start == 0 && self.msg.capacity() == 0 {
             // Size small frames exactly; larger ones grow as bytes really arrive
             // so a peer announcing a big frame cannot make us reserve it.
-            let announced = usize::try_from(self.remaining).unwrap_or(usize::MAX).saturating_add(chunk.len());
+            let announced = usize::try_from(self.remaining)
+                .unwrap_or(usize::MAX)
+                .saturating_add(chunk.len());
             self.msg.reserve_exact(announced.min(4096).max(chunk.len()));
         }
         self.msg.extend_from_slice(chunk);
-        apply_mask(&mut self.msg[start..], self.mask, usize::from(self.mask_phase));
+        apply_mask(
+            &mut self.msg[start..],
+            self.mask,
+            usize::from(self.mask_phase),
+        );
         self.mask_phase = ((usize::from(self.mask_phase) + chunk.len()) % 4) as u8;
         if self.kind == Some(MessageKind::Text) && self.flags & COMPRESSED == 0 {
             // Validate as bytes arrive so invalid text fails before the frame ends.
@@ -425,12 +456,17 @@ impl Connection {
     }
 
     /// The current frame's payload is complete (`control` holds it for control frames).
-    fn end_of_frame(&mut self, control: &[u8], on_message: &mut dyn FnMut(Message)) -> Result<(), ProtocolError> {
+    fn end_of_frame(
+        &mut self,
+        control: &[u8],
+        on_message: &mut dyn FnMut(Message),
+    ) -> Result<(), ProtocolError> {
         self.flags &= !IN_PAYLOAD;
         match self.op {
             OpCode::Ping => {
                 if self.flags & CLOSE_SENT == 0 {
-                    self.outbound.push_back(encode_control(OpCode::Pong, control));
+                    self.outbound
+                        .push_back(encode_control(OpCode::Pong, control));
                 }
                 Ok(())
             }
@@ -470,7 +506,12 @@ impl Connection {
         Ok(())
     }
 
-    fn deliver(&mut self, kind: Option<MessageKind>, payload: Bytes, on_message: &mut dyn FnMut(Message)) {
+    fn deliver(
+        &mut self,
+        kind: Option<MessageKind>,
+        payload: Bytes,
+        on_message: &mut dyn FnMut(Message),
+    ) {
         if self.flags & CLOSE_SENT != 0 {
             return; // closing: data is no longer delivered
         }

@@ -30,12 +30,20 @@ fn outbound(c: &mut Connection) -> Vec<Bytes> {
 fn parse_server(frame: &[u8]) -> (bool, bool, u8, Vec<u8>) {
     let (len, at) = match frame[1] & 0x7f {
         126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
-        127 => (u64::from_be_bytes(frame[2..10].try_into().expect("8 bytes")) as usize, 10),
+        127 => (
+            u64::from_be_bytes(frame[2..10].try_into().expect("8 bytes")) as usize,
+            10,
+        ),
         n => (n as usize, 2),
     };
     assert_eq!(frame[1] & 0x80, 0, "server frames are unmasked");
     assert_eq!(frame.len(), at + len, "exactly one frame");
-    (frame[0] & 0x80 != 0, frame[0] & 0x40 != 0, frame[0] & 0x0f, frame[at..].to_vec())
+    (
+        frame[0] & 0x80 != 0,
+        frame[0] & 0x40 != 0,
+        frame[0] & 0x0f,
+        frame[at..].to_vec(),
+    )
 }
 
 fn expect_err(c: &mut Connection, data: &[u8], err: ProtocolError, code: u16) {
@@ -83,7 +91,13 @@ fn protocol_errors_1002() {
     let ping = encode_client_frame(OpCode::Ping, true, true, b"", MASK);
     expect_err(&mut dconn(), &ping, CompressedControlOrContinuation, 1002);
     let mut data = cf(OpCode::Text, false, b"a");
-    data.extend(encode_client_frame(OpCode::Continuation, true, true, b"b", MASK));
+    data.extend(encode_client_frame(
+        OpCode::Continuation,
+        true,
+        true,
+        b"b",
+        MASK,
+    ));
     expect_err(&mut dconn(), &data, CompressedControlOrContinuation, 1002);
 
     for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
@@ -92,15 +106,42 @@ fn protocol_errors_1002() {
         expect_err(&mut conn(), &f, ReservedOpcode(op), 1002);
     }
 
-    expect_err(&mut conn(), &cf(OpCode::Ping, true, &[0u8; 126]), ControlFrameTooLong, 1002);
-    expect_err(&mut conn(), &cf(OpCode::Ping, false, b"x"), FragmentedControlFrame, 1002);
-    expect_err(&mut conn(), &cf(OpCode::Continuation, true, b"x"), UnexpectedContinuation, 1002);
+    expect_err(
+        &mut conn(),
+        &cf(OpCode::Ping, true, &[0u8; 126]),
+        ControlFrameTooLong,
+        1002,
+    );
+    expect_err(
+        &mut conn(),
+        &cf(OpCode::Ping, false, b"x"),
+        FragmentedControlFrame,
+        1002,
+    );
+    expect_err(
+        &mut conn(),
+        &cf(OpCode::Continuation, true, b"x"),
+        UnexpectedContinuation,
+        1002,
+    );
     let mut two = cf(OpCode::Text, false, b"a");
     two.extend(cf(OpCode::Text, true, b"b"));
     expect_err(&mut conn(), &two, ExpectedContinuation, 1002);
-    expect_err(&mut conn(), &cf(OpCode::Close, true, &[3]), CloseTooShort, 1002);
-    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
-        expect_err(&mut conn(), &cf(OpCode::Close, true, &code.to_be_bytes()), InvalidCloseCode(code), 1002);
+    expect_err(
+        &mut conn(),
+        &cf(OpCode::Close, true, &[3]),
+        CloseTooShort,
+        1002,
+    );
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+    ] {
+        expect_err(
+            &mut conn(),
+            &cf(OpCode::Close, true, &code.to_be_bytes()),
+            InvalidCloseCode(code),
+            1002,
+        );
     }
     let mut huge = vec![0x82, 0xff];
     huge.extend(u64::MAX.to_be_bytes());
@@ -111,10 +152,20 @@ fn protocol_errors_1002() {
 #[test]
 fn payload_errors_1007() {
     use ProtocolError::*;
-    expect_err(&mut conn(), &cf(OpCode::Text, true, b"ab\xff"), InvalidUtf8, 1007);
+    expect_err(
+        &mut conn(),
+        &cf(OpCode::Text, true, b"ab\xff"),
+        InvalidUtf8,
+        1007,
+    );
     let mut reason = 1000u16.to_be_bytes().to_vec();
     reason.extend(b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80");
-    expect_err(&mut conn(), &cf(OpCode::Close, true, &reason), InvalidCloseReason, 1007);
+    expect_err(
+        &mut conn(),
+        &cf(OpCode::Close, true, &reason),
+        InvalidCloseReason,
+        1007,
+    );
     // Truncated UTF-8 at the end of the message.
     let mut f = cf(OpCode::Text, false, b"a\xe2");
     f.extend(cf(OpCode::Continuation, true, b"\x82"));
@@ -131,7 +182,10 @@ fn payload_errors_1007() {
 #[test]
 fn size_errors_1009_before_buffering() {
     use ProtocolError::*;
-    let small = Config { max_frame_size: 100, max_message_size: 150 };
+    let small = Config {
+        max_frame_size: 100,
+        max_message_size: 150,
+    };
     // Only the header of a 2^40-byte frame is sent: refused at once.
     let mut hdr = vec![0x82, 0xff];
     hdr.extend((1u64 << 40).to_be_bytes());
@@ -140,7 +194,12 @@ fn size_errors_1009_before_buffering() {
     expect_err(&mut c, &hdr, FrameTooBig, 1009);
     // Frame limit.
     let mut c = Connection::new(small, None);
-    expect_err(&mut c, &cf(OpCode::Binary, true, &[0; 101])[..8], FrameTooBig, 1009);
+    expect_err(
+        &mut c,
+        &cf(OpCode::Binary, true, &[0; 101])[..8],
+        FrameTooBig,
+        1009,
+    );
     // Message limit across fragments.
     let mut c = Connection::new(small, None);
     let mut f = cf(OpCode::Binary, false, &[0; 100]);
@@ -150,7 +209,10 @@ fn size_errors_1009_before_buffering() {
     let mut c = Connection::new(small, None);
     let mut f = cf(OpCode::Binary, false, &[0; 100]);
     f.extend(cf(OpCode::Continuation, true, &[0; 50]));
-    assert_eq!(feed(&mut c, &f), (vec![Message::Binary(Bytes::from(vec![0; 150]))], Ok(())));
+    assert_eq!(
+        feed(&mut c, &f),
+        (vec![Message::Binary(Bytes::from(vec![0; 150]))], Ok(()))
+    );
 }
 
 #[test]
@@ -163,11 +225,19 @@ fn zip_bomb_is_1009() {
 
 #[test]
 fn utf8_fails_fast_inside_a_frame() {
-    let f = cf(OpCode::Text, true, "κόσμε\u{10ffff} then more text".as_bytes());
+    let f = cf(
+        OpCode::Text,
+        true,
+        "κόσμε\u{10ffff} then more text".as_bytes(),
+    );
     let mut c = conn();
     // Valid prefix split inside a multi-byte character: fine so far.
     assert_eq!(feed(&mut c, &f[..6 + 3]), (vec![], Ok(())));
-    let mut bad = cf(OpCode::Text, true, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80hello");
+    let mut bad = cf(
+        OpCode::Text,
+        true,
+        b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80hello",
+    );
     let mut c = conn();
     // Header + 11 valid bytes + the first byte of a bad sequence: not yet decidable.
     assert_eq!(feed(&mut c, &bad[..6 + 12]), (vec![], Ok(())));
@@ -193,13 +263,18 @@ fn fragmented_with_interleaved_ping() {
     assert_eq!(parse_server(&out[0]), (true, false, 0xA, b"ping!".to_vec()));
     assert!(!c.is_closed());
     // Idle again: nothing allocated.
-    assert_eq!((c.msg.capacity(), c.ctrl.capacity(), c.outbound.capacity()), (0, 0, 0));
+    assert_eq!(
+        (c.msg.capacity(), c.ctrl.capacity(), c.outbound.capacity()),
+        (0, 0, 0)
+    );
 }
 
 #[test]
 fn every_ping_gets_a_pong() {
     let mut c = conn();
-    let data: Vec<u8> = (0..10u8).flat_map(|i| cf(OpCode::Ping, true, &[i])).collect();
+    let data: Vec<u8> = (0..10u8)
+        .flat_map(|i| cf(OpCode::Ping, true, &[i]))
+        .collect();
     feed(&mut c, &data).1.expect("ok");
     let out = outbound(&mut c);
     assert_eq!(out.len(), 10);
@@ -222,14 +297,22 @@ fn client_initiated_close() {
     assert!(c.close_sent());
     let out = outbound(&mut c);
     assert_eq!(out.len(), 1);
-    assert_eq!(parse_server(&out[0]), (true, false, 0x8, 1000u16.to_be_bytes().to_vec()));
+    assert_eq!(
+        parse_server(&out[0]),
+        (true, false, 0x8, 1000u16.to_be_bytes().to_vec())
+    );
     // Close without a code is echoed empty; custom codes are echoed.
     let mut c = conn();
     feed(&mut c, &cf(OpCode::Close, true, b"")).1.expect("ok");
     assert_eq!(parse_server(&outbound(&mut c)[0]).3, Vec::<u8>::new());
     let mut c = conn();
-    feed(&mut c, &cf(OpCode::Close, true, &4321u16.to_be_bytes())).1.expect("ok");
-    assert_eq!(parse_server(&outbound(&mut c)[0]).3, 4321u16.to_be_bytes().to_vec());
+    feed(&mut c, &cf(OpCode::Close, true, &4321u16.to_be_bytes()))
+        .1
+        .expect("ok");
+    assert_eq!(
+        parse_server(&outbound(&mut c)[0]).3,
+        4321u16.to_be_bytes().to_vec()
+    );
 }
 
 #[test]
@@ -241,7 +324,10 @@ fn server_initiated_close() {
     assert_eq!(&payload[..2], &1001u16.to_be_bytes());
     assert_eq!(&payload[2..], b"restart");
     assert!(c.close_sent() && !c.is_closed());
-    assert!(c.close(CloseCode::NORMAL, "").is_empty(), "only one close frame");
+    assert!(
+        c.close(CloseCode::NORMAL, "").is_empty(),
+        "only one close frame"
+    );
     // Data and pings in flight are dropped; the peer's close completes the handshake.
     let mut data = cf(OpCode::Text, true, b"late");
     data.extend(cf(OpCode::Ping, true, b""));
@@ -267,7 +353,13 @@ fn deflate_round_trip() {
     let mut data = encode_client_frame(OpCode::Text, false, true, a, MASK);
     data.extend(cf(OpCode::Ping, true, b"mid"));
     data.extend(cf(OpCode::Continuation, true, b));
-    data.extend(encode_client_frame(OpCode::Binary, true, true, &compressed, MASK));
+    data.extend(encode_client_frame(
+        OpCode::Binary,
+        true,
+        true,
+        &compressed,
+        MASK,
+    ));
     data.extend(cf(OpCode::Binary, true, b"plain"));
     let mut c = dconn();
     let (msgs, r) = feed(&mut c, &data);
@@ -281,17 +373,41 @@ fn deflate_round_trip() {
         ]
     );
     // Incompressible or tiny payloads go out uncompressed; window 8 never compresses.
-    let (_, rsv1, _, p) = parse_server(&crate::encode_message(MessageKind::Binary, b"hi", Some(&params)));
+    let (_, rsv1, _, p) = parse_server(&crate::encode_message(
+        MessageKind::Binary,
+        b"hi",
+        Some(&params),
+    ));
     assert!(!rsv1);
     assert_eq!(p, b"hi");
-    let eight = DeflateParams { server_max_window_bits: 8, client_max_window_bits: 15 };
-    assert!(!parse_server(&crate::encode_message(MessageKind::Text, text.as_bytes(), Some(&eight))).1);
+    let eight = DeflateParams {
+        server_max_window_bits: 8,
+        client_max_window_bits: 15,
+    };
+    assert!(
+        !parse_server(&crate::encode_message(
+            MessageKind::Text,
+            text.as_bytes(),
+            Some(&eight)
+        ))
+        .1
+    );
     for bits in 9..=15 {
-        let p = DeflateParams { server_max_window_bits: bits, client_max_window_bits: 15 };
-        let (_, rsv1, _, body) = parse_server(&crate::encode_message(MessageKind::Text, text.as_bytes(), Some(&p)));
+        let p = DeflateParams {
+            server_max_window_bits: bits,
+            client_max_window_bits: 15,
+        };
+        let (_, rsv1, _, body) = parse_server(&crate::encode_message(
+            MessageKind::Text,
+            text.as_bytes(),
+            Some(&p),
+        ));
         assert!(rsv1);
         let mut c = dconn();
-        let (msgs, r) = feed(&mut c, &encode_client_frame(OpCode::Text, true, true, &body, MASK));
+        let (msgs, r) = feed(
+            &mut c,
+            &encode_client_frame(OpCode::Text, true, true, &body, MASK),
+        );
         r.expect("ok");
         assert_eq!(msgs, vec![Message::Text(Bytes::from(text.clone()))]);
     }
@@ -329,7 +445,10 @@ fn mixed_stream() -> (Vec<u8>, Vec<Message>, usize) {
 }
 
 fn big_config() -> Config {
-    Config { max_frame_size: 1 << 20, max_message_size: 1 << 20 }
+    Config {
+        max_frame_size: 1 << 20,
+        max_message_size: 1 << 20,
+    }
 }
 
 #[test]
@@ -354,7 +473,8 @@ fn one_byte_at_a_time() {
     let mut c = Connection::new(big_config(), Some(DeflateParams::default()));
     let mut msgs = Vec::new();
     for b in &data {
-        c.receive(std::slice::from_ref(b), &mut |m| msgs.push(m)).expect("ok");
+        c.receive(std::slice::from_ref(b), &mut |m| msgs.push(m))
+            .expect("ok");
     }
     assert_eq!(msgs, expected);
     assert_eq!(outbound(&mut c).len(), pongs);

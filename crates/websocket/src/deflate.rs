@@ -30,7 +30,10 @@ pub struct DeflateParams {
 
 impl Default for DeflateParams {
     fn default() -> Self {
-        DeflateParams { server_max_window_bits: 15, client_max_window_bits: 15 }
+        DeflateParams {
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        }
     }
 }
 
@@ -40,7 +43,9 @@ impl DeflateParams {
     /// default (RFC 7692 section 7.1.2.1 lets a server include it either way);
     /// `client_max_window_bits` is never sent because we accept any client window.
     pub fn response_header_value(&self) -> String {
-        let mut v = String::from("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+        let mut v = String::from(
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        );
         if self.server_max_window_bits < 15 {
             v.push_str("; server_max_window_bits=");
             v.push_str(&self.server_max_window_bits.to_string());
@@ -108,7 +113,9 @@ fn compress_into(c: &mut Compress, input: &[u8], out: &mut Vec<u8>) -> bool {
             out.reserve(out.capacity().max(256));
         }
         let before = c.total_in();
-        if c.compress_vec(&input[consumed..], out, FlushCompress::Sync).is_err() {
+        if c.compress_vec(&input[consumed..], out, FlushCompress::Sync)
+            .is_err()
+        {
             return false;
         }
         consumed += (c.total_in() - before) as usize;
@@ -143,7 +150,9 @@ pub(crate) fn compress_frame(op: OpCode, payload: &[u8], params: &DeflateParams)
     const ROOM: usize = 10;
     let mut out = Vec::with_capacity(ROOM + payload.len() / 2 + 64);
     out.resize(ROOM, 0);
-    if !with_compressor(params.server_max_window_bits, |c| compress_into(c, payload, &mut out)) {
+    if !with_compressor(params.server_max_window_bits, |c| {
+        compress_into(c, payload, &mut out)
+    }) {
         return None;
     }
     let len = out.len() - ROOM;
@@ -174,7 +183,13 @@ pub(crate) fn inflate_message(input: &[u8], limit: usize) -> Result<Vec<u8>, Inf
 fn inflate_with(d: &mut Decompress, input: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
     let cap_limit = limit.saturating_add(1);
     let mut out: Vec<u8> = Vec::new();
-    out.reserve_exact(input.len().saturating_mul(4).clamp(256, 64 * 1024).min(cap_limit));
+    out.reserve_exact(
+        input
+            .len()
+            .saturating_mul(4)
+            .clamp(256, 64 * 1024)
+            .min(cap_limit),
+    );
     for part in [input, &TRAILER[..]] {
         let mut pos = 0usize;
         loop {
@@ -216,7 +231,12 @@ mod tests {
 
     #[test]
     fn round_trip_all_windows() {
-        let input: Vec<u8> = b"hello hello hello websocket ".iter().copied().cycle().take(50_000).collect();
+        let input: Vec<u8> = b"hello hello hello websocket "
+            .iter()
+            .copied()
+            .cycle()
+            .take(50_000)
+            .collect();
         for bits in 9..=15 {
             let c = compress_message(&input, bits).expect("compress");
             assert!(c.len() < input.len() / 10);
@@ -250,7 +270,10 @@ mod tests {
 
     #[test]
     fn garbage_is_corrupt() {
-        assert_eq!(inflate_message(&[0xff; 32], 1000), Err(InflateError::Corrupt));
+        assert_eq!(
+            inflate_message(&[0xff; 32], 1000),
+            Err(InflateError::Corrupt)
+        );
     }
 
     #[test]
@@ -259,7 +282,13 @@ mod tests {
             DeflateParams::default().response_header_value(),
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
         );
-        let p = DeflateParams { server_max_window_bits: 10, client_max_window_bits: 15 };
-        assert!(p.response_header_value().ends_with("; server_max_window_bits=10"));
+        let p = DeflateParams {
+            server_max_window_bits: 10,
+            client_max_window_bits: 15,
+        };
+        assert!(
+            p.response_header_value()
+                .ends_with("; server_max_window_bits=10")
+        );
     }
 }

@@ -174,10 +174,10 @@ pub(crate) fn encode_server_frame(op: OpCode, fin: bool, rsv1: bool, payload: &[
 /// bytes may be queued to every subscriber that negotiated the same
 /// `server_max_window_bits`, because no context is taken over between messages.
 pub fn encode_message(kind: MessageKind, payload: &[u8], deflate: Option<&DeflateParams>) -> Bytes {
-    if let Some(params) = deflate {
-        if let Some(frame) = deflate::compress_frame(kind.opcode(), payload, params) {
-            return frame;
-        }
+    if let Some(params) = deflate
+        && let Some(frame) = deflate::compress_frame(kind.opcode(), payload, params)
+    {
+        return frame;
     }
     encode_server_frame(kind.opcode(), true, false, payload)
 }
@@ -204,7 +204,13 @@ pub fn encode_close(code: CloseCode, reason: &str) -> Bytes {
 
 /// Client-role (masked) frame encoder for tests, fuzzing and the bench tool.
 /// Encodes exactly what it is told, even frames that violate the protocol.
-pub fn encode_client_frame(op: OpCode, fin: bool, rsv1: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+pub fn encode_client_frame(
+    op: OpCode,
+    fin: bool,
+    rsv1: bool,
+    payload: &[u8],
+    mask: [u8; 4],
+) -> Vec<u8> {
     let h = header_len(payload.len()) + 4;
     let mut out = vec![0u8; h + payload.len()];
     write_header(&mut out, fin, rsv1, op, payload.len(), Some(mask));
@@ -248,13 +254,20 @@ mod tests {
             assert_eq!(pieces, whole, "split {split}");
         }
         // Byte-wise reference.
-        let reference: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+        let reference: Vec<u8> = data
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
         assert_eq!(whole, reference);
     }
 
     #[test]
     fn header_lengths() {
-        assert_eq!(encode_control(OpCode::Ping, b"hi")[..], [0x89, 2, b'h', b'i']);
+        assert_eq!(
+            encode_control(OpCode::Ping, b"hi")[..],
+            [0x89, 2, b'h', b'i']
+        );
         let f = encode_message(MessageKind::Binary, &[0u8; 126], None);
         assert_eq!(&f[..4], &[0x82, 126, 0, 126]);
         let f = encode_message(MessageKind::Text, &[b'a'; 70000], None);
@@ -281,11 +294,14 @@ mod tests {
     #[test]
     fn close_code_validity() {
         for c in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999,
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
         ] {
             assert!(CloseCode(c).is_valid_received(), "{c}");
         }
-        for c in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for c in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!CloseCode(c).is_valid_received(), "{c}");
         }
     }

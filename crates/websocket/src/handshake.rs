@@ -4,8 +4,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::header::{
-    CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+    CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{Method, StatusCode, Version};
 use sha1::{Digest, Sha1};
@@ -45,13 +45,17 @@ impl Accepted {
         if let Ok(v) = HeaderValue::from_str(&self.accept_key) {
             h.insert(SEC_WEBSOCKET_ACCEPT, v);
         }
-        if let Some(p) = self.subprotocol.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+        if let Some(p) = self
+            .subprotocol
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok())
+        {
             h.insert(SEC_WEBSOCKET_PROTOCOL, p);
         }
-        if let Some(d) = &self.deflate {
-            if let Ok(v) = HeaderValue::from_str(&d.response_header_value()) {
-                h.insert(SEC_WEBSOCKET_EXTENSIONS, v);
-            }
+        if let Some(d) = &self.deflate
+            && let Ok(v) = HeaderValue::from_str(&d.response_header_value())
+        {
+            h.insert(SEC_WEBSOCKET_EXTENSIONS, v);
         }
         h
     }
@@ -115,7 +119,10 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 /// Comma-separated elements of every instance of a header, trimmed, empty ones skipped.
-fn list_items<'a>(headers: &'a HeaderMap, name: &http::header::HeaderName) -> impl Iterator<Item = &'a [u8]> {
+fn list_items<'a>(
+    headers: &'a HeaderMap,
+    name: &http::header::HeaderName,
+) -> impl Iterator<Item = &'a [u8]> {
     headers
         .get_all(name)
         .iter()
@@ -166,12 +173,22 @@ pub fn accept(
     let subprotocol = config
         .subprotocols
         .iter()
-        .find(|ours| list_items(headers, &SEC_WEBSOCKET_PROTOCOL).any(|theirs| theirs == ours.as_bytes()))
+        .find(|ours| {
+            list_items(headers, &SEC_WEBSOCKET_PROTOCOL).any(|theirs| theirs == ours.as_bytes())
+        })
         .cloned();
 
-    let deflate = if config.deflate { negotiate_deflate(headers) } else { None };
+    let deflate = if config.deflate {
+        negotiate_deflate(headers)
+    } else {
+        None
+    };
 
-    Ok(Accepted { accept_key: accept_key(key), subprotocol, deflate })
+    Ok(Accepted {
+        accept_key: accept_key(key),
+        subprotocol,
+        deflate,
+    })
 }
 
 /// Picks the first acceptable permessage-deflate offer, in the client's order,
@@ -199,13 +216,18 @@ fn parse_deflate_offer<'a>(params: impl Iterator<Item = &'a [u8]>) -> Option<Def
             continue; // tolerate a stray ';'
         }
         let (name, value) = match param.iter().position(|b| *b == b'=') {
-            Some(i) => (param[..i].trim_ascii(), Some(unquote(param[i + 1..].trim_ascii()))),
+            Some(i) => (
+                param[..i].trim_ascii(),
+                Some(unquote(param[i + 1..].trim_ascii())),
+            ),
             None => (param, None),
         };
         match name {
             b"server_no_context_takeover" if value.is_none() && !server_nct => server_nct = true,
             b"client_no_context_takeover" if value.is_none() && !client_nct => client_nct = true,
-            b"server_max_window_bits" if server_bits.is_none() => server_bits = Some(parse_bits(value?)?),
+            b"server_max_window_bits" if server_bits.is_none() => {
+                server_bits = Some(parse_bits(value?)?)
+            }
             b"client_max_window_bits" if client_bits.is_none() => {
                 client_bits = Some(match value {
                     None => None,
@@ -252,7 +274,10 @@ mod tests {
             ("sec-websocket-version", "13"),
         ] {
             if !extra.iter().any(|(ek, _)| ek.eq_ignore_ascii_case(k)) {
-                h.insert(http::header::HeaderName::from_static(k), HeaderValue::from_static(v));
+                h.insert(
+                    http::header::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                );
             }
         }
         for (k, v) in extra {
@@ -271,12 +296,21 @@ mod tests {
     }
 
     fn err(h: &HeaderMap) -> HandshakeError {
-        accept(&Method::GET, Version::HTTP_11, h, &HandshakeConfig::default()).expect_err("refused")
+        accept(
+            &Method::GET,
+            Version::HTTP_11,
+            h,
+            &HandshakeConfig::default(),
+        )
+        .expect_err("refused")
     }
 
     #[test]
     fn rfc_accept_key_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
         let a = ok(&request(&[]), &HandshakeConfig::default());
         assert_eq!(a.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(a.subprotocol, None);
@@ -291,13 +325,22 @@ mod tests {
 
     #[test]
     fn tolerant_token_lists() {
-        let h = request(&[("connection", "keep-alive, upgrade"), ("upgrade", "WebSocket")]);
+        let h = request(&[
+            ("connection", "keep-alive, upgrade"),
+            ("upgrade", "WebSocket"),
+        ]);
         ok(&h, &HandshakeConfig::default());
         // Connection split over two header lines.
         let h = request(&[("connection", "keep-alive"), ("connection", "Upgrade")]);
         ok(&h, &HandshakeConfig::default());
         ok(&request(&[]), &HandshakeConfig::default());
-        accept(&Method::GET, Version::HTTP_2, &request(&[]), &HandshakeConfig::default()).expect("h2 version ok");
+        accept(
+            &Method::GET,
+            Version::HTTP_2,
+            &request(&[]),
+            &HandshakeConfig::default(),
+        )
+        .expect("h2 version ok");
     }
 
     #[test]
@@ -313,16 +356,34 @@ mod tests {
         let cases: Vec<(Vec<(&str, &str)>, HandshakeError)> = vec![
             (vec![("upgrade", "")], HandshakeError::NoUpgrade),
             (vec![("upgrade", "h2c")], HandshakeError::NoUpgrade),
-            (vec![("connection", "")], HandshakeError::NoConnectionUpgrade),
-            (vec![("connection", "keep-alive")], HandshakeError::NoConnectionUpgrade),
-            (vec![("sec-websocket-key", "")], HandshakeError::MissingKey),
-            (vec![("sec-websocket-key", "not base64!")], HandshakeError::InvalidKey),
-            // 15 bytes.
-            (vec![("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAA")], HandshakeError::InvalidKey),
-            // 17 bytes.
-            (vec![("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAAAAA=")], HandshakeError::InvalidKey),
             (
-                vec![("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
+                vec![("connection", "")],
+                HandshakeError::NoConnectionUpgrade,
+            ),
+            (
+                vec![("connection", "keep-alive")],
+                HandshakeError::NoConnectionUpgrade,
+            ),
+            (vec![("sec-websocket-key", "")], HandshakeError::MissingKey),
+            (
+                vec![("sec-websocket-key", "not base64!")],
+                HandshakeError::InvalidKey,
+            ),
+            // 15 bytes.
+            (
+                vec![("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAA")],
+                HandshakeError::InvalidKey,
+            ),
+            // 17 bytes.
+            (
+                vec![("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAAAAA=")],
+                HandshakeError::InvalidKey,
+            ),
+            (
+                vec![
+                    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ],
                 HandshakeError::InvalidKey,
             ),
         ];
@@ -347,11 +408,23 @@ mod tests {
 
     #[test]
     fn subprotocol_server_preference() {
-        let cfg = HandshakeConfig { deflate: false, subprotocols: vec!["v2.json".into(), "v1.json".into()] };
-        let a = ok(&request(&[("sec-websocket-protocol", "v1.json, v2.json")]), &cfg);
+        let cfg = HandshakeConfig {
+            deflate: false,
+            subprotocols: vec!["v2.json".into(), "v1.json".into()],
+        };
+        let a = ok(
+            &request(&[("sec-websocket-protocol", "v1.json, v2.json")]),
+            &cfg,
+        );
         assert_eq!(a.subprotocol.as_deref(), Some("v2.json"));
         assert_eq!(a.response_headers()[SEC_WEBSOCKET_PROTOCOL], "v2.json");
-        let a = ok(&request(&[("sec-websocket-protocol", "v1.json"), ("sec-websocket-protocol", "x")]), &cfg);
+        let a = ok(
+            &request(&[
+                ("sec-websocket-protocol", "v1.json"),
+                ("sec-websocket-protocol", "x"),
+            ]),
+            &cfg,
+        );
         assert_eq!(a.subprotocol.as_deref(), Some("v1.json"));
         let a = ok(&request(&[("sec-websocket-protocol", "mqtt")]), &cfg);
         assert_eq!(a.subprotocol, None);
@@ -360,25 +433,55 @@ mod tests {
     }
 
     fn deflate_for(ext: &[&str]) -> Option<DeflateParams> {
-        let extra: Vec<(&str, &str)> = ext.iter().map(|e| ("sec-websocket-extensions", *e)).collect();
-        ok(&request(&extra), &HandshakeConfig { deflate: true, subprotocols: vec![] }).deflate
+        let extra: Vec<(&str, &str)> = ext
+            .iter()
+            .map(|e| ("sec-websocket-extensions", *e))
+            .collect();
+        ok(
+            &request(&extra),
+            &HandshakeConfig {
+                deflate: true,
+                subprotocols: vec![],
+            },
+        )
+        .deflate
     }
 
     fn params(s: u8, c: u8) -> Option<DeflateParams> {
-        Some(DeflateParams { server_max_window_bits: s, client_max_window_bits: c })
+        Some(DeflateParams {
+            server_max_window_bits: s,
+            client_max_window_bits: c,
+        })
     }
 
     #[test]
     fn deflate_offers() {
         assert_eq!(deflate_for(&[]), None);
         assert_eq!(deflate_for(&["permessage-deflate"]), params(15, 15));
-        assert_eq!(deflate_for(&["permessage-deflate; client_max_window_bits"]), params(15, 15));
-        assert_eq!(deflate_for(&["permessage-deflate; client_max_window_bits=10"]), params(15, 10));
-        assert_eq!(deflate_for(&["permessage-deflate; client_max_window_bits=\"12\""]), params(15, 12));
-        assert_eq!(deflate_for(&["permessage-deflate; server_max_window_bits=9"]), params(9, 15));
-        assert_eq!(deflate_for(&["permessage-deflate; server_max_window_bits=8"]), params(8, 15));
         assert_eq!(
-            deflate_for(&["permessage-deflate; server_no_context_takeover; client_no_context_takeover"]),
+            deflate_for(&["permessage-deflate; client_max_window_bits"]),
+            params(15, 15)
+        );
+        assert_eq!(
+            deflate_for(&["permessage-deflate; client_max_window_bits=10"]),
+            params(15, 10)
+        );
+        assert_eq!(
+            deflate_for(&["permessage-deflate; client_max_window_bits=\"12\""]),
+            params(15, 12)
+        );
+        assert_eq!(
+            deflate_for(&["permessage-deflate; server_max_window_bits=9"]),
+            params(9, 15)
+        );
+        assert_eq!(
+            deflate_for(&["permessage-deflate; server_max_window_bits=8"]),
+            params(8, 15)
+        );
+        assert_eq!(
+            deflate_for(&[
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            ]),
             params(15, 15)
         );
         assert_eq!(deflate_for(&["x-webkit-deflate-frame"]), None);
@@ -405,7 +508,10 @@ mod tests {
             let joined = format!("{bad}, permessage-deflate; client_max_window_bits=11");
             assert_eq!(deflate_for(&[&joined]), params(15, 11), "{joined}");
             // ...and on the next header line.
-            assert_eq!(deflate_for(&[bad, "permessage-deflate; server_max_window_bits=12"]), params(12, 15));
+            assert_eq!(
+                deflate_for(&[bad, "permessage-deflate; server_max_window_bits=12"]),
+                params(12, 15)
+            );
         }
         // First acceptable offer wins.
         assert_eq!(
@@ -416,14 +522,32 @@ mod tests {
 
     #[test]
     fn deflate_response_header() {
-        let h = request(&[("sec-websocket-extensions", "permessage-deflate; client_max_window_bits")]);
-        let a = ok(&h, &HandshakeConfig { deflate: true, subprotocols: vec![] });
+        let h = request(&[(
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits",
+        )]);
+        let a = ok(
+            &h,
+            &HandshakeConfig {
+                deflate: true,
+                subprotocols: vec![],
+            },
+        );
         assert_eq!(
             a.response_headers()[SEC_WEBSOCKET_EXTENSIONS],
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
         );
-        let h = request(&[("sec-websocket-extensions", "permessage-deflate; server_max_window_bits=10")]);
-        let a = ok(&h, &HandshakeConfig { deflate: true, subprotocols: vec![] });
+        let h = request(&[(
+            "sec-websocket-extensions",
+            "permessage-deflate; server_max_window_bits=10",
+        )]);
+        let a = ok(
+            &h,
+            &HandshakeConfig {
+                deflate: true,
+                subprotocols: vec![],
+            },
+        );
         assert_eq!(
             a.response_headers()[SEC_WEBSOCKET_EXTENSIONS],
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10"

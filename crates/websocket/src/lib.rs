@@ -44,7 +44,7 @@ mod handshake;
 pub use connection::{Config, Connection, Message, ProtocolError};
 pub use deflate::{DeflateParams, compress_message};
 pub use frame::{
-    CloseCode, MAX_CONTROL_PAYLOAD, MessageKind, OpCode, apply_mask, encode_client_frame, encode_close,
-    encode_control, encode_message,
+    CloseCode, MAX_CONTROL_PAYLOAD, MessageKind, OpCode, apply_mask, encode_client_frame,
+    encode_close, encode_control, encode_message,
 };
 pub use handshake::{Accepted, HandshakeConfig, HandshakeError, accept, accept_key};

@@ -53,7 +53,11 @@ fn encode(msgs: &[Msg], deflate: bool) -> (Vec<u8>, usize) {
         } else {
             m.payload.clone()
         };
-        let mut cuts: Vec<usize> = m.cuts.iter().map(|c| body.len() * usize::from(*c) / 1000).collect();
+        let mut cuts: Vec<usize> = m
+            .cuts
+            .iter()
+            .map(|c| body.len() * usize::from(*c) / 1000)
+            .collect();
         cuts.sort_unstable();
         cuts.push(body.len());
         let mut start = 0;
@@ -65,10 +69,22 @@ fn encode(msgs: &[Msg], deflate: bool) -> (Vec<u8>, usize) {
                 (true, true) => OpCode::Text,
                 (true, false) => OpCode::Binary,
             };
-            out.extend(encode_client_frame(op, last, first && compressed, &body[start..end], m.mask));
+            out.extend(encode_client_frame(
+                op,
+                last,
+                first && compressed,
+                &body[start..end],
+                m.mask,
+            ));
             start = end;
             if m.pings[i % m.pings.len()] {
-                out.extend(encode_client_frame(OpCode::Ping, true, false, &[i as u8], m.mask));
+                out.extend(encode_client_frame(
+                    OpCode::Ping,
+                    true,
+                    false,
+                    &[i as u8],
+                    m.mask,
+                ));
                 pings += 1;
             }
         }
@@ -80,13 +96,20 @@ fn expected(msgs: &[Msg]) -> Vec<Message> {
     msgs.iter()
         .map(|m| {
             let b = Bytes::from(m.payload.clone());
-            if m.text { Message::Text(b) } else { Message::Binary(b) }
+            if m.text {
+                Message::Text(b)
+            } else {
+                Message::Binary(b)
+            }
         })
         .collect()
 }
 
 fn config() -> Config {
-    Config { max_frame_size: 1 << 20, max_message_size: 1 << 20 }
+    Config {
+        max_frame_size: 1 << 20,
+        max_message_size: 1 << 20,
+    }
 }
 
 fn run(data: &[u8], splits: &[usize], deflate: bool) -> (Vec<Message>, usize, Result<(), String>) {
