@@ -382,6 +382,8 @@ impl Connection {
         on_message: &mut dyn FnMut(Message),
     ) -> Result<(), ProtocolError> {
         let last = chunk.len() as u64 == self.remaining;
+        // Chunks are never empty, so a split frame has already left bytes in
+        // `ctrl` / `msg`; with those empty, `last` means the whole payload is here.
         let whole = last && self.mask_phase == 0 && self.ctrl.is_empty();
         self.remaining -= chunk.len() as u64;
         if self.op.is_control() {

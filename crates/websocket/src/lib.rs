@@ -36,6 +36,8 @@
 //! - Inflated output is capped at `max_message_size`: a zip bomb fails with 1009
 //!   without allocating past the limit.
 
+#![warn(missing_docs)]
+
 mod connection;
 mod deflate;
 mod frame;
