@@ -1,1 +1,135 @@
-fn main() {}
+//! The `starling` command: `starling serve` runs a node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use starling::config::Config;
+
+/// Starling: a real-time messaging server (WebSocket pub/sub).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node. With no options it listens on 127.0.0.1:8000 with safe production
+    /// defaults (no anonymous clients, API disabled until a key is set); `--dev` opens it
+    /// up for local development.
+    Serve(ServeArgs),
+    /// Print the effective configuration (defaults, file, environment and flags merged) as
+    /// TOML, then exit.
+    Config(ServeArgs),
+}
+
+/// Every setting also has a dotted key usable in the config file, as an environment
+/// variable `STARLING_<SECTION>_<KEY>` and with `--set section.key=value`; see
+/// docs/OPERATIONS.md for the full list.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Development mode (server.dev): any origin, anonymous clients, API key `dev-api-key`
+    /// unless api.key is set, every namespace open for publish and subscribe.
+    #[arg(long)]
+    dev: bool,
+    /// Echo mode (server.echo): the WebSocket endpoint echoes messages back; for
+    /// conformance tests (Autobahn).
+    #[arg(long)]
+    echo: bool,
+    /// Key for the HTTP API, sent as `Authorization: apikey <key>` (api.key).
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// HMAC secret for HS256 connection tokens (client.token_hmac_secret).
+    #[arg(long, value_name = "SECRET")]
+    token_hmac_secret: Option<String>,
+    /// Log format, `text` or `json` (log.format).
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Set any setting by its dotted key, e.g. `--set websocket.max_message_size=1048576`.
+    /// May be repeated.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl ServeArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut overrides = Vec::new();
+        let mut flag = |key: &str, value: String| overrides.push((key.to_string(), value));
+        if let Some(v) = &self.listen {
+            flag("server.listen", toml_string(v));
+        }
+        if self.dev {
+            flag("server.dev", "true".into());
+        }
+        if self.echo {
+            flag("server.echo", "true".into());
+        }
+        if let Some(v) = &self.api_key {
+            flag("api.key", toml_string(v));
+        }
+        if let Some(v) = &self.token_hmac_secret {
+            flag("client.token_hmac_secret", toml_string(v));
+        }
+        if let Some(v) = &self.log_format {
+            flag("log.format", toml_string(v));
+        }
+        for item in &self.set {
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| starling::config::ConfigError::BadOverride(item.clone()))?;
+            overrides.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        Ok(Config::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &overrides,
+        )?)
+    }
+}
+
+/// Quotes a flag value as a TOML string so it is never read as a number or boolean.
+fn toml_string(v: &str) -> String {
+    toml::Value::String(v.to_string()).to_string()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("starling: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Config(args) => {
+            let config = args.load()?;
+            print!(
+                "{}",
+                toml::to_string_pretty(&config).context("rendering the configuration")?
+            );
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let config = args.load()?;
+            starling::logging::init(&config.log)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(starling::app::serve(config))
+        }
+    }
+}

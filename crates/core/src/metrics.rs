@@ -1,0 +1,20 @@
+//! Counters the hub keeps; the server renders them for Prometheus.
+
+use std::sync::atomic::AtomicU64;
+
+/// Hub-level counters and gauges (relaxed atomics: they are statistics, not locks).
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    /// Channels that exist now (gauge).
+    pub channels: AtomicU64,
+    /// Subscriptions that exist now (gauge).
+    pub subscriptions: AtomicU64,
+    /// Publications accepted (counter).
+    pub publications: AtomicU64,
+    /// Frames queued to connections by fan-out (counter).
+    pub messages_out: AtomicU64,
+    /// Bytes queued to connections by fan-out (counter).
+    pub bytes_out: AtomicU64,
+    /// Connections disconnected because their queue overflowed (counter).
+    pub slow_consumers: AtomicU64,
+}

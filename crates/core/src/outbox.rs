@@ -1,0 +1,231 @@
+//! A connection's outbound queue: encoded frames waiting for the socket, bounded in bytes.
+//!
+//! The hub pushes the same `Bytes` to many outboxes (encode once, send many); the
+//! connection's task drains its outbox with vectored writes. A push that would exceed the
+//! byte limit marks the outbox for disconnection as a slow consumer instead of growing.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use starling_protocol::codes::{self, DisconnectCode};
+
+/// Frames waiting to be written to one connection.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    /// Set once; the connection task sends it and closes.
+    disconnect: Option<DisconnectCode>,
+}
+
+/// Whether a push was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The frame is queued.
+    Queued,
+    /// The queue was full: the outbox is now marked for a slow-consumer disconnect.
+    Overflow,
+    /// The outbox is already closing; the frame was dropped.
+    Closed,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `max_bytes` of queued frames.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            max_bytes,
+        }
+    }
+
+    /// Queues a frame. Never blocks on the socket.
+    pub fn push(&self, frame: Bytes) -> PushOutcome {
+        let mut state = self.state.lock();
+        if state.disconnect.is_some() {
+            return PushOutcome::Closed;
+        }
+        if state.bytes + frame.len() > self.max_bytes {
+            state.disconnect = Some(codes::SLOW);
+            drop(state);
+            self.notify.notify_one();
+            return PushOutcome::Overflow;
+        }
+        let was_empty = state.frames.is_empty();
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        drop(state);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        PushOutcome::Queued
+    }
+
+    /// Queues a frame of the connection's own (pong, close, disconnect push): never
+    /// refused, because the WebSocket layer and the close handshake depend on it. Such
+    /// frames are small and at most a few per connection.
+    pub fn push_control(&self, frame: Bytes) {
+        let mut state = self.state.lock();
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Asks the connection to send `disconnect` and close. The first request wins.
+    pub fn disconnect(&self, disconnect: DisconnectCode) {
+        let mut state = self.state.lock();
+        if state.disconnect.is_none() {
+            state.disconnect = Some(disconnect);
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// The pending disconnect request, if any.
+    pub fn pending_disconnect(&self) -> Option<DisconnectCode> {
+        self.state.lock().disconnect
+    }
+
+    /// Waits until there is something to write or a disconnect request.
+    pub async fn ready(&self) {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let state = self.state.lock();
+                if !state.frames.is_empty() || state.disconnect.is_some() {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether frames are waiting.
+    pub fn has_frames(&self) -> bool {
+        !self.state.lock().frames.is_empty()
+    }
+
+    /// Bytes currently queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
+    /// Offers up to `max` queued frames to `write` (which returns how many bytes it wrote,
+    /// or an error) and removes what was written. Returns the bytes written.
+    pub fn write_with<E>(
+        &self,
+        max: usize,
+        write: impl FnOnce(&[std::io::IoSlice<'_>]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        let mut state = self.state.lock();
+        if state.frames.is_empty() {
+            return Ok(0);
+        }
+        // A small fixed array would avoid this allocation; writes are rare compared with
+        // idle time, and the Vec is freed at once.
+        let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(max.min(state.frames.len()));
+        for frame in state.frames.iter().take(max) {
+            slices.push(std::io::IoSlice::new(frame));
+        }
+        let written = write(&slices)?;
+        drop(slices);
+        let mut left = written;
+        state.bytes -= written;
+        while left > 0 {
+            let Some(front) = state.frames.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                state.frames.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+        if state.frames.is_empty() && state.frames.capacity() > 64 {
+            // Give back the memory a burst needed; idle connections should cost little.
+            state.frames = VecDeque::new();
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(outbox: &Outbox, budget: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        outbox
+            .write_with::<()>(16, |slices| {
+                let mut n = 0;
+                for s in slices {
+                    let take = (budget - n).min(s.len());
+                    out.extend_from_slice(&s[..take]);
+                    n += take;
+                    if n == budget {
+                        break;
+                    }
+                }
+                Ok(n)
+            })
+            .expect("write");
+        out
+    }
+
+    #[test]
+    fn partial_writes_keep_order() {
+        let outbox = Outbox::new(100);
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"hello")),
+            PushOutcome::Queued
+        );
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"world")),
+            PushOutcome::Queued
+        );
+        assert_eq!(outbox.queued_bytes(), 10);
+        assert_eq!(drain(&outbox, 7), b"hellowo");
+        assert_eq!(outbox.queued_bytes(), 3);
+        assert_eq!(drain(&outbox, 100), b"rld");
+        assert!(!outbox.has_frames());
+    }
+
+    #[test]
+    fn overflow_marks_slow_consumer() {
+        let outbox = Outbox::new(8);
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"12345")),
+            PushOutcome::Queued
+        );
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"6789")),
+            PushOutcome::Overflow
+        );
+        assert_eq!(outbox.pending_disconnect(), Some(codes::SLOW));
+        assert_eq!(outbox.push(Bytes::from_static(b"x")), PushOutcome::Closed);
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_on_push() {
+        let outbox = std::sync::Arc::new(Outbox::new(100));
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.ready().await })
+        };
+        outbox.push(Bytes::from_static(b"x"));
+        waiter.await.expect("woken");
+    }
+}

@@ -1,0 +1,304 @@
+//! The HTTP API for application backends: JSON over `POST /api/<method>`, protected by
+//! `Authorization: apikey <key>`. Documented in docs/API.md and by the OpenAPI document
+//! served at `/api/openapi.json`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use starling_core::ChannelError;
+use starling_protocol::codes;
+
+use crate::app::AppState;
+use crate::metrics::Metrics;
+
+/// The OpenAPI document, kept true by the `openapi` integration test.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Room for the JSON around `data` in a request body.
+const ENVELOPE_ALLOWANCE: usize = 16 * 1024;
+
+/// An API error: HTTP status plus the protocol error code and message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: u32,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: codes::ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, message)
+    }
+
+    fn channel(err: ChannelError) -> Self {
+        match err {
+            ChannelError::Invalid => Self::bad_request("invalid channel name"),
+            ChannelError::UnknownNamespace(ns) => Self::new(
+                StatusCode::BAD_REQUEST,
+                codes::UNKNOWN_CHANNEL,
+                format!("unknown channel namespace `{ns}`"),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(result: Value) -> ApiResult {
+    Ok(axum::Json(json!({ "result": result })).into_response())
+}
+
+/// Checks the API key and reads a JSON body of at most the message limit plus envelope.
+async fn authorized<T: DeserializeOwned>(state: &AppState, req: Request) -> Result<T, ApiError> {
+    Metrics::add(&state.metrics.api_requests, 1);
+    let result = check_and_parse(state, req).await;
+    if let Err(e) = &result {
+        state.metrics.error(e.code);
+    }
+    result
+}
+
+async fn check_and_parse<T: DeserializeOwned>(
+    state: &AppState,
+    req: Request,
+) -> Result<T, ApiError> {
+    check_key(state, req.headers())?;
+    let limit = state.config.websocket.max_message_size + ENVELOPE_ALLOWANCE;
+    let body: Bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::MESSAGE_TOO_LARGE,
+                format!("request body over {limit} bytes"),
+            )
+        })?;
+    let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
+}
+
+fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let expected = state.config.api.key.as_bytes();
+    if expected.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            codes::UNAUTHORIZED,
+            "the HTTP API is disabled: set api.key",
+        ));
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "))
+        .map(str::trim)
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), expected) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            codes::UNAUTHORIZED,
+            "missing or wrong API key (Authorization: apikey <key>)",
+        ));
+    }
+    Ok(())
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn data_bytes(state: &AppState, data: &RawValue) -> Result<Bytes, ApiError> {
+    let text = data.get();
+    if text.len() > state.config.websocket.max_message_size {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::MESSAGE_TOO_LARGE,
+            format!(
+                "data is {} bytes; the limit is websocket.max_message_size = {}",
+                text.len(),
+                state.config.websocket.max_message_size
+            ),
+        ));
+    }
+    Ok(Bytes::copy_from_slice(text.as_bytes()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+/// `POST /api/publish`.
+pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
+    let body: PublishRequest = authorized(&state, req).await?;
+    state
+        .namespaces
+        .resolve(&body.channel)
+        .map_err(ApiError::channel)?;
+    let data = data_bytes(&state, &body.data)?;
+    let published = state.hub.publish(&body.channel, data, None);
+    ok(json!({
+        "offset": published.position.offset,
+        "epoch": &*published.position.epoch,
+        "delivered": published.delivered,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastRequest {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+}
+
+/// `POST /api/broadcast`: the same data to many channels; one result per channel.
+pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
+    let body: BroadcastRequest = authorized(&state, req).await?;
+    if body.channels.is_empty() {
+        return Err(ApiError::bad_request("channels must not be empty"));
+    }
+    let data = data_bytes(&state, &body.data)?;
+    let mut responses = Vec::with_capacity(body.channels.len());
+    for channel in &body.channels {
+        match state.namespaces.resolve(channel) {
+            Ok(_) => {
+                let p = state.hub.publish(channel, data.clone(), None);
+                responses.push(json!({
+                    "channel": channel,
+                    "offset": p.position.offset,
+                    "epoch": &*p.position.epoch,
+                    "delivered": p.delivered,
+                }));
+            }
+            Err(e) => {
+                let e = ApiError::channel(e);
+                responses.push(json!({
+                    "channel": channel,
+                    "error": {"code": e.code, "message": e.message},
+                }));
+            }
+        }
+    }
+    ok(json!({ "responses": responses }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ChannelsRequest {
+    pattern: Option<String>,
+}
+
+/// `POST /api/channels`: channels with subscribers, with their counts.
+pub async fn channels(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
+    let body: ChannelsRequest = authorized(&state, req).await?;
+    let mut map = serde_json::Map::new();
+    for (name, n) in state.hub.channels(body.pattern.as_deref()) {
+        map.insert(name.to_string(), json!({ "num_clients": n }));
+    }
+    ok(json!({ "channels": map }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceRequest {
+    channel: String,
+}
+
+/// `POST /api/presence`: who is subscribed to a channel.
+pub async fn presence(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
+    let body: PresenceRequest = authorized(&state, req).await?;
+    let rules = state
+        .namespaces
+        .resolve(&body.channel)
+        .map_err(ApiError::channel)?;
+    if !rules.options.presence {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            codes::NOT_AVAILABLE,
+            "presence is disabled for this namespace",
+        ));
+    }
+    let mut clients = serde_json::Map::new();
+    for info in state.hub.presence(&body.channel) {
+        clients.insert(
+            info.client.clone(),
+            json!({"user": &info.user, "client": &info.client}),
+        );
+    }
+    ok(json!({ "clients": clients }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectRequest {
+    user: String,
+}
+
+/// `POST /api/disconnect`: closes every connection of a user on this node (code 4503).
+pub async fn disconnect(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
+    let body: DisconnectRequest = authorized(&state, req).await?;
+    if body.user.is_empty() {
+        return Err(ApiError::bad_request("user must not be empty"));
+    }
+    let n = state
+        .registry
+        .disconnect_user(&body.user, codes::DISCONNECTED_BY_API);
+    ok(json!({ "disconnected": n }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InfoRequest {}
+
+/// `POST /api/info`: node id, version, uptime and counts.
+pub async fn info(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
+    let _: InfoRequest = authorized(&state, req).await?;
+    let h = state.hub.counters();
+    ok(json!({
+        "node": &state.node,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime": state.started.elapsed().as_secs(),
+        "connections": state.registry.connections(),
+        "users": state.registry.users(),
+        "channels": h.channels.load(Ordering::Relaxed),
+        "subscriptions": h.subscriptions.load(Ordering::Relaxed),
+        "publications": h.publications.load(Ordering::Relaxed),
+    }))
+}
+
+/// `GET /api/openapi.json` (no key needed: it describes, it does not act).
+pub async fn openapi() -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(OPENAPI))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,240 @@
+//! The node: shared state, the accept loop, routes and graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use starling_core::{Hub, HubCounters, NamespaceOptions, Namespaces, Registry};
+use starling_protocol::codes;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::encoder::WireEncoder;
+use crate::metrics::Metrics;
+
+/// Everything a request or connection handler needs.
+pub struct AppState {
+    /// The effective configuration.
+    pub config: Config,
+    /// Channels and fan-out.
+    pub hub: Hub,
+    /// Open connections.
+    pub registry: Registry,
+    /// Namespace rules.
+    pub namespaces: Namespaces,
+    /// Token verification.
+    pub auth: Auth,
+    /// Server-level counters.
+    pub metrics: Metrics,
+    /// Encodes pushes and replies into frames.
+    pub encoder: Arc<WireEncoder>,
+    /// Node name.
+    pub node: String,
+    /// When the node started.
+    pub started: Instant,
+    /// Set once graceful shutdown began: `/ready` fails and upgrades are refused.
+    pub draining: AtomicBool,
+    next_key: AtomicU64,
+}
+
+impl AppState {
+    /// Builds the state for a node listening on `addr`.
+    pub fn new(config: Config, addr: SocketAddr) -> anyhow::Result<Arc<Self>> {
+        let encoder = Arc::new(WireEncoder::new(config.websocket.compression_min_size));
+        let counters = Arc::new(HubCounters::default());
+        let hub = Hub::new(encoder.clone(), counters);
+        let map: HashMap<String, NamespaceOptions> = config
+            .namespaces
+            .iter()
+            .map(|(name, ns)| {
+                (
+                    name.clone(),
+                    NamespaceOptions {
+                        allow_publish: ns.allow_publish,
+                        allow_anonymous: ns.allow_anonymous,
+                        private: ns.private,
+                        presence: ns.presence,
+                        join_leave: ns.join_leave,
+                    },
+                )
+            })
+            .collect();
+        // In dev mode every namespace exists and is open, so the quick start can use any.
+        let fallback = config.server.dev.then_some(NamespaceOptions {
+            allow_publish: true,
+            allow_anonymous: true,
+            private: false,
+            presence: true,
+            join_leave: false,
+        });
+        let auth = Auth::new(&config.client).context("loading token keys")?;
+        let node = if config.server.name.is_empty() {
+            format!("starling-{}", addr.port())
+        } else {
+            config.server.name.clone()
+        };
+        Ok(Arc::new(Self {
+            namespaces: Namespaces::new(map, fallback),
+            hub,
+            registry: Registry::default(),
+            auth,
+            metrics: Metrics::default(),
+            encoder,
+            node,
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            next_key: AtomicU64::new(1),
+            config,
+        }))
+    }
+
+    /// A fresh key for a new connection.
+    pub fn next_key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The HTTP routes of a node.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/connection/websocket", get(crate::upgrade::websocket))
+        .route("/health", get(crate::ops::health))
+        .route("/ready", get(crate::ops::ready))
+        .route("/metrics", get(crate::ops::metrics))
+        .route("/api/openapi.json", get(crate::api::openapi))
+        .route("/api/publish", post(crate::api::publish))
+        .route("/api/broadcast", post(crate::api::broadcast))
+        .route("/api/channels", post(crate::api::channels))
+        .route("/api/presence", post(crate::api::presence))
+        .route("/api/disconnect", post(crate::api::disconnect))
+        .route("/api/info", post(crate::api::info))
+        .fallback(crate::ops::not_found)
+        .with_state(state)
+}
+
+/// Binds the configured address and runs until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} (server.listen)"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let state = AppState::new(config, local)?;
+    announce(&state, local);
+    run(listener, state, shutdown_signal()).await
+}
+
+fn announce(state: &AppState, local: SocketAddr) {
+    let mode = match (state.config.server.echo, state.config.server.dev) {
+        (true, _) => " (echo mode)",
+        (false, true) => " (dev mode: anonymous clients, any origin, open namespaces)",
+        _ => "",
+    };
+    // Printed to stdout, not only logged: the quick start reads it and tests wait for it.
+    println!("starling listening on http://{local}{mode}");
+    println!("  WebSocket: ws://{local}/connection/websocket");
+    if !state.config.api.key.is_empty() {
+        println!("  HTTP API:  http://{local}/api/publish (Authorization: apikey <key>)");
+    }
+    info!(%local, node = %state.node, "listening");
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Accepts connections until `shutdown` completes, then drains: refuse new upgrades, ask
+/// every client to reconnect elsewhere, wait for them to leave (at most
+/// `server.shutdown_timeout_secs`).
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let service = TowerToHyperService::new(router(state.clone()));
+    let header_timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    if let Err(e) = conn.await {
+                        debug!(%peer, "http connection ended: {e}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    state.draining.store(true, Ordering::SeqCst);
+    let asked = state.registry.disconnect_all(codes::SHUTDOWN);
+    info!(
+        connections = asked,
+        "shutting down: asked clients to reconnect"
+    );
+    let deadline = Instant::now() + Duration::from_secs(state.config.server.shutdown_timeout_secs);
+    while state.registry.connections() > 0 && Instant::now() < deadline {
+        // Connections deregister themselves as they close; poll the count briefly.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = state.registry.connections();
+    if left > 0 {
+        warn!(
+            connections = left,
+            "shutdown timeout: dropping remaining connections"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,560 @@
+//! Configuration: one set of names for the TOML file, the environment and the command line.
+//!
+//! Every setting has a dotted key (`websocket.max_message_size`). The same key is
+//! accepted in the TOML file (as `[websocket] max_message_size = ...`), in the environment
+//! (`STARLING_WEBSOCKET_MAX_MESSAGE_SIZE`) and on the command line (`--set
+//! websocket.max_message_size=...`; common keys also have a short flag). Later sources win:
+//! defaults < file < environment < command line. Unknown keys and bad values fail at start
+//! with a message naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix are configuration overrides.
+pub const ENV_PREFIX: &str = "STARLING_";
+
+/// Environment variables with the prefix that are not settings (used by scripts).
+const ENV_IGNORED: &[&str] = &["STARLING_CACHE", "STARLING_LOG"];
+
+/// A configuration problem, reported at start with the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or has wrong keys or values.
+    #[error("config file {path}: {message}")]
+    File {
+        /// File path.
+        path: String,
+        /// Parser message, naming the key.
+        message: String,
+    },
+    /// An override (environment or `--set`) names no known setting.
+    #[error(
+        "{source_name}: unknown setting `{key}` (see `starling serve --help` and docs/OPERATIONS.md)"
+    )]
+    UnknownKey {
+        /// Where the override came from.
+        source_name: String,
+        /// The dotted key.
+        key: String,
+    },
+    /// An override has a malformed `key=value` form.
+    #[error("--set {0}: expected key=value")]
+    BadOverride(String),
+    /// The merged configuration has a bad value.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listener and mode.
+    pub server: ServerConfig,
+    /// WebSocket transport.
+    pub websocket: WebSocketConfig,
+    /// Client connections: auth and limits.
+    pub client: ClientConfig,
+    /// HTTP API for application backends.
+    pub api: ApiConfig,
+    /// Channel namespaces (`ns:name`), keyed by namespace name.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Listener and mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Development mode: any origin, anonymous clients, a fixed API key, all channels open.
+    pub dev: bool,
+    /// Echo mode: the WebSocket endpoint echoes every message (for conformance testing).
+    pub echo: bool,
+    /// Node name reported by the info API; empty = host name + port.
+    pub name: String,
+    /// Seconds a graceful shutdown may take before the remaining connections are dropped.
+    pub shutdown_timeout_secs: u64,
+}
+
+/// WebSocket transport settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Largest message (after reassembly and decompression), in bytes; larger ones close with 1009.
+    pub max_message_size: usize,
+    /// Largest single frame, in bytes; 0 means the same as `max_message_size`.
+    pub max_frame_size: usize,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it.
+    pub compression: bool,
+    /// Messages shorter than this are sent uncompressed even when compression is negotiated.
+    pub compression_min_size: usize,
+    /// Seconds between server pings on an idle connection.
+    pub ping_interval_secs: u64,
+    /// Seconds to wait for any traffic after a ping before closing the connection.
+    pub pong_timeout_secs: u64,
+    /// Seconds a new TCP connection may take to complete the HTTP upgrade.
+    pub handshake_timeout_secs: u64,
+    /// Allowed `Origin` values (e.g. `https://app.example.com`); `*` allows any. Requests
+    /// without an `Origin` header (non-browser clients) are allowed.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Client connection settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Allow connections without a token (user id "").
+    pub allow_anonymous: bool,
+    /// HMAC secret for HS256 connection and subscription tokens.
+    pub token_hmac_secret: String,
+    /// PEM-encoded RSA public key (or a path to a file holding it) for RS256 tokens.
+    pub token_rsa_public_key: String,
+    /// Bytes a connection's outbound queue may hold before it is closed as a slow consumer.
+    pub max_queue_bytes: usize,
+    /// Seconds a connection may stay open without a `connect` command.
+    pub connect_timeout_secs: u64,
+}
+
+/// HTTP API settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Key expected in `Authorization: apikey <key>`; empty disables the API (except in dev).
+    pub key: String,
+}
+
+/// Options of a channel namespace. Channels without a `ns:` prefix use the `default`
+/// namespace; a channel in a namespace that is not configured is refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Clients may publish into channels of this namespace.
+    pub allow_publish: bool,
+    /// Anonymous clients may subscribe.
+    pub allow_anonymous: bool,
+    /// Subscribing needs a subscription token.
+    pub private: bool,
+    /// Presence information is kept and may be queried.
+    pub presence: bool,
+    /// Join and leave pushes are sent to subscribers.
+    pub join_leave: bool,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `starling=debug,info`.
+    pub level: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            dev: false,
+            echo: false,
+            name: String::new(),
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 * 1024,
+            max_frame_size: 0,
+            compression: true,
+            compression_min_size: 128,
+            ping_interval_secs: 25,
+            pong_timeout_secs: 10,
+            handshake_timeout_secs: 10,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: false,
+            token_hmac_secret: String::new(),
+            token_rsa_public_key: String::new(),
+            max_queue_bytes: 1024 * 1024,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        Self {
+            allow_publish: false,
+            allow_anonymous: false,
+            private: false,
+            presence: true,
+            join_leave: false,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut namespaces = BTreeMap::new();
+        namespaces.insert("default".to_string(), NamespaceConfig::default());
+        Self {
+            server: ServerConfig::default(),
+            websocket: WebSocketConfig::default(),
+            client: ClientConfig::default(),
+            api: ApiConfig::default(),
+            namespaces,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The API key used in `--dev` mode when none is configured.
+pub const DEV_API_KEY: &str = "dev-api-key";
+
+impl Config {
+    /// Builds the configuration from an optional file, environment variables and `--set`
+    /// overrides (in that order of precedence, lowest first).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut tree = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: name.clone(),
+                source,
+            })?;
+            // Validate the file alone first so that its errors name the file.
+            let file_value: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::File {
+                path: name.clone(),
+                message: e.to_string(),
+            })?;
+            toml::from_str::<Config>(&text).map_err(|e| ConfigError::File {
+                path: name.clone(),
+                message: e.to_string(),
+            })?;
+            merge(&mut tree, file_value, true);
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if ENV_IGNORED.contains(&name.as_str()) {
+                continue;
+            }
+            let path = env_key_path(&tree, rest).ok_or_else(|| ConfigError::UnknownKey {
+                source_name: format!("environment variable {name}"),
+                key: rest.to_ascii_lowercase(),
+            })?;
+            set_path(&mut tree, &path, &value);
+        }
+        for (key, value) in overrides {
+            let path: Vec<String> = key.split('.').map(str::to_string).collect();
+            if !path_exists(&tree, &path) && !is_namespace_path(&path) {
+                return Err(ConfigError::UnknownKey {
+                    source_name: "--set".into(),
+                    key: key.clone(),
+                });
+            }
+            set_path(&mut tree, &path, value);
+        }
+        let mut config: Config = tree
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.finish()?;
+        Ok(config)
+    }
+
+    /// Applies dev-mode defaults and checks cross-field rules.
+    fn finish(&mut self) -> Result<(), ConfigError> {
+        if self.server.dev {
+            self.client.allow_anonymous = true;
+            if self.websocket.allowed_origins.is_empty() {
+                self.websocket.allowed_origins = vec!["*".into()];
+            }
+            if self.api.key.is_empty() {
+                self.api.key = DEV_API_KEY.into();
+            }
+            for ns in self.namespaces.values_mut() {
+                ns.allow_publish = true;
+                ns.allow_anonymous = true;
+            }
+        }
+        if self.websocket.max_message_size < 125 {
+            return Err(ConfigError::Invalid(
+                "websocket.max_message_size must be at least 125 bytes".into(),
+            ));
+        }
+        if self.websocket.max_frame_size == 0 {
+            self.websocket.max_frame_size = self.websocket.max_message_size;
+        }
+        if self.websocket.ping_interval_secs == 0 || self.websocket.pong_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "websocket.ping_interval_secs and websocket.pong_timeout_secs must be positive"
+                    .into(),
+            ));
+        }
+        if self.client.max_queue_bytes < self.websocket.max_message_size {
+            return Err(ConfigError::Invalid(
+                "client.max_queue_bytes must be at least websocket.max_message_size".into(),
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log.format must be `text` or `json`, not `{}`",
+                self.log.format
+            )));
+        }
+        if !self.client.token_rsa_public_key.is_empty()
+            && !self.client.token_rsa_public_key.contains("BEGIN")
+        {
+            let path = self.client.token_rsa_public_key.clone();
+            self.client.token_rsa_public_key = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "client.token_rsa_public_key: cannot read {path}: {e}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `namespaces.<name>.<option>` may create a namespace that the defaults do not have.
+fn is_namespace_path(path: &[String]) -> bool {
+    path.len() == 3
+        && path[0] == "namespaces"
+        && toml::Value::try_from(NamespaceConfig::default())
+            .ok()
+            .and_then(|v| v.get(&path[2]).cloned())
+            .is_some()
+}
+
+/// Maps `WEBSOCKET_MAX_MESSAGE_SIZE` to `["websocket", "max_message_size"]` by matching the
+/// known sections (their names have no underscore).
+fn env_key_path(tree: &toml::Value, rest: &str) -> Option<Vec<String>> {
+    let lower = rest.to_ascii_lowercase();
+    let (section, key) = lower.split_once('_')?;
+    let path = vec![section.to_string(), key.to_string()];
+    if path_exists(tree, &path) {
+        return Some(path);
+    }
+    // namespaces: STARLING_NAMESPACES_<NS>_<OPTION>, where NS has no underscore.
+    if section == "namespaces" {
+        let (ns, option) = key.split_once('_')?;
+        let path = vec![section.to_string(), ns.to_string(), option.to_string()];
+        return is_namespace_path(&path).then_some(path);
+    }
+    None
+}
+
+fn path_exists(tree: &toml::Value, path: &[String]) -> bool {
+    let mut node = tree;
+    for part in path {
+        match node.get(part) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Sets a string override, read as a TOML literal when it is one (numbers, booleans,
+/// arrays), else as a string.
+fn set_path(tree: &mut toml::Value, path: &[String], raw: &str) {
+    let value = parse_literal(raw);
+    let mut node = tree;
+    for (i, part) in path.iter().enumerate() {
+        let Some(table) = node.as_table_mut() else {
+            return;
+        };
+        if i + 1 == path.len() {
+            table.insert(part.clone(), value);
+            return;
+        }
+        node = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::map::Map::new()));
+    }
+}
+
+fn parse_literal(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Deep-merges `from` into `into`. A namespace table from a file replaces the default
+/// namespace set when `replace_namespaces` is set, so a file lists exactly its namespaces.
+fn merge(into: &mut toml::Value, from: toml::Value, replace_namespaces: bool) {
+    match (into, from) {
+        (toml::Value::Table(a), toml::Value::Table(b)) => {
+            for (k, v) in b {
+                if replace_namespaces && k == "namespaces" {
+                    let mut namespaces = toml::map::Map::new();
+                    if let toml::Value::Table(list) = v {
+                        for (name, opts) in list {
+                            let mut base = toml::Value::try_from(NamespaceConfig::default())
+                                .unwrap_or(toml::Value::Table(toml::map::Map::new()));
+                            merge(&mut base, opts, false);
+                            namespaces.insert(name, base);
+                        }
+                    }
+                    a.insert(k, toml::Value::Table(namespaces));
+                    continue;
+                }
+                match a.get_mut(&k) {
+                    Some(existing) => merge(existing, v, false),
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = Config::load(None, env(&[]), &[]).expect("defaults load");
+        assert!(!c.client.allow_anonymous);
+        assert!(c.api.key.is_empty());
+        assert_eq!(c.websocket.max_message_size, 65536);
+        assert_eq!(c.websocket.max_frame_size, 65536);
+        assert!(c.websocket.allowed_origins.is_empty());
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8000");
+    }
+
+    #[test]
+    fn env_and_set_override_in_order() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("STARLING_WEBSOCKET_MAX_MESSAGE_SIZE", "1000"),
+                ("STARLING_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("STARLING_CACHE", "/tmp/x"),
+                ("PATH", "/bin"),
+            ]),
+            &[("websocket.max_message_size".into(), "2000".into())],
+        )
+        .expect("loads");
+        assert_eq!(c.websocket.max_message_size, 2000);
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let err = Config::load(None, env(&[("STARLING_WEBSOCKET_MAX_MESAGE", "1")]), &[])
+            .expect_err("unknown key");
+        assert!(
+            err.to_string().contains("STARLING_WEBSOCKET_MAX_MESAGE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::load(
+            None,
+            env(&[]),
+            &[("websocket.max_message_size".into(), "lots".into())],
+        )
+        .expect_err("bad value");
+        assert!(err.to_string().contains("max_message_size"), "{err}");
+    }
+
+    #[test]
+    fn file_with_unknown_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("starling-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[websocket]\nmax_mesage_size = 10\n").expect("write");
+        let err = Config::load(Some(&path), env(&[]), &[]).expect_err("unknown key");
+        assert!(err.to_string().contains("max_mesage_size"), "{err}");
+
+        std::fs::write(
+            &path,
+            "[namespaces.chat]\nallow_publish = true\n[api]\nkey = \"k\"\n",
+        )
+        .expect("write");
+        let c = Config::load(Some(&path), env(&[]), &[]).expect("good file");
+        assert!(c.namespaces["chat"].allow_publish);
+        assert!(c.namespaces["chat"].presence, "unset options keep defaults");
+        assert!(
+            !c.namespaces.contains_key("default"),
+            "file lists its namespaces"
+        );
+        assert_eq!(c.api.key, "k");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn namespace_override_creates_namespace() {
+        let c = Config::load(
+            None,
+            env(&[("STARLING_NAMESPACES_CHAT_ALLOW_PUBLISH", "true")]),
+            &[("namespaces.news.private".into(), "true".into())],
+        )
+        .expect("loads");
+        assert!(c.namespaces["chat"].allow_publish);
+        assert!(c.namespaces["news"].private);
+    }
+
+    #[test]
+    fn dev_mode_opens_up() {
+        let c =
+            Config::load(None, env(&[]), &[("server.dev".into(), "true".into())]).expect("loads");
+        assert!(c.client.allow_anonymous);
+        assert_eq!(c.api.key, DEV_API_KEY);
+        assert_eq!(c.websocket.allowed_origins, vec!["*".to_string()]);
+    }
+}

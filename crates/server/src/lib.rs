@@ -1,0 +1,14 @@
+//! The Starling server: configuration, the HTTP API, the WebSocket endpoint, auth,
+//! metrics and graceful shutdown, around the hub of `starling-core`.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod encoder;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
+pub mod session;
+pub mod upgrade;

@@ -1,0 +1,194 @@
+//! Server-level counters and the Prometheus text rendering of all counters.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::app::AppState;
+
+/// Close and error codes counted individually; others land in `other`.
+const CODES: &[u16] = &[
+    1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4000, 4001, 4002, 4003, 4004, 4005, 4500, 4501,
+    4502, 4503, 4504, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111,
+];
+
+/// Counters kept by the server (the hub keeps its own).
+#[derive(Debug)]
+pub struct Metrics {
+    /// WebSocket connections accepted (counter).
+    pub connections_accepted: AtomicU64,
+    /// Upgrade requests refused (bad handshake, origin, draining).
+    pub upgrades_refused: AtomicU64,
+    /// WebSocket messages received from clients.
+    pub messages_in: AtomicU64,
+    /// Bytes received from clients (WebSocket payload and framing).
+    pub bytes_in: AtomicU64,
+    /// Bytes written to client sockets.
+    pub bytes_written: AtomicU64,
+    /// HTTP API requests.
+    pub api_requests: AtomicU64,
+    errors: Vec<AtomicU64>,
+    other_errors: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections_accepted: AtomicU64::new(0),
+            upgrades_refused: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            api_requests: AtomicU64::new(0),
+            errors: CODES.iter().map(|_| AtomicU64::new(0)).collect(),
+            other_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one error reply or disconnect with `code`.
+    pub fn error(&self, code: u32) {
+        match CODES.iter().position(|c| u32::from(*c) == code) {
+            Some(i) => self.errors[i].fetch_add(1, Ordering::Relaxed),
+            None => self.other_errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn line(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// Renders every metric in the Prometheus text format (version 0.0.4).
+pub fn render(state: &AppState) -> String {
+    let m = &state.metrics;
+    let h = state.hub.counters();
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(4096);
+    line(
+        &mut out,
+        "starling_connections",
+        "gauge",
+        "Open WebSocket connections.",
+        state.registry.connections() as u64,
+    );
+    line(
+        &mut out,
+        "starling_users",
+        "gauge",
+        "Distinct authenticated users connected.",
+        state.registry.users() as u64,
+    );
+    line(
+        &mut out,
+        "starling_connections_accepted_total",
+        "counter",
+        "WebSocket connections accepted.",
+        get(&m.connections_accepted),
+    );
+    line(
+        &mut out,
+        "starling_upgrades_refused_total",
+        "counter",
+        "WebSocket upgrade requests refused.",
+        get(&m.upgrades_refused),
+    );
+    line(
+        &mut out,
+        "starling_channels",
+        "gauge",
+        "Channels with at least one subscriber.",
+        get(&h.channels),
+    );
+    line(
+        &mut out,
+        "starling_subscriptions",
+        "gauge",
+        "Subscriptions.",
+        get(&h.subscriptions),
+    );
+    line(
+        &mut out,
+        "starling_publications_total",
+        "counter",
+        "Publications accepted.",
+        get(&h.publications),
+    );
+    line(
+        &mut out,
+        "starling_messages_in_total",
+        "counter",
+        "WebSocket messages received from clients.",
+        get(&m.messages_in),
+    );
+    line(
+        &mut out,
+        "starling_bytes_in_total",
+        "counter",
+        "Bytes received from clients.",
+        get(&m.bytes_in),
+    );
+    line(
+        &mut out,
+        "starling_messages_out_total",
+        "counter",
+        "Frames queued to clients by fan-out.",
+        get(&h.messages_out),
+    );
+    line(
+        &mut out,
+        "starling_bytes_out_total",
+        "counter",
+        "Bytes queued to clients by fan-out.",
+        get(&h.bytes_out),
+    );
+    line(
+        &mut out,
+        "starling_bytes_written_total",
+        "counter",
+        "Bytes written to client sockets.",
+        get(&m.bytes_written),
+    );
+    line(
+        &mut out,
+        "starling_slow_consumers_total",
+        "counter",
+        "Connections closed because their queue overflowed.",
+        get(&h.slow_consumers),
+    );
+    line(
+        &mut out,
+        "starling_api_requests_total",
+        "counter",
+        "HTTP API requests.",
+        get(&m.api_requests),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP starling_errors_total Error replies and disconnects, by code.\n# TYPE starling_errors_total counter"
+    );
+    for (code, n) in CODES.iter().zip(&m.errors) {
+        let _ = writeln!(out, "starling_errors_total{{code=\"{code}\"}} {}", get(n));
+    }
+    let _ = writeln!(
+        out,
+        "starling_errors_total{{code=\"other\"}} {}",
+        get(&m.other_errors)
+    );
+    line(
+        &mut out,
+        "starling_uptime_seconds",
+        "gauge",
+        "Seconds since the node started.",
+        state.started.elapsed().as_secs(),
+    );
+    out
+}

@@ -1,0 +1,50 @@
+//! Operational endpoints: health, readiness, metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use crate::app::AppState;
+
+/// `GET /health`: the process is up.
+pub async fn health() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"ok\"}",
+    )
+}
+
+/// `GET /ready`: 200 while the node accepts connections, 503 while it drains.
+pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    if state.draining.load(Ordering::SeqCst) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json,
+            "{\"status\":\"draining\"}",
+        )
+    } else {
+        (StatusCode::OK, json, "{\"status\":\"ready\"}")
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&state),
+    )
+}
+
+/// Any other path.
+pub async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"error\":{\"code\":404,\"message\":\"not found\"}}",
+    )
+}

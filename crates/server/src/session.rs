@@ -1,0 +1,394 @@
+//! A client session: the protocol commands of one connection, after the WebSocket layer.
+//!
+//! Commands decode from a message, run against the hub, and their replies leave in one
+//! frame per incoming message (a batch in, a batch out). A frame that cannot be decoded
+//! at all, or a command before `connect`, ends the session with a disconnect code.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use starling_core::{ClientKey, FrameFormat, Outbox, Subscriber};
+use starling_protocol::codes::{self, DisconnectCode};
+use starling_protocol::{
+    ClientInfo, Command, ConnectRequest, ConnectResult, Encoding, Error, Method, PresenceResult,
+    PresenceStatsResult, PublishRequest, PublishResult, Reply, ReplyBody, SubscribeRequest,
+    SubscribeResult, UnsubscribeResult, decode_commands, encode_reply,
+};
+use tracing::debug;
+
+use crate::app::AppState;
+use crate::auth::AuthError;
+use crate::encoder::WireEncoder;
+
+/// The authenticated side of a session.
+#[derive(Debug)]
+struct Identity {
+    user: Arc<str>,
+    info: Arc<ClientInfo>,
+    /// Channels the token limits subscriptions to (`None`: no limit).
+    allowed: Option<HashSet<String>>,
+    /// Token expiry, seconds since the Unix epoch.
+    expires_at: Option<u64>,
+}
+
+/// One connection's protocol state.
+pub struct Session {
+    key: ClientKey,
+    state: Arc<AppState>,
+    outbox: Arc<Outbox>,
+    format: FrameFormat,
+    identity: Option<Identity>,
+    subscriptions: HashSet<Arc<str>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("key", &self.key)
+            .field("subscriptions", &self.subscriptions.len())
+            .finish()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Session {
+    /// A session for connection `key` writing into `outbox` in `format`.
+    pub fn new(
+        key: ClientKey,
+        state: Arc<AppState>,
+        outbox: Arc<Outbox>,
+        format: FrameFormat,
+    ) -> Self {
+        Self {
+            key,
+            state,
+            outbox,
+            format,
+            identity: None,
+            subscriptions: HashSet::new(),
+        }
+    }
+
+    /// Whether `connect` succeeded.
+    pub fn connected(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// Time left until the connection token expires, if it does.
+    pub fn expires_in(&self) -> Option<Duration> {
+        let at = self.identity.as_ref()?.expires_at?;
+        Some(Duration::from_secs(at.saturating_sub(now_secs())))
+    }
+
+    fn encoding(&self) -> Encoding {
+        WireEncoder::encoding(self.format)
+    }
+
+    /// Handles one WebSocket message holding one or more commands.
+    pub fn handle(&mut self, payload: &[u8]) -> Result<(), DisconnectCode> {
+        let commands = decode_commands(self.encoding(), payload).map_err(|e| {
+            debug!(key = self.key, "undecodable frame: {e}");
+            codes::BAD_REQUEST_DISCONNECT
+        })?;
+        let mut out = Vec::new();
+        for command in commands {
+            let reply = match command {
+                Ok(command) => self.dispatch(command, &mut out)?,
+                Err(err) => Some(err.reply()),
+            };
+            if let Some(reply) = reply {
+                if let Err(e) = &reply.body {
+                    self.state.metrics.error(e.code);
+                }
+                encode_reply(self.encoding(), &reply, &mut out);
+            }
+        }
+        self.flush(&mut out);
+        Ok(())
+    }
+
+    fn flush(&self, out: &mut Vec<u8>) {
+        if !out.is_empty() {
+            self.outbox.push(self.state.encoder.frame(self.format, out));
+            out.clear();
+        }
+    }
+
+    /// Runs one command. `None` means no reply (a client pong). Replies that must precede
+    /// later pushes (subscribe) are queued directly together with `out`.
+    fn dispatch(
+        &mut self,
+        command: Command,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Reply>, DisconnectCode> {
+        let id = command.id;
+        if let Method::Connect(req) = command.method {
+            return self.connect(id, req).map(Some);
+        }
+        if self.identity.is_none() {
+            return Err(codes::CONNECT_REQUIRED);
+        }
+        let body = match command.method {
+            Method::Connect(_) => unreachable_connect(),
+            Method::Subscribe(req) => return Ok(self.subscribe(id, req, out)),
+            Method::Unsubscribe(req) => {
+                if let Some(name) = self.subscriptions.take(req.channel.as_str()) {
+                    self.state.hub.unsubscribe(&name, self.key);
+                }
+                Ok(ReplyBody::Unsubscribe(UnsubscribeResult {}))
+            }
+            Method::Publish(req) => self.publish(req),
+            Method::Presence(req) => self.presence(&req.channel, false),
+            Method::PresenceStats(req) => self.presence(&req.channel, true),
+            Method::History(_) => {
+                Err(codes::NOT_AVAILABLE.with_message("history is not kept by this node yet"))
+            }
+            Method::Ping => Ok(ReplyBody::Ping),
+            Method::Pong => return Ok(None),
+        };
+        Ok(Some(Reply { id, body }))
+    }
+
+    fn connect(&mut self, id: u32, req: ConnectRequest) -> Result<Reply, DisconnectCode> {
+        if self.identity.is_some() {
+            return Ok(Reply::error(id, codes::ALREADY_CONNECTED));
+        }
+        let config = &self.state.config;
+        let (user, allowed, expires_at, conn_info) = match req.token.as_deref() {
+            Some(token) if !token.is_empty() => match self.state.auth.verify_connect(token) {
+                Ok(claims) => {
+                    let allowed = (!claims.channels.is_empty())
+                        .then(|| claims.channels.into_iter().collect::<HashSet<_>>());
+                    let info = claims
+                        .info
+                        .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()));
+                    (claims.sub, allowed, claims.exp, info)
+                }
+                Err(AuthError::Expired) => return Ok(Reply::error(id, codes::TOKEN_EXPIRED)),
+                Err(AuthError::Invalid(reason)) => {
+                    debug!(key = self.key, "connect refused: {reason}");
+                    return Err(codes::UNAUTHORIZED_DISCONNECT);
+                }
+            },
+            _ if config.client.allow_anonymous => (String::new(), None, None, None),
+            _ => return Err(codes::UNAUTHORIZED_DISCONNECT),
+        };
+        let client = format!("{}-{:x}", self.state.node, self.key);
+        let user: Arc<str> = Arc::from(user);
+        self.state.registry.set_user(self.key, user.clone());
+        let ttl = expires_at.map(|at| at.saturating_sub(now_secs()));
+        self.identity = Some(Identity {
+            info: Arc::new(ClientInfo {
+                user: user.to_string(),
+                client: client.clone(),
+                conn_info,
+                chan_info: None,
+            }),
+            user,
+            allowed,
+            expires_at,
+        });
+        Ok(Reply::ok(
+            id,
+            ReplyBody::Connect(ConnectResult {
+                client,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                ping: u32::try_from(config.websocket.ping_interval_secs).unwrap_or(u32::MAX),
+                expires: ttl.is_some(),
+                ttl: ttl.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
+            }),
+        ))
+    }
+
+    fn subscribe(&mut self, id: u32, req: SubscribeRequest, out: &mut Vec<u8>) -> Option<Reply> {
+        let error = |e: Error| Some(Reply::error(id, e));
+        let Some(identity) = &self.identity else {
+            return error(codes::INTERNAL.error());
+        };
+        let rules = match self.state.namespaces.resolve(&req.channel) {
+            Ok(rules) => rules,
+            Err(starling_core::ChannelError::Invalid) => {
+                return error(codes::BAD_REQUEST.with_message("invalid channel name"));
+            }
+            Err(e @ starling_core::ChannelError::UnknownNamespace(_)) => {
+                return error(codes::UNKNOWN_CHANNEL.with_message(e.to_string()));
+            }
+        };
+        if self.subscriptions.contains(req.channel.as_str()) {
+            return error(codes::ALREADY_SUBSCRIBED.error());
+        }
+        let anonymous = identity.user.is_empty();
+        if anonymous && !rules.options.allow_anonymous {
+            return error(
+                codes::PERMISSION_DENIED.with_message("anonymous clients may not subscribe here"),
+            );
+        }
+        if let Some(owner) = rules.owner
+            && owner != &*identity.user
+        {
+            return error(
+                codes::PERMISSION_DENIED.with_message("personal channel of another user"),
+            );
+        }
+        if let Some(allowed) = &identity.allowed
+            && !allowed.contains(&req.channel)
+        {
+            return error(
+                codes::PERMISSION_DENIED
+                    .with_message("channel not allowed by the connection token"),
+            );
+        }
+        let mut info = identity.info.clone();
+        if rules.options.private {
+            let Some(token) = req.token.as_deref().filter(|t| !t.is_empty()) else {
+                return error(
+                    codes::PERMISSION_DENIED
+                        .with_message("private channel: subscription token required"),
+                );
+            };
+            match self
+                .state
+                .auth
+                .verify_subscribe(token, &identity.user, &req.channel)
+            {
+                Ok(claims) => {
+                    if let Some(raw) = claims.info {
+                        let mut with_chan = (*info).clone();
+                        with_chan.chan_info = Some(Bytes::copy_from_slice(raw.get().as_bytes()));
+                        info = Arc::new(with_chan);
+                    }
+                }
+                Err(AuthError::Expired) => return error(codes::TOKEN_EXPIRED.error()),
+                Err(AuthError::Invalid(reason)) => {
+                    return error(
+                        codes::PERMISSION_DENIED
+                            .with_message(format!("subscription token: {reason}")),
+                    );
+                }
+            }
+        }
+        let subscriber = Subscriber {
+            key: self.key,
+            outbox: self.outbox.clone(),
+            format: self.format,
+            info,
+        };
+        let encoding = self.encoding();
+        let state = self.state.clone();
+        let format = self.format;
+        let result =
+            state
+                .hub
+                .subscribe(&req.channel, subscriber, rules.options.join_leave, |pos| {
+                    let reply = Reply::ok(
+                        id,
+                        ReplyBody::Subscribe(SubscribeResult {
+                            epoch: pos.epoch.to_string(),
+                            offset: pos.offset,
+                            ..SubscribeResult::default()
+                        }),
+                    );
+                    encode_reply(encoding, &reply, out);
+                    let frame = state.encoder.frame(format, out);
+                    out.clear();
+                    Some(frame)
+                });
+        match result {
+            Ok((name, _)) => {
+                self.subscriptions.insert(name);
+                None
+            }
+            Err(_) => error(codes::ALREADY_SUBSCRIBED.error()),
+        }
+    }
+
+    fn publish(&mut self, req: PublishRequest) -> Result<ReplyBody, Error> {
+        let identity = self
+            .identity
+            .as_ref()
+            .ok_or_else(|| codes::INTERNAL.error())?;
+        let rules = self
+            .state
+            .namespaces
+            .resolve(&req.channel)
+            .map_err(|e| match e {
+                starling_core::ChannelError::Invalid => {
+                    codes::BAD_REQUEST.with_message("invalid channel name")
+                }
+                e => codes::UNKNOWN_CHANNEL.with_message(e.to_string()),
+            })?;
+        if !rules.options.allow_publish {
+            return Err(
+                codes::PERMISSION_DENIED.with_message("clients may not publish in this namespace")
+            );
+        }
+        if identity.user.is_empty() && !rules.options.allow_anonymous {
+            return Err(
+                codes::PERMISSION_DENIED.with_message("anonymous clients may not publish here")
+            );
+        }
+        if rules.owner.is_some_and(|owner| owner != &*identity.user) {
+            return Err(codes::PERMISSION_DENIED.with_message("personal channel of another user"));
+        }
+        let published = self
+            .state
+            .hub
+            .publish(&req.channel, req.data, Some(identity.info.clone()));
+        Ok(ReplyBody::Publish(PublishResult {
+            offset: published.position.offset,
+            epoch: published.position.epoch.to_string(),
+        }))
+    }
+
+    fn presence(&self, channel: &str, stats: bool) -> Result<ReplyBody, Error> {
+        let rules = self
+            .state
+            .namespaces
+            .resolve(channel)
+            .map_err(|e| match e {
+                starling_core::ChannelError::Invalid => {
+                    codes::BAD_REQUEST.with_message("invalid channel name")
+                }
+                e => codes::UNKNOWN_CHANNEL.with_message(e.to_string()),
+            })?;
+        if !rules.options.presence {
+            return Err(
+                codes::NOT_AVAILABLE.with_message("presence is disabled for this namespace")
+            );
+        }
+        if !self.subscriptions.contains(channel) {
+            return Err(codes::PERMISSION_DENIED.with_message("subscribe to the channel first"));
+        }
+        let infos = self.state.hub.presence(channel);
+        if stats {
+            let users: HashSet<&str> = infos.iter().map(|i| i.user.as_str()).collect();
+            return Ok(ReplyBody::PresenceStats(PresenceStatsResult {
+                num_clients: u32::try_from(infos.len()).unwrap_or(u32::MAX),
+                num_users: u32::try_from(users.len()).unwrap_or(u32::MAX),
+            }));
+        }
+        let clients: BTreeMap<String, ClientInfo> = infos
+            .iter()
+            .map(|i| (i.client.clone(), (**i).clone()))
+            .collect();
+        Ok(ReplyBody::Presence(PresenceResult { clients }))
+    }
+
+    /// Leaves every channel (the connection is closing).
+    pub fn close(&mut self) {
+        for name in self.subscriptions.drain() {
+            self.state.hub.unsubscribe(&name, self.key);
+        }
+    }
+}
+
+fn unreachable_connect() -> Result<ReplyBody, Error> {
+    Err(codes::INTERNAL.error())
+}

@@ -1,0 +1,141 @@
+//! `GET /connection/websocket`: validates the upgrade request, checks the origin, answers
+//! 101 and hands the raw TCP stream to the connection driver.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use starling_protocol::Encoding;
+use starling_websocket::{HandshakeConfig, accept};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::app::AppState;
+use crate::connection::{self, Negotiated};
+use crate::encoder::WireEncoder;
+use crate::metrics::Metrics;
+
+fn refuse(state: &AppState, status: StatusCode, headers: HeaderMap, reason: String) -> Response {
+    Metrics::add(&state.metrics.upgrades_refused, 1);
+    let mut response = (status, headers, reason + "\n").into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Whether a browser page from `origin` may open a connection. Requests without an
+/// `Origin` header come from non-browser clients, which cross-site hijacking cannot use.
+fn origin_allowed(allowed: &[String], origin: Option<&HeaderValue>) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}
+
+/// The upgrade handler.
+pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    if state.draining.load(Ordering::SeqCst) {
+        return refuse(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            HeaderMap::new(),
+            "server is shutting down".into(),
+        );
+    }
+    let config = HandshakeConfig {
+        deflate: state.config.websocket.compression,
+        subprotocols: starling_protocol::SUBPROTOCOLS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let accepted = match accept(&parts.method, parts.version, &parts.headers, &config) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            debug!("bad upgrade request: {e}");
+            return refuse(&state, e.status(), e.response_headers(), e.to_string());
+        }
+    };
+    if !origin_allowed(
+        &state.config.websocket.allowed_origins,
+        parts.headers.get(header::ORIGIN),
+    ) {
+        return refuse(
+            &state,
+            StatusCode::FORBIDDEN,
+            HeaderMap::new(),
+            "origin not allowed (websocket.allowed_origins)".into(),
+        );
+    }
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(
+            &state,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            HeaderMap::new(),
+            "connection cannot be upgraded".into(),
+        );
+    };
+    let encoding =
+        Encoding::from_subprotocol(accepted.subprotocol.as_deref()).unwrap_or(Encoding::Json);
+    let negotiated = Negotiated {
+        format: WireEncoder::format(encoding, accepted.deflate.as_ref()),
+        deflate: accepted.deflate,
+    };
+    let task_state = state.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                debug!("upgrade failed: {e}");
+                return;
+            }
+        };
+        // Take the raw socket back from hyper: the driver reads by readiness into a
+        // per-thread buffer instead of keeping hyper's per-connection buffers.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                connection::run(
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    negotiated,
+                    task_state,
+                )
+                .await;
+            }
+            Err(_) => warn!("upgraded connection is not a TCP stream"),
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = accepted.response_headers();
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let list = vec!["https://app.example.com".to_string()];
+        let ok = HeaderValue::from_static("https://app.example.com");
+        let bad = HeaderValue::from_static("https://evil.example.com");
+        assert!(origin_allowed(&list, None));
+        assert!(origin_allowed(&list, Some(&ok)));
+        assert!(!origin_allowed(&list, Some(&bad)));
+        assert!(!origin_allowed(&[], Some(&ok)));
+        assert!(origin_allowed(&["*".to_string()], Some(&bad)));
+    }
+}

@@ -1,0 +1,187 @@
+//! The HTTP API: every endpoint, its errors, and the OpenAPI document that describes it.
+
+mod common;
+
+use common::{Client, Server};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn every_endpoint_answers_as_documented() {
+    let server = Server::start(&["--set", "namespaces.chat.allow_publish=true"]);
+    let openapi: Value = {
+        let (status, text) = server.get("/api/openapi.json").await;
+        assert_eq!(status, 200);
+        serde_json::from_str(&text).expect("openapi is JSON")
+    };
+    let alice = common::token(json!({"sub": "alice"}));
+    let (mut c, _) = Client::connect(&server, Some(&alice)).await;
+    c.call("subscribe", json!({"channel": "chat:lobby"})).await;
+
+    let calls = [
+        (
+            "publish",
+            json!({"channel": "chat:lobby", "data": {"n": 1}}),
+        ),
+        (
+            "broadcast",
+            json!({"channels": ["chat:lobby", "other"], "data": 2}),
+        ),
+        ("channels", json!({})),
+        ("presence", json!({"channel": "chat:lobby"})),
+        ("info", json!({})),
+        ("disconnect", json!({"user": "nobody"})),
+    ];
+    let paths = openapi["paths"].as_object().expect("paths");
+    assert_eq!(
+        paths.len(),
+        calls.len(),
+        "every documented path is exercised here"
+    );
+    for (method, body) in calls {
+        let path = format!("/api/{method}");
+        let doc = &paths
+            .get(&path)
+            .unwrap_or_else(|| panic!("{path} documented"))["post"];
+        let (status, reply) = server.api(method, body).await;
+        assert_eq!(status, 200, "{path}: {reply}");
+        let schema = &doc["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
+            ["result"];
+        let schema = resolve(&openapi, schema);
+        for field in schema["required"].as_array().expect("required fields") {
+            let field = field.as_str().expect("name");
+            assert!(
+                reply["result"].get(field).is_some(),
+                "{path}: missing {field} in {reply}"
+            );
+        }
+        for key in reply["result"].as_object().expect("object").keys() {
+            assert!(
+                schema["properties"].get(key).is_some(),
+                "{path}: undocumented field {key}"
+            );
+        }
+    }
+    // Results carry the right values.
+    let (_, r) = server.api("channels", json!({})).await;
+    assert_eq!(r["result"]["channels"]["chat:lobby"]["num_clients"], 1);
+    let (_, r) = server.api("channels", json!({"pattern": "zzz"})).await;
+    assert_eq!(r["result"]["channels"], json!({}));
+    let (_, r) = server
+        .api("presence", json!({"channel": "chat:lobby"}))
+        .await;
+    let clients = r["result"]["clients"].as_object().expect("clients");
+    assert_eq!(clients.values().next().expect("one")["user"], "alice");
+    let (_, r) = server.api("info", json!({})).await;
+    assert_eq!(r["result"]["connections"], 1);
+    assert_eq!(r["result"]["subscriptions"], 1);
+    let (_, r) = server
+        .api(
+            "broadcast",
+            json!({"channels": ["chat:lobby", "nope:x"], "data": 3}),
+        )
+        .await;
+    assert_eq!(r["result"]["responses"][0]["delivered"], 1);
+    assert_eq!(r["result"]["responses"][1]["error"]["code"], 102);
+    // The subscriber got the publish and both broadcasts.
+    for expected in [json!({"n": 1}), json!(2), json!(3)] {
+        let (_, p) = c.next_publication().await;
+        assert_eq!(p["data"], expected);
+    }
+    let (_, r) = server.api("disconnect", json!({"user": "alice"})).await;
+    assert_eq!(r["result"]["disconnected"], 1);
+    let close = c.expect_close().await.expect("close");
+    assert_eq!(u16::from(close.code), 4503);
+}
+
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let pointer = r.trim_start_matches('#');
+            doc.pointer(pointer)
+                .unwrap_or_else(|| panic!("dangling {r}"))
+        }
+        None => schema,
+    }
+}
+
+#[tokio::test]
+async fn errors_are_json_with_codes() {
+    let server = Server::start(&["--set", "websocket.max_message_size=1024"]);
+    let body = json!({"channel": "x", "data": 1}).to_string();
+    let (status, r) = server.api_with_key("publish", &body, None).await;
+    assert_eq!(
+        (status, r["error"]["code"].as_u64()),
+        (401, Some(101)),
+        "{r}"
+    );
+    let (status, r) = server.api_with_key("publish", &body, Some("wrong")).await;
+    assert_eq!(
+        (status, r["error"]["code"].as_u64()),
+        (401, Some(101)),
+        "{r}"
+    );
+    let (status, r) = server
+        .api_with_key("publish", "{nope", Some(common::API_KEY))
+        .await;
+    assert_eq!(
+        (status, r["error"]["code"].as_u64()),
+        (400, Some(107)),
+        "{r}"
+    );
+    let (status, r) = server.api("publish", json!({"channel": "x"})).await;
+    assert_eq!(
+        (status, r["error"]["code"].as_u64()),
+        (400, Some(107)),
+        "missing data: {r}"
+    );
+    let (status, r) = server
+        .api("publish", json!({"channel": "ns:x", "data": 1}))
+        .await;
+    assert_eq!(
+        (status, r["error"]["code"].as_u64()),
+        (400, Some(102)),
+        "{r}"
+    );
+    let big = "y".repeat(2000);
+    let (status, r) = server
+        .api("publish", json!({"channel": "x", "data": big}))
+        .await;
+    assert_eq!(
+        (status, r["error"]["code"].as_u64()),
+        (413, Some(110)),
+        "{r}"
+    );
+    let huge = "z".repeat(64 * 1024);
+    let (status, r) = server
+        .api("publish", json!({"channel": "x", "data": huge}))
+        .await;
+    assert_eq!(
+        (status, r["error"]["code"].as_u64()),
+        (413, Some(110)),
+        "{r}"
+    );
+    let (status, r) = server
+        .api("broadcast", json!({"channels": [], "data": 1}))
+        .await;
+    assert_eq!(
+        (status, r["error"]["code"].as_u64()),
+        (400, Some(107)),
+        "{r}"
+    );
+    let (status, _) = server.get("/api/nothing").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn api_is_disabled_without_a_key() {
+    // `--set` wins over `--api-key`: this node has no key at all.
+    let server = Server::start(&["--set", "api.key=\"\""]);
+    let (status, r) = server.api("info", json!({})).await;
+    assert_eq!(status, 401);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("api.key")),
+        "{r}"
+    );
+}

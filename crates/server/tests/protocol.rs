@@ -1,0 +1,477 @@
+//! The client protocol over real WebSocket connections to the real binary.
+
+mod common;
+
+use common::{Client, Server, now, token};
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+fn dev() -> Server {
+    Server::start(&["--dev"])
+}
+
+#[tokio::test]
+async fn quick_start_subscribe_and_receive_from_client_and_api() {
+    let server = dev();
+    let (mut alice, reply) = Client::connect(&server, None).await;
+    assert!(
+        reply["connect"]["client"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
+    assert_eq!(reply["connect"]["ping"], 25);
+    let sub = alice
+        .call("subscribe", json!({"channel": "chat:lobby"}))
+        .await;
+    assert_eq!(sub["subscribe"]["offset"], 0, "{sub}");
+    let epoch = sub["subscribe"]["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_string();
+
+    let (mut bob, _) = Client::connect(&server, None).await;
+    let published = bob
+        .call(
+            "publish",
+            json!({"channel": "chat:lobby", "data": {"text": "hi"}}),
+        )
+        .await;
+    assert_eq!(published["publish"]["offset"], 1, "{published}");
+    assert_eq!(published["publish"]["epoch"], epoch.as_str());
+    let (channel, p) = alice.next_publication().await;
+    assert_eq!(channel, "chat:lobby");
+    assert_eq!(p["data"], json!({"text": "hi"}));
+    assert_eq!(p["offset"], 1);
+    assert_eq!(p["info"]["user"], "", "anonymous publisher");
+    assert!(p["info"]["client"].is_string(), "{p}");
+
+    let (status, body) = server
+        .api(
+            "publish",
+            json!({"channel": "chat:lobby", "data": [1, 2, 3]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["offset"], 2);
+    assert_eq!(body["result"]["delivered"], 1);
+    let (_, p) = alice.next_publication().await;
+    assert_eq!(p["data"], json!([1, 2, 3]));
+    assert_eq!(p["offset"], 2);
+    assert!(
+        p.get("info").is_none(),
+        "API publications carry no client info"
+    );
+}
+
+#[tokio::test]
+async fn publications_arrive_in_order() {
+    let server = dev();
+    let (mut sub, _) = Client::connect(&server, None).await;
+    sub.call("subscribe", json!({"channel": "order"})).await;
+    let (mut publisher, _) = Client::connect(&server, None).await;
+    for i in 0..200 {
+        publisher
+            .send("publish", json!({"channel": "order", "data": i}))
+            .await;
+    }
+    for i in 0..200u64 {
+        let (_, p) = sub.next_publication().await;
+        assert_eq!(p["data"], json!(i));
+        assert_eq!(p["offset"], i + 1);
+    }
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let server = dev();
+    let (mut c, _) = Client::connect(&server, None).await;
+    c.call("subscribe", json!({"channel": "a"})).await;
+    c.call("subscribe", json!({"channel": "b"})).await;
+    let r = c.call("unsubscribe", json!({"channel": "a"})).await;
+    assert_eq!(r["unsubscribe"], json!({}));
+    server
+        .api("publish", json!({"channel": "a", "data": "x"}))
+        .await;
+    server
+        .api("publish", json!({"channel": "b", "data": "y"}))
+        .await;
+    let (channel, p) = c.next_publication().await;
+    assert_eq!((channel.as_str(), &p["data"]), ("b", &json!("y")));
+}
+
+#[tokio::test]
+async fn presence_and_stats() {
+    let server = dev();
+    let alice_token = token(json!({"sub": "alice"}));
+    let (mut a, _) = Client::connect(&server, Some(&alice_token)).await;
+    let (mut a2, _) = Client::connect(&server, Some(&alice_token)).await;
+    let (mut b, _) = Client::connect(&server, Some(&token(json!({"sub": "bob"})))).await;
+    for c in [&mut a, &mut a2, &mut b] {
+        c.call("subscribe", json!({"channel": "room"})).await;
+    }
+    let p = a.call("presence", json!({"channel": "room"})).await;
+    let clients = p["presence"]["clients"].as_object().expect("clients");
+    assert_eq!(clients.len(), 3);
+    let mut users: Vec<_> = clients
+        .values()
+        .map(|c| c["user"].as_str().unwrap_or(""))
+        .collect();
+    users.sort();
+    assert_eq!(users, vec!["alice", "alice", "bob"]);
+    let s = a.call("presence_stats", json!({"channel": "room"})).await;
+    assert_eq!(
+        s["presence_stats"],
+        json!({"num_clients": 3, "num_users": 2})
+    );
+    let denied = a.call("presence", json!({"channel": "elsewhere"})).await;
+    assert_eq!(
+        denied["error"]["code"], 103,
+        "presence needs a subscription: {denied}"
+    );
+}
+
+#[tokio::test]
+async fn ping_batch_and_unknown_method() {
+    let server = dev();
+    let (mut c, _) = Client::connect(&server, None).await;
+    c.send_text("{\"id\":10,\"ping\":{}}\n{\"id\":11,\"frobnicate\":{}}\n{\"id\":12,\"ping\":{}}")
+        .await;
+    let frame = c.next_frame().await;
+    let text = frame.into_text().expect("text");
+    let replies: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(replies.len(), 3, "a batch in, a batch out: {text}");
+    assert_eq!(replies[0], json!({"id": 10, "ping": {}}));
+    assert_eq!(replies[1]["id"], 11);
+    assert_eq!(replies[1]["error"]["code"], 104);
+    assert_eq!(replies[2], json!({"id": 12, "ping": {}}));
+}
+
+#[tokio::test]
+async fn history_is_reported_unavailable_until_kept() {
+    let server = dev();
+    let (mut c, _) = Client::connect(&server, None).await;
+    let r = c.call("history", json!({"channel": "x"})).await;
+    assert_eq!(r["error"]["code"], 108, "{r}");
+}
+
+#[tokio::test]
+async fn msgpack_subprotocol() {
+    use starling_protocol::{
+        Command, ConnectRequest, Encoding, Method, PublishRequest, ReplyBody, ServerMessage,
+        SubscribeRequest, decode_server_messages, encode_command,
+    };
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = dev();
+    let mut request = server.ws_url().into_client_request().expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "starling.msgpack".parse().expect("header"),
+    );
+    let (mut ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    assert_eq!(
+        response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"starling.msgpack"[..])
+    );
+    let mut frame = Vec::new();
+    for command in [
+        Command {
+            id: 1,
+            method: Method::Connect(ConnectRequest::default()),
+        },
+        Command {
+            id: 2,
+            method: Method::Subscribe(SubscribeRequest {
+                channel: "bin".into(),
+                ..Default::default()
+            }),
+        },
+        Command {
+            id: 3,
+            method: Method::Publish(PublishRequest {
+                channel: "bin".into(),
+                data: bytes::Bytes::from_static(&[0, 159, 146, 150]),
+            }),
+        },
+    ] {
+        encode_command(Encoding::MsgPack, &command, &mut frame);
+    }
+    ws.send(Message::binary(frame)).await.expect("send");
+    let mut seen_pub = false;
+    let mut replies = 0;
+    let mut client = Client { ws, next_id: 100 };
+    while !(seen_pub && replies == 3) {
+        let Message::Binary(bytes) = client.next_frame().await else {
+            panic!("msgpack frames are binary");
+        };
+        for m in decode_server_messages(Encoding::MsgPack, &bytes).expect("decode") {
+            match m {
+                ServerMessage::Reply(r) => {
+                    let body = r.body.expect("ok reply");
+                    if let ReplyBody::Publish(p) = body {
+                        assert_eq!(p.offset, 1);
+                    }
+                    replies += 1;
+                }
+                ServerMessage::Push(starling_protocol::Push::Publication {
+                    publication, ..
+                }) => {
+                    assert_eq!(&publication.data[..], &[0, 159, 146, 150]);
+                    seen_pub = true;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn binary_data_reaches_json_clients_as_b64data() {
+    let server = dev();
+    let (mut json_client, _) = Client::connect(&server, None).await;
+    json_client
+        .call("subscribe", json!({"channel": "mixed"}))
+        .await;
+    let (mut other, _) = Client::connect(&server, None).await;
+    other
+        .call(
+            "publish",
+            json!({"channel": "mixed", "b64data": "AJ+Slg=="}),
+        )
+        .await;
+    let (_, p) = json_client.next_publication().await;
+    assert_eq!(p["b64data"], "AJ+Slg==", "{p}");
+}
+
+// --- auth and permissions ---------------------------------------------------------
+
+#[tokio::test]
+async fn production_defaults_refuse_anonymous() {
+    let server = Server::start(&[]);
+    let mut c = Client::open(&server).await;
+    c.send("connect", json!({})).await;
+    let close = c.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4501);
+}
+
+#[tokio::test]
+async fn token_auth_expired_and_forged() {
+    let server = Server::start(&[]);
+    let good = token(json!({"sub": "alice", "exp": now() + 600}));
+    let (_, reply) = Client::connect(&server, Some(&good)).await;
+    assert_eq!(reply["connect"]["expires"], true);
+    assert!(reply["connect"]["ttl"].as_u64().is_some_and(|t| t > 500));
+
+    let mut c = Client::open(&server).await;
+    let expired = token(json!({"sub": "alice", "exp": now() - 60}));
+    let r = c.call("connect", json!({"token": expired})).await;
+    assert_eq!(r["error"]["code"], 109, "{r}");
+
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice"}),
+        &jsonwebtoken::EncodingKey::from_secret(b"wrong secret"),
+    )
+    .expect("sign");
+    c.send("connect", json!({"token": forged})).await;
+    let close = c.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4501);
+}
+
+#[tokio::test]
+async fn rs256_tokens() {
+    let dir = std::env::temp_dir().join(format!("starling-rsa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let public = dir.join("public.pem");
+    std::fs::write(&public, RSA_PUBLIC).expect("write key");
+    let server = Server::start(&[
+        "--set",
+        &format!("client.token_rsa_public_key=\"{}\"", public.display()),
+    ]);
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({"sub": "carol", "exp": now() + 60}),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).expect("private key"),
+    )
+    .expect("sign");
+    let (_, reply) = Client::connect(&server, Some(&token)).await;
+    assert!(reply["connect"]["client"].is_string());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn namespaces_permissions_private_and_personal_channels() {
+    let server = Server::start(&[
+        "--set",
+        "namespaces.chat.allow_publish=true",
+        "--set",
+        "namespaces.secret.private=true",
+        "--set",
+        "namespaces.default.presence=true",
+    ]);
+    let (mut alice, _) = Client::connect(&server, Some(&token(json!({"sub": "alice"})))).await;
+    // Unknown namespace.
+    let r = alice.call("subscribe", json!({"channel": "nope:x"})).await;
+    assert_eq!(r["error"]["code"], 102, "{r}");
+    // Invalid name.
+    let r = alice
+        .call("subscribe", json!({"channel": "has space"}))
+        .await;
+    assert_eq!(r["error"]["code"], 107, "{r}");
+    // Publish not allowed in default, allowed in chat.
+    let r = alice
+        .call("publish", json!({"channel": "news", "data": 1}))
+        .await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    let r = alice
+        .call("publish", json!({"channel": "chat:x", "data": 1}))
+        .await;
+    assert!(r.get("publish").is_some(), "{r}");
+    // Private channel: refused without a token, with a token for someone else, accepted with one.
+    let r = alice
+        .call("subscribe", json!({"channel": "secret:plans"}))
+        .await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    let bobs = token(json!({"sub": "bob", "channel": "secret:plans"}));
+    let r = alice
+        .call(
+            "subscribe",
+            json!({"channel": "secret:plans", "token": bobs}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    let expired = token(json!({"sub": "alice", "channel": "secret:plans", "exp": now() - 5}));
+    let r = alice
+        .call(
+            "subscribe",
+            json!({"channel": "secret:plans", "token": expired}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 109, "{r}");
+    let hers = token(json!({"sub": "alice", "channel": "secret:plans"}));
+    let r = alice
+        .call(
+            "subscribe",
+            json!({"channel": "secret:plans", "token": hers}),
+        )
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    // Twice.
+    let r = alice
+        .call(
+            "subscribe",
+            json!({"channel": "secret:plans", "token": hers}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 105, "{r}");
+    // Personal channels.
+    let r = alice.call("subscribe", json!({"channel": "#alice"})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let r = alice.call("subscribe", json!({"channel": "#bob"})).await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+}
+
+#[tokio::test]
+async fn token_channel_list_limits_subscriptions() {
+    let server = Server::start(&[]);
+    let t = token(json!({"sub": "dave", "channels": ["allowed"]}));
+    let (mut c, _) = Client::connect(&server, Some(&t)).await;
+    let r = c.call("subscribe", json!({"channel": "allowed"})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let r = c.call("subscribe", json!({"channel": "other"})).await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+}
+
+#[tokio::test]
+async fn join_and_leave_pushes() {
+    let server = Server::start(&["--dev", "--set", "namespaces.room.join_leave=true"]);
+    let (mut a, _) = Client::connect(&server, Some(&token(json!({"sub": "ann"})))).await;
+    a.call("subscribe", json!({"channel": "room:1"})).await;
+    let (mut b, _) = Client::connect(&server, Some(&token(json!({"sub": "ben"})))).await;
+    b.call("subscribe", json!({"channel": "room:1"})).await;
+    let join = a.next_json().await;
+    assert_eq!(join["push"]["channel"], "room:1");
+    assert_eq!(join["push"]["join"]["info"]["user"], "ben", "{join}");
+    b.call("unsubscribe", json!({"channel": "room:1"})).await;
+    let leave = a.next_json().await;
+    assert_eq!(leave["push"]["leave"]["info"]["user"], "ben", "{leave}");
+}
+
+// --- bad input: the offender is closed with a documented code, others keep going ---
+
+#[tokio::test]
+async fn command_before_connect_malformed_json_and_others_unaffected() {
+    let server = dev();
+    let (mut bystander, _) = Client::connect(&server, None).await;
+    bystander
+        .call("subscribe", json!({"channel": "calm"}))
+        .await;
+
+    let mut early = Client::open(&server).await;
+    early.send("subscribe", json!({"channel": "calm"})).await;
+    let close = early.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4502);
+
+    let mut garbage = Client::open(&server).await;
+    garbage.send_text("{not json").await;
+    let close = garbage.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4500);
+
+    let mut bad_msgpack = Client::open(&server).await;
+    bad_msgpack.send_text("[1,2,3]").await;
+    let close = bad_msgpack.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4500);
+
+    server
+        .api("publish", json!({"channel": "calm", "data": "still here"}))
+        .await;
+    let (_, p) = bystander.next_publication().await;
+    assert_eq!(p["data"], "still here");
+}
+
+#[tokio::test]
+async fn disconnect_push_precedes_close() {
+    let server = dev();
+    let (mut c, _) = Client::connect(&server, Some(&token(json!({"sub": "eve"})))).await;
+    let (status, body) = server.api("disconnect", json!({"user": "eve"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"]["disconnected"], 1);
+    let push = c.next_json().await;
+    assert_eq!(
+        push["push"]["disconnect"],
+        json!({"code": 4503, "reason": "disconnected", "reconnect": false}),
+        "{push}"
+    );
+    let close = c.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4503);
+}
+
+#[tokio::test]
+async fn connect_timeout_closes_silent_clients() {
+    let server = Server::start(&["--dev", "--set", "client.connect_timeout_secs=1"]);
+    let mut c = Client::open(&server).await;
+    let close = c.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4502);
+}
+
+#[tokio::test]
+async fn token_expiry_disconnects() {
+    let server = Server::start(&[]);
+    let t = token(json!({"sub": "fay", "exp": now() + 2}));
+    let (mut c, _) = Client::connect(&server, Some(&t)).await;
+    let push = c.next_json().await;
+    assert_eq!(push["push"]["disconnect"]["code"], 4004, "{push}");
+    let close = c.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4004);
+}
+
+const RSA_PRIVATE: &str = include_str!("data/rsa_private.pem");
+const RSA_PUBLIC: &str = include_str!("data/rsa_public.pem");
