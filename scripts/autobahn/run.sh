@@ -52,7 +52,10 @@ python3 - "$url" <<'EOF' || die "no server is accepting connections at $url (sta
 import socket, sys, urllib.parse
 u = urllib.parse.urlsplit(sys.argv[1])
 port = u.port or (443 if u.scheme == "wss" else 80)
-socket.create_connection((u.hostname, port), timeout=5).close()
+try:
+    socket.create_connection((u.hostname, port), timeout=5).close()
+except OSError as e:
+    sys.exit(f"[autobahn-run] cannot connect to {u.hostname}:{port}: {e}")
 EOF
 
 # Fresh output dir: stale per-case files from a previous run must not leak into this one.
