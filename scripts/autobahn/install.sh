@@ -71,7 +71,9 @@ find_python2() {
     pyenv_root="${pyenv_root:-${PYENV_ROOT:-$HOME/.pyenv}}"
     local cands=("$pyenv_root/versions/2.7.18/bin/python2.7")
     # any other pyenv 2.7.x, then a system python2.7
-    for cand in "$pyenv_root"/versions/2.7.*/bin/python2.7; do cands+=("$cand"); done
+    for cand in "$pyenv_root"/versions/2.7.*/bin/python2.7; do
+      if [ -e "$cand" ] && [ "$cand" != "${cands[0]}" ]; then cands+=("$cand"); fi
+    done
     if command -v python2.7 >/dev/null 2>&1; then cands+=("$(command -v python2.7)"); fi
     for cand in "${cands[@]}"; do
       looked+=("$cand")
