@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::app::AppState;
+use crate::encoder::WireEncoder;
 use crate::session::Session;
 
 /// Size of each worker thread's read buffer.
@@ -336,10 +337,13 @@ impl Driver {
                 Ok(())
             }
             Role::Client(session) => {
-                let payload = match &message {
-                    Message::Text(p) | Message::Binary(p) => p,
-                };
-                session.handle(payload)
+                let binary_expected = WireEncoder::encoding(self.negotiated.format).is_binary();
+                match &message {
+                    Message::Text(p) if !binary_expected => session.handle(p),
+                    Message::Binary(p) if binary_expected => session.handle(p),
+                    // JSON travels in text frames, MessagePack in binary ones.
+                    _ => Err(codes::POLICY_VIOLATION),
+                }
             }
         }
     }

@@ -20,11 +20,30 @@ enum Command {
     /// Run a node. With no options it listens on 127.0.0.1:8000 with safe production
     /// defaults (no anonymous clients, API disabled until a key is set); `--dev` opens it
     /// up for local development.
+    #[command(after_help = SETTINGS_HELP)]
     Serve(ServeArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as
     /// TOML, then exit.
     Config(ServeArgs),
 }
+
+/// Printed after the flags of `serve --help`.
+const SETTINGS_HELP: &str = "\
+Settings: every setting has a dotted key, usable in the TOML file (--config), as an
+environment variable STARLING_<SECTION>_<KEY> and with --set key=value (later wins:
+defaults < file < environment < flags). `starling config` prints them all with their
+current values. The keys:
+  server.listen server.dev server.echo server.name server.shutdown_timeout_secs
+  websocket.max_message_size websocket.max_frame_size websocket.compression
+  websocket.compression_min_size websocket.ping_interval_secs websocket.pong_timeout_secs
+  websocket.handshake_timeout_secs websocket.allowed_origins
+  client.allow_anonymous client.token_hmac_secret client.token_rsa_public_key
+  client.max_queue_bytes client.connect_timeout_secs
+  api.key
+  namespaces.<ns>.allow_publish namespaces.<ns>.allow_anonymous namespaces.<ns>.private
+  namespaces.<ns>.presence namespaces.<ns>.join_leave
+  log.format log.level
+Each is explained in docs/OPERATIONS.md.";
 
 /// Every setting also has a dotted key usable in the config file, as an environment
 /// variable `STARLING_<SECTION>_<KEY>` and with `--set section.key=value`; see

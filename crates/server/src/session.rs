@@ -129,14 +129,17 @@ impl Session {
         out: &mut Vec<u8>,
     ) -> Result<Option<Reply>, DisconnectCode> {
         let id = command.id;
-        if let Method::Connect(req) = command.method {
-            return self.connect(id, req).map(Some);
-        }
+        let method = match command.method {
+            Method::Connect(req) => return self.connect(id, req).map(Some),
+            // A client heartbeat is fine at any time and never answered.
+            Method::Pong => return Ok(None),
+            other => other,
+        };
         if self.identity.is_none() {
             return Err(codes::CONNECT_REQUIRED);
         }
-        let body = match command.method {
-            Method::Connect(_) => unreachable_connect(),
+        let body = match method {
+            Method::Connect(_) | Method::Pong => return Ok(None),
             Method::Subscribe(req) => return Ok(self.subscribe(id, req, out)),
             Method::Unsubscribe(req) => {
                 if let Some(name) = self.subscriptions.take(req.channel.as_str()) {
@@ -151,7 +154,6 @@ impl Session {
                 Err(codes::NOT_AVAILABLE.with_message("history is not kept by this node yet"))
             }
             Method::Ping => Ok(ReplyBody::Ping),
-            Method::Pong => return Ok(None),
         };
         Ok(Some(Reply { id, body }))
     }
@@ -364,7 +366,7 @@ impl Session {
             );
         }
         if !self.subscriptions.contains(channel) {
-            return Err(codes::PERMISSION_DENIED.with_message("subscribe to the channel first"));
+            return Err(codes::NOT_SUBSCRIBED.with_message("subscribe to the channel first"));
         }
         let infos = self.state.hub.presence(channel);
         if stats {
@@ -387,8 +389,4 @@ impl Session {
             self.state.hub.unsubscribe(&name, self.key);
         }
     }
-}
-
-fn unreachable_connect() -> Result<ReplyBody, Error> {
-    Err(codes::INTERNAL.error())
 }

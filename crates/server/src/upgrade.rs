@@ -54,12 +54,30 @@ pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Resp
             "server is shutting down".into(),
         );
     }
+    // The client's first supported subprotocol wins; offering only unknown ones is an error
+    // (a browser would fail the connection anyway when none is echoed).
+    let offered = parts
+        .headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let offered = (!offered.trim().is_empty()).then_some(offered.as_str());
+    let Some((encoding, token)) = Encoding::negotiate(offered) else {
+        return refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            HeaderMap::new(),
+            format!(
+                "unsupported subprotocol; use one of: {}",
+                starling_protocol::SUBPROTOCOLS.join(", ")
+            ),
+        );
+    };
     let config = HandshakeConfig {
         deflate: state.config.websocket.compression,
-        subprotocols: starling_protocol::SUBPROTOCOLS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        subprotocols: token.map(str::to_string).into_iter().collect(),
     };
     let accepted = match accept(&parts.method, parts.version, &parts.headers, &config) {
         Ok(accepted) => accepted,
@@ -87,8 +105,6 @@ pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Resp
             "connection cannot be upgraded".into(),
         );
     };
-    let encoding =
-        Encoding::from_subprotocol(accepted.subprotocol.as_deref()).unwrap_or(Encoding::Json);
     let negotiated = Negotiated {
         format: WireEncoder::format(encoding, accepted.deflate.as_ref()),
         deflate: accepted.deflate,

@@ -106,4 +106,19 @@ fn help_explains_every_flag() {
     ] {
         assert!(text.contains(flag), "{flag} in {text}");
     }
+    // Every setting `starling config` knows is named in the help.
+    let config = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("config")
+        .output()
+        .expect("run");
+    let config = String::from_utf8_lossy(&config.stdout);
+    let mut section = String::new();
+    for line in config.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.replace("namespaces.default", "namespaces.<ns>");
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            let dotted = format!("{section}.{key}");
+            assert!(text.contains(&dotted), "{dotted} missing from serve --help");
+        }
+    }
 }

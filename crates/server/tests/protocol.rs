@@ -126,7 +126,7 @@ async fn presence_and_stats() {
     );
     let denied = a.call("presence", json!({"channel": "elsewhere"})).await;
     assert_eq!(
-        denied["error"]["code"], 103,
+        denied["error"]["code"], 111,
         "presence needs a subscription: {denied}"
     );
 }
@@ -158,20 +158,15 @@ async fn history_is_reported_unavailable_until_kept() {
     assert_eq!(r["error"]["code"], 108, "{r}");
 }
 
-#[tokio::test]
-async fn msgpack_subprotocol() {
-    use starling_protocol::{
-        Command, ConnectRequest, Encoding, Method, PublishRequest, ReplyBody, ServerMessage,
-        SubscribeRequest, decode_server_messages, encode_command,
-    };
+/// A client that negotiated `starling.msgpack`.
+async fn msgpack_client(server: &Server) -> Client {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let server = dev();
     let mut request = server.ws_url().into_client_request().expect("request");
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         "starling.msgpack".parse().expect("header"),
     );
-    let (mut ws, response) = tokio_tungstenite::connect_async(request)
+    let (ws, response) = tokio_tungstenite::connect_async(request)
         .await
         .expect("connect");
     assert_eq!(
@@ -181,6 +176,31 @@ async fn msgpack_subprotocol() {
             .map(|v| v.as_bytes()),
         Some(&b"starling.msgpack"[..])
     );
+    Client { ws, next_id: 1 }
+}
+
+#[tokio::test]
+async fn unknown_subprotocol_is_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = dev();
+    let mut request = server.ws_url().into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+    let err = tokio_tungstenite::connect_async(request)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("400"), "{err}");
+}
+
+#[tokio::test]
+async fn msgpack_subprotocol() {
+    use starling_protocol::{
+        Command, ConnectRequest, Encoding, Method, PublishRequest, ReplyBody, ServerMessage,
+        SubscribeRequest, decode_server_messages, encode_command,
+    };
+    let server = dev();
+    let mut client = msgpack_client(&server).await;
     let mut frame = Vec::new();
     for command in [
         Command {
@@ -204,10 +224,9 @@ async fn msgpack_subprotocol() {
     ] {
         encode_command(Encoding::MsgPack, &command, &mut frame);
     }
-    ws.send(Message::binary(frame)).await.expect("send");
+    client.ws.send(Message::binary(frame)).await.expect("send");
     let mut seen_pub = false;
     let mut replies = 0;
-    let mut client = Client { ws, next_id: 100 };
     while !(seen_pub && replies == 3) {
         let Message::Binary(bytes) = client.next_frame().await else {
             panic!("msgpack frames are binary");
@@ -425,10 +444,28 @@ async fn command_before_connect_malformed_json_and_others_unaffected() {
     let close = garbage.expect_close().await.expect("close frame");
     assert_eq!(u16::from(close.code), 4500);
 
-    let mut bad_msgpack = Client::open(&server).await;
-    bad_msgpack.send_text("[1,2,3]").await;
+    let mut not_object = Client::open(&server).await;
+    not_object.send_text("[1,2,3]").await;
+    let close = not_object.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4500);
+
+    let mut bad_msgpack = msgpack_client(&server).await;
+    bad_msgpack
+        .ws
+        .send(Message::binary(vec![0x81, 0xa2, b'i', b'd', 0xc1]))
+        .await
+        .expect("send");
     let close = bad_msgpack.expect_close().await.expect("close frame");
     assert_eq!(u16::from(close.code), 4500);
+
+    let mut wrong_frame = msgpack_client(&server).await;
+    wrong_frame.send_text("{\"id\":1,\"connect\":{}}").await;
+    let close = wrong_frame.expect_close().await.expect("close frame");
+    assert_eq!(
+        u16::from(close.code),
+        1008,
+        "text on a MessagePack connection"
+    );
 
     server
         .api("publish", json!({"channel": "calm", "data": "still here"}))
