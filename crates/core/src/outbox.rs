@@ -51,6 +51,9 @@ impl Outbox {
 
     /// Queues a frame. Never blocks on the socket.
     pub fn push(&self, frame: Bytes) -> PushOutcome {
+        if frame.is_empty() {
+            return PushOutcome::Queued;
+        }
         let mut state = self.state.lock();
         if state.disconnect.is_some() {
             return PushOutcome::Closed;
@@ -75,6 +78,10 @@ impl Outbox {
     /// refused, because the WebSocket layer and the close handshake depend on it. Such
     /// frames are small and at most a few per connection.
     pub fn push_control(&self, frame: Bytes) {
+        if frame.is_empty() {
+            // An empty frame would look like pending output that never drains.
+            return;
+        }
         let mut state = self.state.lock();
         state.bytes += frame.len();
         state.frames.push_back(frame);

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use starling_core::{FrameFormat, Outbox};
 use starling_protocol::Push;
 use starling_protocol::codes::{self, DisconnectCode};
-use starling_websocket::{CloseCode, Config as WsConfig, Connection, Message, MessageKind, OpCode};
+use starling_websocket::{
+    CloseCode, Config as WsConfig, Connection, Event, Message, MessageKind, OpCode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -295,22 +297,25 @@ impl Driver {
         })
     }
 
-    /// Feeds bytes to the WebSocket layer and handles the messages that complete.
+    /// Feeds bytes to the WebSocket layer and handles what completes, in order of
+    /// arrival: a pong for a ping inside a fragmented message leaves before the reply
+    /// to that message.
     fn receive(&mut self, data: &[u8]) {
-        let mut messages: Vec<Message> = Vec::new();
-        let result = self.ws.receive(data, &mut |m| messages.push(m));
-        for message in messages {
-            crate::metrics::Metrics::add(&self.state.metrics.messages_in, 1);
-            if self.ws.close_sent() {
-                break;
+        let mut events: Vec<Event> = Vec::new();
+        let result = self.ws.receive_events(data, &mut |e| events.push(e));
+        for event in events {
+            match event {
+                Event::Send(frame) => self.outbox.push_control(frame),
+                Event::Message(message) => {
+                    crate::metrics::Metrics::add(&self.state.metrics.messages_in, 1);
+                    if self.ws.close_sent() || self.outbox.pending_disconnect().is_some() {
+                        continue;
+                    }
+                    if let Err(code) = self.handle(message) {
+                        self.outbox.disconnect(code);
+                    }
+                }
             }
-            if let Err(code) = self.handle(message) {
-                self.outbox.disconnect(code);
-                break;
-            }
-        }
-        while let Some(frame) = self.ws.poll_outbound() {
-            self.outbox.push_control(frame);
         }
         if let Err(err) = result {
             debug!("protocol error: {err}");

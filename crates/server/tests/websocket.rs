@@ -381,3 +381,90 @@ async fn client_that_stops_reading_is_closed_as_slow_consumer() {
     );
     drop(stalled);
 }
+
+#[tokio::test]
+async fn compressed_publications_are_shared_frames_that_inflate() {
+    let server = Server::start(&["--dev"]);
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(
+            upgrade(
+                &server.addr.to_string(),
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await.to_ascii_lowercase();
+    assert!(head.contains("permessage-deflate"), "{head}");
+    assert!(head.contains("server_no_context_takeover"), "{head}");
+    assert!(head.contains("client_no_context_takeover"), "{head}");
+    // Uncompressed client frames stay legal after negotiation.
+    let cmds = b"{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"z\"}}";
+    stream
+        .write_all(&encode_client_frame(
+            OpCode::Text,
+            true,
+            false,
+            cmds,
+            [1, 1, 1, 1],
+        ))
+        .await
+        .expect("commands");
+    let text = "compressible ".repeat(100);
+    server
+        .api("publish", json!({"channel": "z", "data": {"text": text}}))
+        .await;
+    // Frames: the replies (small, uncompressed), then the publication (compressed).
+    let mut buf = Vec::new();
+    let publication = loop {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("frames in time")
+            .expect("read");
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut found = None;
+        let mut at = 0;
+        while buf.len() >= at + 2 {
+            let (len, header) = match buf[at + 1] & 0x7f {
+                126 if buf.len() >= at + 4 => (
+                    usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]])),
+                    4,
+                ),
+                126 => break,
+                n => (usize::from(n), 2),
+            };
+            if buf.len() < at + header + len {
+                break;
+            }
+            let rsv1 = buf[at] & 0x40 != 0;
+            let payload = buf[at + header..at + header + len].to_vec();
+            if rsv1 {
+                found = Some(payload);
+            }
+            at += header + len;
+        }
+        buf.drain(..at);
+        if let Some(p) = found {
+            break p;
+        }
+    };
+    let mut inflater = flate2::Decompress::new(false);
+    let mut input = publication.clone();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(64 * 1024);
+    inflater
+        .decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .expect("inflate");
+    let value: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(value["push"]["pub"]["data"]["text"], text.as_str());
+    assert!(
+        publication.len() < out.len() / 4,
+        "actually compressed: {} -> {}",
+        out.len(),
+        publication.len()
+    );
+}

@@ -43,6 +43,15 @@ pub enum Message {
     Binary(Bytes),
 }
 
+/// What [`Connection::receive_events`] reports, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A complete data message.
+    Message(Message),
+    /// An encoded frame to write now (a pong, or the echo of the peer's close).
+    Send(Bytes),
+}
+
 /// A violation by the peer; the connection must be failed with
 /// [`ProtocolError::close_code`] (see [`Connection::fail`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -174,15 +183,36 @@ impl Connection {
     /// is ignored; a close is validated, its echo queued, and the connection
     /// is closed: later bytes are ignored. After an error the connection is
     /// failed and later bytes are ignored too; send [`Connection::fail`].
+    /// Queued frames come out of [`Connection::poll_outbound`]; a driver that must
+    /// keep replies and messages in their order of arrival uses
+    /// [`Connection::receive_events`] instead.
     pub fn receive(
         &mut self,
         data: &[u8],
         on_message: &mut dyn FnMut(Message),
     ) -> Result<(), ProtocolError> {
+        let mut queued = Vec::new();
+        let result = self.receive_events(data, &mut |event| match event {
+            Event::Message(m) => on_message(m),
+            Event::Send(frame) => queued.push(frame),
+        });
+        self.outbound.extend(queued);
+        result
+    }
+
+    /// Like [`Connection::receive`], but frames to send (pongs, the close echo) are
+    /// reported as [`Event::Send`] in order with the messages, instead of queued: a
+    /// pong for a ping that arrived in the middle of a fragmented message goes out
+    /// before the reply to that message (Autobahn 5.6, 5.19).
+    pub fn receive_events(
+        &mut self,
+        data: &[u8],
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<(), ProtocolError> {
         if self.flags & (CLOSE_RECEIVED | FAILED) != 0 {
             return Ok(());
         }
-        let result = self.receive_inner(data, on_message);
+        let result = self.receive_inner(data, on_event);
         if result.is_err() {
             self.flags |= FAILED;
             self.release();
@@ -246,21 +276,21 @@ impl Connection {
     fn receive_inner(
         &mut self,
         mut data: &[u8],
-        on_message: &mut dyn FnMut(Message),
+        on_event: &mut dyn FnMut(Event),
     ) -> Result<(), ProtocolError> {
         while !data.is_empty() && self.flags & CLOSE_RECEIVED == 0 {
             if self.flags & IN_PAYLOAD == 0 {
                 let used = self.read_header(data)?;
                 data = &data[used..];
                 if self.flags & IN_PAYLOAD != 0 && self.remaining == 0 {
-                    self.end_of_frame(&[], on_message)?;
+                    self.end_of_frame(&[], on_event)?;
                 }
                 continue;
             }
             let n = usize::try_from(self.remaining).map_or(data.len(), |r| r.min(data.len()));
             let (chunk, rest) = data.split_at(n);
             data = rest;
-            self.payload(chunk, on_message)?;
+            self.payload(chunk, on_event)?;
         }
         Ok(())
     }
@@ -379,7 +409,7 @@ impl Connection {
     fn payload(
         &mut self,
         chunk: &[u8],
-        on_message: &mut dyn FnMut(Message),
+        on_event: &mut dyn FnMut(Event),
     ) -> Result<(), ProtocolError> {
         let last = chunk.len() as u64 == self.remaining;
         // Chunks are never empty, so a split frame has already left bytes in
@@ -393,7 +423,7 @@ impl Connection {
                 let p = &mut buf[..chunk.len()];
                 p.copy_from_slice(chunk);
                 apply_mask(p, self.mask, 0);
-                return self.end_of_frame(p, on_message);
+                return self.end_of_frame(p, on_event);
             }
             if self.ctrl.capacity() == 0 {
                 self.ctrl
@@ -405,7 +435,7 @@ impl Connection {
                 // Taking the buffer leaves `ctrl` unallocated again.
                 let mut p = std::mem::take(&mut self.ctrl);
                 apply_mask(&mut p, self.mask, 0);
-                return self.end_of_frame(&p, on_message);
+                return self.end_of_frame(&p, on_event);
             }
             return Ok(());
         }
@@ -420,7 +450,7 @@ impl Connection {
             }
             self.flags &= !IN_PAYLOAD;
             let kind = self.kind.take();
-            self.deliver(kind, b.freeze(), on_message);
+            self.deliver(kind, b.freeze(), on_event);
             return Ok(());
         }
 
@@ -452,7 +482,7 @@ impl Connection {
             }
         }
         if last {
-            self.end_of_frame(&[], on_message)?;
+            self.end_of_frame(&[], on_event)?;
         }
         Ok(())
     }
@@ -461,29 +491,28 @@ impl Connection {
     fn end_of_frame(
         &mut self,
         control: &[u8],
-        on_message: &mut dyn FnMut(Message),
+        on_event: &mut dyn FnMut(Event),
     ) -> Result<(), ProtocolError> {
         self.flags &= !IN_PAYLOAD;
         match self.op {
             OpCode::Ping => {
                 if self.flags & CLOSE_SENT == 0 {
-                    self.outbound
-                        .push_back(encode_control(OpCode::Pong, control));
+                    on_event(Event::Send(encode_control(OpCode::Pong, control)));
                 }
                 Ok(())
             }
             OpCode::Pong => Ok(()),
-            OpCode::Close => self.on_close(control),
+            OpCode::Close => self.on_close(control, on_event),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 if self.flags & FIN != 0 {
-                    self.end_of_message(on_message)?;
+                    self.end_of_message(on_event)?;
                 }
                 Ok(())
             }
         }
     }
 
-    fn end_of_message(&mut self, on_message: &mut dyn FnMut(Message)) -> Result<(), ProtocolError> {
+    fn end_of_message(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<(), ProtocolError> {
         let kind = self.kind.take();
         // The buffer leaves with the message: nothing stays allocated.
         let data = std::mem::take(&mut self.msg);
@@ -504,7 +533,7 @@ impl Connection {
             }
             data
         };
-        self.deliver(kind, Bytes::from(payload), on_message);
+        self.deliver(kind, Bytes::from(payload), on_event);
         Ok(())
     }
 
@@ -512,19 +541,23 @@ impl Connection {
         &mut self,
         kind: Option<MessageKind>,
         payload: Bytes,
-        on_message: &mut dyn FnMut(Message),
+        on_event: &mut dyn FnMut(Event),
     ) {
         if self.flags & CLOSE_SENT != 0 {
             return; // closing: data is no longer delivered
         }
         match kind {
-            Some(MessageKind::Text) => on_message(Message::Text(payload)),
-            Some(MessageKind::Binary) => on_message(Message::Binary(payload)),
+            Some(MessageKind::Text) => on_event(Event::Message(Message::Text(payload))),
+            Some(MessageKind::Binary) => on_event(Event::Message(Message::Binary(payload))),
             None => {}
         }
     }
 
-    fn on_close(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
+    fn on_close(
+        &mut self,
+        payload: &[u8],
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<(), ProtocolError> {
         let code = match payload.len() {
             0 => None,
             1 => return Err(ProtocolError::CloseTooShort),
@@ -544,10 +577,10 @@ impl Connection {
         if self.flags & CLOSE_SENT == 0 {
             self.flags |= CLOSE_SENT;
             // Echo the peer's code (RFC 6455 section 5.5.1), empty if it sent none.
-            self.outbound.push_back(match code {
+            on_event(Event::Send(match code {
                 Some(c) => encode_close(c, ""),
                 None => encode_control(OpCode::Close, &[]),
-            });
+            }));
         }
         Ok(())
     }

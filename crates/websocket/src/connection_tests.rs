@@ -479,3 +479,29 @@ fn one_byte_at_a_time() {
     assert_eq!(msgs, expected);
     assert_eq!(outbound(&mut c).len(), pongs);
 }
+
+#[test]
+fn receive_events_keeps_pongs_in_arrival_order() {
+    let mut c = conn();
+    let mut data = cf(OpCode::Text, true, b"first");
+    data.extend(cf(OpCode::Text, false, b"frag"));
+    data.extend(cf(OpCode::Ping, true, b"p"));
+    data.extend(cf(OpCode::Continuation, true, b"ment"));
+    let mut events = Vec::new();
+    c.receive_events(&data, &mut |e| events.push(e))
+        .expect("valid");
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(
+        events[0],
+        Event::Message(Message::Text(Bytes::from_static(b"first")))
+    );
+    assert!(
+        matches!(&events[1], Event::Send(f) if parse_server(f).2 == 0xA),
+        "pong second"
+    );
+    assert_eq!(
+        events[2],
+        Event::Message(Message::Text(Bytes::from_static(b"fragment")))
+    );
+    assert!(c.poll_outbound().is_none(), "nothing left queued");
+}

@@ -43,7 +43,7 @@ mod deflate;
 mod frame;
 mod handshake;
 
-pub use connection::{Config, Connection, Message, ProtocolError};
+pub use connection::{Config, Connection, Event, Message, ProtocolError};
 pub use deflate::{DeflateParams, compress_message};
 pub use frame::{
     CloseCode, MAX_CONTROL_PAYLOAD, MessageKind, OpCode, apply_mask, encode_client_frame,
