@@ -416,9 +416,9 @@ async fn compressed_publications_are_shared_frames_that_inflate() {
     server
         .api("publish", json!({"channel": "z", "data": {"text": text}}))
         .await;
-    // Frames: the replies (small, uncompressed), then the publication (compressed).
+    // Read frames until the publication push; compressed ones (RSV1) are inflated.
     let mut buf = Vec::new();
-    let publication = loop {
+    let (wire_len, text_out) = loop {
         let mut chunk = [0u8; 8192];
         let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
             .await
@@ -440,31 +440,39 @@ async fn compressed_publications_are_shared_frames_that_inflate() {
             if buf.len() < at + header + len {
                 break;
             }
-            let rsv1 = buf[at] & 0x40 != 0;
-            let payload = buf[at + header..at + header + len].to_vec();
-            if rsv1 {
-                found = Some(payload);
+            let payload = &buf[at + header..at + header + len];
+            let text = if buf[at] & 0x40 != 0 {
+                inflate(payload)
+            } else {
+                payload.to_vec()
+            };
+            if text.starts_with(b"{\"push\"") {
+                found = Some((payload.len(), text));
             }
             at += header + len;
         }
         buf.drain(..at);
-        if let Some(p) = found {
-            break p;
+        if let Some(f) = found {
+            break f;
         }
     };
+    let value: serde_json::Value = serde_json::from_slice(&text_out).expect("json");
+    assert_eq!(value["push"]["pub"]["data"]["text"], text.as_str());
+    assert!(
+        wire_len < text_out.len() / 4,
+        "actually compressed: {} -> {wire_len}",
+        text_out.len()
+    );
+}
+
+/// Inflates one permessage-deflate message.
+fn inflate(payload: &[u8]) -> Vec<u8> {
     let mut inflater = flate2::Decompress::new(false);
-    let mut input = publication.clone();
+    let mut input = payload.to_vec();
     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
     let mut out = Vec::with_capacity(64 * 1024);
     inflater
         .decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
         .expect("inflate");
-    let value: serde_json::Value = serde_json::from_slice(&out).expect("json");
-    assert_eq!(value["push"]["pub"]["data"]["text"], text.as_str());
-    assert!(
-        publication.len() < out.len() / 4,
-        "actually compressed: {} -> {}",
-        out.len(),
-        publication.len()
-    );
+    out
 }
