@@ -1,10 +1,12 @@
-//! The hub: channels, their subscribers and fan-out.
+//! The hub: channels, their subscribers, their history and fan-out.
 //!
-//! Channels appear on first subscription and vanish when the last subscriber leaves.
-//! Every publication gets the channel's next offset; each channel incarnation has a
-//! random epoch, so a client can tell that offsets started over. Fan-out happens under
-//! the channel's lock, which keeps publications in order for every subscriber; each
-//! publication is encoded at most once per frame format, never per subscriber.
+//! A channel exists while it has subscribers or retained history. Every publication
+//! gets the channel's next offset; each channel incarnation has a random epoch, so a
+//! client can tell that offsets started over. Fan-out happens under the channel's lock,
+//! which keeps publications in order for every subscriber and makes the hand-over from
+//! history to the live stream exact (a recovering subscriber gets the missed
+//! publications and then the live ones, with no gap and no duplicate); each publication
+//! is encoded at most once per frame format, never per subscriber.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -15,6 +17,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use starling_protocol::{ClientInfo, Publication};
 
+use crate::history::{History, HistoryError, HistoryPolicy, HistoryQuery};
+use crate::journal::{DurableAck, Journal};
 use crate::metrics::HubCounters;
 use crate::outbox::{Outbox, PushOutcome};
 
@@ -65,6 +69,18 @@ pub struct StreamPosition {
     pub epoch: Arc<str>,
 }
 
+/// Options of a channel that come from its namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// Send join and leave pushes to subscribers.
+    pub join_leave: bool,
+    /// History kept for the channel.
+    pub history: HistoryPolicy,
+    /// A subscriber whose queue is full misses publications (and sees a gap in offsets)
+    /// instead of being disconnected as a slow consumer.
+    pub lossy: bool,
+}
+
 /// Subscription refused by the hub.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
@@ -73,13 +89,56 @@ pub enum SubscribeError {
     AlreadySubscribed,
 }
 
-/// Result of a publish.
+/// What a subscriber asked to recover: everything after this position.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoverFrom {
+    /// Last offset the client saw.
+    pub offset: u64,
+    /// Epoch of that offset.
+    pub epoch: String,
+}
+
+/// The state a subscriber joins at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The stream position: every publication after it reaches the subscriber live.
+    pub position: StreamPosition,
+    /// Whether the channel keeps history (so recovery is possible in principle).
+    pub recoverable: bool,
+    /// For a recovery request: the missed publications, oldest first, when the history
+    /// covers the whole gap in the same epoch; `None` when it does not.
+    pub recovered: Option<Vec<Publication>>,
+}
+
+/// Result of a publish.
 pub struct Published {
     /// Where the publication sits in the channel's stream.
     pub position: StreamPosition,
     /// Subscribers it was queued to.
     pub delivered: usize,
+    /// Resolves once the publication is on disk, when a durable append was asked for.
+    pub durable: Option<DurableAck>,
+}
+
+/// Why a history read failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryReadError {
+    /// The namespace keeps no history.
+    #[error("history is not kept for this channel")]
+    Disabled,
+    /// The requested position is gone (too old, or another epoch).
+    #[error("position is no longer in history")]
+    Unrecoverable,
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("position", &self.position)
+            .field("delivered", &self.delivered)
+            .field("durable", &self.durable.is_some())
+            .finish()
+    }
 }
 
 struct Channel {
@@ -89,10 +148,36 @@ struct Channel {
 struct ChannelState {
     epoch: Arc<str>,
     offset: u64,
-    join_leave: bool,
+    options: ChannelOptions,
     subscribers: HashMap<ClientKey, Subscriber>,
+    history: History,
     /// Removed from the hub; a publisher that still holds it must not deliver.
     gone: bool,
+}
+
+impl ChannelState {
+    fn new(options: ChannelOptions) -> Self {
+        Self {
+            epoch: new_epoch(),
+            offset: 0,
+            options,
+            subscribers: HashMap::new(),
+            history: History::default(),
+            gone: false,
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+        }
+    }
+
+    /// Nothing keeps the channel alive: no subscriber, no retained history.
+    fn idle(&self) -> bool {
+        self.subscribers.is_empty() && self.history.is_empty()
+    }
 }
 
 type Shard = Mutex<HashMap<Arc<str>, Arc<Channel>>>;
@@ -102,6 +187,7 @@ pub struct Hub {
     shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
     encoder: Arc<dyn FrameEncoder>,
+    journal: Option<Arc<dyn Journal>>,
     counters: Arc<HubCounters>,
 }
 
@@ -115,6 +201,13 @@ impl std::fmt::Debug for Hub {
 
 const SHARDS: usize = 64;
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl Hub {
     /// A hub encoding frames with `encoder` and counting into `counters`.
     pub fn new(encoder: Arc<dyn FrameEncoder>, counters: Arc<HubCounters>) -> Self {
@@ -122,8 +215,15 @@ impl Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             encoder,
+            journal: None,
             counters,
         }
+    }
+
+    /// Appends every publication to `journal` (the durable message log).
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// The counters this hub updates.
@@ -139,61 +239,75 @@ impl Hub {
         self.shard(channel).lock().get(channel).cloned()
     }
 
+    /// The channel entry, created if missing (the shard lock is held by the caller).
+    fn get_or_create(
+        &self,
+        shard: &mut HashMap<Arc<str>, Arc<Channel>>,
+        channel: &str,
+        options: ChannelOptions,
+    ) -> (Arc<str>, Arc<Channel>) {
+        if let Some((name, entry)) = shard.get_key_value(channel) {
+            return (name.clone(), entry.clone());
+        }
+        let name: Arc<str> = Arc::from(channel);
+        let entry = Arc::new(Channel {
+            state: Mutex::new(ChannelState::new(options)),
+        });
+        shard.insert(name.clone(), entry.clone());
+        self.counters.channels.fetch_add(1, Ordering::Relaxed);
+        (name, entry)
+    }
+
     /// Adds a subscriber; creates the channel if needed. Returns the shared channel name
-    /// (for the connection to keep) and the stream position at the moment of joining:
-    /// every publication with a larger offset reaches the subscriber.
+    /// (for the connection to keep) and what it joined at.
     ///
-    /// `first` builds a frame (the subscribe reply) from that position; it is queued to
-    /// the subscriber under the channel lock, so it precedes every publication it did
-    /// not include.
+    /// With `recover`, the missed publications are read from history under the channel
+    /// lock, so nothing can be published between them and the live stream. `first`
+    /// builds a frame (the subscribe reply, carrying them) from the [`Joined`] state; it
+    /// is queued under the same lock, before the subscriber is added, so it precedes
+    /// every live publication.
     pub fn subscribe(
         &self,
         channel: &str,
         subscriber: Subscriber,
-        join_leave: bool,
-        first: impl FnOnce(&StreamPosition) -> Option<Bytes>,
-    ) -> Result<(Arc<str>, StreamPosition), SubscribeError> {
+        options: ChannelOptions,
+        recover: Option<&RecoverFrom>,
+        first: impl FnOnce(&Joined) -> Option<Bytes>,
+    ) -> Result<(Arc<str>, Joined), SubscribeError> {
         let mut shard = self.shard(channel).lock();
-        let (name, entry) = match shard.get_key_value(channel) {
-            Some((name, entry)) => (name.clone(), entry.clone()),
-            None => {
-                let name: Arc<str> = Arc::from(channel);
-                let entry = Arc::new(Channel {
-                    state: Mutex::new(ChannelState {
-                        epoch: new_epoch(),
-                        offset: 0,
-                        join_leave,
-                        subscribers: HashMap::new(),
-                        gone: false,
-                    }),
-                });
-                shard.insert(name.clone(), entry.clone());
-                self.counters.channels.fetch_add(1, Ordering::Relaxed);
-                (name, entry)
-            }
-        };
+        let (name, entry) = self.get_or_create(&mut shard, channel, options);
         let mut state = entry.state.lock();
         drop(shard);
         if state.subscribers.contains_key(&subscriber.key) {
             return Err(SubscribeError::AlreadySubscribed);
         }
-        let position = StreamPosition {
-            offset: state.offset,
-            epoch: state.epoch.clone(),
+        // The namespace may have changed since the channel was created.
+        state.options = options;
+        state.history.evict(now_ms(), options.history);
+        let recovered = recover.and_then(|from| {
+            if *from.epoch != *state.epoch {
+                return None;
+            }
+            state.history.since(from.offset, state.offset).ok()
+        });
+        let joined = Joined {
+            position: state.position(),
+            recoverable: options.history.enabled(),
+            recovered,
         };
-        if let Some(frame) = first(&position) {
+        if let Some(frame) = first(&joined) {
             subscriber.outbox.push(frame);
         }
-        if state.join_leave {
+        if state.options.join_leave {
             self.announce(&name, &state, true, &subscriber.info);
         }
         state.subscribers.insert(subscriber.key, subscriber);
         self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
-        Ok((name, position))
+        Ok((name, joined))
     }
 
-    /// Removes a subscriber; removes the channel when it was the last. Returns whether it
-    /// was subscribed.
+    /// Removes a subscriber; removes the channel when nothing keeps it alive. Returns
+    /// whether it was subscribed.
     pub fn unsubscribe(&self, channel: &str, key: ClientKey) -> bool {
         let mut shard = self.shard(channel).lock();
         let Some(entry) = shard.get(channel).cloned() else {
@@ -204,11 +318,11 @@ impl Hub {
             return false;
         };
         self.counters.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        if state.subscribers.is_empty() {
+        if state.idle() {
             state.gone = true;
             shard.remove(channel);
             self.counters.channels.fetch_sub(1, Ordering::Relaxed);
-        } else if state.join_leave {
+        } else if state.options.join_leave {
             self.announce(channel, &state, false, &removed.info);
         }
         true
@@ -220,13 +334,18 @@ impl Hub {
             let slot = &mut frames[usize::from(sub.format.0) % MAX_FORMATS];
             let frame = slot
                 .get_or_insert_with(|| self.encoder.join_leave(channel, join, info, sub.format));
-            self.queue(sub, frame.clone());
+            self.queue(sub, frame.clone(), state.options.lossy);
         }
     }
 
-    fn queue(&self, sub: &Subscriber, frame: Bytes) -> bool {
+    fn queue(&self, sub: &Subscriber, frame: Bytes, lossy: bool) -> bool {
         let len = frame.len();
-        match sub.outbox.push(frame) {
+        let outcome = if lossy {
+            sub.outbox.push_lossy(frame)
+        } else {
+            sub.outbox.push(frame)
+        };
+        match outcome {
             PushOutcome::Queued => {
                 self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
                 self.counters
@@ -238,34 +357,53 @@ impl Hub {
                 self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 false
             }
+            PushOutcome::Dropped => {
+                self.counters.lossy_drops.fetch_add(1, Ordering::Relaxed);
+                false
+            }
             PushOutcome::Closed => false,
         }
     }
 
-    /// Publishes `data` to `channel`: assigns the next offset and queues one shared frame
-    /// per format to every subscriber, in order. A channel without subscribers does not
-    /// exist, so the publication reaches nobody and gets offset 0 with an empty epoch.
-    pub fn publish(&self, channel: &str, data: Bytes, info: Option<Arc<ClientInfo>>) -> Published {
+    /// Publishes `data` to `channel`: assigns the next offset, keeps it in history (when
+    /// the namespace keeps history), appends it to the journal, and queues one shared
+    /// frame per format to every subscriber, in order. A channel with neither
+    /// subscribers nor history does not exist: the publication reaches nobody and gets
+    /// offset 0 with an empty epoch.
+    pub fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        info: Option<Arc<ClientInfo>>,
+        options: ChannelOptions,
+        durable: bool,
+    ) -> Published {
         self.counters.publications.fetch_add(1, Ordering::Relaxed);
-        let Some(entry) = self.channel(channel) else {
-            return Published {
-                position: StreamPosition {
-                    offset: 0,
-                    epoch: Arc::from(""),
-                },
-                delivered: 0,
-            };
+        // The shard lock is held until the channel is locked, so a sweep cannot remove a
+        // channel between our lookup and our append to its history.
+        let mut shard = self.shard(channel).lock();
+        let entry = if options.history.enabled() {
+            Some(self.get_or_create(&mut shard, channel, options).1)
+        } else {
+            shard.get(channel).cloned()
+        };
+        let nowhere = || Published {
+            position: StreamPosition {
+                offset: 0,
+                epoch: Arc::from(""),
+            },
+            delivered: 0,
+            durable: None,
+        };
+        let Some(entry) = entry else {
+            return nowhere();
         };
         let mut state = entry.state.lock();
+        drop(shard);
         if state.gone {
-            return Published {
-                position: StreamPosition {
-                    offset: 0,
-                    epoch: Arc::from(""),
-                },
-                delivered: 0,
-            };
+            return nowhere();
         }
+        state.options = options;
         state.offset += 1;
         let publication = Publication {
             data,
@@ -273,22 +411,117 @@ impl Hub {
             info: info.map(|i| (*i).clone()),
             tags: None,
         };
+        let now = now_ms();
+        let durable = self.journal.as_ref().and_then(|journal| {
+            match journal.append(channel, &state.epoch, &publication, now, durable) {
+                Ok(ack) => ack,
+                Err(e) => {
+                    self.counters.journal_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("message log append failed: {e}");
+                    Some(Box::pin(std::future::ready(Err(e))) as DurableAck)
+                }
+            }
+        });
         let mut frames: [Option<Bytes>; MAX_FORMATS] = Default::default();
         let mut delivered = 0;
         for sub in state.subscribers.values() {
             let slot = &mut frames[usize::from(sub.format.0) % MAX_FORMATS];
             let frame = slot
                 .get_or_insert_with(|| self.encoder.publication(channel, &publication, sub.format));
-            if self.queue(sub, frame.clone()) {
+            if self.queue(sub, frame.clone(), options.lossy) {
                 delivered += 1;
             }
         }
+        if options.history.enabled() {
+            state.history.push(now, publication, options.history);
+        }
         Published {
-            position: StreamPosition {
-                offset: state.offset,
-                epoch: state.epoch.clone(),
-            },
+            position: state.position(),
             delivered,
+            durable,
+        }
+    }
+
+    /// Puts a publication read back from the journal into its channel's history (at
+    /// start, before any client connects). Records must come in journal order.
+    pub fn restore(
+        &self,
+        channel: &str,
+        epoch: &str,
+        publication: Publication,
+        time_ms: u64,
+        options: ChannelOptions,
+    ) {
+        if !options.history.enabled() {
+            return;
+        }
+        let mut shard = self.shard(channel).lock();
+        let (_, entry) = self.get_or_create(&mut shard, channel, options);
+        let mut state = entry.state.lock();
+        drop(shard);
+        if *state.epoch != *epoch || publication.offset != state.offset + 1 {
+            // A new incarnation (or a gap the log cannot explain): start over from it.
+            state.epoch = Arc::from(epoch);
+            state.history = History::default();
+        }
+        state.offset = publication.offset;
+        state.history.push(time_ms, publication, options.history);
+    }
+
+    /// A page of a channel's history and the stream position. `since` must be in the
+    /// current epoch.
+    pub fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+        epoch: Option<&str>,
+        options: ChannelOptions,
+    ) -> Result<(Vec<Publication>, StreamPosition), HistoryReadError> {
+        if !options.history.enabled() {
+            return Err(HistoryReadError::Disabled);
+        }
+        let Some(entry) = self.channel(channel) else {
+            if query.since.is_some_and(|s| s > 0) {
+                return Err(HistoryReadError::Unrecoverable);
+            }
+            return Ok((
+                Vec::new(),
+                StreamPosition {
+                    offset: 0,
+                    epoch: Arc::from(""),
+                },
+            ));
+        };
+        let mut state = entry.state.lock();
+        state.history.evict(now_ms(), options.history);
+        if query.since.is_some() && epoch.is_some_and(|e| *e != *state.epoch) {
+            return Err(HistoryReadError::Unrecoverable);
+        }
+        let page = state
+            .history
+            .read(query)
+            .map_err(|HistoryError::Unrecoverable| HistoryReadError::Unrecoverable)?;
+        Ok((page, state.position()))
+    }
+
+    /// Drops expired history and removes channels that nothing keeps alive any more.
+    /// Called periodically by the server.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard.retain(|_, entry| {
+                let mut state = entry.state.lock();
+                let policy = state.options.history;
+                state.history.evict(now, policy);
+                if state.idle() {
+                    state.gone = true;
+                    self.counters.channels.fetch_sub(1, Ordering::Relaxed);
+                    false
+                } else {
+                    true
+                }
+            });
         }
     }
 
@@ -301,8 +534,8 @@ impl Hub {
         state.subscribers.values().map(|s| s.info.clone()).collect()
     }
 
-    /// Channels with their subscriber counts, optionally only those whose name contains
-    /// `filter`.
+    /// Channels with subscribers, with their subscriber counts, optionally only those
+    /// whose name contains `filter`.
     pub fn channels(&self, filter: Option<&str>) -> Vec<(Arc<str>, usize)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
@@ -311,7 +544,10 @@ impl Hub {
                 if filter.is_some_and(|f| !name.contains(f)) {
                     continue;
                 }
-                out.push((name.clone(), entry.state.lock().subscribers.len()));
+                let n = entry.state.lock().subscribers.len();
+                if n > 0 {
+                    out.push((name.clone(), n));
+                }
             }
         }
         out.sort();
@@ -322,10 +558,7 @@ impl Hub {
     pub fn position(&self, channel: &str) -> Option<StreamPosition> {
         let entry = self.channel(channel)?;
         let state = entry.state.lock();
-        (!state.gone).then(|| StreamPosition {
-            offset: state.offset,
-            epoch: state.epoch.clone(),
-        })
+        (!state.gone).then(|| state.position())
     }
 }
 
@@ -355,6 +588,13 @@ mod tests {
         ) -> Bytes {
             let kind = if join { "join" } else { "leave" };
             Bytes::from(format!("{kind}|{channel}|{}", info.client))
+        }
+    }
+
+    fn opts(join_leave: bool) -> ChannelOptions {
+        ChannelOptions {
+            join_leave,
+            ..ChannelOptions::default()
         }
     }
 
@@ -395,11 +635,14 @@ mod tests {
     fn channels_come_and_go() {
         let hub = hub();
         let a = subscriber(1, 0);
-        let (_, pos) = hub.subscribe("c", a.clone(), false, |_| None).expect("sub");
-        assert_eq!(pos.offset, 0);
+        let (_, pos) = hub
+            .subscribe("c", a.clone(), opts(false), None, |_| None)
+            .expect("sub");
+        assert_eq!(pos.position.offset, 0);
         assert_eq!(hub.channels(None).len(), 1);
         assert_eq!(
-            hub.subscribe("c", a, false, |_| None).expect_err("twice"),
+            hub.subscribe("c", a, opts(false), None, |_| None)
+                .expect_err("twice"),
             SubscribeError::AlreadySubscribed
         );
         assert!(hub.unsubscribe("c", 1));
@@ -414,10 +657,17 @@ mod tests {
         let hub = hub();
         let subs: Vec<_> = (0..4).map(|k| subscriber(k, (k % 2) as u8)).collect();
         for s in &subs {
-            hub.subscribe("c", s.clone(), false, |_| None).expect("sub");
+            hub.subscribe("c", s.clone(), opts(false), None, |_| None)
+                .expect("sub");
         }
         for i in 0..3 {
-            let p = hub.publish("c", Bytes::from(format!("m{i}")), None);
+            let p = hub.publish(
+                "c",
+                Bytes::from(format!("m{i}")),
+                None,
+                ChannelOptions::default(),
+                false,
+            );
             assert_eq!(p.position.offset, i + 1);
             assert_eq!(p.delivered, 4);
         }
@@ -434,7 +684,13 @@ mod tests {
             );
         }
         // Same format -> the very same buffer (shared, not re-encoded).
-        hub.publish("c", Bytes::from_static(b"x"), None);
+        hub.publish(
+            "c",
+            Bytes::from_static(b"x"),
+            None,
+            ChannelOptions::default(),
+            false,
+        );
         let mut ptrs = Vec::new();
         for s in subs.iter().filter(|s| s.format.0 == 0) {
             s.outbox
@@ -451,7 +707,13 @@ mod tests {
     #[test]
     fn publish_to_empty_channel_reaches_nobody() {
         let hub = hub();
-        let p = hub.publish("nobody", Bytes::from_static(b"x"), None);
+        let p = hub.publish(
+            "nobody",
+            Bytes::from_static(b"x"),
+            None,
+            ChannelOptions::default(),
+            false,
+        );
         assert_eq!(p.delivered, 0);
         assert_eq!(p.position.offset, 0);
     }
@@ -461,8 +723,10 @@ mod tests {
         let hub = hub();
         let a = subscriber(1, 0);
         let b = subscriber(2, 0);
-        hub.subscribe("c", a.clone(), true, |_| None).expect("a");
-        hub.subscribe("c", b.clone(), true, |_| None).expect("b");
+        hub.subscribe("c", a.clone(), opts(true), None, |_| None)
+            .expect("a");
+        hub.subscribe("c", b.clone(), opts(true), None, |_| None)
+            .expect("b");
         hub.unsubscribe("c", 2);
         assert_eq!(take(&a.outbox), vec!["join|c|c2", "leave|c|c2"]);
         assert!(take(&b.outbox).is_empty());
@@ -472,24 +736,244 @@ mod tests {
     fn epoch_changes_when_channel_is_recreated() {
         let hub = hub();
         let (_, first) = hub
-            .subscribe("c", subscriber(1, 0), false, |_| None)
+            .subscribe("c", subscriber(1, 0), opts(false), None, |_| None)
             .expect("sub");
         hub.unsubscribe("c", 1);
         let (_, second) = hub
-            .subscribe("c", subscriber(1, 0), false, |_| None)
+            .subscribe("c", subscriber(1, 0), opts(false), None, |_| None)
             .expect("sub");
-        assert_ne!(first.epoch, second.epoch);
+        assert_ne!(first.position.epoch, second.position.epoch);
     }
 
     #[test]
     fn presence_lists_subscribers() {
         let hub = hub();
-        hub.subscribe("c", subscriber(1, 0), false, |_| None)
+        hub.subscribe("c", subscriber(1, 0), opts(false), None, |_| None)
             .expect("sub");
-        hub.subscribe("c", subscriber(2, 0), false, |_| None)
+        hub.subscribe("c", subscriber(2, 0), opts(false), None, |_| None)
             .expect("sub");
         let mut users: Vec<_> = hub.presence("c").iter().map(|i| i.user.clone()).collect();
         users.sort();
         assert_eq!(users, vec!["u1", "u2"]);
+    }
+
+    fn with_history(size: usize) -> ChannelOptions {
+        ChannelOptions {
+            history: HistoryPolicy { size, ttl_ms: 0 },
+            ..ChannelOptions::default()
+        }
+    }
+
+    fn data_of(frames: &[String]) -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| f.rsplit('|').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn history_outlives_subscribers_until_swept() {
+        let hub = hub();
+        let o = with_history(2);
+        for i in 0..3 {
+            hub.publish("h", Bytes::from(format!("m{i}")), None, o, false);
+        }
+        let (page, pos) = hub
+            .history(
+                "h",
+                HistoryQuery {
+                    since: None,
+                    limit: 10,
+                    reverse: false,
+                },
+                None,
+                o,
+            )
+            .expect("history");
+        assert_eq!(pos.offset, 3);
+        assert_eq!(
+            page.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        // Shrink the policy to nothing: the sweep removes the channel.
+        hub.history(
+            "h",
+            HistoryQuery {
+                since: None,
+                limit: 0,
+                reverse: false,
+            },
+            None,
+            with_history(0),
+        )
+        .expect_err("disabled");
+        hub.publish("h", Bytes::from_static(b"x"), None, with_history(1), false);
+        hub.sweep();
+        assert!(hub.position("h").is_some(), "history keeps the channel");
+    }
+
+    #[test]
+    fn recovery_returns_the_gap_or_refuses() {
+        let hub = hub();
+        let o = with_history(3);
+        for i in 1..=4 {
+            hub.publish("r", Bytes::from(format!("m{i}")), None, o, false);
+        }
+        let epoch = hub
+            .position("r")
+            .expect("history keeps it")
+            .epoch
+            .to_string();
+        let from = |offset: u64, epoch: &str| RecoverFrom {
+            offset,
+            epoch: epoch.to_string(),
+        };
+        let (_, joined) = hub
+            .subscribe("r", subscriber(2, 0), o, Some(&from(2, &epoch)), |_| None)
+            .expect("sub");
+        let got: Vec<u64> = joined
+            .recovered
+            .expect("covered")
+            .iter()
+            .map(|p| p.offset)
+            .collect();
+        assert_eq!(got, vec![3, 4]);
+        let (_, joined) = hub
+            .subscribe("r", subscriber(3, 0), o, Some(&from(0, &epoch)), |_| None)
+            .expect("sub");
+        assert!(
+            joined.recovered.is_none(),
+            "offset 1 fell out of a 3-entry history"
+        );
+        let (_, joined) = hub
+            .subscribe("r", subscriber(4, 0), o, Some(&from(4, "other")), |_| None)
+            .expect("sub");
+        assert!(joined.recovered.is_none(), "another epoch");
+    }
+
+    /// The hard part: publishers race a recovering subscriber; it must see every
+    /// publication exactly once, in order (recovered ones, then live ones).
+    #[test]
+    fn recovery_hand_over_under_concurrent_publishing() {
+        let hub = Arc::new(hub());
+        let o = with_history(100_000);
+        let publisher = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                for i in 1..=20_000u64 {
+                    hub.publish("race", Bytes::from(i.to_string()), None, o, false);
+                }
+            })
+        };
+        // Subscribe with recovery from offset 0 while publishing is under way.
+        let (mut seen, outbox) = loop {
+            let Some(position) = hub.position("race").filter(|p| p.offset > 1000) else {
+                std::thread::yield_now();
+                continue;
+            };
+            let sub = subscriber(9, 0);
+            let outbox = sub.outbox.clone();
+            let from = RecoverFrom {
+                offset: 0,
+                epoch: position.epoch.to_string(),
+            };
+            let (_, joined) = hub
+                .subscribe("race", sub, o, Some(&from), |_| None)
+                .expect("sub");
+            let recovered: Vec<u64> = joined
+                .recovered
+                .expect("all in history")
+                .iter()
+                .map(|p| p.offset)
+                .collect();
+            break (recovered, outbox);
+        };
+        publisher.join().expect("publisher");
+        seen.extend(
+            data_of(&take(&outbox))
+                .iter()
+                .map(|d| d.parse::<u64>().unwrap_or(0)),
+        );
+        assert_eq!(seen, (1..=20_000u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn journal_sees_every_publication_in_order() {
+        #[derive(Default)]
+        struct Memory(Mutex<Vec<(String, u64)>>);
+        impl Journal for Memory {
+            fn append(
+                &self,
+                channel: &str,
+                _epoch: &str,
+                p: &Publication,
+                _t: u64,
+                _durable: bool,
+            ) -> Result<Option<DurableAck>, crate::journal::JournalError> {
+                self.0.lock().push((channel.to_string(), p.offset));
+                Ok(None)
+            }
+        }
+        let journal = Arc::new(Memory::default());
+        let hub = Hub::new(Arc::new(TextEncoder), Arc::new(HubCounters::default()))
+            .with_journal(journal.clone());
+        for _ in 0..3 {
+            hub.publish("j", Bytes::from_static(b"x"), None, with_history(10), false);
+        }
+        assert_eq!(
+            *journal.0.lock(),
+            vec![
+                ("j".to_string(), 1),
+                ("j".to_string(), 2),
+                ("j".to_string(), 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_rebuilds_history_and_epoch() {
+        let hub = hub();
+        let o = with_history(10);
+        for offset in 1..=3 {
+            let p = Publication {
+                data: Bytes::from_static(b"d"),
+                offset,
+                info: None,
+                tags: None,
+            };
+            hub.restore("x", "e1", p, now_ms(), o);
+        }
+        let pos = hub.position("x").expect("restored");
+        assert_eq!((pos.offset, &*pos.epoch), (3, "e1"));
+        let next = hub.publish("x", Bytes::from_static(b"d"), None, o, false);
+        assert_eq!(next.position.offset, 4, "offsets continue after a restart");
+    }
+
+    #[test]
+    fn lossy_subscribers_skip_instead_of_being_cut() {
+        let hub = hub();
+        let o = ChannelOptions {
+            lossy: true,
+            ..ChannelOptions::default()
+        };
+        let sub = Subscriber {
+            outbox: Arc::new(Outbox::new(16)),
+            ..subscriber(1, 0)
+        };
+        hub.subscribe("l", sub.clone(), o, None, |_| None)
+            .expect("sub");
+        for i in 0..5 {
+            hub.publish("l", Bytes::from(format!("m{i}")), None, o, false);
+        }
+        assert_eq!(sub.outbox.pending_disconnect(), None, "not cut");
+        let first = take(&sub.outbox);
+        assert_eq!(first.len(), 2, "only what fits: {first:?}");
+        hub.publish("l", Bytes::from_static(b"m5"), None, o, false);
+        assert_eq!(
+            data_of(&take(&sub.outbox)),
+            vec!["m5"],
+            "then the newest again"
+        );
+        assert!(hub.counters().lossy_drops.load(Ordering::Relaxed) >= 3);
     }
 }

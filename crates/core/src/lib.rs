@@ -3,13 +3,20 @@
 //! No I/O here: the server binds connections to sockets and feeds commands in; the hub
 //! queues encoded frames into each connection's [`Outbox`].
 
+pub mod history;
 pub mod hub;
+pub mod journal;
 pub mod metrics;
 pub mod namespace;
 pub mod outbox;
 pub mod registry;
 
-pub use hub::{ClientKey, FrameEncoder, FrameFormat, Hub, Published, StreamPosition, Subscriber};
+pub use history::{HistoryPolicy, HistoryQuery};
+pub use hub::{
+    ChannelOptions, ClientKey, FrameEncoder, FrameFormat, HistoryReadError, Hub, Joined, Published,
+    RecoverFrom, StreamPosition, Subscriber, now_ms,
+};
+pub use journal::{DurableAck, Journal, JournalError};
 pub use metrics::HubCounters;
 pub use namespace::{ChannelError, ChannelRules, NamespaceOptions, Namespaces};
 pub use outbox::{Outbox, PushOutcome};

@@ -17,4 +17,8 @@ pub struct HubCounters {
     pub bytes_out: AtomicU64,
     /// Connections disconnected because their queue overflowed (counter).
     pub slow_consumers: AtomicU64,
+    /// Publications not queued to a full lossy subscriber (counter).
+    pub lossy_drops: AtomicU64,
+    /// Failed appends to the message log (counter).
+    pub journal_errors: AtomicU64,
 }

@@ -25,6 +25,21 @@ pub struct NamespaceOptions {
     pub presence: bool,
     /// Join and leave pushes are sent.
     pub join_leave: bool,
+    /// History kept per channel (0 size = none).
+    pub history: crate::history::HistoryPolicy,
+    /// Full queues skip publications instead of disconnecting the client.
+    pub lossy: bool,
+}
+
+impl NamespaceOptions {
+    /// The hub's view of these options.
+    pub fn channel_options(&self) -> crate::hub::ChannelOptions {
+        crate::hub::ChannelOptions {
+            join_leave: self.join_leave,
+            history: self.history,
+            lossy: self.lossy,
+        }
+    }
 }
 
 /// Why a channel name is refused.

@@ -37,6 +37,8 @@ pub enum PushOutcome {
     Overflow,
     /// The outbox is already closing; the frame was dropped.
     Closed,
+    /// The queue was full and the frame was dropped (lossy subscriptions).
+    Dropped,
 }
 
 impl Outbox {
@@ -63,6 +65,27 @@ impl Outbox {
             drop(state);
             self.notify.notify_one();
             return PushOutcome::Overflow;
+        }
+        let was_empty = state.frames.is_empty();
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        drop(state);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        PushOutcome::Queued
+    }
+
+    /// Queues a frame of a lossy subscription: when the queue is full the frame is
+    /// dropped instead of cutting the connection, so the client skips ahead to newer
+    /// publications once it catches up.
+    pub fn push_lossy(&self, frame: Bytes) -> PushOutcome {
+        let mut state = self.state.lock();
+        if state.disconnect.is_some() {
+            return PushOutcome::Closed;
+        }
+        if state.bytes + frame.len() > self.max_bytes {
+            return PushOutcome::Dropped;
         }
         let was_empty = state.frames.is_empty();
         state.bytes += frame.len();

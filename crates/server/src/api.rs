@@ -155,17 +155,27 @@ fn data_bytes(state: &AppState, data: &RawValue) -> Result<Bytes, ApiError> {
 struct PublishRequest {
     channel: String,
     data: Box<RawValue>,
+    /// Reply only once the publication is in the message log on disk.
+    #[serde(default)]
+    durable: bool,
 }
 
 /// `POST /api/publish`.
 pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
     let body: PublishRequest = authorized(&state, req).await?;
-    state
+    let rules = state
         .namespaces
         .resolve(&body.channel)
         .map_err(ApiError::channel)?;
     let data = data_bytes(&state, &body.data)?;
-    let published = state.hub.publish(&body.channel, data, None);
+    let published = state.hub.publish(
+        &body.channel,
+        data,
+        None,
+        rules.options.channel_options(),
+        body.durable,
+    );
+    await_durable(&state, body.durable, published.durable).await?;
     ok(json!({
         "offset": published.position.offset,
         "epoch": &*published.position.epoch,
@@ -190,8 +200,14 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
     let mut responses = Vec::with_capacity(body.channels.len());
     for channel in &body.channels {
         match state.namespaces.resolve(channel) {
-            Ok(_) => {
-                let p = state.hub.publish(channel, data.clone(), None);
+            Ok(rules) => {
+                let p = state.hub.publish(
+                    channel,
+                    data.clone(),
+                    None,
+                    rules.options.channel_options(),
+                    false,
+                );
                 responses.push(json!({
                     "channel": channel,
                     "offset": p.position.offset,
@@ -209,6 +225,107 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
         }
     }
     ok(json!({ "responses": responses }))
+}
+
+/// Waits for the message log's fsync when the caller asked for durability.
+async fn await_durable(
+    state: &AppState,
+    durable: bool,
+    ack: Option<starling_core::DurableAck>,
+) -> Result<(), ApiError> {
+    if !durable {
+        return Ok(());
+    }
+    let Some(ack) = ack else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            codes::NOT_AVAILABLE,
+            "durable publish needs the message log (log.dir)",
+        ));
+    };
+    ack.await.map_err(|e| {
+        state.metrics.error(codes::INTERNAL.code);
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            format!("not persisted: {e}"),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryApiRequest {
+    channel: String,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    since: Option<Position>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Position {
+    offset: u64,
+    epoch: String,
+}
+
+/// `POST /api/history`: a page of a channel's history.
+pub async fn history(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
+    let body: HistoryApiRequest = authorized(&state, req).await?;
+    let rules = state
+        .namespaces
+        .resolve(&body.channel)
+        .map_err(ApiError::channel)?;
+    let query = starling_core::HistoryQuery {
+        since: body.since.as_ref().map(|p| p.offset),
+        limit: body.limit.unwrap_or(rules.options.history.size),
+        reverse: body.reverse,
+    };
+    let epoch = body.since.as_ref().map(|p| p.epoch.as_str());
+    let (publications, position) = state
+        .hub
+        .history(&body.channel, query, epoch, rules.options.channel_options())
+        .map_err(|e| match e {
+            starling_core::HistoryReadError::Disabled => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                codes::NOT_AVAILABLE,
+                "history is not kept for this namespace",
+            ),
+            starling_core::HistoryReadError::Unrecoverable => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                codes::UNRECOVERABLE_POSITION,
+                "position is no longer in history",
+            ),
+        })?;
+    let publications: Vec<Value> = publications.iter().map(publication_json).collect();
+    ok(json!({
+        "publications": publications,
+        "offset": position.offset,
+        "epoch": &*position.epoch,
+    }))
+}
+
+/// A publication as the API shows it: `data` raw when it is JSON, else `b64data`.
+fn publication_json(p: &starling_protocol::Publication) -> Value {
+    let mut out = serde_json::Map::new();
+    match serde_json::from_slice::<Value>(&p.data) {
+        Ok(v) => out.insert("data".into(), v),
+        Err(_) => out.insert(
+            "b64data".into(),
+            Value::String(starling_protocol::b64_encode(&p.data)),
+        ),
+    };
+    out.insert("offset".into(), p.offset.into());
+    if let Some(info) = &p.info {
+        out.insert(
+            "info".into(),
+            json!({"user": &info.user, "client": &info.client}),
+        );
+    }
+    Value::Object(out)
 }
 
 #[derive(Deserialize, Default)]

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use starling_core::{Hub, HubCounters, NamespaceOptions, Namespaces, Registry};
+use starling_core::{HistoryPolicy, Hub, HubCounters, NamespaceOptions, Namespaces, Registry};
 use starling_protocol::codes;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -65,17 +65,26 @@ impl AppState {
                         private: ns.private,
                         presence: ns.presence,
                         join_leave: ns.join_leave,
+                        history: HistoryPolicy {
+                            size: ns.history_size,
+                            ttl_ms: ns.history_ttl_secs.saturating_mul(1000),
+                        },
+                        lossy: ns.lossy,
                     },
                 )
             })
             .collect();
         // In dev mode every namespace exists and is open, so the quick start can use any.
+        // ... and keeps a little history, so recovery can be tried out.
         let fallback = config.server.dev.then_some(NamespaceOptions {
             allow_publish: true,
             allow_anonymous: true,
-            private: false,
             presence: true,
-            join_leave: false,
+            history: HistoryPolicy {
+                size: 100,
+                ttl_ms: 300_000,
+            },
+            ..NamespaceOptions::default()
         });
         let auth = Auth::new(&config.client).context("loading token keys")?;
         let node = if config.server.name.is_empty() {
@@ -116,6 +125,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/broadcast", post(crate::api::broadcast))
         .route("/api/channels", post(crate::api::channels))
         .route("/api/presence", post(crate::api::presence))
+        .route("/api/history", post(crate::api::history))
         .route("/api/disconnect", post(crate::api::disconnect))
         .route("/api/info", post(crate::api::info))
         .fallback(crate::ops::not_found)
@@ -186,6 +196,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let service = TowerToHyperService::new(router(state.clone()));
+    let sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            // Expired history and idle channels go away within a second.
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                state.hub.sweep();
+            }
+        })
+    };
     let header_timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
     tokio::pin!(shutdown);
     loop {
@@ -235,6 +256,7 @@ pub async fn run(
             "shutdown timeout: dropping remaining connections"
         );
     }
+    sweeper.abort();
     info!("stopped");
     Ok(())
 }

@@ -152,6 +152,13 @@ pub struct NamespaceConfig {
     pub presence: bool,
     /// Join and leave pushes are sent to subscribers.
     pub join_leave: bool,
+    /// Publications kept per channel for history and recovery; 0 disables history.
+    pub history_size: usize,
+    /// Seconds a publication stays in history; 0 = until pushed out by newer ones.
+    pub history_ttl_secs: u64,
+    /// A subscriber whose queue is full skips publications (seeing a gap in offsets)
+    /// instead of being disconnected as a slow consumer.
+    pub lossy: bool,
 }
 
 /// Logging settings.
@@ -211,6 +218,9 @@ impl Default for NamespaceConfig {
             private: false,
             presence: true,
             join_leave: false,
+            history_size: 0,
+            history_ttl_secs: 300,
+            lossy: false,
         }
     }
 }

@@ -41,7 +41,8 @@ current values. The keys:
   client.max_queue_bytes client.connect_timeout_secs
   api.key
   namespaces.<ns>.allow_publish namespaces.<ns>.allow_anonymous namespaces.<ns>.private
-  namespaces.<ns>.presence namespaces.<ns>.join_leave
+  namespaces.<ns>.presence namespaces.<ns>.join_leave namespaces.<ns>.history_size
+  namespaces.<ns>.history_ttl_secs namespaces.<ns>.lossy
   log.format log.level
 Each is explained in docs/OPERATIONS.md.";
 

@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use starling_core::{ClientKey, FrameFormat, Outbox, Subscriber};
+use starling_core::{
+    ClientKey, FrameFormat, HistoryQuery, HistoryReadError, Outbox, RecoverFrom, Subscriber,
+};
 use starling_protocol::codes::{self, DisconnectCode};
 use starling_protocol::{
-    ClientInfo, Command, ConnectRequest, ConnectResult, Encoding, Error, Method, PresenceResult,
-    PresenceStatsResult, PublishRequest, PublishResult, Reply, ReplyBody, SubscribeRequest,
-    SubscribeResult, UnsubscribeResult, decode_commands, encode_reply,
+    ClientInfo, Command, ConnectRequest, ConnectResult, Encoding, Error, HistoryRequest,
+    HistoryResult, Method, PresenceResult, PresenceStatsResult, PublishRequest, PublishResult,
+    Reply, ReplyBody, SubscribeRequest, SubscribeResult, UnsubscribeResult, decode_commands,
+    encode_reply,
 };
 use tracing::debug;
 
@@ -49,6 +52,16 @@ impl std::fmt::Debug for Session {
             .field("key", &self.key)
             .field("subscriptions", &self.subscriptions.len())
             .finish()
+    }
+}
+
+/// The reply error for a channel name the namespaces refuse.
+fn channel_error(e: starling_core::ChannelError) -> Error {
+    match e {
+        starling_core::ChannelError::Invalid => {
+            codes::BAD_REQUEST.with_message("invalid channel name")
+        }
+        e => codes::UNKNOWN_CHANNEL.with_message(e.to_string()),
     }
 }
 
@@ -150,9 +163,7 @@ impl Session {
             Method::Publish(req) => self.publish(req),
             Method::Presence(req) => self.presence(&req.channel, false),
             Method::PresenceStats(req) => self.presence(&req.channel, true),
-            Method::History(_) => {
-                Err(codes::NOT_AVAILABLE.with_message("history is not kept by this node yet"))
-            }
+            Method::History(req) => self.history(req),
             Method::Ping => Ok(ReplyBody::Ping),
         };
         Ok(Some(Reply { id, body }))
@@ -285,23 +296,32 @@ impl Session {
         let encoding = self.encoding();
         let state = self.state.clone();
         let format = self.format;
-        let result =
-            state
-                .hub
-                .subscribe(&req.channel, subscriber, rules.options.join_leave, |pos| {
-                    let reply = Reply::ok(
-                        id,
-                        ReplyBody::Subscribe(SubscribeResult {
-                            epoch: pos.epoch.to_string(),
-                            offset: pos.offset,
-                            ..SubscribeResult::default()
-                        }),
-                    );
-                    encode_reply(encoding, &reply, out);
-                    let frame = state.encoder.frame(format, out);
-                    out.clear();
-                    Some(frame)
-                });
+        let recover = req.recover.then(|| RecoverFrom {
+            offset: req.offset.unwrap_or(0),
+            epoch: req.epoch.clone().unwrap_or_default(),
+        });
+        let result = state.hub.subscribe(
+            &req.channel,
+            subscriber,
+            rules.options.channel_options(),
+            recover.as_ref(),
+            |joined| {
+                let reply = Reply::ok(
+                    id,
+                    ReplyBody::Subscribe(SubscribeResult {
+                        epoch: joined.position.epoch.to_string(),
+                        offset: joined.position.offset,
+                        recoverable: joined.recoverable,
+                        recovered: joined.recovered.is_some(),
+                        publications: joined.recovered.clone().unwrap_or_default(),
+                    }),
+                );
+                encode_reply(encoding, &reply, out);
+                let frame = state.encoder.frame(format, out);
+                out.clear();
+                Some(frame)
+            },
+        );
         match result {
             Ok((name, _)) => {
                 self.subscriptions.insert(name);
@@ -320,15 +340,10 @@ impl Session {
             .state
             .namespaces
             .resolve(&req.channel)
-            .map_err(|e| match e {
-                starling_core::ChannelError::Invalid => {
-                    codes::BAD_REQUEST.with_message("invalid channel name")
-                }
-                e => codes::UNKNOWN_CHANNEL.with_message(e.to_string()),
-            })?;
+            .map_err(channel_error)?;
         if !rules.options.allow_publish {
             return Err(
-                codes::PERMISSION_DENIED.with_message("clients may not publish in this namespace")
+                codes::NOT_AVAILABLE.with_message("clients may not publish in this namespace")
             );
         }
         if identity.user.is_empty() && !rules.options.allow_anonymous {
@@ -339,10 +354,13 @@ impl Session {
         if rules.owner.is_some_and(|owner| owner != &*identity.user) {
             return Err(codes::PERMISSION_DENIED.with_message("personal channel of another user"));
         }
-        let published = self
-            .state
-            .hub
-            .publish(&req.channel, req.data, Some(identity.info.clone()));
+        let published = self.state.hub.publish(
+            &req.channel,
+            req.data,
+            Some(identity.info.clone()),
+            rules.options.channel_options(),
+            false,
+        );
         Ok(ReplyBody::Publish(PublishResult {
             offset: published.position.offset,
             epoch: published.position.epoch.to_string(),
@@ -354,12 +372,7 @@ impl Session {
             .state
             .namespaces
             .resolve(channel)
-            .map_err(|e| match e {
-                starling_core::ChannelError::Invalid => {
-                    codes::BAD_REQUEST.with_message("invalid channel name")
-                }
-                e => codes::UNKNOWN_CHANNEL.with_message(e.to_string()),
-            })?;
+            .map_err(channel_error)?;
         if !rules.options.presence {
             return Err(
                 codes::NOT_AVAILABLE.with_message("presence is disabled for this namespace")
@@ -381,6 +394,42 @@ impl Session {
             .map(|i| (i.client.clone(), (**i).clone()))
             .collect();
         Ok(ReplyBody::Presence(PresenceResult { clients }))
+    }
+
+    fn history(&self, req: HistoryRequest) -> Result<ReplyBody, Error> {
+        let rules = self
+            .state
+            .namespaces
+            .resolve(&req.channel)
+            .map_err(channel_error)?;
+        if !rules.options.history.enabled() {
+            return Err(codes::NOT_AVAILABLE.with_message("history is not kept for this namespace"));
+        }
+        if !self.subscriptions.contains(req.channel.as_str()) {
+            return Err(codes::NOT_SUBSCRIBED.with_message("subscribe to the channel first"));
+        }
+        let limit = req.limit.map_or(rules.options.history.size, |l| {
+            usize::try_from(l).unwrap_or(usize::MAX)
+        });
+        let query = HistoryQuery {
+            since: req.since.as_ref().map(|s| s.offset),
+            limit,
+            reverse: req.reverse,
+        };
+        let epoch = req.since.as_ref().map(|s| s.epoch.as_str());
+        match self
+            .state
+            .hub
+            .history(&req.channel, query, epoch, rules.options.channel_options())
+        {
+            Ok((publications, position)) => Ok(ReplyBody::History(HistoryResult {
+                publications,
+                epoch: position.epoch.to_string(),
+                offset: position.offset,
+            })),
+            Err(HistoryReadError::Disabled) => Err(codes::NOT_AVAILABLE.error()),
+            Err(HistoryReadError::Unrecoverable) => Err(codes::UNRECOVERABLE_POSITION.error()),
+        }
     }
 
     /// Leaves every channel (the connection is closing).

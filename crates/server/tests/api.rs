@@ -7,7 +7,12 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn every_endpoint_answers_as_documented() {
-    let server = Server::start(&["--set", "namespaces.chat.allow_publish=true"]);
+    let server = Server::start(&[
+        "--set",
+        "namespaces.chat.allow_publish=true",
+        "--set",
+        "namespaces.chat.history_size=10",
+    ]);
     let openapi: Value = {
         let (status, text) = server.get("/api/openapi.json").await;
         assert_eq!(status, 200);
@@ -30,6 +35,7 @@ async fn every_endpoint_answers_as_documented() {
         ("presence", json!({"channel": "chat:lobby"})),
         ("info", json!({})),
         ("disconnect", json!({"user": "nobody"})),
+        ("history", json!({"channel": "chat:lobby"})),
     ];
     let paths = openapi["paths"].as_object().expect("paths");
     assert_eq!(

@@ -151,11 +151,134 @@ async fn ping_batch_and_unknown_method() {
 }
 
 #[tokio::test]
-async fn history_is_reported_unavailable_until_kept() {
-    let server = dev();
+async fn history_pages_and_is_refused_where_not_kept() {
+    let server = Server::start(&[
+        "--dev",
+        "--set",
+        "namespaces.news.history_size=0",
+        "--set",
+        "namespaces.feed.history_size=3",
+    ]);
     let (mut c, _) = Client::connect(&server, None).await;
-    let r = c.call("history", json!({"channel": "x"})).await;
+    c.call("subscribe", json!({"channel": "news:x"})).await;
+    let r = c.call("history", json!({"channel": "news:x"})).await;
     assert_eq!(r["error"]["code"], 108, "{r}");
+    let r = c.call("history", json!({"channel": "feed:x"})).await;
+    assert_eq!(r["error"]["code"], 111, "subscribe first: {r}");
+    let sub = c.call("subscribe", json!({"channel": "feed:x"})).await;
+    let epoch = sub["subscribe"]["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_string();
+    assert_eq!(sub["subscribe"]["recoverable"], true, "{sub}");
+    for i in 1..=5 {
+        server
+            .api("publish", json!({"channel": "feed:x", "data": i}))
+            .await;
+    }
+    let r = c.call("history", json!({"channel": "feed:x"})).await;
+    let data: Vec<_> = r["history"]["publications"]
+        .as_array()
+        .expect("pubs")
+        .iter()
+        .map(|p| p["data"].clone())
+        .collect();
+    assert_eq!(
+        data,
+        vec![json!(3), json!(4), json!(5)],
+        "only the last 3 are kept"
+    );
+    assert_eq!(r["history"]["offset"], 5);
+    let r = c
+        .call(
+            "history",
+            json!({"channel": "feed:x", "limit": 1, "since": {"offset": 3, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(r["history"]["publications"][0]["offset"], 4, "{r}");
+    let r = c
+        .call(
+            "history",
+            json!({"channel": "feed:x", "limit": 2, "reverse": true}),
+        )
+        .await;
+    let offsets: Vec<_> = r["history"]["publications"]
+        .as_array()
+        .expect("pubs")
+        .iter()
+        .map(|p| p["offset"].clone())
+        .collect();
+    assert_eq!(offsets, vec![json!(5), json!(4)]);
+    let r = c
+        .call(
+            "history",
+            json!({"channel": "feed:x", "since": {"offset": 1, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 112, "offset 2 is gone: {r}");
+    let r = c
+        .call(
+            "history",
+            json!({"channel": "feed:x", "since": {"offset": 4, "epoch": "other"}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 112, "other epoch: {r}");
+}
+
+#[tokio::test]
+async fn reconnecting_client_recovers_missed_publications() {
+    let server = Server::start(&["--dev", "--set", "namespaces.feed.history_size=100"]);
+    let (mut keeper, _) = Client::connect(&server, None).await;
+    keeper.call("subscribe", json!({"channel": "feed:r"})).await;
+    let (mut c, _) = Client::connect(&server, None).await;
+    let sub = c.call("subscribe", json!({"channel": "feed:r"})).await;
+    let epoch = sub["subscribe"]["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_string();
+    server
+        .api("publish", json!({"channel": "feed:r", "data": "a"}))
+        .await;
+    let (_, p) = c.next_publication().await;
+    let last = p["offset"].as_u64().expect("offset");
+    drop(c);
+    for d in ["b", "c", "d"] {
+        server
+            .api("publish", json!({"channel": "feed:r", "data": d}))
+            .await;
+    }
+    let (mut c, _) = Client::connect(&server, None).await;
+    let sub = c
+        .call(
+            "subscribe",
+            json!({"channel": "feed:r", "recover": true, "offset": last, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(sub["subscribe"]["recovered"], true, "{sub}");
+    let missed: Vec<_> = sub["subscribe"]["publications"]
+        .as_array()
+        .expect("pubs")
+        .iter()
+        .map(|p| p["data"].clone())
+        .collect();
+    assert_eq!(missed, vec![json!("b"), json!("c"), json!("d")]);
+    server
+        .api("publish", json!({"channel": "feed:r", "data": "e"}))
+        .await;
+    let (_, p) = c.next_publication().await;
+    assert_eq!(
+        (p["data"].clone(), p["offset"].as_u64()),
+        (json!("e"), Some(last + 4))
+    );
+    // A stale epoch: not recovered, the client must reload.
+    let (mut d, _) = Client::connect(&server, None).await;
+    let sub = d
+        .call(
+            "subscribe",
+            json!({"channel": "feed:r", "recover": true, "offset": 1, "epoch": "stale"}),
+        )
+        .await;
+    assert!(sub["subscribe"].get("recovered").is_none(), "{sub}");
 }
 
 /// A client that negotiated `starling.msgpack`.
@@ -349,7 +472,7 @@ async fn namespaces_permissions_private_and_personal_channels() {
     let r = alice
         .call("publish", json!({"channel": "news", "data": 1}))
         .await;
-    assert_eq!(r["error"]["code"], 103, "{r}");
+    assert_eq!(r["error"]["code"], 108, "{r}");
     let r = alice
         .call("publish", json!({"channel": "chat:x", "data": 1}))
         .await;
