@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
+use bytes::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -106,9 +107,14 @@ pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Resp
         // per-thread buffer instead of keeping hyper's per-connection buffers.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
+                // `read_buf` is a slice of hyper's 8 KiB read buffer: holding it (even
+                // empty) pins that buffer for the connection's whole life. Copy what it
+                // holds (usually nothing) and let the buffer go now.
+                let leftover = Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
                 connection::run(
                     parts.io.into_inner(),
-                    parts.read_buf,
+                    leftover,
                     negotiated,
                     task_state,
                 )
