@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
-use bytes::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use starling_protocol::Encoding;
 use starling_websocket::{HandshakeConfig, accept};
@@ -112,13 +112,7 @@ pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Resp
                 // holds (usually nothing) and let the buffer go now.
                 let leftover = Bytes::copy_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
-                connection::run(
-                    parts.io.into_inner(),
-                    leftover,
-                    negotiated,
-                    task_state,
-                )
-                .await;
+                connection::run(parts.io.into_inner(), leftover, negotiated, task_state).await;
             }
             Err(_) => warn!("upgraded connection is not a TCP stream"),
         }
