@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use starling_protocol::Encoding;
 use starling_websocket::{HandshakeConfig, accept};
@@ -122,13 +123,12 @@ pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Resp
         // per-thread buffer instead of keeping hyper's per-connection buffers.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                connection::run(
-                    parts.io.into_inner(),
-                    parts.read_buf,
-                    negotiated,
-                    task_state,
-                )
-                .await;
+                // `read_buf` is a slice of hyper's 8 KiB read buffer: holding it (even
+                // empty) pins that buffer for the connection's whole life. Copy what it
+                // holds (usually nothing) and let the buffer go now.
+                let leftover = Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
+                connection::run(parts.io.into_inner(), leftover, negotiated, task_state).await;
             }
             Err(_) => warn!("upgraded connection is not a TCP stream"),
         }

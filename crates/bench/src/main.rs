@@ -1,0 +1,95 @@
+//! `starling-bench`: Starling's own load generator.
+//!
+//! - `idle`: memory per idle, subscribed connection (server RSS delta / N).
+//! - `fanout`: deliveries per second and end-to-end latency to N subscribers of one
+//!   channel.
+//!
+//! Clients are raw tokio sockets driving the websocket crate's client framing (no
+//! per-connection 64 KiB buffers), so 10,000 connections fit in one process. The
+//! process's open-files limit bounds how many: one descriptor per connection.
+
+mod client;
+mod fanout;
+mod frame;
+mod idle;
+mod server;
+mod stats;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "starling-bench", version, about = "Starling load generator")]
+struct Cli {
+    /// Worker threads of the bench's runtime (default: one per core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Server memory per idle subscribed connection.
+    Idle(idle::IdleArgs),
+    /// Fan-out throughput and latency to the subscribers of one channel.
+    Fanout(fanout::FanoutArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = cli.threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("starling-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    stats::now_us(); // fix the clock origin
+    warn_fd_limit(&cli.command);
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Idle(args) => idle::run(args).await,
+            Cmd::Fanout(args) => fanout::run(args).await,
+        }
+    });
+    // Do not wait for lingering connection tasks.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("starling-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Each connection takes a descriptor; say so before running out.
+fn warn_fd_limit(cmd: &Cmd) {
+    let wanted = match cmd {
+        Cmd::Idle(a) => a.connections,
+        Cmd::Fanout(a) => a.subscribers + 1,
+    };
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(limit) = limit
+        && wanted + 64 > limit
+    {
+        eprintln!(
+            "warning: {wanted} connections need about {} descriptors; the open-files limit is {limit}",
+            wanted + 64
+        );
+    }
+}
