@@ -240,7 +240,7 @@ async fn await_durable(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             codes::NOT_AVAILABLE,
-            "durable publish needs the message log (log.dir)",
+            "durable publish needs the message log (storage.dir)",
         ));
     };
     ack.await.map_err(|e| {

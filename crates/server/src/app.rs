@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Encodes pushes and replies into frames.
     pub encoder: Arc<WireEncoder>,
+    /// The durable message log, unless storage is disabled.
+    pub journal: Option<Arc<crate::journal::LogJournal>>,
     /// Node name.
     pub node: String,
     /// When the node started.
@@ -52,7 +54,7 @@ impl AppState {
     pub fn new(config: Config, addr: SocketAddr) -> anyhow::Result<Arc<Self>> {
         let encoder = Arc::new(WireEncoder::new(config.websocket.compression_min_size));
         let counters = Arc::new(HubCounters::default());
-        let hub = Hub::new(encoder.clone(), counters);
+        let mut hub = Hub::new(encoder.clone(), counters);
         let map: HashMap<String, NamespaceOptions> = config
             .namespaces
             .iter()
@@ -86,6 +88,14 @@ impl AppState {
             },
             ..NamespaceOptions::default()
         });
+        let namespaces = Namespaces::new(map, fallback);
+        let journal = if config.storage.dir.is_empty() {
+            None
+        } else {
+            let journal = crate::journal::open(&config.storage, &hub, &namespaces)?;
+            hub = hub.with_journal(journal.clone());
+            Some(journal)
+        };
         let auth = Auth::new(&config.client).context("loading token keys")?;
         let node = if config.server.name.is_empty() {
             format!("starling-{}", addr.port())
@@ -93,8 +103,9 @@ impl AppState {
             config.server.name.clone()
         };
         Ok(Arc::new(Self {
-            namespaces: Namespaces::new(map, fallback),
+            namespaces,
             hub,
+            journal,
             registry: Registry::default(),
             auth,
             metrics: Metrics::default(),
@@ -257,6 +268,15 @@ pub async fn run(
         );
     }
     sweeper.abort();
+    if let Some(journal) = &state.journal {
+        let log = journal.log().clone();
+        // fsync waits on the writer thread: keep it off the async workers.
+        match tokio::task::spawn_blocking(move || log.sync()).await {
+            Ok(Ok(())) => info!("message log synced"),
+            Ok(Err(e)) => warn!("message log sync at shutdown failed: {e}"),
+            Err(e) => warn!("message log sync task failed: {e}"),
+        }
+    }
     info!("stopped");
     Ok(())
 }

@@ -72,6 +72,37 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Logging.
     pub log: LogConfig,
+    /// The durable message log.
+    pub storage: StorageConfig,
+}
+
+/// The durable message log: every publication is appended; history is rebuilt from it
+/// at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory of the log's segment files; empty keeps everything in memory only.
+    pub dir: String,
+    /// A segment is closed and a new one started past this size, in bytes.
+    pub segment_bytes: u64,
+    /// Bytes kept on disk; the oldest segments are deleted beyond it.
+    pub max_bytes: u64,
+    /// Segments whose newest record is older than this many seconds are deleted.
+    pub max_age_secs: u64,
+    /// Milliseconds between fsyncs of publications not published with `durable: true`.
+    pub sync_interval_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: "starling-data".into(),
+            segment_bytes: 64 * 1024 * 1024,
+            max_bytes: 1024 * 1024 * 1024,
+            max_age_secs: 24 * 3600,
+            sync_interval_ms: 100,
+        }
+    }
 }
 
 /// Listener and mode.
@@ -245,6 +276,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             namespaces,
             log: LogConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod encoder;
+pub mod journal;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -44,6 +44,8 @@ current values. The keys:
   namespaces.<ns>.presence namespaces.<ns>.join_leave namespaces.<ns>.history_size
   namespaces.<ns>.history_ttl_secs namespaces.<ns>.lossy
   log.format log.level
+  storage.dir storage.segment_bytes storage.max_bytes storage.max_age_secs
+  storage.sync_interval_ms
 Each is explained in docs/OPERATIONS.md.";
 
 /// Every setting also has a dotted key usable in the config file, as an environment

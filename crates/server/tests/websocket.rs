@@ -412,48 +412,28 @@ async fn compressed_publications_are_shared_frames_that_inflate() {
         ))
         .await
         .expect("commands");
+    let mut buf = Vec::new();
+    // Wait for the subscribe reply before publishing.
+    loop {
+        let messages = read_messages(&mut stream, &mut buf).await;
+        if messages
+            .iter()
+            .any(|(_, t)| t.windows(13).any(|w| w == b"\"subscribe\":{"))
+        {
+            break;
+        }
+    }
     let text = "compressible ".repeat(100);
     server
         .api("publish", json!({"channel": "z", "data": {"text": text}}))
         .await;
-    // Read frames until the publication push; compressed ones (RSV1) are inflated.
-    let mut buf = Vec::new();
     let (wire_len, text_out) = loop {
-        let mut chunk = [0u8; 8192];
-        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
-            .await
-            .expect("frames in time")
-            .expect("read");
-        assert!(n > 0, "closed");
-        buf.extend_from_slice(&chunk[..n]);
-        let mut found = None;
-        let mut at = 0;
-        while buf.len() >= at + 2 {
-            let (len, header) = match buf[at + 1] & 0x7f {
-                126 if buf.len() >= at + 4 => (
-                    usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]])),
-                    4,
-                ),
-                126 => break,
-                n => (usize::from(n), 2),
-            };
-            if buf.len() < at + header + len {
-                break;
-            }
-            let payload = &buf[at + header..at + header + len];
-            let text = if buf[at] & 0x40 != 0 {
-                inflate(payload)
-            } else {
-                payload.to_vec()
-            };
-            if text.starts_with(b"{\"push\"") {
-                found = Some((payload.len(), text));
-            }
-            at += header + len;
-        }
-        buf.drain(..at);
-        if let Some(f) = found {
-            break f;
+        let messages = read_messages(&mut stream, &mut buf).await;
+        if let Some(m) = messages
+            .into_iter()
+            .find(|(_, t)| t.starts_with(b"{\"push\""))
+        {
+            break m;
         }
     };
     let value: serde_json::Value = serde_json::from_slice(&text_out).expect("json");
@@ -463,6 +443,43 @@ async fn compressed_publications_are_shared_frames_that_inflate() {
         "actually compressed: {} -> {wire_len}",
         text_out.len()
     );
+}
+
+/// Reads once from the socket and returns the complete frames now in `buf` as
+/// (payload length on the wire, text after inflating).
+async fn read_messages(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<(usize, Vec<u8>)> {
+    let mut chunk = [0u8; 8192];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+        .await
+        .expect("frames in time")
+        .expect("read");
+    assert!(n > 0, "closed");
+    buf.extend_from_slice(&chunk[..n]);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while buf.len() >= at + 2 {
+        let (len, header) = match buf[at + 1] & 0x7f {
+            126 if buf.len() >= at + 4 => (
+                usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]])),
+                4,
+            ),
+            126 => break,
+            n => (usize::from(n), 2),
+        };
+        if buf.len() < at + header + len {
+            break;
+        }
+        let payload = &buf[at + header..at + header + len];
+        let text = if buf[at] & 0x40 != 0 {
+            inflate(payload)
+        } else {
+            payload.to_vec()
+        };
+        out.push((payload.len(), text));
+        at += header + len;
+    }
+    buf.drain(..at);
+    out
 }
 
 /// Inflates one permessage-deflate message.

@@ -22,21 +22,43 @@ pub const SECRET: &str = "test-secret";
 /// Upper bound for any single wait in a test: a failure, not a synchronisation.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A running server process, killed on drop.
+/// A running server process, killed on drop (its storage directory is removed then,
+/// unless it was handed in by the test).
 pub struct Server {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its message log directory.
+    pub storage: std::path::PathBuf,
+    owns_storage: bool,
+}
+
+/// A fresh directory for one server's message log.
+pub fn storage_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("starling-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl Server {
     /// Starts `starling serve` on 127.0.0.1:0 with the test key and secret plus `args`,
     /// and waits for the line announcing the bound address.
     pub fn start(args: &[&str]) -> Server {
+        let mut server = Server::start_with_storage(&storage_dir(), args);
+        server.owns_storage = true;
+        server
+    }
+
+    /// Starts a server whose message log lives in `storage` (kept after the server).
+    pub fn start_with_storage(storage: &std::path::Path, args: &[&str]) -> Server {
+        let storage_arg = format!("storage.dir={}", toml_quote(&storage.display().to_string()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_starling"));
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--api-key", API_KEY])
             .args(["--token-hmac-secret", SECRET])
+            .args(["--set", &storage_arg])
             .args(args)
             .env_remove("RUST_LOG")
             .env(
@@ -57,7 +79,18 @@ impl Server {
             .expect("address");
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            storage: storage.to_path_buf(),
+            owns_storage: false,
+        }
+    }
+
+    /// Kills the process at once (SIGKILL: no shutdown, no flush) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The WebSocket endpoint.
@@ -125,7 +158,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.owns_storage {
+            let _ = std::fs::remove_dir_all(&self.storage);
+        }
     }
+}
+
+/// A TOML string literal.
+fn toml_quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// Sends raw bytes, reads the whole response; returns status and body (after headers).
