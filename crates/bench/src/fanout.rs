@@ -438,21 +438,24 @@ async fn subscriber(
     }
 }
 
+/// What a publisher got done.
 #[derive(Debug, Default)]
-struct PubReport {
-    sent: u64,
-    accepted: u64,
-    refused: u64,
+pub(crate) struct PubReport {
+    pub(crate) sent: u64,
+    pub(crate) accepted: u64,
+    pub(crate) refused: u64,
 }
 
-struct Publisher {
-    target: Arc<Target>,
-    channel: Arc<str>,
-    messages: u64,
-    rate: Option<f64>,
-    size: usize,
-    api_key: String,
-    deadline: tokio::time::Instant,
+/// Publishes numbered, timestamped payloads ([`payload`]) at a steady rate or back to
+/// back.
+pub(crate) struct Publisher {
+    pub(crate) target: Arc<Target>,
+    pub(crate) channel: Arc<str>,
+    pub(crate) messages: u64,
+    pub(crate) rate: Option<f64>,
+    pub(crate) size: usize,
+    pub(crate) api_key: String,
+    pub(crate) deadline: tokio::time::Instant,
 }
 
 impl Publisher {
@@ -464,7 +467,7 @@ impl Publisher {
         }
     }
 
-    async fn via_ws(&self) -> anyhow::Result<PubReport> {
+    pub(crate) async fn via_ws(&self) -> anyhow::Result<PubReport> {
         let source = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let mut client = WsClient::connect(&self.target, Some(source)).await?;
         client.request(&[connect_command()]).await?;
@@ -532,7 +535,7 @@ impl Publisher {
         Ok(report)
     }
 
-    async fn via_http(&self) -> anyhow::Result<PubReport> {
+    pub(crate) async fn via_http(&self) -> anyhow::Result<PubReport> {
         let addr = self.target.http_addr();
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;

@@ -3,16 +3,25 @@
 //! - `idle`: memory per idle, subscribed connection (server RSS delta / N).
 //! - `fanout`: deliveries per second and end-to-end latency to N subscribers of one
 //!   channel.
+//! - `churn`: N clients drop at once and reconnect; time to re-admit them all and
+//!   the ping latency of clients that stayed.
+//! - `slow`: a stalled subscriber on a busy channel: healthy subscribers' latency,
+//!   the server's RSS and the slow-consumer cut.
+//! - `publish`: publications per second one node accepts (message log on/off,
+//!   `durable: true`), with concurrent HTTP publishers.
 //!
 //! Clients are raw tokio sockets driving the websocket crate's client framing (no
 //! per-connection 64 KiB buffers), so 10,000 connections fit in one process. The
 //! process's open-files limit bounds how many: one descriptor per connection.
 
+mod churn;
 mod client;
 mod fanout;
 mod frame;
 mod idle;
+mod publish;
 mod server;
+mod slow;
 mod stats;
 
 use std::process::ExitCode;
@@ -35,6 +44,12 @@ enum Cmd {
     Idle(idle::IdleArgs),
     /// Fan-out throughput and latency to the subscribers of one channel.
     Fanout(fanout::FanoutArgs),
+    /// N clients drop at once and reconnect; observers measure ping latency meanwhile.
+    Churn(churn::ChurnArgs),
+    /// A stalled subscriber on a busy channel: others' latency, server RSS, the cut.
+    Slow(slow::SlowArgs),
+    /// Publications per second accepted by one node (HTTP API, concurrent publishers).
+    Publish(publish::PublishArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +72,9 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Idle(args) => idle::run(args).await,
             Cmd::Fanout(args) => fanout::run(args).await,
+            Cmd::Churn(args) => churn::run(args).await,
+            Cmd::Slow(args) => slow::run(args).await,
+            Cmd::Publish(args) => publish::run(args).await,
         }
     });
     // Do not wait for lingering connection tasks.
@@ -75,6 +93,9 @@ fn warn_fd_limit(cmd: &Cmd) {
     let wanted = match cmd {
         Cmd::Idle(a) => a.connections,
         Cmd::Fanout(a) => a.subscribers + 1,
+        Cmd::Churn(a) => a.connections + a.observers,
+        Cmd::Slow(a) => a.subscribers + 2,
+        Cmd::Publish(a) => a.publishers,
     };
     let limit = std::fs::read_to_string("/proc/self/limits")
         .ok()

@@ -181,6 +181,121 @@ fn number_after(data: &[u8], key: &[u8]) -> Option<u64> {
         .map(|_| digits)
 }
 
+/// Milliseconds since the Unix epoch (wall clock): several bench processes agree on
+/// a moment ("drop at T") through it.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Latency samples `(at_us, value_us)` split into windows relative to a moment `t0`:
+/// the figures before an event, during it and after it, and a timeline.
+#[derive(Debug, Default, Clone)]
+pub struct Samples {
+    points: Vec<(u64, u64)>,
+}
+
+impl Samples {
+    /// Adds the samples of one recorder.
+    pub fn extend(&mut self, more: &[(u64, u64)]) {
+        self.points.extend_from_slice(more);
+    }
+
+    /// Percentiles of the samples taken in `[from_us, to_us)`.
+    pub fn window(&self, from_us: u64, to_us: u64) -> Percentiles {
+        let mut h = new_histogram();
+        for &(at, v) in &self.points {
+            if at >= from_us && at < to_us {
+                h.saturating_record(v.clamp(1, MAX_LATENCY_US));
+            }
+        }
+        Percentiles::of(&h)
+    }
+
+    /// Consecutive windows of `step_us` from `from_us` up to `to_us` (the last one may
+    /// be shorter): `(window start, percentiles)`.
+    pub fn timeline(&self, from_us: u64, to_us: u64, step_us: u64) -> Vec<(u64, Percentiles)> {
+        let step = step_us.max(1);
+        let mut out = Vec::new();
+        let mut at = from_us;
+        while at < to_us {
+            let end = (at + step).min(to_us);
+            out.push((at, self.window(at, end)));
+            at = end;
+        }
+        out
+    }
+}
+
+/// Failures counted by kind (the first line of the error, with numbers that vary
+/// from one connection to the next, such as ports, removed).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ErrorTally {
+    kinds: std::collections::BTreeMap<String, u64>,
+}
+
+impl ErrorTally {
+    /// Counts one failure.
+    pub fn add(&mut self, error: &str) {
+        *self.kinds.entry(error_kind(error)).or_default() += 1;
+    }
+
+    /// Adds another tally.
+    pub fn merge(&mut self, other: &ErrorTally) {
+        for (k, n) in &other.kinds {
+            *self.kinds.entry(k.clone()).or_default() += n;
+        }
+    }
+
+    /// Total failures.
+    pub fn total(&self) -> u64 {
+        self.kinds.values().sum()
+    }
+
+    /// `(kind, count)`, most frequent first.
+    pub fn by_count(&self) -> Vec<(&str, u64)> {
+        let mut v: Vec<(&str, u64)> = self.kinds.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v
+    }
+}
+
+/// The kind of an error message: its last `: `-separated part (the root cause in an
+/// anyhow chain printed with `{:#}`), digits replaced by `N`, at most 80 characters.
+pub fn error_kind(error: &str) -> String {
+    let root = error.rsplit(": ").next().unwrap_or(error);
+    // Keep HTTP statuses, the useful number in an upgrade refusal.
+    let keep_status = error.contains("upgrade refused");
+    let base = if keep_status { error } else { root };
+    let mut out = String::with_capacity(base.len().min(80));
+    let mut last_digit = false;
+    for c in base.chars() {
+        if c.is_ascii_digit() && !keep_status {
+            if !last_digit {
+                out.push('N');
+            }
+            last_digit = true;
+        } else {
+            out.push(c);
+            last_digit = false;
+        }
+        if out.len() >= 80 {
+            break;
+        }
+    }
+    out
+}
+
+/// Quantile `q` (0..=1) of a sorted slice (nearest rank); 0 when empty.
+pub fn quantile_sorted(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +380,62 @@ mod tests {
             parse_payload(b"{\"seq\":99999999999999999999999,\"ts\":1}"),
             None
         );
+    }
+
+    #[test]
+    fn sample_windows_and_timeline() {
+        let mut s = Samples::default();
+        let points: Vec<(u64, u64)> = (0..100).map(|i| (i * 10, i + 1)).collect();
+        s.extend(&points);
+        let w = s.window(0, 500); // values 1..=50
+        assert_eq!(w.count, 50);
+        assert_eq!(w.max, 50);
+        assert_eq!(w.p50, 25);
+        assert_eq!(s.window(2000, 3000), Percentiles::default());
+        let t = s.timeline(0, 1000, 300);
+        assert_eq!(
+            t.iter().map(|(at, _)| *at).collect::<Vec<_>>(),
+            vec![0, 300, 600, 900]
+        );
+        assert_eq!(t.iter().map(|(_, p)| p.count).sum::<u64>(), 100);
+        assert_eq!(t[3].1.count, 10);
+        assert!(s.timeline(5, 5, 10).is_empty());
+    }
+
+    #[test]
+    fn error_kinds() {
+        assert_eq!(
+            error_kind(
+                "connecting to 127.0.0.1:4000 from Some(127.0.0.3): Connection refused (os error 111)"
+            ),
+            "Connection refused (os error N)"
+        );
+        assert_eq!(
+            error_kind("upgrade refused: HTTP/1.1 503 Service Unavailable"),
+            "upgrade refused: HTTP/1.1 503 Service Unavailable"
+        );
+        let mut t = ErrorTally::default();
+        t.add("a: timed out");
+        t.add("b: timed out");
+        t.add("reset by peer (os error 104)");
+        let mut u = ErrorTally::default();
+        u.add("x: timed out");
+        t.merge(&u);
+        assert_eq!(t.total(), 4);
+        assert_eq!(
+            t.by_count(),
+            vec![("timed out", 3), ("reset by peer (os error N)", 1)]
+        );
+    }
+
+    #[test]
+    fn quantiles_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(quantile_sorted(&v, 0.5), 50);
+        assert_eq!(quantile_sorted(&v, 0.99), 99);
+        assert_eq!(quantile_sorted(&v, 1.0), 100);
+        assert_eq!(quantile_sorted(&v, 0.0), 1);
+        assert_eq!(quantile_sorted(&[], 0.5), 0);
+        assert_eq!(quantile_sorted(&[7], 0.99), 7);
     }
 }
