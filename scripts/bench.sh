@@ -3,10 +3,22 @@
 # loopback port per measurement, runs starling-bench against it, stops the server and
 # prints the figures. Everything stays on 127.0.0.0/8.
 #
-#   scripts/bench.sh [all|idle|fanout|burst|http|breakdown]...   (default: all = idle fanout burst)
+#   scripts/bench.sh [all|idle|fanout|burst|http|breakdown|churn|slow|log]...
+#   (default: all = idle fanout burst)
 #
 # Environment: CONNS (10000), MESSAGES (1000), RATE (100 /s), SIZE (100 B),
 # TIMEOUT (120 s per bench run), CARGO_TARGET_DIR (default: target/).
+#   churn: CHURN_CONNS (19000) over CHURN_PROCS (2) bench processes, OBSERVERS (100),
+#          ADMISSION_RATES ("default 1000000000": values of server.admission_rate to
+#          compare, used only if this build has that setting).
+#   slow:  SLOW_SUBS (100), SLOW_RATE (1000 /s), SLOW_SIZE (1000 B), PHASE (15 s).
+#   log:   PUBLISHERS ("1 8 64"), DURATION (10 s).
+# Quiet machine: before each measurement the script waits (up to QUIET_WAIT s, 600,
+# checking every 10 s) for the 1-minute load average to drop below QUIET_LOAD (0.7),
+# and prints the load average at the start and end of each run; "(shared)" marks a
+# run that started on a busy machine.
+# Storage: every server gets a fresh message-log directory under the log dir (the
+# default configuration keeps a log); STORAGE_DIR="" turns the log off.
 #
 # Server settings used (see docs/BENCHMARKS.md):
 #   idle:    defaults (ping every 25 s; the bench answers pings).
@@ -15,6 +27,11 @@
 #            consumer (the queue is a byte bound, not a preallocation).
 #   breakdown (stage tcp): websocket.handshake_timeout_secs=600 so raw TCP
 #            connections that never send a request stay open while RSS is read.
+#   churn:   namespaces.churn.history_size=100 (so the resubscribe recovers).
+#   log:     namespaces.log.history_size=100 (the channel exists without subscribers);
+#            storage.dir="" vs a fresh directory.
+#   A publisher over WebSocket sends more than the per-connection command rate limit
+#   allows: when this build has client.command_rate, it is raised to 1000000.
 # As root it raises net.core.somaxconn, net.ipv4.tcp_max_syn_backlog and
 # net.ipv4.ip_local_port_range (runtime only, said in the output).
 set -euo pipefail
@@ -30,8 +47,44 @@ BIN=$CARGO_TARGET_DIR/release
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/starling-bench.XXXXXX")
 SERVER_PID=""
 SERVER_PORT=""
+QUIET_WAIT=${QUIET_WAIT:-600}
+QUIET_LOAD=${QUIET_LOAD:-0.7}
 
 say() { printf '== %s\n' "$*"; }
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# Waits (bounded) for a quiet machine; says how quiet it got.
+wait_quiet() {
+    local waited=0
+    while awk -v l="$(load1)" -v q="$QUIET_LOAD" 'BEGIN { exit !(l >= q) }'; do
+        if [[ $waited -ge $QUIET_WAIT ]]; then
+            say "load average $(load1) after ${waited} s of waiting: measuring anyway (shared)"
+            return
+        fi
+        sleep 10
+        waited=$((waited + 10))
+    done
+    say "load average $(load1) (quiet; waited ${waited} s)"
+}
+
+# Server settings this build knows (an unknown key stops the server at start).
+has_setting() { "$BIN/starling" config 2>/dev/null | grep -qE "^$1 = "; }
+
+storage_set() {
+    if [[ -n "${STORAGE_DIR+x}" && -z "$STORAGE_DIR" ]]; then
+        echo "--set=storage.dir="
+    else
+        echo "--set=storage.dir=${STORAGE_DIR:-$LOGDIR/data.$RANDOM$RANDOM}"
+    fi
+}
+
+# --set options that let one WebSocket connection publish at any rate.
+publisher_sets() {
+    if has_setting command_rate; then
+        echo "--set=client.command_rate=1000000 --set=client.command_burst=1000000"
+    fi
+}
 
 stop_server() {
     if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -42,6 +95,7 @@ stop_server() {
         done
         kill -KILL "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
+        say "load average at the end: $(load1)"
     fi
     SERVER_PID=""
 }
@@ -53,8 +107,10 @@ start_server() {
     while [[ $# -gt 0 && "$1" != "--" ]]; do envs+=("$1"); shift; done
     [[ $# -gt 0 ]] && shift
     local log="$LOGDIR/server.$RANDOM.log"
+    wait_quiet
+    # shellcheck disable=SC2046
     env ${envs[@]+"${envs[@]}"} "$BIN/starling" serve --dev --listen 127.0.0.1:0 \
-        --set log.level=warn "$@" >"$log" 2>&1 &
+        --set log.level=warn $(storage_set) "$@" >"$log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 100); do
         if grep -q '^starling listening on http://' "$log" 2>/dev/null; then
@@ -114,7 +170,8 @@ run_fanout() { # extra server settings..., then bench args after --
     local sets=()
     while [[ $# -gt 0 && "$1" != "--" ]]; do sets+=("$1"); shift; done
     [[ $# -gt 0 ]] && shift
-    start_server -- ${sets[@]+"${sets[@]}"}
+    # shellcheck disable=SC2046
+    start_server -- ${sets[@]+"${sets[@]}"} $(publisher_sets)
     bench fanout --url "$(url)" --subscribers "$CONNS" --messages "$MESSAGES" --size "$SIZE" \
         --timeout "$TIMEOUT" "$@"
     stop_server
@@ -132,6 +189,78 @@ run_breakdown() {
     bench idle --url "$(url)" --connections "$CONNS" --server-pid "$SERVER_PID" --timeout "$TIMEOUT" \
         | grep -E '^(stage|server RSS|RSS delta|server metrics|warning)'
     stop_server
+}
+
+# churn: CHURN_CONNS clients over CHURN_PROCS processes drop at one wall-clock moment
+# and reconnect; a separate process holds the observers.
+run_churn() {
+    local total=${CHURN_CONNS:-19000} procs=${CHURN_PROCS:-2} observers=${OBSERVERS:-100}
+    local rates=(${ADMISSION_RATES:-default 1000000000})
+    has_setting admission_rate || rates=(absent)
+    for rate in "${rates[@]}"; do
+        local sets=(--set namespaces.churn.history_size=100)
+        case "$rate" in
+            absent) say "churn: this build has no server.admission_rate (no pacing to compare)" ;;
+            default) say "churn: server.admission_rate at its default" ;;
+            *) sets+=(--set "server.admission_rate=$rate"); say "churn: server.admission_rate=$rate" ;;
+        esac
+        start_server -- "${sets[@]}"
+        local per=$((total / procs)) drop_at=$(( $(date +%s%3N) + 30000 )) pids=() done_files=()
+        local k
+        for ((k = 0; k < procs; k++)); do
+            local f="$LOGDIR/churn.$k.done"
+            rm -f "$f"
+            done_files+=("$f")
+            bench churn --url "$(url)" --connections "$per" --first $((k * per)) \
+                --drop-at "$drop_at" --done-file "$f" --after-ms 3000 --timeout "$TIMEOUT" \
+                >"$LOGDIR/churn.$k.out" 2>&1 &
+            pids+=($!)
+        done
+        bench churn --url "$(url)" --connections 0 --observers "$observers" --first "$total" \
+            --drop-at "$drop_at" --wait-done "$(IFS=,; echo "${done_files[*]}")" \
+            --after-ms 3000 --timeout "$TIMEOUT" >"$LOGDIR/churn.obs.out" 2>&1 &
+        pids+=($!)
+        for p in "${pids[@]}"; do wait "$p" || true; done
+        for ((k = 0; k < procs; k++)); do
+            grep -vE '^  \+' "$LOGDIR/churn.$k.out"
+        done
+        cat "$LOGDIR/churn.obs.out"
+        local all
+        all=$(cat "${done_files[@]}" 2>/dev/null | sort -n | tail -1)
+        say "churn: all $total clients re-admitted and re-subscribed ${all:-?} ms after the drop"
+        stop_server
+    done
+}
+
+# slow: a control run without the stalled subscriber, then one with it.
+run_slow() {
+    local subs=${SLOW_SUBS:-100} rate=${SLOW_RATE:-1000} size=${SLOW_SIZE:-1000} phase=${PHASE:-15}
+    for variant in --no-stall ""; do
+        # shellcheck disable=SC2046
+        start_server -- $(publisher_sets)
+        bench slow --url "$(url)" --subscribers "$subs" --rate "$rate" --size "$size" \
+            --phase-secs "$phase" --server-pid "$SERVER_PID" --timeout "$TIMEOUT" ${variant:+"$variant"}
+        stop_server
+    done
+}
+
+# log: publish throughput without a message log, with one, and with durable: true.
+run_log() {
+    local dur=${DURATION:-10} p
+    for p in ${PUBLISHERS:-1 8 64}; do
+        say "log: $p publishers, storage.dir=\"\" (no log)"
+        STORAGE_DIR="" start_server -- --set namespaces.log.history_size=100
+        bench publish --url "$(url)" --publishers "$p" --duration "$dur"
+        stop_server
+        say "log: $p publishers, storage.dir=<fresh dir>, not durable"
+        start_server -- --set namespaces.log.history_size=100
+        bench publish --url "$(url)" --publishers "$p" --duration "$dur"
+        stop_server
+        say "log: $p publishers, storage.dir=<fresh dir>, durable: true"
+        start_server -- --set namespaces.log.history_size=100
+        bench publish --url "$(url)" --publishers "$p" --duration "$dur" --durable
+        stop_server
+    done
 }
 
 main() {
@@ -156,6 +285,9 @@ main() {
             burst) say "fanout: burst via ws"; run_fanout --set client.max_queue_bytes=16777216 -- --burst --via ws ;;
             http) say "fanout: steady $RATE/s via http"; run_fanout -- --rate "$RATE" --via http ;;
             breakdown) say "memory breakdown by stage"; run_breakdown ;;
+            churn) run_churn ;;
+            slow) say "slow: a stalled subscriber on a busy channel"; run_slow ;;
+            log) run_log ;;
             *) echo "unknown measurement: $w" >&2; exit 2 ;;
         esac
     done

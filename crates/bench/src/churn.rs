@@ -23,7 +23,9 @@ use starling_websocket::OpCode;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{Target, WsClient, connect_command, source_addrs, subscribe_command};
+use crate::client::{
+    Target, WsClient, connect_command, http_request, source_addrs, subscribe_command,
+};
 use crate::frame::Event;
 use crate::idle::stopped;
 use crate::server::{metrics_text, nonzero_lines};
@@ -52,6 +54,15 @@ pub struct ChurnArgs {
     /// `--set namespaces.churn.history_size=100`).
     #[arg(long, default_value = "churn")]
     pub namespace: String,
+    /// Publications made (HTTP API) to each channel before the drop, so that the
+    /// channels keep history and the recovering subscribe has something to recover
+    /// (a channel with no subscriber and no history is removed, and its successor
+    /// has a new epoch: recovery then reports `recovered: false`).
+    #[arg(long, default_value_t = 1)]
+    pub publish_before: u64,
+    /// HTTP API key (for `--publish-before`).
+    #[arg(long, default_value = "dev-api-key")]
+    pub api_key: String,
     /// Index of this process's first client (so that several processes use
     /// different source addresses and a label in the output).
     #[arg(long, default_value_t = 0)]
@@ -300,6 +311,37 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<()> {
         obs_ready.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
+
+    // History in every channel, so that the recovery has something to recover.
+    if args.connections > 0 && args.publish_before > 0 {
+        let auth = format!("apikey {}", args.api_key);
+        let mut refused = 0;
+        for c in 0..args.channels.max(1) {
+            for n in 0..args.publish_before {
+                let body = format!(
+                    "{{\"channel\":\"{}:c{c}\",\"data\":{{\"before\":{n}}}}}",
+                    args.namespace
+                );
+                let (status, _) = http_request(
+                    target.http_addr(),
+                    "POST",
+                    "/api/publish",
+                    &[
+                        ("Authorization", &auth),
+                        ("Content-Type", "application/json"),
+                    ],
+                    body.as_bytes(),
+                    Duration::from_secs(10),
+                )
+                .await?;
+                refused += u32::from(status != 200);
+            }
+        }
+        println!(
+            "{label}: published {} to each of {} channels before the drop ({refused} refused)",
+            args.publish_before, args.channels
+        );
+    }
 
     // The drop moment.
     match args.drop_at {
