@@ -26,6 +26,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Woken when the last connection leaves (graceful shutdown waits on it).
+    emptied: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -56,6 +58,9 @@ impl Registry {
         let Some(entry) = inner.clients.remove(&key) else {
             return;
         };
+        if inner.clients.is_empty() {
+            self.emptied.notify_waiters();
+        }
         if let Some(user) = entry.user
             && let Some(keys) = inner.users.get_mut(&user)
         {
@@ -87,6 +92,17 @@ impl Registry {
             entry.outbox.disconnect(disconnect);
         }
         inner.clients.len()
+    }
+
+    /// Waits until no connection is open.
+    pub async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.inner.lock().clients.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     /// Open connections.

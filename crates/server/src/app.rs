@@ -255,11 +255,9 @@ pub async fn run(
         connections = asked,
         "shutting down: asked clients to reconnect"
     );
-    let deadline = Instant::now() + Duration::from_secs(state.config.server.shutdown_timeout_secs);
-    while state.registry.connections() > 0 && Instant::now() < deadline {
-        // Connections deregister themselves as they close; poll the count briefly.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let grace = Duration::from_secs(state.config.server.shutdown_timeout_secs);
+    // Connections deregister themselves as their close handshakes finish.
+    let _ = tokio::time::timeout(grace, state.registry.wait_empty()).await;
     let left = state.registry.connections();
     if left > 0 {
         warn!(
