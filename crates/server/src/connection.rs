@@ -29,6 +29,8 @@ use crate::session::Session;
 
 /// Size of each worker thread's read buffer.
 const READ_BUFFER: usize = 64 * 1024;
+/// Full read buffers processed per readiness event before the task yields.
+const READS_PER_WAKE: usize = 4;
 /// Frames handed to one vectored write.
 const WRITE_BATCH: usize = 64;
 /// How long to wait for the peer's close frame after sending ours.
@@ -278,7 +280,9 @@ impl Driver {
     fn read(&mut self, stream: &TcpStream) -> std::io::Result<bool> {
         READ_BUF.with(|cell| {
             let mut buf = cell.borrow_mut();
-            loop {
+            // A client that keeps sending must not keep this task (and its worker) in
+            // the read loop: after a few full buffers, go back to writing and yield.
+            for _ in 0..READS_PER_WAKE {
                 match stream.try_read(&mut buf) {
                     Ok(0) => return Ok(false),
                     Ok(n) => {
@@ -294,6 +298,7 @@ impl Driver {
                     Err(e) => return Err(e),
                 }
             }
+            Ok(true)
         })
     }
 
