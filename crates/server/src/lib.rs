@@ -7,6 +7,8 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod encoder;
+pub mod idempotency;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
