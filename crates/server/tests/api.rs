@@ -197,9 +197,8 @@ async fn retried_publish_with_idempotency_key_is_not_published_twice() {
     let server = Server::start(&["--dev"]);
     let (mut c, _) = Client::connect(&server, None).await;
     c.call("subscribe", json!({"channel": "idem"})).await;
-    let publish = |data: Value, key: &str| {
-        json!({"channel": "idem", "data": data, "idempotency_key": key})
-    };
+    let publish =
+        |data: Value, key: &str| json!({"channel": "idem", "data": data, "idempotency_key": key});
     let (status, first) = server.api("publish", publish(json!(1), "k1")).await;
     assert_eq!(status, 200, "{first}");
     let (status, retry) = server.api("publish", publish(json!(1), "k1")).await;

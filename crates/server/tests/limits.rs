@@ -80,13 +80,19 @@ async fn commands_over_the_rate_get_114_and_are_not_executed() {
     c.send_text(&batch.join("\n")).await;
     let replies = next_batch(&mut c).await;
     assert_eq!(replies.len(), 6, "{replies:?}");
-    let refused: Vec<&Value> = replies.iter().filter(|r| r.get("error").is_some()).collect();
+    let refused: Vec<&Value> = replies
+        .iter()
+        .filter(|r| r.get("error").is_some())
+        .collect();
     assert!(refused.len() >= 2, "{replies:?}");
     for r in &refused {
         assert_eq!(r["error"]["code"], 114, "{r}");
         assert_eq!(r["error"]["temporary"], true, "{r}");
     }
-    let last = replies.iter().find(|r| r["id"] == 7).expect("subscribe reply");
+    let last = replies
+        .iter()
+        .find(|r| r["id"] == 7)
+        .expect("subscribe reply");
     assert_eq!(last["error"]["code"], 114, "{last}");
     // Not executed: the channel has no subscriber.
     let (_, r) = server.api("channels", json!({})).await;
@@ -183,7 +189,10 @@ async fn connections_per_node_are_refused_with_503_before_the_upgrade() {
     let (mut first, _) = Client::connect(&server, None).await;
     let head = raw_upgrade(&server).await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("retry-after: "), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
     assert_eq!(metric(&server, &refusals("node_connections")).await, 1);
     // The place comes back when the connection ends.
     first.ws.close(None).await.expect("close");
@@ -199,7 +208,10 @@ async fn connections_per_node_are_refused_with_503_before_the_upgrade() {
             break;
         }
         // The server deregisters the closed connection right after the close handshake.
-        assert!(tokio::time::Instant::now() < deadline, "slot never freed: {head}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot never freed: {head}"
+        );
         tokio::task::yield_now().await;
     }
 }
