@@ -365,10 +365,14 @@ impl Driver {
             return;
         }
         if let Role::Client(_) = self.role {
-            let push = self
-                .state
-                .encoder
-                .push(self.negotiated.format, &Push::disconnect(disconnect));
+            // Each client gets its own random delay, so a node's clients (on shutdown,
+            // say) come back spread over the window rather than all at once.
+            let push = if disconnect.reconnect {
+                Push::disconnect_after(disconnect, self.state.limits.reconnect_delay_ms())
+            } else {
+                Push::disconnect(disconnect)
+            };
+            let push = self.state.encoder.push(self.negotiated.format, &push);
             self.outbox.push_control(push);
         }
         let frame = self.ws.close(CloseCode(disconnect.code), disconnect.reason);
