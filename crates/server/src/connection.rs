@@ -95,7 +95,8 @@ pub async fn run(stream: TcpStream, leftover: Bytes, negotiated: Negotiated, sta
         "connection loop ended"
     );
     match finish {
-        Ok(Finish::Graceful) => close_tcp(stream).await,
+        // Boxed: its buffer would otherwise sit in every idle connection's task.
+        Ok(Finish::Graceful) => Box::pin(close_tcp(stream)).await,
         Ok(Finish::PeerGone) => {}
         Err(e) => debug!(key, "connection ended: {e}"),
     }
