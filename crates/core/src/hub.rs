@@ -87,7 +87,23 @@ pub enum SubscribeError {
     /// This connection already subscribed to the channel.
     #[error("already subscribed")]
     AlreadySubscribed,
+    /// The channel does not exist and the node already holds its maximum of channels.
+    #[error("channel limit reached")]
+    ChannelLimit,
 }
+
+/// Publication refused by the hub.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The publication would create a channel (to keep its history) and the node already
+    /// holds its maximum of channels.
+    #[error("channel limit reached")]
+    ChannelLimit,
+}
+
+/// A new channel was refused: the node holds `max_channels` already.
+#[derive(Debug)]
+struct ChannelLimitReached;
 
 /// What a subscriber asked to recover: everything after this position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +205,8 @@ pub struct Hub {
     encoder: Arc<dyn FrameEncoder>,
     journal: Option<Arc<dyn Journal>>,
     counters: Arc<HubCounters>,
+    /// Most channels that may exist at once (`u64::MAX`: no limit).
+    max_channels: u64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -217,7 +235,14 @@ impl Hub {
             encoder,
             journal: None,
             counters,
+            max_channels: u64::MAX,
         }
+    }
+
+    /// Refuses to create channels beyond `max` (0: no limit).
+    pub fn with_max_channels(mut self, max: u64) -> Self {
+        self.max_channels = if max == 0 { u64::MAX } else { max };
+        self
     }
 
     /// Appends every publication to `journal` (the durable message log).
@@ -239,23 +264,31 @@ impl Hub {
         self.shard(channel).lock().get(channel).cloned()
     }
 
-    /// The channel entry, created if missing (the shard lock is held by the caller).
+    /// The channel entry, created if missing unless `limit` channels exist already (the
+    /// shard lock is held by the caller).
     fn get_or_create(
         &self,
         shard: &mut HashMap<Arc<str>, Arc<Channel>>,
         channel: &str,
         options: ChannelOptions,
-    ) -> (Arc<str>, Arc<Channel>) {
+        limit: u64,
+    ) -> Result<(Arc<str>, Arc<Channel>), ChannelLimitReached> {
         if let Some((name, entry)) = shard.get_key_value(channel) {
-            return (name.clone(), entry.clone());
+            return Ok((name.clone(), entry.clone()));
+        }
+        // Count first, then check: creations in other shards race with us, and
+        // increment-then-undo never lets two of them take the last slot.
+        let before = self.counters.channels.fetch_add(1, Ordering::Relaxed);
+        if before >= limit {
+            self.counters.channels.fetch_sub(1, Ordering::Relaxed);
+            return Err(ChannelLimitReached);
         }
         let name: Arc<str> = Arc::from(channel);
         let entry = Arc::new(Channel {
             state: Mutex::new(ChannelState::new(options)),
         });
         shard.insert(name.clone(), entry.clone());
-        self.counters.channels.fetch_add(1, Ordering::Relaxed);
-        (name, entry)
+        Ok((name, entry))
     }
 
     /// Adds a subscriber; creates the channel if needed. Returns the shared channel name
@@ -275,7 +308,9 @@ impl Hub {
         first: impl FnOnce(&Joined) -> Option<Bytes>,
     ) -> Result<(Arc<str>, Joined), SubscribeError> {
         let mut shard = self.shard(channel).lock();
-        let (name, entry) = self.get_or_create(&mut shard, channel, options);
+        let (name, entry) = self
+            .get_or_create(&mut shard, channel, options, self.max_channels)
+            .map_err(|ChannelLimitReached| SubscribeError::ChannelLimit)?;
         let mut state = entry.state.lock();
         drop(shard);
         if state.subscribers.contains_key(&subscriber.key) {
@@ -369,7 +404,8 @@ impl Hub {
     /// the namespace keeps history), appends it to the journal, and queues one shared
     /// frame per format to every subscriber, in order. A channel with neither
     /// subscribers nor history does not exist: the publication reaches nobody and gets
-    /// offset 0 with an empty epoch.
+    /// offset 0 with an empty epoch. Fails only when keeping history would create a
+    /// channel beyond the node's limit.
     pub fn publish(
         &self,
         channel: &str,
@@ -377,13 +413,18 @@ impl Hub {
         info: Option<Arc<ClientInfo>>,
         options: ChannelOptions,
         durable: bool,
-    ) -> Published {
+    ) -> Result<Published, PublishError> {
         self.counters.publications.fetch_add(1, Ordering::Relaxed);
         // The shard lock is held until the channel is locked, so a sweep cannot remove a
         // channel between our lookup and our append to its history.
         let mut shard = self.shard(channel).lock();
         let entry = if options.history.enabled() {
-            Some(self.get_or_create(&mut shard, channel, options).1)
+            let created = self.get_or_create(&mut shard, channel, options, self.max_channels);
+            Some(
+                created
+                    .map_err(|ChannelLimitReached| PublishError::ChannelLimit)?
+                    .1,
+            )
         } else {
             shard.get(channel).cloned()
         };
@@ -396,12 +437,12 @@ impl Hub {
             durable: None,
         };
         let Some(entry) = entry else {
-            return nowhere();
+            return Ok(nowhere());
         };
         let mut state = entry.state.lock();
         drop(shard);
         if state.gone {
-            return nowhere();
+            return Ok(nowhere());
         }
         state.options = options;
         state.offset += 1;
@@ -435,11 +476,11 @@ impl Hub {
         if options.history.enabled() {
             state.history.push(now, publication, options.history);
         }
-        Published {
+        Ok(Published {
             position: state.position(),
             delivered,
             durable,
-        }
+        })
     }
 
     /// Puts a publication read back from the journal into its channel's history (at
@@ -456,7 +497,10 @@ impl Hub {
             return;
         }
         let mut shard = self.shard(channel).lock();
-        let (_, entry) = self.get_or_create(&mut shard, channel, options);
+        // What the log holds was acknowledged: restore it even beyond the channel limit.
+        let Ok((_, entry)) = self.get_or_create(&mut shard, channel, options, u64::MAX) else {
+            return;
+        };
         let mut state = entry.state.lock();
         drop(shard);
         if *state.epoch != *epoch || publication.offset != state.offset + 1 {
@@ -661,13 +705,15 @@ mod tests {
                 .expect("sub");
         }
         for i in 0..3 {
-            let p = hub.publish(
-                "c",
-                Bytes::from(format!("m{i}")),
-                None,
-                ChannelOptions::default(),
-                false,
-            );
+            let p = hub
+                .publish(
+                    "c",
+                    Bytes::from(format!("m{i}")),
+                    None,
+                    ChannelOptions::default(),
+                    false,
+                )
+                .expect("publish");
             assert_eq!(p.position.offset, i + 1);
             assert_eq!(p.delivered, 4);
         }
@@ -690,7 +736,8 @@ mod tests {
             None,
             ChannelOptions::default(),
             false,
-        );
+        )
+        .expect("publish");
         let mut ptrs = Vec::new();
         for s in subs.iter().filter(|s| s.format.0 == 0) {
             s.outbox
@@ -705,15 +752,47 @@ mod tests {
     }
 
     #[test]
+    fn channels_beyond_the_limit_are_refused() {
+        let hub = hub().with_max_channels(2);
+        for (key, name) in [(1, "a"), (2, "b")] {
+            hub.subscribe(name, subscriber(key, 0), opts(false), None, |_| None)
+                .expect("within the limit");
+        }
+        assert_eq!(
+            hub.subscribe("c", subscriber(3, 0), opts(false), None, |_| None)
+                .expect_err("third channel"),
+            SubscribeError::ChannelLimit
+        );
+        // Existing channels still take subscribers and publications.
+        hub.subscribe("a", subscriber(3, 0), opts(false), None, |_| None)
+            .expect("existing channel");
+        // A publish that keeps history would create a channel: refused too.
+        assert_eq!(
+            hub.publish("h", Bytes::from_static(b"x"), None, with_history(5), false)
+                .expect_err("would create"),
+            PublishError::ChannelLimit
+        );
+        // Without history it creates nothing, so it is not limited.
+        hub.publish("z", Bytes::from_static(b"x"), None, opts(false), false)
+            .expect("creates nothing");
+        assert_eq!(hub.counters().channels.load(Ordering::Relaxed), 2);
+        hub.unsubscribe("b", 2);
+        hub.subscribe("c", subscriber(3, 0), opts(false), None, |_| None)
+            .expect("a slot came free");
+    }
+
+    #[test]
     fn publish_to_empty_channel_reaches_nobody() {
         let hub = hub();
-        let p = hub.publish(
-            "nobody",
-            Bytes::from_static(b"x"),
-            None,
-            ChannelOptions::default(),
-            false,
-        );
+        let p = hub
+            .publish(
+                "nobody",
+                Bytes::from_static(b"x"),
+                None,
+                ChannelOptions::default(),
+                false,
+            )
+            .expect("publish");
         assert_eq!(p.delivered, 0);
         assert_eq!(p.position.offset, 0);
     }
@@ -776,7 +855,8 @@ mod tests {
         let hub = hub();
         let o = with_history(2);
         for i in 0..3 {
-            hub.publish("h", Bytes::from(format!("m{i}")), None, o, false);
+            hub.publish("h", Bytes::from(format!("m{i}")), None, o, false)
+                .expect("publish");
         }
         let (page, pos) = hub
             .history(
@@ -807,7 +887,8 @@ mod tests {
             with_history(0),
         )
         .expect_err("disabled");
-        hub.publish("h", Bytes::from_static(b"x"), None, with_history(1), false);
+        hub.publish("h", Bytes::from_static(b"x"), None, with_history(1), false)
+            .expect("publish");
         hub.sweep();
         assert!(hub.position("h").is_some(), "history keeps the channel");
     }
@@ -817,7 +898,8 @@ mod tests {
         let hub = hub();
         let o = with_history(3);
         for i in 1..=4 {
-            hub.publish("r", Bytes::from(format!("m{i}")), None, o, false);
+            hub.publish("r", Bytes::from(format!("m{i}")), None, o, false)
+                .expect("publish");
         }
         let epoch = hub
             .position("r")
@@ -861,7 +943,8 @@ mod tests {
             let hub = hub.clone();
             std::thread::spawn(move || {
                 for i in 1..=20_000u64 {
-                    hub.publish("race", Bytes::from(i.to_string()), None, o, false);
+                    hub.publish("race", Bytes::from(i.to_string()), None, o, false)
+                        .expect("publish");
                 }
             })
         };
@@ -918,7 +1001,8 @@ mod tests {
         let hub = Hub::new(Arc::new(TextEncoder), Arc::new(HubCounters::default()))
             .with_journal(journal.clone());
         for _ in 0..3 {
-            hub.publish("j", Bytes::from_static(b"x"), None, with_history(10), false);
+            hub.publish("j", Bytes::from_static(b"x"), None, with_history(10), false)
+                .expect("publish");
         }
         assert_eq!(
             *journal.0.lock(),
@@ -945,7 +1029,9 @@ mod tests {
         }
         let pos = hub.position("x").expect("restored");
         assert_eq!((pos.offset, &*pos.epoch), (3, "e1"));
-        let next = hub.publish("x", Bytes::from_static(b"d"), None, o, false);
+        let next = hub
+            .publish("x", Bytes::from_static(b"d"), None, o, false)
+            .expect("publish");
         assert_eq!(next.position.offset, 4, "offsets continue after a restart");
     }
 
@@ -963,12 +1049,14 @@ mod tests {
         hub.subscribe("l", sub.clone(), o, None, |_| None)
             .expect("sub");
         for i in 0..5 {
-            hub.publish("l", Bytes::from(format!("m{i}")), None, o, false);
+            hub.publish("l", Bytes::from(format!("m{i}")), None, o, false)
+                .expect("publish");
         }
         assert_eq!(sub.outbox.pending_disconnect(), None, "not cut");
         let first = take(&sub.outbox);
         assert_eq!(first.len(), 2, "only what fits: {first:?}");
-        hub.publish("l", Bytes::from_static(b"m5"), None, o, false);
+        hub.publish("l", Bytes::from_static(b"m5"), None, o, false)
+            .expect("publish");
         assert_eq!(
             data_of(&take(&sub.outbox)),
             vec!["m5"],

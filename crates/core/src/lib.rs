@@ -6,6 +6,7 @@
 pub mod history;
 pub mod hub;
 pub mod journal;
+pub mod limits;
 pub mod metrics;
 pub mod namespace;
 pub mod outbox;
@@ -13,10 +14,11 @@ pub mod registry;
 
 pub use history::{HistoryPolicy, HistoryQuery};
 pub use hub::{
-    ChannelOptions, ClientKey, FrameEncoder, FrameFormat, HistoryReadError, Hub, Joined, Published,
-    RecoverFrom, StreamPosition, Subscriber, now_ms,
+    ChannelOptions, ClientKey, FrameEncoder, FrameFormat, HistoryReadError, Hub, Joined,
+    PublishError, Published, RecoverFrom, StreamPosition, SubscribeError, Subscriber, now_ms,
 };
 pub use journal::{DurableAck, Journal, JournalError};
+pub use limits::TokenBucket;
 pub use metrics::HubCounters;
 pub use namespace::{ChannelError, ChannelRules, NamespaceOptions, Namespaces};
 pub use outbox::{Outbox, PushOutcome};

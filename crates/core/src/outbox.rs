@@ -51,9 +51,22 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame. Never blocks on the socket.
+    /// Queues a frame. Never blocks on the socket. A frame that does not fit marks the
+    /// outbox for a slow-consumer disconnect.
     pub fn push(&self, frame: Bytes) -> PushOutcome {
+        self.enqueue(frame, false)
+    }
+
+    /// Queues a frame of a lossy subscription: when the queue is full the frame is
+    /// dropped instead of cutting the connection, so the client skips ahead to newer
+    /// publications once it catches up.
+    pub fn push_lossy(&self, frame: Bytes) -> PushOutcome {
+        self.enqueue(frame, true)
+    }
+
+    fn enqueue(&self, frame: Bytes, lossy: bool) -> PushOutcome {
         if frame.is_empty() {
+            // An empty frame would look like pending output that never drains.
             return PushOutcome::Queued;
         }
         let mut state = self.state.lock();
@@ -61,6 +74,9 @@ impl Outbox {
             return PushOutcome::Closed;
         }
         if state.bytes + frame.len() > self.max_bytes {
+            if lossy {
+                return PushOutcome::Dropped;
+            }
             state.disconnect = Some(codes::SLOW);
             drop(state);
             self.notify.notify_one();
@@ -70,27 +86,7 @@ impl Outbox {
         state.bytes += frame.len();
         state.frames.push_back(frame);
         drop(state);
-        if was_empty {
-            self.notify.notify_one();
-        }
-        PushOutcome::Queued
-    }
-
-    /// Queues a frame of a lossy subscription: when the queue is full the frame is
-    /// dropped instead of cutting the connection, so the client skips ahead to newer
-    /// publications once it catches up.
-    pub fn push_lossy(&self, frame: Bytes) -> PushOutcome {
-        let mut state = self.state.lock();
-        if state.disconnect.is_some() {
-            return PushOutcome::Closed;
-        }
-        if state.bytes + frame.len() > self.max_bytes {
-            return PushOutcome::Dropped;
-        }
-        let was_empty = state.frames.is_empty();
-        state.bytes += frame.len();
-        state.frames.push_back(frame);
-        drop(state);
+        // A non-empty queue means the connection task is already awake for it.
         if was_empty {
             self.notify.notify_one();
         }

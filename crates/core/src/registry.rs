@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -26,9 +27,47 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Woken when the last connection leaves (graceful shutdown waits on it).
+    emptied: tokio::sync::Notify,
+    /// Connections admitted: open ones plus upgrades answered but not yet registered.
+    slots: AtomicUsize,
 }
 
 impl Registry {
+    /// Reserves a place for a new connection, unless `max` are admitted already (0: no
+    /// limit). Checked and taken in one atomic step, so concurrent upgrades cannot all
+    /// see the last free place. Give it back with [`Registry::release_slot`].
+    pub fn try_reserve_slot(&self, max: usize) -> bool {
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a place taken by [`Registry::try_reserve_slot`].
+    pub fn release_slot(&self) {
+        let _ = self
+            .slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Records the user a connection authenticated as, unless that user already has
+    /// `max` connections on this node (0: no limit). Returns the user's connection
+    /// count including this one, or `None` when refused. Checked under the registry's
+    /// lock, so concurrent connects of one user cannot pass the limit together.
+    pub fn try_set_user(&self, key: ClientKey, user: Arc<str>, max: usize) -> Option<usize> {
+        let mut inner = self.inner.lock();
+        if max > 0 && inner.users.get(&user).is_some_and(|keys| keys.len() >= max) {
+            return None;
+        }
+        let entry = inner.clients.get_mut(&key)?;
+        entry.user = Some(user.clone());
+        let keys = inner.users.entry(user).or_default();
+        keys.push(key);
+        Some(keys.len())
+    }
+
     /// Registers a new connection (not yet authenticated).
     pub fn add(&self, key: ClientKey, outbox: Arc<Outbox>) {
         self.inner
@@ -40,14 +79,7 @@ impl Registry {
     /// Records the user a connection authenticated as; returns how many connections
     /// that user now has on this node.
     pub fn set_user(&self, key: ClientKey, user: Arc<str>) -> usize {
-        let mut inner = self.inner.lock();
-        let Some(entry) = inner.clients.get_mut(&key) else {
-            return 0;
-        };
-        entry.user = Some(user.clone());
-        let keys = inner.users.entry(user).or_default();
-        keys.push(key);
-        keys.len()
+        self.try_set_user(key, user, 0).unwrap_or(0)
     }
 
     /// Forgets a connection.
@@ -56,6 +88,9 @@ impl Registry {
         let Some(entry) = inner.clients.remove(&key) else {
             return;
         };
+        if inner.clients.is_empty() {
+            self.emptied.notify_waiters();
+        }
         if let Some(user) = entry.user
             && let Some(keys) = inner.users.get_mut(&user)
         {
@@ -87,6 +122,17 @@ impl Registry {
             entry.outbox.disconnect(disconnect);
         }
         inner.clients.len()
+    }
+
+    /// Waits until no connection is open.
+    pub async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.inner.lock().clients.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     /// Open connections.
@@ -122,5 +168,26 @@ mod tests {
         assert_eq!(reg.connections(), 1);
         assert_eq!(reg.disconnect_all(codes::SHUTDOWN), 1);
         assert_eq!(b.pending_disconnect(), Some(codes::SHUTDOWN));
+    }
+
+    #[test]
+    fn limits_connections_per_user_and_node() {
+        let reg = Registry::default();
+        for key in 1..=3 {
+            reg.add(key, Arc::new(Outbox::new(100)));
+        }
+        let alice: Arc<str> = Arc::from("alice");
+        assert_eq!(reg.try_set_user(1, alice.clone(), 2), Some(1));
+        assert_eq!(reg.try_set_user(2, alice.clone(), 2), Some(2));
+        assert_eq!(reg.try_set_user(3, alice.clone(), 2), None);
+        reg.remove(1);
+        assert_eq!(reg.try_set_user(3, alice, 2), Some(2), "a place came free");
+
+        assert!(reg.try_reserve_slot(2));
+        assert!(reg.try_reserve_slot(2));
+        assert!(!reg.try_reserve_slot(2));
+        reg.release_slot();
+        assert!(reg.try_reserve_slot(2));
+        assert!(reg.try_reserve_slot(0), "0 = no limit");
     }
 }

@@ -88,6 +88,9 @@ pub const UNRECOVERABLE_POSITION: ErrorCode = err(112, "unrecoverable position",
 pub const ALREADY_CONNECTED: ErrorCode = err(113, "already connected", false);
 /// 114: rate limited; retry later.
 pub const TOO_MANY_REQUESTS: ErrorCode = err(114, "too many requests", true);
+/// 115: the node holds as many channels as it may (`server.max_channels`); a subscribe
+/// or publish that would create one more is refused. Temporary: channels come and go.
+pub const CHANNEL_LIMIT: ErrorCode = err(115, "channel limit", true);
 
 /// Every reply error code, in numeric order.
 pub const ERRORS: &[ErrorCode] = &[
@@ -106,6 +109,7 @@ pub const ERRORS: &[ErrorCode] = &[
     UNRECOVERABLE_POSITION,
     ALREADY_CONNECTED,
     TOO_MANY_REQUESTS,
+    CHANNEL_LIMIT,
 ];
 
 /// A disconnect code: sent as the WebSocket close code (with `reason` as the close

@@ -361,6 +361,8 @@ struct CodeReason {
     reason: String,
     #[serde(default)]
     reconnect: bool,
+    #[serde(default)]
+    delay: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -470,6 +472,7 @@ fn push(enc: Encoding, value: &[u8]) -> Result<ServerMessage, DecodeError> {
                 code: c.code,
                 reason: Cow::Owned(c.reason),
                 reconnect: c.reconnect,
+                delay: c.delay,
             }
         }
         other => return Err(inv(format!("unknown push `{}`", truncate(other, 64)))),

@@ -86,6 +86,8 @@ struct DisconnectSer<'a> {
     code: u32,
     reason: &'a str,
     reconnect: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay: Option<u32>,
 }
 
 impl Serialize for PushInner<'_> {
@@ -108,12 +110,14 @@ impl Serialize for PushInner<'_> {
                 code,
                 reason,
                 reconnect,
+                delay,
             } => m.serialize_entry(
                 "disconnect",
                 &DisconnectSer {
                     code: *code,
                     reason,
                     reconnect: *reconnect,
+                    delay: *delay,
                 },
             )?,
         }

@@ -668,6 +668,10 @@ fn sample_pushes() -> Vec<(Push, &'static str)> {
             Push::disconnect(codes::FORBIDDEN),
             r#"{"push":{"channel":"","disconnect":{"code":4504,"reason":"forbidden","reconnect":false}}}"#,
         ),
+        (
+            Push::disconnect_after(codes::SHUTDOWN, 1234),
+            r#"{"push":{"channel":"","disconnect":{"code":4000,"reason":"shutdown","reconnect":true,"delay":1234}}}"#,
+        ),
     ]
 }
 

@@ -390,6 +390,9 @@ pub enum Push {
         reason: Cow<'static, str>,
         /// Whether the client should reconnect.
         reconnect: bool,
+        /// Milliseconds the client should wait before reconnecting (`None`: not advised,
+        /// omitted on the wire). Servers jitter it so that clients do not come back at once.
+        delay: Option<u32>,
     },
 }
 
@@ -400,6 +403,18 @@ impl Push {
             code: u32::from(code.code),
             reason: Cow::Borrowed(code.reason),
             reconnect: code.reconnect,
+            delay: None,
+        }
+    }
+
+    /// The `disconnect` push for a disconnect code, advising a reconnect after
+    /// `delay_ms` milliseconds.
+    pub fn disconnect_after(code: crate::codes::DisconnectCode, delay_ms: u32) -> Push {
+        Push::Disconnect {
+            code: u32::from(code.code),
+            reason: Cow::Borrowed(code.reason),
+            reconnect: code.reconnect,
+            delay: Some(delay_ms),
         }
     }
 

@@ -14,10 +14,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use starling_core::ChannelError;
+use starling_core::{ChannelError, PublishError};
 use starling_protocol::codes;
 
 use crate::app::AppState;
+use crate::idempotency::{Claim, MAX_KEY_LEN, Reservation};
+use crate::limits::Limit;
 use crate::metrics::Metrics;
 
 /// The OpenAPI document, kept true by the `openapi` integration test.
@@ -55,6 +57,21 @@ impl ApiError {
                 codes::UNKNOWN_CHANNEL,
                 format!("unknown channel namespace `{ns}`"),
             ),
+        }
+    }
+
+    /// The publication would create a channel beyond `server.max_channels` (counted).
+    fn publish(state: &AppState, err: PublishError) -> Self {
+        match err {
+            PublishError::ChannelLimit => {
+                state.metrics.refused(Limit::Channels);
+                state.metrics.error(codes::CHANNEL_LIMIT.code);
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    codes::CHANNEL_LIMIT,
+                    "channel limit reached (server.max_channels)",
+                )
+            }
         }
     }
 }
@@ -158,6 +175,42 @@ struct PublishRequest {
     /// Reply only once the publication is in the message log on disk.
     #[serde(default)]
     durable: bool,
+    /// Makes retries safe: a repeat within `api.idempotency_window_secs` gets the
+    /// original result and publishes nothing.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// Checks an idempotency key and reserves it, or returns the recorded result. The key
+/// is scoped by endpoint, so a publish and a broadcast never share a result.
+async fn claim_key<'a>(
+    state: &'a AppState,
+    endpoint: &str,
+    key: Option<&str>,
+) -> Result<Result<Option<Reservation<'a>>, Value>, ApiError> {
+    let Some(key) = key else {
+        return Ok(Ok(None));
+    };
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        let e = ApiError::bad_request(format!(
+            "idempotency_key must be 1 to {MAX_KEY_LEN} bytes, not {}",
+            key.len()
+        ));
+        state.metrics.error(e.code);
+        return Err(e);
+    }
+    match state.idempotency.claim(&format!("{endpoint}:{key}")).await {
+        Claim::Fresh(reservation) => Ok(Ok(Some(reservation))),
+        Claim::Done(result) => Ok(Err((*result).clone())),
+    }
+}
+
+/// Replies with `result`, recording it for retries when the request holds a key.
+fn ok_recorded(reservation: Option<Reservation<'_>>, result: Value) -> ApiResult {
+    match reservation {
+        Some(r) => ok((*r.complete(result)).clone()),
+        None => ok(result),
+    }
 }
 
 /// `POST /api/publish`.
@@ -168,19 +221,30 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
         .resolve(&body.channel)
         .map_err(ApiError::channel)?;
     let data = data_bytes(&state, &body.data)?;
-    let published = state.hub.publish(
-        &body.channel,
-        data,
-        None,
-        rules.options.channel_options(),
-        body.durable,
-    );
+    // Reserved before publishing, so that a concurrent retry waits instead of publishing.
+    let reservation = match claim_key(&state, "publish", body.idempotency_key.as_deref()).await? {
+        Ok(reservation) => reservation,
+        Err(recorded) => return ok(recorded),
+    };
+    let published = state
+        .hub
+        .publish(
+            &body.channel,
+            data,
+            None,
+            rules.options.channel_options(),
+            body.durable,
+        )
+        .map_err(|e| ApiError::publish(&state, e))?;
     await_durable(&state, body.durable, published.durable).await?;
-    ok(json!({
-        "offset": published.position.offset,
-        "epoch": &*published.position.epoch,
-        "delivered": published.delivered,
-    }))
+    ok_recorded(
+        reservation,
+        json!({
+            "offset": published.position.offset,
+            "epoch": &*published.position.epoch,
+            "delivered": published.delivered,
+        }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -188,6 +252,9 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
 struct BroadcastRequest {
     channels: Vec<String>,
     data: Box<RawValue>,
+    /// As for publish: a retry gets the original per-channel results.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 /// `POST /api/broadcast`: the same data to many channels; one result per channel.
@@ -197,17 +264,30 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
         return Err(ApiError::bad_request("channels must not be empty"));
     }
     let data = data_bytes(&state, &body.data)?;
+    let reservation = match claim_key(&state, "broadcast", body.idempotency_key.as_deref()).await? {
+        Ok(reservation) => reservation,
+        Err(recorded) => return ok(recorded),
+    };
     let mut responses = Vec::with_capacity(body.channels.len());
     for channel in &body.channels {
-        match state.namespaces.resolve(channel) {
-            Ok(rules) => {
-                let p = state.hub.publish(
-                    channel,
-                    data.clone(),
-                    None,
-                    rules.options.channel_options(),
-                    false,
-                );
+        let published = state
+            .namespaces
+            .resolve(channel)
+            .map_err(ApiError::channel)
+            .and_then(|rules| {
+                state
+                    .hub
+                    .publish(
+                        channel,
+                        data.clone(),
+                        None,
+                        rules.options.channel_options(),
+                        false,
+                    )
+                    .map_err(|e| ApiError::publish(&state, e))
+            });
+        match published {
+            Ok(p) => {
                 responses.push(json!({
                     "channel": channel,
                     "offset": p.position.offset,
@@ -216,7 +296,6 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
                 }));
             }
             Err(e) => {
-                let e = ApiError::channel(e);
                 responses.push(json!({
                     "channel": channel,
                     "error": {"code": e.code, "message": e.message},
@@ -224,7 +303,7 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
             }
         }
     }
-    ok(json!({ "responses": responses }))
+    ok_recorded(reservation, json!({ "responses": responses }))
 }
 
 /// Waits for the message log's fsync when the caller asked for durability.

@@ -46,6 +46,10 @@ pub struct AppState {
     pub started: Instant,
     /// Set once graceful shutdown began: `/ready` fails and upgrades are refused.
     pub draining: AtomicBool,
+    /// Admission pacing and reconnect advice.
+    pub limits: crate::limits::Limits,
+    /// Results of publishes made with an idempotency key.
+    pub idempotency: crate::idempotency::IdempotencyCache,
     next_key: AtomicU64,
 }
 
@@ -54,7 +58,8 @@ impl AppState {
     pub fn new(config: Config, addr: SocketAddr) -> anyhow::Result<Arc<Self>> {
         let encoder = Arc::new(WireEncoder::new(config.websocket.compression_min_size));
         let counters = Arc::new(HubCounters::default());
-        let mut hub = Hub::new(encoder.clone(), counters);
+        let mut hub =
+            Hub::new(encoder.clone(), counters).with_max_channels(config.server.max_channels);
         let map: HashMap<String, NamespaceOptions> = config
             .namespaces
             .iter()
@@ -113,6 +118,11 @@ impl AppState {
             node,
             started: Instant::now(),
             draining: AtomicBool::new(false),
+            limits: crate::limits::Limits::new(&config),
+            idempotency: crate::idempotency::IdempotencyCache::new(
+                Duration::from_secs(config.api.idempotency_window_secs),
+                config.api.idempotency_max_keys,
+            ),
             next_key: AtomicU64::new(1),
             config,
         }))
@@ -255,11 +265,9 @@ pub async fn run(
         connections = asked,
         "shutting down: asked clients to reconnect"
     );
-    let deadline = Instant::now() + Duration::from_secs(state.config.server.shutdown_timeout_secs);
-    while state.registry.connections() > 0 && Instant::now() < deadline {
-        // Connections deregister themselves as they close; poll the count briefly.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let grace = Duration::from_secs(state.config.server.shutdown_timeout_secs);
+    // Connections deregister themselves as their close handshakes finish.
+    let _ = tokio::time::timeout(grace, state.registry.wait_empty()).await;
     let left = state.registry.connections();
     if left > 0 {
         warn!(

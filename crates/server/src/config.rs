@@ -119,6 +119,15 @@ pub struct ServerConfig {
     pub name: String,
     /// Seconds a graceful shutdown may take before the remaining connections are dropped.
     pub shutdown_timeout_secs: u64,
+    /// Most WebSocket connections this node holds at once; 0 = no limit. Upgrades beyond
+    /// it get HTTP 503 with `Retry-After`.
+    pub max_connections: usize,
+    /// Most channels this node holds at once; a subscribe or publish that would create
+    /// one more gets error 115. 0 = no limit.
+    pub max_channels: u64,
+    /// New WebSocket upgrades admitted per second (burst = rate); upgrades beyond it wait
+    /// for their turn. 0 = no pacing.
+    pub admission_rate: u32,
 }
 
 /// WebSocket transport settings.
@@ -158,14 +167,33 @@ pub struct ClientConfig {
     pub max_queue_bytes: usize,
     /// Seconds a connection may stay open without a `connect` command.
     pub connect_timeout_secs: u64,
+    /// Commands per second a connection may send on average (token bucket); commands
+    /// over the budget get error 114. 0 = no limit.
+    pub command_rate: u32,
+    /// Commands a connection may send at once before `command_rate` applies.
+    pub command_burst: u32,
+    /// Subscriptions one connection may hold; more get error 106. 0 = no limit.
+    pub max_subscriptions: usize,
+    /// Connections one (authenticated) user may hold on this node; one more is closed
+    /// with 4005 at `connect`. 0 = no limit.
+    pub max_connections_per_user: usize,
+    /// Shortest reconnect delay advised in `disconnect` pushes, in milliseconds.
+    pub reconnect_delay_min_ms: u32,
+    /// Longest reconnect delay advised in `disconnect` pushes, in milliseconds.
+    pub reconnect_delay_max_ms: u32,
 }
 
 /// HTTP API settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Key expected in `Authorization: apikey <key>`; empty disables the API (except in dev).
     pub key: String,
+    /// Seconds a publish's `idempotency_key` is remembered: a retry within this window
+    /// gets the original result instead of publishing again.
+    pub idempotency_window_secs: u64,
+    /// Most idempotency keys remembered; the oldest are forgotten first.
+    pub idempotency_max_keys: usize,
 }
 
 /// Options of a channel namespace. Channels without a `ns:` prefix use the `default`
@@ -210,6 +238,9 @@ impl Default for ServerConfig {
             echo: false,
             name: String::new(),
             shutdown_timeout_secs: 10,
+            max_connections: 0,
+            max_channels: 1_000_000,
+            admission_rate: 2000,
         }
     }
 }
@@ -237,6 +268,22 @@ impl Default for ClientConfig {
             token_rsa_public_key: String::new(),
             max_queue_bytes: 1024 * 1024,
             connect_timeout_secs: 10,
+            command_rate: 100,
+            command_burst: 200,
+            max_subscriptions: 256,
+            max_connections_per_user: 0,
+            reconnect_delay_min_ms: 500,
+            reconnect_delay_max_ms: 5000,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            key: String::new(),
+            idempotency_window_secs: 300,
+            idempotency_max_keys: 100_000,
         }
     }
 }
@@ -373,6 +420,17 @@ impl Config {
         if self.client.max_queue_bytes < self.websocket.max_message_size {
             return Err(ConfigError::Invalid(
                 "client.max_queue_bytes must be at least websocket.max_message_size".into(),
+            ));
+        }
+        if self.client.reconnect_delay_min_ms > self.client.reconnect_delay_max_ms {
+            return Err(ConfigError::Invalid(
+                "client.reconnect_delay_min_ms must not exceed client.reconnect_delay_max_ms"
+                    .into(),
+            ));
+        }
+        if self.client.command_rate > 0 && self.client.command_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "client.command_burst must be at least 1 (or set client.command_rate = 0)".into(),
             ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

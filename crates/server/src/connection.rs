@@ -29,6 +29,8 @@ use crate::session::Session;
 
 /// Size of each worker thread's read buffer.
 const READ_BUFFER: usize = 64 * 1024;
+/// Full read buffers processed per readiness event before the task yields.
+const READS_PER_WAKE: usize = 4;
 /// Frames handed to one vectored write.
 const WRITE_BATCH: usize = 64;
 /// How long to wait for the peer's close frame after sending ours.
@@ -93,7 +95,8 @@ pub async fn run(stream: TcpStream, leftover: Bytes, negotiated: Negotiated, sta
         "connection loop ended"
     );
     match finish {
-        Ok(Finish::Graceful) => close_tcp(stream).await,
+        // Boxed: its buffer would otherwise sit in every idle connection's task.
+        Ok(Finish::Graceful) => Box::pin(close_tcp(stream)).await,
         Ok(Finish::PeerGone) => {}
         Err(e) => debug!(key, "connection ended: {e}"),
     }
@@ -278,7 +281,9 @@ impl Driver {
     fn read(&mut self, stream: &TcpStream) -> std::io::Result<bool> {
         READ_BUF.with(|cell| {
             let mut buf = cell.borrow_mut();
-            loop {
+            // A client that keeps sending must not keep this task (and its worker) in
+            // the read loop: after a few full buffers, go back to writing and yield.
+            for _ in 0..READS_PER_WAKE {
                 match stream.try_read(&mut buf) {
                     Ok(0) => return Ok(false),
                     Ok(n) => {
@@ -294,6 +299,7 @@ impl Driver {
                     Err(e) => return Err(e),
                 }
             }
+            Ok(true)
         })
     }
 
@@ -360,10 +366,14 @@ impl Driver {
             return;
         }
         if let Role::Client(_) = self.role {
-            let push = self
-                .state
-                .encoder
-                .push(self.negotiated.format, &Push::disconnect(disconnect));
+            // Each client gets its own random delay, so a node's clients (on shutdown,
+            // say) come back spread over the window rather than all at once.
+            let push = if disconnect.reconnect {
+                Push::disconnect_after(disconnect, self.state.limits.reconnect_delay_ms())
+            } else {
+                Push::disconnect(disconnect)
+            };
+            let push = self.state.encoder.push(self.negotiated.format, &push);
             self.outbox.push_control(push);
         }
         let frame = self.ws.close(CloseCode(disconnect.code), disconnect.reason);

@@ -1,5 +1,7 @@
 //! Structured logs through `tracing`.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
@@ -13,7 +15,9 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&filter).with_context(|| format!("log filter `{filter}`"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, not in files and log collectors.
+        .with_ansi(std::io::stderr().is_terminal());
     let result = if config.format == "json" {
         builder.json().try_init()
     } else {

@@ -34,12 +34,15 @@ environment variable STARLING_<SECTION>_<KEY> and with --set key=value (later wi
 defaults < file < environment < flags). `starling config` prints them all with their
 current values. The keys:
   server.listen server.dev server.echo server.name server.shutdown_timeout_secs
+  server.max_connections server.max_channels server.admission_rate
   websocket.max_message_size websocket.max_frame_size websocket.compression
   websocket.compression_min_size websocket.ping_interval_secs websocket.pong_timeout_secs
   websocket.handshake_timeout_secs websocket.allowed_origins
   client.allow_anonymous client.token_hmac_secret client.token_rsa_public_key
-  client.max_queue_bytes client.connect_timeout_secs
-  api.key
+  client.max_queue_bytes client.connect_timeout_secs client.command_rate
+  client.command_burst client.max_subscriptions client.max_connections_per_user
+  client.reconnect_delay_min_ms client.reconnect_delay_max_ms
+  api.key api.idempotency_window_secs api.idempotency_max_keys
   namespaces.<ns>.allow_publish namespaces.<ns>.allow_anonymous namespaces.<ns>.private
   namespaces.<ns>.presence namespaces.<ns>.join_leave namespaces.<ns>.history_size
   namespaces.<ns>.history_ttl_secs namespaces.<ns>.lossy

@@ -4,11 +4,13 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::app::AppState;
+use crate::limits::Limit;
 
 /// Close and error codes counted individually; others land in `other`.
 const CODES: &[u16] = &[
     1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4000, 4001, 4002, 4003, 4004, 4005, 4500, 4501,
-    4502, 4503, 4504, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111,
+    4502, 4503, 4504, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114,
+    115,
 ];
 
 /// Counters kept by the server (the hub keeps its own).
@@ -26,6 +28,10 @@ pub struct Metrics {
     pub bytes_written: AtomicU64,
     /// HTTP API requests.
     pub api_requests: AtomicU64,
+    /// Upgrades that waited for admission (`server.admission_rate`).
+    pub upgrades_paced: AtomicU64,
+    /// Refusals by limit, indexed like [`Limit::ALL`].
+    limit_refusals: [AtomicU64; Limit::ALL.len()],
     errors: Vec<AtomicU64>,
     other_errors: AtomicU64,
 }
@@ -39,6 +45,8 @@ impl Default for Metrics {
             bytes_in: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
+            upgrades_paced: AtomicU64::new(0),
+            limit_refusals: Default::default(),
             errors: CODES.iter().map(|_| AtomicU64::new(0)).collect(),
             other_errors: AtomicU64::new(0),
         }
@@ -52,6 +60,13 @@ impl Metrics {
             Some(i) => self.errors[i].fetch_add(1, Ordering::Relaxed),
             None => self.other_errors.fetch_add(1, Ordering::Relaxed),
         };
+    }
+
+    /// Counts one refusal by `limit`.
+    pub fn refused(&self, limit: Limit) {
+        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
+            self.limit_refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Adds `n` to a counter.
@@ -101,6 +116,25 @@ pub fn render(state: &AppState) -> String {
         "WebSocket upgrade requests refused.",
         get(&m.upgrades_refused),
     );
+    line(
+        &mut out,
+        "starling_upgrades_paced_total",
+        "counter",
+        "WebSocket upgrades that waited for admission (server.admission_rate).",
+        get(&m.upgrades_paced),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP starling_limit_refusals_total Requests refused by a limit, by limit.\n# TYPE starling_limit_refusals_total counter"
+    );
+    for (limit, n) in Limit::ALL.iter().zip(&m.limit_refusals) {
+        let _ = writeln!(
+            out,
+            "starling_limit_refusals_total{{limit=\"{}\"}} {}",
+            limit.label(),
+            get(n)
+        );
+    }
     line(
         &mut out,
         "starling_channels",

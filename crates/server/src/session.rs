@@ -6,11 +6,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use starling_core::{
-    ClientKey, FrameFormat, HistoryQuery, HistoryReadError, Outbox, RecoverFrom, Subscriber,
+    ClientKey, FrameFormat, HistoryQuery, HistoryReadError, Outbox, PublishError, RecoverFrom,
+    SubscribeError, Subscriber, TokenBucket,
 };
 use starling_protocol::codes::{self, DisconnectCode};
 use starling_protocol::{
@@ -24,6 +25,7 @@ use tracing::debug;
 use crate::app::AppState;
 use crate::auth::AuthError;
 use crate::encoder::WireEncoder;
+use crate::limits::Limit;
 
 /// The authenticated side of a session.
 #[derive(Debug)]
@@ -44,6 +46,8 @@ pub struct Session {
     format: FrameFormat,
     identity: Option<Identity>,
     subscriptions: HashSet<Arc<str>>,
+    /// Command budget (`client.command_rate`); `None` when unlimited.
+    commands: Option<TokenBucket>,
 }
 
 impl std::fmt::Debug for Session {
@@ -79,6 +83,9 @@ impl Session {
         outbox: Arc<Outbox>,
         format: FrameFormat,
     ) -> Self {
+        let client = &state.config.client;
+        let commands = (client.command_rate > 0)
+            .then(|| TokenBucket::new(client.command_rate, client.command_burst, Instant::now()));
         Self {
             key,
             state,
@@ -86,6 +93,7 @@ impl Session {
             format,
             identity: None,
             subscriptions: HashSet::new(),
+            commands,
         }
     }
 
@@ -111,9 +119,19 @@ impl Session {
             codes::BAD_REQUEST_DISCONNECT
         })?;
         let mut out = Vec::new();
+        let now = Instant::now();
         for command in commands {
             let reply = match command {
+                // A heartbeat costs nothing and is never answered: not counted.
+                Ok(command) if command.method == Method::Pong => None,
+                Ok(command) if !self.within_rate(now) => {
+                    Some(Reply::error(command.id, codes::TOO_MANY_REQUESTS))
+                }
                 Ok(command) => self.dispatch(command, &mut out)?,
+                Err(err) if !self.within_rate(now) => {
+                    let reply = err.reply();
+                    Some(Reply::error(reply.id, codes::TOO_MANY_REQUESTS))
+                }
                 Err(err) => Some(err.reply()),
             };
             if let Some(reply) = reply {
@@ -125,6 +143,18 @@ impl Session {
         }
         self.flush(&mut out);
         Ok(())
+    }
+
+    /// Takes one command from the connection's budget; false (counted) when it is spent.
+    fn within_rate(&mut self, now: Instant) -> bool {
+        let Some(bucket) = &mut self.commands else {
+            return true;
+        };
+        let ok = bucket.try_take(now);
+        if !ok {
+            self.state.metrics.refused(Limit::Rate);
+        }
+        ok
     }
 
     fn flush(&self, out: &mut Vec<u8>) {
@@ -195,7 +225,21 @@ impl Session {
         };
         let client = format!("{}-{:x}", self.state.node, self.key);
         let user: Arc<str> = Arc::from(user);
-        self.state.registry.set_user(self.key, user.clone());
+        // Anonymous connections share the user id "", so they are not one user to limit.
+        let per_user = if user.is_empty() {
+            0
+        } else {
+            config.client.max_connections_per_user
+        };
+        if self
+            .state
+            .registry
+            .try_set_user(self.key, user.clone(), per_user)
+            .is_none()
+        {
+            self.state.metrics.refused(Limit::UserConnections);
+            return Err(codes::CONNECTION_LIMIT);
+        }
         let ttl = expires_at.map(|at| at.saturating_sub(now_secs()));
         self.identity = Some(Identity {
             info: Arc::new(ClientInfo {
@@ -236,6 +280,13 @@ impl Session {
         };
         if self.subscriptions.contains(req.channel.as_str()) {
             return error(codes::ALREADY_SUBSCRIBED.error());
+        }
+        let max = self.state.config.client.max_subscriptions;
+        if max > 0 && self.subscriptions.len() >= max {
+            self.state.metrics.refused(Limit::Subscriptions);
+            return error(codes::LIMIT_EXCEEDED.with_message(format!(
+                "at most {max} subscriptions per connection (client.max_subscriptions)"
+            )));
         }
         let anonymous = identity.user.is_empty();
         if anonymous && !rules.options.allow_anonymous {
@@ -327,7 +378,11 @@ impl Session {
                 self.subscriptions.insert(name);
                 None
             }
-            Err(_) => error(codes::ALREADY_SUBSCRIBED.error()),
+            Err(SubscribeError::AlreadySubscribed) => error(codes::ALREADY_SUBSCRIBED.error()),
+            Err(SubscribeError::ChannelLimit) => {
+                self.state.metrics.refused(Limit::Channels);
+                error(codes::CHANNEL_LIMIT.error())
+            }
         }
     }
 
@@ -354,13 +409,20 @@ impl Session {
         if rules.owner.is_some_and(|owner| owner != &*identity.user) {
             return Err(codes::PERMISSION_DENIED.with_message("personal channel of another user"));
         }
-        let published = self.state.hub.publish(
-            &req.channel,
-            req.data,
-            Some(identity.info.clone()),
-            rules.options.channel_options(),
-            false,
-        );
+        let published = self
+            .state
+            .hub
+            .publish(
+                &req.channel,
+                req.data,
+                Some(identity.info.clone()),
+                rules.options.channel_options(),
+                false,
+            )
+            .map_err(|PublishError::ChannelLimit| {
+                self.state.metrics.refused(Limit::Channels);
+                codes::CHANNEL_LIMIT.error()
+            })?;
         Ok(ReplyBody::Publish(PublishResult {
             offset: published.position.offset,
             epoch: published.position.epoch.to_string(),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -18,6 +19,7 @@ use tracing::{debug, warn};
 use crate::app::AppState;
 use crate::connection::{self, Negotiated};
 use crate::encoder::WireEncoder;
+use crate::limits::{Admission, Limit};
 use crate::metrics::Metrics;
 
 fn refuse(state: &AppState, status: StatusCode, headers: HeaderMap, reason: String) -> Response {
@@ -28,6 +30,31 @@ fn refuse(state: &AppState, status: StatusCode, headers: HeaderMap, reason: Stri
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// A 503 with a jittered `Retry-After`, so refused clients do not return together.
+fn unavailable(state: &AppState, reason: &str) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(state.limits.retry_after_secs()),
+    );
+    refuse(
+        state,
+        StatusCode::SERVICE_UNAVAILABLE,
+        headers,
+        reason.into(),
+    )
+}
+
+/// A place among the node's connections (`server.max_connections`), given back when
+/// dropped: when the connection ends, or when the upgrade does not happen after all.
+struct Slot(Arc<AppState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.registry.release_slot();
+    }
 }
 
 /// Whether a browser page from `origin` may open a connection. Requests without an
@@ -106,12 +133,47 @@ pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Resp
             "connection cannot be upgraded".into(),
         );
     };
+    // Reserve the place before pacing: a full node refuses at once, without spending an
+    // admission token or making the client wait for nothing.
+    if !state
+        .registry
+        .try_reserve_slot(state.config.server.max_connections)
+    {
+        state.metrics.refused(Limit::NodeConnections);
+        return unavailable(&state, "connection limit reached (server.max_connections)");
+    }
+    let slot = Slot(state.clone());
+    // Pacing: during a reconnect storm upgrades queue up here, at most the handshake
+    // timeout, and leave at `server.admission_rate`; established connections are served
+    // meanwhile because waiting here holds no lock and no worker.
+    let max_wait = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
+    match state.limits.admit(max_wait) {
+        Admission::After(wait) if wait.is_zero() => {}
+        Admission::After(wait) => {
+            Metrics::add(&state.metrics.upgrades_paced, 1);
+            tokio::time::sleep(wait).await;
+            if state.draining.load(Ordering::SeqCst) {
+                return refuse(
+                    &state,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    HeaderMap::new(),
+                    "server is shutting down".into(),
+                );
+            }
+        }
+        Admission::Refused => {
+            state.metrics.refused(Limit::Admission);
+            return unavailable(&state, "too many new connections (server.admission_rate)");
+        }
+    }
     let negotiated = Negotiated {
         format: WireEncoder::format(encoding, accepted.deflate.as_ref()),
         deflate: accepted.deflate,
     };
     let task_state = state.clone();
     tokio::spawn(async move {
+        // Held for the connection's life; freed on every way out of this task.
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {

@@ -191,3 +191,50 @@ async fn api_is_disabled_without_a_key() {
         "{r}"
     );
 }
+
+#[tokio::test]
+async fn retried_publish_with_idempotency_key_is_not_published_twice() {
+    let server = Server::start(&["--dev"]);
+    let (mut c, _) = Client::connect(&server, None).await;
+    c.call("subscribe", json!({"channel": "idem"})).await;
+    let publish =
+        |data: Value, key: &str| json!({"channel": "idem", "data": data, "idempotency_key": key});
+    let (status, first) = server.api("publish", publish(json!(1), "k1")).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, retry) = server.api("publish", publish(json!(1), "k1")).await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry, first, "the original result, same offset and epoch");
+    // Two concurrent requests with one key: one publication, one result.
+    let (a, b) = tokio::join!(
+        server.api("publish", publish(json!(2), "k2")),
+        server.api("publish", publish(json!(2), "k2")),
+    );
+    assert_eq!((a.0, b.0), (200, 200));
+    assert_eq!(a.1, b.1);
+    // Another key publishes again.
+    let (_, other) = server.api("publish", publish(json!(3), "k3")).await;
+    assert_eq!(other["result"]["offset"], 3, "{other}");
+    // The subscriber got each publication exactly once, in order.
+    for (data, offset) in [(1, 1), (2, 2), (3, 3)] {
+        let (_, p) = c.next_publication().await;
+        assert_eq!((&p["data"], &p["offset"]), (&json!(data), &json!(offset)));
+    }
+    // Broadcast keys are separate from publish keys and replay too.
+    let body = json!({"channels": ["idem"], "data": 4, "idempotency_key": "k1"});
+    let (_, b1) = server.api("broadcast", body.clone()).await;
+    let (_, b2) = server.api("broadcast", body).await;
+    assert_eq!(b1["result"]["responses"][0]["offset"], 4, "{b1}");
+    assert_eq!(b1, b2);
+    let (_, p) = c.next_publication().await;
+    assert_eq!(p["offset"], 4);
+    let (_, info) = server.api("info", json!({})).await;
+    assert_eq!(info["result"]["publications"], 4, "{info}");
+    // Keys are at most 128 bytes.
+    let long = "x".repeat(129);
+    let (status, r) = server.api("publish", publish(json!(5), &long)).await;
+    assert_eq!((status, &r["error"]["code"]), (400, &json!(107)), "{r}");
+    let (status, _) = server
+        .api("publish", publish(json!(5), &"x".repeat(128)))
+        .await;
+    assert_eq!(status, 200);
+}

@@ -80,6 +80,9 @@ async fn recovery_under_load_gives_every_client_the_full_sequence() {
         "namespaces.feed.history_size=20000",
         "--set",
         "namespaces.feed.history_ttl_secs=600",
+        // The publisher sends 5,000 commands/s: lift the per-connection rate limit.
+        "--set",
+        "client.command_rate=0",
     ]);
     // The channel and its epoch exist before anything is published.
     let (mut keeper, _) = Client::connect(&server, None).await;

@@ -43,6 +43,9 @@ async fn sigterm_drains_clients_with_reconnect_advice() {
         let push = c.next_json().await;
         assert_eq!(push["push"]["disconnect"]["code"], 4000, "{push}");
         assert_eq!(push["push"]["disconnect"]["reconnect"], true, "{push}");
+        // A jittered wait within the defaults, so a node's clients do not return at once.
+        let delay = push["push"]["disconnect"]["delay"].as_u64().expect("delay");
+        assert!((500..=5000).contains(&delay), "{push}");
         let close = c.expect_close().await.expect("close frame");
         assert_eq!(u16::from(close.code), 4000);
     }

@@ -66,7 +66,8 @@ async fn quick_start_subscribe_and_receive_from_client_and_api() {
 
 #[tokio::test]
 async fn publications_arrive_in_order() {
-    let server = dev();
+    // 201 commands at once: more than the default burst, and this test is about order.
+    let server = Server::start(&["--dev", "--set", "client.command_rate=0"]);
     let (mut sub, _) = Client::connect(&server, None).await;
     sub.call("subscribe", json!({"channel": "order"})).await;
     let (mut publisher, _) = Client::connect(&server, None).await;

@@ -1,0 +1,119 @@
+//! Rate limiting: a token bucket with the clock passed in, so that it is tested without
+//! waiting and costs one `Instant` read per use.
+
+use std::time::{Duration, Instant};
+
+/// A token bucket: holds up to `burst` tokens and gains `rate` tokens per second.
+///
+/// [`TokenBucket::try_take`] refuses when no token is left (per-connection command
+/// limits); [`TokenBucket::reserve`] lets callers queue up for future tokens (admission
+/// pacing), so that waiting requests are served in order at the configured pace.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    /// May go negative: tokens already promised to callers that are waiting.
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket refilling at `rate` tokens per second, holding at most `burst`
+    /// (at least 1).
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// Takes a token if one is there now.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes a token now or promises the next free one: returns how long the caller must
+    /// wait before using it (zero when a token was there). Returns `None`, promising
+    /// nothing, when the wait would be longer than `max_wait` (or the rate is zero).
+    pub fn reserve(&mut self, now: Instant, max_wait: Duration) -> Option<Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Some(Duration::ZERO);
+        }
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let wait = Duration::try_from_secs_f64((1.0 - self.tokens) / self.rate).ok()?;
+        if wait > max_wait {
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 3, t0);
+        assert!((0..3).all(|_| b.try_take(t0)));
+        assert!(!b.try_take(t0), "burst spent");
+        assert!(!b.try_take(t0 + Duration::from_millis(50)), "half a token");
+        assert!(
+            b.try_take(t0 + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
+        assert!(!b.try_take(t0 + Duration::from_millis(100)));
+        // A long pause refills only up to the burst.
+        let later = t0 + Duration::from_secs(60);
+        assert!((0..3).all(|_| b.try_take(later)));
+        assert!(!b.try_take(later));
+    }
+
+    #[test]
+    fn reservations_queue_up_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(5, 5, t0);
+        let max = Duration::from_secs(1);
+        let waits: Vec<_> = (0..10).map(|_| b.reserve(t0, max)).collect();
+        assert!(waits[..5].iter().all(|w| *w == Some(Duration::ZERO)));
+        let ms: Vec<u128> = waits[5..]
+            .iter()
+            .map(|w| w.expect("within a second").as_millis())
+            .collect();
+        assert_eq!(ms, vec![200, 400, 600, 800, 1000]);
+        assert_eq!(b.reserve(t0, max), None, "1.2 s is too long");
+        // The refused request promised nothing: the next slot is still 1.2 s away.
+        assert_eq!(
+            b.reserve(t0, Duration::from_secs(2)),
+            Some(Duration::from_millis(1200))
+        );
+        let mut none = TokenBucket::new(0, 1, t0);
+        assert_eq!(none.reserve(t0, max), Some(Duration::ZERO));
+        assert_eq!(
+            none.reserve(t0 + max, max),
+            None,
+            "a zero rate never refills"
+        );
+    }
+}

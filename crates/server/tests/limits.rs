@@ -1,0 +1,257 @@
+//! Limits and flood protection against the real binary: each refusal has its own code
+//! and its own `starling_limit_refusals_total{limit}` line.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{Client, Server, WAIT, token};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The value of one metric line (`name` includes labels), or 0 when absent.
+async fn metric(server: &Server, name: &str) -> u64 {
+    let (status, text) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn refusals(limit: &str) -> String {
+    format!("starling_limit_refusals_total{{limit=\"{limit}\"}}")
+}
+
+/// Every message of the next frame (a batch reply).
+async fn next_batch(c: &mut Client) -> Vec<Value> {
+    loop {
+        if let Message::Text(t) = c.next_frame().await {
+            return t
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).expect("json line"))
+                .collect();
+        }
+    }
+}
+
+/// A raw WebSocket upgrade request; returns the response head.
+async fn raw_upgrade(server: &Server) -> String {
+    let request = format!(
+        "GET /connection/websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n > 0, "closed before the response head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn commands_over_the_rate_get_114_and_are_not_executed() {
+    let server = Server::start(&[
+        "--dev",
+        "--set",
+        "client.command_rate=1",
+        "--set",
+        "client.command_burst=3",
+    ]);
+    let (mut c, _) = Client::connect(&server, None).await;
+    // connect took one token; a batch of six commands counts six. At one token a second,
+    // the sixth (the subscribe) is over the budget unless the test stalls for 4 s.
+    let mut batch: Vec<String> = (2..=6)
+        .map(|id| json!({"id": id, "ping": {}}).to_string())
+        .collect();
+    batch.push(json!({"id": 7, "subscribe": {"channel": "r"}}).to_string());
+    c.send_text(&batch.join("\n")).await;
+    let replies = next_batch(&mut c).await;
+    assert_eq!(replies.len(), 6, "{replies:?}");
+    let refused: Vec<&Value> = replies
+        .iter()
+        .filter(|r| r.get("error").is_some())
+        .collect();
+    assert!(refused.len() >= 2, "{replies:?}");
+    for r in &refused {
+        assert_eq!(r["error"]["code"], 114, "{r}");
+        assert_eq!(r["error"]["temporary"], true, "{r}");
+    }
+    let last = replies
+        .iter()
+        .find(|r| r["id"] == 7)
+        .expect("subscribe reply");
+    assert_eq!(last["error"]["code"], 114, "{last}");
+    // Not executed: the channel has no subscriber.
+    let (_, r) = server.api("channels", json!({})).await;
+    assert_eq!(r["result"]["channels"], json!({}), "{r}");
+    assert!(metric(&server, &refusals("rate")).await >= 2);
+    assert!(metric(&server, "starling_errors_total{code=\"114\"}").await >= 2);
+}
+
+#[tokio::test]
+async fn subscriptions_per_connection_are_limited_with_106() {
+    let server = Server::start(&["--dev", "--set", "client.max_subscriptions=2"]);
+    let (mut c, _) = Client::connect(&server, None).await;
+    for ch in ["a", "b"] {
+        let r = c.call("subscribe", json!({"channel": ch})).await;
+        assert!(r.get("subscribe").is_some(), "{r}");
+    }
+    let r = c.call("subscribe", json!({"channel": "c"})).await;
+    assert_eq!(r["error"]["code"], 106, "{r}");
+    // Leaving one makes room again.
+    c.call("unsubscribe", json!({"channel": "a"})).await;
+    let r = c.call("subscribe", json!({"channel": "c"})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    assert_eq!(metric(&server, &refusals("subscriptions")).await, 1);
+}
+
+#[tokio::test]
+async fn channels_per_node_are_limited_with_115() {
+    let server = Server::start(&[
+        "--dev",
+        "--set",
+        "server.max_channels=2",
+        "--set",
+        "namespaces.h.history_size=10",
+        "--set",
+        "namespaces.h.allow_publish=true",
+    ]);
+    let (mut c, _) = Client::connect(&server, None).await;
+    for ch in ["a", "b"] {
+        let r = c.call("subscribe", json!({"channel": ch})).await;
+        assert!(r.get("subscribe").is_some(), "{r}");
+    }
+    let r = c.call("subscribe", json!({"channel": "c"})).await;
+    assert_eq!(r["error"]["code"], 115, "{r}");
+    assert_eq!(r["error"]["temporary"], true, "{r}");
+    // A publish that would create a channel to keep its history: refused too, over the
+    // protocol and over the API.
+    let r = c
+        .call("publish", json!({"channel": "h:x", "data": 1}))
+        .await;
+    assert_eq!(r["error"]["code"], 115, "{r}");
+    let (status, r) = server
+        .api("publish", json!({"channel": "h:y", "data": 1}))
+        .await;
+    assert_eq!((status, &r["error"]["code"]), (503, &json!(115)), "{r}");
+    // Existing channels are not affected.
+    let (status, r) = server
+        .api("publish", json!({"channel": "a", "data": 1}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(metric(&server, &refusals("channels")).await, 3);
+    assert_eq!(metric(&server, "starling_channels").await, 2);
+}
+
+#[tokio::test]
+async fn connections_per_user_are_limited_with_4005() {
+    let server = Server::start(&[
+        "--set",
+        "client.max_connections_per_user=1",
+        "--set",
+        "client.reconnect_delay_min_ms=1000",
+        "--set",
+        "client.reconnect_delay_max_ms=2000",
+    ]);
+    let alice = token(json!({"sub": "alice"}));
+    let (_first, _) = Client::connect(&server, Some(&alice)).await;
+    // Another user is not affected.
+    let (_bob, _) = Client::connect(&server, Some(&token(json!({"sub": "bob"})))).await;
+    let mut second = Client::open(&server).await;
+    second.send("connect", json!({"token": alice})).await;
+    let push = second.next_json().await;
+    let d = &push["push"]["disconnect"];
+    assert_eq!(d["code"], 4005, "{push}");
+    assert_eq!(d["reconnect"], true, "{push}");
+    let delay = d["delay"].as_u64().expect("a reconnect delay");
+    assert!((1000..=2000).contains(&delay), "{delay}");
+    let close = second.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4005);
+    assert_eq!(metric(&server, &refusals("user_connections")).await, 1);
+}
+
+#[tokio::test]
+async fn connections_per_node_are_refused_with_503_before_the_upgrade() {
+    let server = Server::start(&["--dev", "--set", "server.max_connections=1"]);
+    let (mut first, _) = Client::connect(&server, None).await;
+    let head = raw_upgrade(&server).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    assert_eq!(metric(&server, &refusals("node_connections")).await, 1);
+    // The place comes back when the connection ends.
+    first.ws.close(None).await.expect("close");
+    while tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut first.ws))
+        .await
+        .expect("closed in time")
+        .is_some()
+    {}
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let head = raw_upgrade(&server).await;
+        if head.starts_with("HTTP/1.1 101") {
+            break;
+        }
+        // The server deregisters the closed connection right after the close handshake.
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot never freed: {head}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn reconnect_storm_is_paced_while_established_clients_are_served() {
+    let server = Arc::new(Server::start(&[
+        "--dev",
+        "--set",
+        "server.admission_rate=5",
+    ]));
+    let (mut established, _) = Client::connect(&server, None).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let storm: Vec<_> = (0..15)
+        .map(|_| {
+            let server = server.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let c = Client::open(&server).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                c
+            })
+        })
+        .collect();
+    // Wait (bounded) until the server reports upgrades waiting for admission.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&server, "starling_upgrades_paced_total").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing was paced");
+        tokio::task::yield_now().await;
+    }
+    let reply = established.call("ping", json!({})).await;
+    assert_eq!(reply["ping"], json!({}), "{reply}");
+    // At 5 per second the storm takes about two seconds: the ping did not wait for it.
+    assert!(done.load(Ordering::SeqCst) < 15, "the storm was not paced");
+    let mut clients = Vec::new();
+    for task in storm {
+        clients.push(task.await.expect("every connect succeeds"));
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 15);
+    // 4 tokens were left after the established client; the rest had to wait.
+    assert!(metric(&server, "starling_upgrades_paced_total").await >= 5);
+    assert_eq!(metric(&server, &refusals("admission")).await, 0);
+}
