@@ -167,6 +167,8 @@ struct ChannelState {
     options: ChannelOptions,
     subscribers: HashMap<ClientKey, Subscriber>,
     history: History,
+    /// When the channel last had a subscriber or a publication (ms since the Unix epoch).
+    active_ms: u64,
     /// Removed from the hub; a publisher that still holds it must not deliver.
     gone: bool,
 }
@@ -179,6 +181,7 @@ impl ChannelState {
             options,
             subscribers: HashMap::new(),
             history: History::default(),
+            active_ms: now_ms(),
             gone: false,
         }
     }
@@ -190,9 +193,25 @@ impl ChannelState {
         }
     }
 
-    /// Nothing keeps the channel alive: no subscriber, no retained history.
-    fn idle(&self) -> bool {
-        self.subscribers.is_empty() && self.history.is_empty()
+    /// Nothing keeps the channel alive: no subscriber, no retained history, and — in a
+    /// namespace with history — no recent activity. A history channel keeps its epoch and
+    /// offset for its history's age limit after it went quiet, so clients that all lost
+    /// their connections at once still recover (an empty gap) instead of being told that
+    /// the stream started over.
+    fn idle(&self, now: u64) -> bool {
+        if !self.subscribers.is_empty() || !self.history.is_empty() {
+            return false;
+        }
+        let policy = self.options.history;
+        if !policy.enabled() {
+            return true;
+        }
+        let keep = if policy.ttl_ms > 0 {
+            policy.ttl_ms
+        } else {
+            QUIET_CHANNEL_KEEP_MS
+        };
+        now.saturating_sub(self.active_ms) > keep
     }
 }
 
@@ -218,6 +237,9 @@ impl std::fmt::Debug for Hub {
 }
 
 const SHARDS: usize = 64;
+
+/// How long a quiet history channel without an age limit keeps its epoch.
+const QUIET_CHANNEL_KEEP_MS: u64 = 300_000;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -353,7 +375,9 @@ impl Hub {
             return false;
         };
         self.counters.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        if state.idle() {
+        let now = now_ms();
+        state.active_ms = now;
+        if state.idle(now) {
             state.gone = true;
             shard.remove(channel);
             self.counters.channels.fetch_sub(1, Ordering::Relaxed);
@@ -453,6 +477,7 @@ impl Hub {
             tags: None,
         };
         let now = now_ms();
+        state.active_ms = now;
         let durable = self.journal.as_ref().and_then(|journal| {
             match journal.append(channel, &state.epoch, &publication, now, durable) {
                 Ok(ack) => ack,
@@ -558,7 +583,7 @@ impl Hub {
                 let mut state = entry.state.lock();
                 let policy = state.options.history;
                 state.history.evict(now, policy);
-                if state.idle() {
+                if state.idle(now) {
                     state.gone = true;
                     self.counters.channels.fetch_sub(1, Ordering::Relaxed);
                     false
@@ -1063,5 +1088,29 @@ mod tests {
             "then the newest again"
         );
         assert!(hub.counters().lossy_drops.load(Ordering::Relaxed) >= 3);
+    }
+
+    #[test]
+    fn quiet_history_channel_keeps_its_epoch_for_recovery() {
+        let hub = hub();
+        let o = with_history(10);
+        let (_, joined) = hub
+            .subscribe("q", subscriber(1, 0), o, None, |_| None)
+            .expect("sub");
+        let epoch = joined.position.epoch.to_string();
+        // Everybody leaves a channel nobody published to...
+        hub.unsubscribe("q", 1);
+        hub.sweep();
+        // ... and comes back: same epoch, nothing missed, recovered.
+        let from = RecoverFrom { offset: 0, epoch };
+        let (_, joined) = hub
+            .subscribe("q", subscriber(1, 0), o, Some(&from), |_| None)
+            .expect("sub");
+        assert_eq!(joined.recovered, Some(Vec::new()));
+        // Without history the channel goes at once.
+        hub.subscribe("n", subscriber(2, 0), opts(false), None, |_| None)
+            .expect("sub");
+        hub.unsubscribe("n", 2);
+        assert!(hub.position("n").is_none());
     }
 }

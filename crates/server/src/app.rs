@@ -156,13 +156,26 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Binds the configured address and runs until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.server.listen;
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = bind(addr, config.server.listen_backlog)
         .with_context(|| format!("binding {addr} (server.listen)"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     let state = AppState::new(config, local)?;
     announce(&state, local);
     run(listener, state, shutdown_signal()).await
+}
+
+/// Binds the listener with an explicit accept backlog: tokio's default (1024) drops most
+/// SYNs of a reconnect storm, and every dropped SYN costs its client a 1-3-7 s
+/// retransmission wait. The kernel caps it at `net.core.somaxconn`.
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 fn announce(state: &AppState, local: SocketAddr) {

@@ -128,6 +128,9 @@ pub struct ServerConfig {
     /// New WebSocket upgrades admitted per second (burst = rate); upgrades beyond it wait
     /// for their turn. 0 = no pacing.
     pub admission_rate: u32,
+    /// Accept backlog of the listening socket (capped by the kernel's
+    /// `net.core.somaxconn`): room for a storm of simultaneous connects.
+    pub listen_backlog: u32,
 }
 
 /// WebSocket transport settings.
@@ -241,6 +244,7 @@ impl Default for ServerConfig {
             max_connections: 0,
             max_channels: 1_000_000,
             admission_rate: 2000,
+            listen_backlog: 4096,
         }
     }
 }

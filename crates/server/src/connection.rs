@@ -86,7 +86,7 @@ pub async fn run(stream: TcpStream, leftover: Bytes, negotiated: Negotiated, sta
         outbox,
         role,
         state: state.clone(),
-        timers: Timers::new(&state),
+        timers: Timers::new(&state, key),
     };
     let finish = driver.serve(&stream, leftover).await;
     debug!(
@@ -121,11 +121,16 @@ struct Timers {
 }
 
 impl Timers {
-    fn new(state: &AppState) -> Self {
+    fn new(state: &AppState, key: u64) -> Self {
         let now = Instant::now();
         let ws = &state.config.websocket;
+        let interval = Duration::from_secs(ws.ping_interval_secs);
+        // Up to 10% shorter, different per connection: connections that arrived together
+        // (after a restart, a reconnect storm) must not all ping in the same instant.
+        let spread = interval.as_millis() as u64 / 10;
+        let jitter = Duration::from_millis(spread_hash(key) % spread.max(1));
         Self {
-            interval: Duration::from_secs(ws.ping_interval_secs),
+            interval: interval.saturating_sub(jitter),
             pong_timeout: Duration::from_secs(ws.pong_timeout_secs),
             last_rx: now,
             ping_sent: None,
@@ -135,12 +140,24 @@ impl Timers {
         }
     }
 
-    fn next(&self, expires_in: Option<Duration>) -> Instant {
+    /// The next deadline. Only deadlines that still mean something count: the connect
+    /// timeout until the session connected, token expiry until the close began. A
+    /// deadline left in the past would make the timer fire on every turn of the loop.
+    fn next(&self, connected: bool, expires_in: Option<Duration>, closing: bool) -> Instant {
+        if closing {
+            // Only the close handshake's own timeout matters now.
+            return self
+                .close_by
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        }
         let mut at = match self.ping_sent {
             Some(sent) => sent + self.pong_timeout,
             None => self.last_rx + self.interval,
         };
-        for d in [self.connect_by, self.close_by].into_iter().flatten() {
+        if let Some(d) = self.connect_by.filter(|_| !connected) {
+            at = at.min(d);
+        }
+        if let Some(d) = self.close_by {
             at = at.min(d);
         }
         if let Some(left) = expires_in {
@@ -176,6 +193,14 @@ async fn close_tcp(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
+/// A well-mixed 64-bit value from a connection key (SplitMix64's finaliser).
+fn spread_hash(key: u64) -> u64 {
+    let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// What the timer decided.
 enum Tick {
     Nothing,
@@ -198,7 +223,8 @@ impl Driver {
         if !leftover.is_empty() {
             self.receive(&leftover);
         }
-        let sleep = tokio::time::sleep_until(self.timers.next(self.expires_in()));
+        let mut armed = self.deadline();
+        let sleep = tokio::time::sleep_until(armed);
         tokio::pin!(sleep);
         let mut closing = false;
         loop {
@@ -212,7 +238,20 @@ impl Driver {
                 return Ok(Finish::Graceful);
             }
             let want_write = self.outbox.has_frames();
-            sleep.as_mut().reset(self.timers.next(self.expires_in()));
+            // Re-arming the timer costs a timer-wheel update: only when the deadline moved.
+            // Never re-arm in the past: a deadline that stays due would turn this loop
+            // into a busy spin.
+            let due = self.deadline();
+            let now = Instant::now();
+            let next = if due > now {
+                due
+            } else {
+                now + Duration::from_millis(1)
+            };
+            if next != armed {
+                armed = next;
+                sleep.as_mut().reset(armed);
+            }
             tokio::select! {
                 ready = stream.readable() => {
                     ready?;
@@ -236,6 +275,15 @@ impl Driver {
                 }
             }
         }
+    }
+
+    fn deadline(&self) -> Instant {
+        let connected = match &self.role {
+            Role::Client(session) => session.connected(),
+            Role::Echo => true,
+        };
+        let closing = self.ws.close_sent() || self.outbox.pending_disconnect().is_some();
+        self.timers.next(connected, self.expires_in(), closing)
     }
 
     fn expires_in(&self) -> Option<Duration> {
@@ -395,5 +443,50 @@ impl Driver {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timers(now: Instant) -> Timers {
+        Timers {
+            interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            last_rx: now,
+            ping_sent: None,
+            connect_by: Some(now + Duration::from_secs(10)),
+            close_by: None,
+        }
+    }
+
+    /// A connected, idle connection must sleep until its next ping, even long after the
+    /// connect timeout (it used to spin on the stale connect deadline).
+    #[test]
+    fn stale_deadlines_do_not_wake_an_idle_connection() {
+        let start = Instant::now();
+        let t = timers(start);
+        assert_eq!(t.next(false, None, false), start + Duration::from_secs(10));
+        assert_eq!(t.next(true, None, false), start + Duration::from_secs(25));
+        // An expired token wakes the connection once, not after the close began.
+        assert!(t.next(true, Some(Duration::ZERO), false) <= Instant::now());
+        assert!(
+            t.next(true, Some(Duration::ZERO), true) > Instant::now() + Duration::from_secs(60)
+        );
+        // While closing, only the close timeout counts, not a ping long overdue.
+        let mut closing = timers(start - Duration::from_secs(100));
+        closing.close_by = Some(start + Duration::from_secs(3));
+        assert_eq!(
+            closing.next(true, None, true),
+            start + Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn ping_intervals_are_spread() {
+        let spread: std::collections::HashSet<u64> =
+            (1..=100).map(|k| spread_hash(k) % 2500).collect();
+        assert!(spread.len() > 90, "keys map to distinct offsets");
     }
 }

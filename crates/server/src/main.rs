@@ -33,7 +33,7 @@ Settings: every setting has a dotted key, usable in the TOML file (--config), as
 environment variable STARLING_<SECTION>_<KEY> and with --set key=value (later wins:
 defaults < file < environment < flags). `starling config` prints them all with their
 current values. The keys:
-  server.listen server.dev server.echo server.name server.shutdown_timeout_secs
+  server.listen server.dev server.echo server.name server.shutdown_timeout_secs server.listen_backlog
   server.max_connections server.max_channels server.admission_rate
   websocket.max_message_size websocket.max_frame_size websocket.compression
   websocket.compression_min_size websocket.ping_interval_secs websocket.pong_timeout_secs
