@@ -107,13 +107,25 @@ async fn presence_and_stats() {
     let alice_token = token(json!({"sub": "alice"}));
     let (mut a, _) = Client::connect(&server, Some(&alice_token)).await;
     let (mut a2, _) = Client::connect(&server, Some(&alice_token)).await;
-    let (mut b, _) = Client::connect(&server, Some(&token(json!({"sub": "bob"})))).await;
+    let bob_token = token(json!({"sub": "bob", "info": {"name": "Bob"}}));
+    let (mut b, _) = Client::connect(&server, Some(&bob_token)).await;
     for c in [&mut a, &mut a2, &mut b] {
         c.call("subscribe", json!({"channel": "room"})).await;
     }
     let p = a.call("presence", json!({"channel": "room"})).await;
     let clients = p["presence"]["clients"].as_object().expect("clients");
     assert_eq!(clients.len(), 3);
+    let bob = clients.values().find(|c| c["user"] == "bob").expect("bob");
+    assert_eq!(
+        bob["conn_info"],
+        json!({"name": "Bob"}),
+        "token info is shown: {bob}"
+    );
+    assert!(
+        bob["client"]
+            .as_str()
+            .is_some_and(|id| clients.contains_key(id))
+    );
     let mut users: Vec<_> = clients
         .values()
         .map(|c| c["user"].as_str().unwrap_or(""))
