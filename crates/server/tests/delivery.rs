@@ -165,15 +165,9 @@ async fn dead_connections_leave_presence_in_bounded_time() {
         .await;
     // A client that subscribes and then goes silent: it never reads or answers pings,
     // as if its machine vanished (no FIN, no close frame).
-    let mut zombie = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
+    let (mut zombie, head) = common::raw_upgrade(&server).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     use tokio::io::AsyncWriteExt;
-    let upgrade = format!(
-        "GET /connection/websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    zombie.write_all(upgrade.as_bytes()).await.expect("upgrade");
     let commands = b"{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"room:z\"}}";
     zombie
         .write_all(&starling_websocket::encode_client_frame(

@@ -39,26 +39,7 @@ async fn next_batch(c: &mut Client) -> Vec<Value> {
 
 /// A raw WebSocket upgrade request; returns the response head.
 async fn raw_upgrade(server: &Server) -> String {
-    let request = format!(
-        "GET /connection/websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
-            .await
-            .expect("response in time")
-            .expect("read");
-        assert!(n > 0, "closed before the response head: {head:?}");
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
+    common::raw_upgrade(server).await.1
 }
 
 #[tokio::test]

@@ -2,17 +2,11 @@
 
 mod common;
 
-use common::{Client, Server, WAIT, http_raw, raw_exchange};
+use common::{Client, Server, WAIT, http_raw, raw_exchange, read_head, upgrade_request};
 use serde_json::json;
 use starling_websocket::{OpCode, encode_client_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn upgrade(host: &str, extra: &str) -> String {
-    format!(
-        "GET /connection/websocket HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
-    )
-}
 
 #[tokio::test]
 async fn handshake_errors_have_status_and_reason() {
@@ -25,7 +19,7 @@ async fn handshake_errors_have_status_and_reason() {
     // No version: 426 with the version we speak.
     let text = raw_exchange(
         server.addr,
-        upgrade(&host, "Connection: close\r\n").as_bytes(),
+        upgrade_request(&host, "Connection: close\r\n").as_bytes(),
     )
     .await;
     assert!(text.starts_with("HTTP/1.1 426"), "{text}");
@@ -38,7 +32,7 @@ async fn handshake_errors_have_status_and_reason() {
     // Wrong version.
     let text = raw_exchange(
         server.addr,
-        upgrade(&host, "Sec-WebSocket-Version: 8\r\nConnection: close\r\n").as_bytes(),
+        upgrade_request(&host, "Sec-WebSocket-Version: 8\r\nConnection: close\r\n").as_bytes(),
     )
     .await;
     assert!(text.starts_with("HTTP/1.1 426"), "{text}");
@@ -66,7 +60,7 @@ async fn handshake_errors_have_status_and_reason() {
     // Forbidden origin; the allowed one upgrades.
     let text = raw_exchange(
         server.addr,
-        upgrade(
+        upgrade_request(
             &host,
             "Sec-WebSocket-Version: 13\r\nOrigin: https://evil.example\r\nConnection: close\r\n",
         )
@@ -77,7 +71,7 @@ async fn handshake_errors_have_status_and_reason() {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     stream
         .write_all(
-            upgrade(
+            upgrade_request(
                 &host,
                 "Sec-WebSocket-Version: 13\r\nOrigin: https://app.example\r\n",
             )
@@ -90,34 +84,9 @@ async fn handshake_errors_have_status_and_reason() {
     assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
 }
 
-/// Reads the HTTP response head of an upgrade.
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
-            .await
-            .expect("head in time")
-            .expect("read");
-        assert_eq!(
-            n,
-            1,
-            "connection closed during the head: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 /// An upgraded raw connection to the echo-less (client protocol) endpoint.
 async fn raw_ws(server: &Server) -> TcpStream {
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream
-        .write_all(upgrade(&server.addr.to_string(), "Sec-WebSocket-Version: 13\r\n").as_bytes())
-        .await
-        .expect("write");
-    let head = read_head(&mut stream).await;
+    let (stream, head) = common::raw_upgrade(server).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     stream
 }
@@ -388,7 +357,7 @@ async fn compressed_publications_are_shared_frames_that_inflate() {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     stream
         .write_all(
-            upgrade(
+            upgrade_request(
                 &server.addr.to_string(),
                 "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
             )

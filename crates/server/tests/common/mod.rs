@@ -324,3 +324,41 @@ pub fn token(claims: Value) -> String {
 pub fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
+
+/// A WebSocket upgrade request for the endpoint, with `extra` header lines (each ending
+/// in `\r\n`; the version header is not included).
+pub fn upgrade_request(host: &str, extra: &str) -> String {
+    format!(
+        "GET /connection/websocket HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}
+
+/// Reads an HTTP response head byte by byte (so no frame after it is consumed).
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("head in time")
+            .expect("read");
+        assert_eq!(
+            n,
+            1,
+            "closed during the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Opens a raw TCP connection, sends a version-13 upgrade and returns the stream with
+/// the response head (whatever its status).
+pub async fn raw_upgrade(server: &Server) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let request = upgrade_request(&server.addr.to_string(), "Sec-WebSocket-Version: 13\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let head = read_head(&mut stream).await;
+    (stream, head)
+}
