@@ -180,8 +180,9 @@ impl Outbox {
                 left = 0;
             }
         }
-        if state.frames.is_empty() && state.frames.capacity() > 64 {
-            // Give back the memory a burst needed; idle connections should cost little.
+        if state.frames.is_empty() && state.frames.capacity() > 0 {
+            // Idle connections should cost little: give the queue's memory back as soon
+            // as it drains (a busy connection pays one small allocation per burst).
             state.frames = VecDeque::new();
         }
         Ok(written)
