@@ -94,7 +94,8 @@ impl AppState {
             ..NamespaceOptions::default()
         });
         let namespaces = Namespaces::new(map, fallback);
-        let journal = if config.storage.dir.is_empty() {
+        // Echo mode has no channels, so nothing to log.
+        let journal = if config.storage.dir.is_empty() || config.server.echo {
             None
         } else {
             let journal = crate::journal::open(&config.storage, &hub, &namespaces)?;
