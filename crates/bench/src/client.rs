@@ -355,6 +355,19 @@ impl HttpConn {
         Ok(())
     }
 
+    /// One request and its response.
+    pub async fn exchange(
+        &mut self,
+        stream: &mut TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Bytes)> {
+        self.send(stream, addr, "POST", path, headers, body).await?;
+        self.receive(stream).await
+    }
+
     /// Reads one response (Content-Length bodies only).
     pub async fn receive(&mut self, stream: &mut TcpStream) -> anyhow::Result<(u16, Bytes)> {
         loop {

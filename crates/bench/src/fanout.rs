@@ -555,18 +555,8 @@ impl Publisher {
                 "{{\"channel\":{},\"data\":{data}}}",
                 serde_json::to_string(&*self.channel)?
             );
-            let exchange = async {
-                http.send(
-                    &mut stream,
-                    addr,
-                    "POST",
-                    "/api/publish",
-                    &headers,
-                    body.as_bytes(),
-                )
-                .await?;
-                http.receive(&mut stream).await
-            };
+            let exchange =
+                http.exchange(&mut stream, addr, "/api/publish", &headers, body.as_bytes());
             let (status, body) = tokio::time::timeout_at(self.deadline, exchange)
                 .await
                 .context("publish timed out")??;

@@ -84,18 +84,8 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
                     "{{\"channel\":{channel},\"data\":{},\"durable\":{durable}}}",
                     payload(seq, sent, size)
                 );
-                let exchange = async {
-                    http.send(
-                        &mut stream,
-                        addr,
-                        "POST",
-                        "/api/publish",
-                        &headers,
-                        body.as_bytes(),
-                    )
-                    .await?;
-                    http.receive(&mut stream).await
-                };
+                let exchange =
+                    http.exchange(&mut stream, addr, "/api/publish", &headers, body.as_bytes());
                 match tokio::time::timeout(Duration::from_secs(30), exchange).await {
                     Ok(Ok((200, _))) => {
                         tally.accepted += 1;
