@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 use starling_protocol::codes::{self, DisconnectCode};
 
@@ -16,7 +16,6 @@ use starling_protocol::codes::{self, DisconnectCode};
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
     max_bytes: usize,
 }
 
@@ -26,6 +25,16 @@ struct State {
     bytes: usize,
     /// Set once; the connection task sends it and closes.
     disconnect: Option<DisconnectCode>,
+    /// The connection task, waiting for frames (a waker slot instead of a `Notify`: the
+    /// task polls it directly and keeps no waiter future in its state).
+    waker: Option<Waker>,
+}
+
+impl State {
+    /// Takes the waiting task's waker, to wake it after the lock is released.
+    fn wake(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
 }
 
 /// Whether a push was queued.
@@ -41,12 +50,18 @@ pub enum PushOutcome {
     Dropped,
 }
 
+/// Wakes a task taken from the state, outside the lock.
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 impl Outbox {
     /// An empty outbox holding at most `max_bytes` of queued frames.
     pub fn new(max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
             max_bytes,
         }
     }
@@ -78,18 +93,16 @@ impl Outbox {
                 return PushOutcome::Dropped;
             }
             state.disconnect = Some(codes::SLOW);
+            let waker = state.wake();
             drop(state);
-            self.notify.notify_one();
+            wake(waker);
             return PushOutcome::Overflow;
         }
-        let was_empty = state.frames.is_empty();
         state.bytes += frame.len();
         state.frames.push_back(frame);
+        let waker = state.wake();
         drop(state);
-        // A non-empty queue means the connection task is already awake for it.
-        if was_empty {
-            self.notify.notify_one();
-        }
+        wake(waker);
         PushOutcome::Queued
     }
 
@@ -104,8 +117,9 @@ impl Outbox {
         let mut state = self.state.lock();
         state.bytes += frame.len();
         state.frames.push_back(frame);
+        let waker = state.wake();
         drop(state);
-        self.notify.notify_one();
+        wake(waker);
     }
 
     /// Asks the connection to send `disconnect` and close. The first request wins.
@@ -114,8 +128,9 @@ impl Outbox {
         if state.disconnect.is_none() {
             state.disconnect = Some(disconnect);
         }
+        let waker = state.wake();
         drop(state);
-        self.notify.notify_one();
+        wake(waker);
     }
 
     /// The pending disconnect request, if any.
@@ -123,18 +138,24 @@ impl Outbox {
         self.state.lock().disconnect
     }
 
+    /// Ready when there is something to write or a disconnect request; otherwise
+    /// registers the task to be woken by the next push or disconnect. One task (the
+    /// connection's) polls an outbox.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state.lock();
+        if !state.frames.is_empty() || state.disconnect.is_some() {
+            return Poll::Ready(());
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// Waits until there is something to write or a disconnect request.
     pub async fn ready(&self) {
-        loop {
-            let notified = self.notify.notified();
-            {
-                let state = self.state.lock();
-                if !state.frames.is_empty() || state.disconnect.is_some() {
-                    return;
-                }
-            }
-            notified.await;
-        }
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
     }
 
     /// Whether frames are waiting.
