@@ -284,25 +284,28 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<()> {
     }
 
     // Everything set up (bounded).
-    let mut last_print = Instant::now();
-    loop {
-        let (r, f, o) = (
+    let counts = || {
+        (
             ready.load(Ordering::Relaxed),
             setup_failed.load(Ordering::Relaxed),
             obs_ready.load(Ordering::Relaxed),
-        );
-        if r + f >= args.connections && o >= args.observers {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            println!("{label}: timeout while setting up: {r} ready, {f} failed, {o} observers");
-            break;
-        }
-        if last_print.elapsed() >= Duration::from_secs(2) {
-            println!("  {r} subscribed, {f} failed, {o} observers ready");
-            last_print = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        )
+    };
+    let all_in = crate::client::wait_until(
+        deadline,
+        || {
+            let (r, f, o) = counts();
+            r + f >= args.connections && o >= args.observers
+        },
+        || {
+            let (r, f, o) = counts();
+            format!("{r} subscribed, {f} failed, {o} observers ready")
+        },
+    )
+    .await;
+    if !all_in {
+        let (r, f, o) = counts();
+        println!("{label}: timeout while setting up: {r} ready, {f} failed, {o} observers");
     }
     let established = ready.load(Ordering::Relaxed);
     println!(

@@ -400,6 +400,29 @@ impl HttpConn {
     }
 }
 
+/// Waits until `done()` holds or `deadline` passes (then returns false), printing
+/// `progress()` every 2 s: the set-up phase of every bench, bounded in time.
+pub async fn wait_until(
+    deadline: tokio::time::Instant,
+    mut done: impl FnMut() -> bool,
+    mut progress: impl FnMut() -> String,
+) -> bool {
+    let mut last_print = std::time::Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        if last_print.elapsed() >= Duration::from_secs(2) {
+            println!("  {}", progress());
+            last_print = std::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

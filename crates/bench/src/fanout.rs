@@ -17,7 +17,9 @@ use starling_websocket::OpCode;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{HttpConn, Target, WsClient, connect_command, source_addrs, subscribe_command};
+use crate::client::{
+    HttpConn, Target, WsClient, connect_command, source_addrs, subscribe_command, wait_until,
+};
 use crate::frame::Event;
 use crate::server::{metrics_text, nonzero_lines};
 use crate::stats::{
@@ -155,25 +157,30 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
 
     // All subscribed (or failed), bounded.
-    let mut last_print = Instant::now();
-    loop {
-        let r = shared.ready.load(Ordering::Relaxed);
-        let f = shared.setup_failed.load(Ordering::Relaxed);
-        if r + f >= args.subscribers {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            println!("timeout while subscribing: {r} ready, {f} failed");
-            break;
-        }
-        if last_print.elapsed() >= Duration::from_secs(2) {
-            println!(
-                "  {r} subscribed, {f} failed ({:.1} s)",
+    let counts = || {
+        (
+            shared.ready.load(Ordering::Relaxed),
+            shared.setup_failed.load(Ordering::Relaxed),
+        )
+    };
+    let all_in = wait_until(
+        deadline,
+        || {
+            let (r, f) = counts();
+            r + f >= args.subscribers
+        },
+        || {
+            let (r, f) = counts();
+            format!(
+                "{r} subscribed, {f} failed ({:.1} s)",
                 started.elapsed().as_secs_f64()
-            );
-            last_print = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+            )
+        },
+    )
+    .await;
+    if !all_in {
+        let (r, f) = counts();
+        println!("timeout while subscribing: {r} ready, {f} failed");
     }
     let subscribed = shared.ready.load(Ordering::Relaxed);
     println!(

@@ -125,27 +125,30 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     }
 
     // Wait until every connection is set up (or failed), bounded.
-    let mut last_print = Instant::now();
-    loop {
-        let (r, f) = (
+    let counts = || {
+        (
             ready.load(Ordering::Relaxed),
             failed.load(Ordering::Relaxed),
-        );
-        if r + f >= args.connections {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            println!("timeout: {r} ready, {f} failed of {}", args.connections);
-            break;
-        }
-        if last_print.elapsed() >= Duration::from_secs(2) {
-            println!(
-                "  {r} ready, {f} failed ({:.1} s)",
+        )
+    };
+    let all_in = crate::client::wait_until(
+        deadline,
+        || {
+            let (r, f) = counts();
+            r + f >= args.connections
+        },
+        || {
+            let (r, f) = counts();
+            format!(
+                "{r} ready, {f} failed ({:.1} s)",
                 started.elapsed().as_secs_f64()
-            );
-            last_print = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            )
+        },
+    )
+    .await;
+    if !all_in {
+        let (r, f) = counts();
+        println!("timeout: {r} ready, {f} failed of {}", args.connections);
     }
     let setup_time = started.elapsed();
     let ready_n = ready.load(Ordering::Relaxed);
