@@ -91,6 +91,9 @@ pub const TOO_MANY_REQUESTS: ErrorCode = err(114, "too many requests", true);
 /// 115: the node holds as many channels as it may (`server.max_channels`); a subscribe
 /// or publish that would create one more is refused. Temporary: channels come and go.
 pub const CHANNEL_LIMIT: ErrorCode = err(115, "channel limit", true);
+/// 117: an `idempotency_key` was reused with a different request (HTTP API, 409). The
+/// key stays bound to the request it was first used with for its window.
+pub const IDEMPOTENCY_CONFLICT: ErrorCode = err(117, "idempotency key conflict", false);
 
 /// Every reply error code, in numeric order.
 pub const ERRORS: &[ErrorCode] = &[
@@ -110,6 +113,7 @@ pub const ERRORS: &[ErrorCode] = &[
     ALREADY_CONNECTED,
     TOO_MANY_REQUESTS,
     CHANNEL_LIMIT,
+    IDEMPOTENCY_CONFLICT,
 ];
 
 /// A disconnect code: sent as the WebSocket close code (with `reason` as the close

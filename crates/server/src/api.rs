@@ -18,7 +18,7 @@ use starling_core::{ChannelError, PublishError};
 use starling_protocol::codes;
 
 use crate::app::AppState;
-use crate::idempotency::{Claim, MAX_KEY_LEN, Reservation};
+use crate::idempotency::{Claim, MAX_KEY_LEN, Recorded, Reservation};
 use crate::limits::Limit;
 use crate::metrics::Metrics;
 
@@ -76,10 +76,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body of this error.
+    fn body(&self) -> Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        (self.status, axum::Json(self.body())).into_response()
     }
 }
 
@@ -181,36 +187,77 @@ struct PublishRequest {
     idempotency_key: Option<String>,
 }
 
-/// Checks an idempotency key and reserves it, or returns the recorded result. The key
-/// is scoped by endpoint, so a publish and a broadcast never share a result.
-async fn claim_key<'a>(
-    state: &'a AppState,
+/// What to do with a request after its idempotency key was checked.
+enum Keyed {
+    /// Go ahead (holding the key's reservation, when the request has a key).
+    Proceed(Option<Reservation>),
+    /// The key's recorded response: send it again, publish nothing.
+    Replay(Response),
+}
+
+/// Checks an idempotency key and reserves it for the request whose content is `parts`,
+/// or returns the recorded response. The key is scoped by endpoint, so a publish and a
+/// broadcast never share a response.
+async fn claim_key(
+    state: &AppState,
     endpoint: &str,
     key: Option<&str>,
-) -> Result<Result<Option<Reservation<'a>>, Value>, ApiError> {
+    parts: &[&[u8]],
+) -> Result<Keyed, ApiError> {
     let Some(key) = key else {
-        return Ok(Ok(None));
+        return Ok(Keyed::Proceed(None));
+    };
+    let refuse = |e: ApiError| {
+        state.metrics.error(e.code);
+        Err(e)
     };
     if key.is_empty() || key.len() > MAX_KEY_LEN {
-        let e = ApiError::bad_request(format!(
+        return refuse(ApiError::bad_request(format!(
             "idempotency_key must be 1 to {MAX_KEY_LEN} bytes, not {}",
             key.len()
-        ));
-        state.metrics.error(e.code);
-        return Err(e);
+        )));
     }
-    match state.idempotency.claim(&format!("{endpoint}:{key}")).await {
-        Claim::Fresh(reservation) => Ok(Ok(Some(reservation))),
-        Claim::Done(result) => Ok(Err((*result).clone())),
+    let mut all = Vec::with_capacity(parts.len() + 1);
+    all.push(endpoint.as_bytes());
+    all.extend_from_slice(parts);
+    let fingerprint = state.idempotency.fingerprint(&all);
+    match state
+        .idempotency
+        .claim(&format!("{endpoint}:{key}"), fingerprint)
+        .await
+    {
+        Claim::Fresh(reservation) => Ok(Keyed::Proceed(Some(reservation))),
+        Claim::Done(recorded) => Ok(Keyed::Replay(replay(&recorded))),
+        Claim::Conflict => refuse(ApiError::new(
+            StatusCode::CONFLICT,
+            codes::IDEMPOTENCY_CONFLICT,
+            "idempotency_key was used for a different request",
+        )),
+        Claim::Full => refuse(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::TOO_MANY_REQUESTS,
+            "too many requests with an idempotency key in flight (api.idempotency_max_keys)",
+        )),
     }
 }
 
-/// Replies with `result`, recording it for retries when the request holds a key.
-fn ok_recorded(reservation: Option<Reservation<'_>>, result: Value) -> ApiResult {
-    match reservation {
-        Some(r) => ok((*r.complete(result)).clone()),
-        None => ok(result),
+/// A recorded response, sent again.
+fn replay(recorded: &Recorded) -> Response {
+    let status = StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK);
+    (status, axum::Json(recorded.body.clone())).into_response()
+}
+
+/// Records `result` (the outcome of a request that published) under its key, when it
+/// has one, and turns it into the response.
+fn record(reservation: Option<Reservation>, result: Result<Value, ApiError>) -> ApiResult {
+    let (status, body) = match &result {
+        Ok(value) => (StatusCode::OK, json!({ "result": value })),
+        Err(e) => (e.status, e.body()),
+    };
+    if let Some(reservation) = reservation {
+        reservation.complete(status.as_u16(), body.clone());
     }
+    result.map(|_| (status, axum::Json(body)).into_response())
 }
 
 /// `POST /api/publish`.
@@ -222,10 +269,17 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
         .map_err(ApiError::channel)?;
     let data = data_bytes(&state, &body.data)?;
     // Reserved before publishing, so that a concurrent retry waits instead of publishing.
-    let reservation = match claim_key(&state, "publish", body.idempotency_key.as_deref()).await? {
-        Ok(reservation) => reservation,
-        Err(recorded) => return ok(recorded),
-    };
+    let parts: [&[u8]; 3] = [
+        body.channel.as_bytes(),
+        body.data.get().as_bytes(),
+        if body.durable { b"durable" } else { b"" },
+    ];
+    let reservation =
+        match claim_key(&state, "publish", body.idempotency_key.as_deref(), &parts).await? {
+            Keyed::Proceed(reservation) => reservation,
+            Keyed::Replay(response) => return Ok(response),
+        };
+    // Refused before publishing: the reservation is dropped and the key freed.
     let published = state
         .hub
         .publish(
@@ -236,15 +290,32 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
             body.durable,
         )
         .map_err(|e| ApiError::publish(&state, e))?;
-    await_durable(&state, body.durable, published.durable).await?;
-    ok_recorded(
-        reservation,
-        json!({
-            "offset": published.position.offset,
-            "epoch": &*published.position.epoch,
-            "delivered": published.delivered,
-        }),
-    )
+    let result = json!({
+        "offset": published.position.offset,
+        "epoch": &*published.position.epoch,
+        "delivered": published.delivered,
+    });
+    if !body.durable {
+        return record(reservation, Ok(result));
+    }
+    // The publication exists now: its outcome is recorded by a task of its own, so a
+    // caller hanging up during the fsync wait cannot free the key (its retry would be
+    // delivered a second time).
+    let ack = published.durable;
+    let finish = tokio::spawn({
+        let state = state.clone();
+        async move {
+            let persisted = await_durable(&state, true, ack).await;
+            record(reservation, persisted.map(|()| result))
+        }
+    });
+    finish.await.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            format!("publish task failed: {e}"),
+        ))
+    })
 }
 
 #[derive(Deserialize)]
@@ -264,10 +335,13 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
         return Err(ApiError::bad_request("channels must not be empty"));
     }
     let data = data_bytes(&state, &body.data)?;
-    let reservation = match claim_key(&state, "broadcast", body.idempotency_key.as_deref()).await? {
-        Ok(reservation) => reservation,
-        Err(recorded) => return ok(recorded),
-    };
+    let mut parts: Vec<&[u8]> = body.channels.iter().map(|c| c.as_bytes()).collect();
+    parts.push(body.data.get().as_bytes());
+    let reservation =
+        match claim_key(&state, "broadcast", body.idempotency_key.as_deref(), &parts).await? {
+            Keyed::Proceed(reservation) => reservation,
+            Keyed::Replay(response) => return Ok(response),
+        };
     let mut responses = Vec::with_capacity(body.channels.len());
     for channel in &body.channels {
         let published = state
@@ -303,7 +377,8 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
             }
         }
     }
-    ok_recorded(reservation, json!({ "responses": responses }))
+    // No await since the first publication: the handler cannot be cancelled in between.
+    record(reservation, Ok(json!({ "responses": responses })))
 }
 
 /// Waits for the message log's fsync when the caller asked for durability.

@@ -238,3 +238,69 @@ async fn retried_publish_with_idempotency_key_is_not_published_twice() {
         .await;
     assert_eq!(status, 200);
 }
+
+/// An idempotency key is bound to the request it was first used with: the same key
+/// with other content is refused with 409 (code 117) and publishes nothing.
+#[tokio::test]
+async fn idempotency_key_reused_for_another_request_is_refused() {
+    let server = Server::start(&["--dev"]);
+    let (mut c, _) = Client::connect(&server, None).await;
+    c.call("subscribe", json!({"channel": "bound"})).await;
+    let publish = |channel: &str, data: Value| json!({"channel": channel, "data": data, "idempotency_key": "same"});
+    let (status, first) = server.api("publish", publish("bound", json!(1))).await;
+    assert_eq!(status, 200, "{first}");
+    for other in [
+        publish("bound", json!(2)),
+        publish("elsewhere", json!(1)),
+        json!({"channel": "bound", "data": 1, "durable": true, "idempotency_key": "same"}),
+    ] {
+        let (status, r) = server.api("publish", other).await;
+        assert_eq!((status, &r["error"]["code"]), (409, &json!(117)), "{r}");
+    }
+    let (status, again) = server.api("publish", publish("bound", json!(1))).await;
+    assert_eq!((status, &again), (200, &first));
+    let (_, info) = server.api("info", json!({})).await;
+    assert_eq!(info["result"]["publications"], 1, "{info}");
+    let (_, p) = c.next_publication().await;
+    assert_eq!(p["offset"], 1);
+}
+
+/// A durable publish whose caller hangs up while the server waits for the fsync still
+/// records its result: the retry gets the same offset and nothing is delivered twice.
+#[tokio::test]
+async fn durable_publish_abandoned_by_its_caller_is_not_published_twice() {
+    let server = Server::start(&["--dev"]);
+    let (mut c, _) = Client::connect(&server, None).await;
+    c.call("subscribe", json!({"channel": "hangup"})).await;
+    let body = json!({"channel": "hangup", "data": "x", "durable": true, "idempotency_key": "h1"})
+        .to_string();
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {}\r\nAuthorization: apikey {}\r\nContent-Length: {}\r\n\r\n{body}",
+        server.addr,
+        common::API_KEY,
+        body.len()
+    );
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        // Hang up at once. Depending on timing the server drops the request unread, or
+        // has published and waits for the fsync: the retry must be right either way.
+    }
+    let (status, retry) = server
+        .api("publish", serde_json::from_str(&body).expect("json"))
+        .await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry["result"]["offset"], 1, "{retry}");
+    // Exactly one delivery: the next publication is the marker, at offset 2.
+    let (status, _) = server
+        .api("publish", json!({"channel": "hangup", "data": "marker"}))
+        .await;
+    assert_eq!(status, 200);
+    let (_, p) = c.next_publication().await;
+    assert_eq!((&p["offset"], &p["data"]), (&json!(1), &json!("x")));
+    let (_, p) = c.next_publication().await;
+    assert_eq!((&p["offset"], &p["data"]), (&json!(2), &json!("marker")));
+}
