@@ -156,8 +156,11 @@ impl History {
                 .collect());
         }
         let start = match query.since {
-            Some(since) if since + 1 < oldest => return Err(HistoryError::Unrecoverable),
-            Some(since) => usize::try_from(since + 1 - oldest)
+            // `since` comes from the client: u64::MAX must not overflow.
+            Some(since) if since.saturating_add(1) < oldest => {
+                return Err(HistoryError::Unrecoverable);
+            }
+            Some(since) => usize::try_from(since.saturating_add(1) - oldest)
                 .unwrap_or(usize::MAX)
                 .min(n),
             None => 0,
@@ -228,6 +231,24 @@ mod tests {
             Err(HistoryError::Unrecoverable),
             "from the future"
         );
+    }
+
+    /// Offsets come from clients: the largest one reads nothing instead of overflowing.
+    #[test]
+    fn extreme_positions_do_not_overflow() {
+        let mut h = History::default();
+        for o in 1..=3 {
+            h.push(0, publication(o), POLICY);
+        }
+        for reverse in [false, true] {
+            let page = h.read(HistoryQuery {
+                since: Some(u64::MAX),
+                limit: 10,
+                reverse,
+            });
+            assert_eq!(page.map(|p| p.len()), Ok(if reverse { 3 } else { 0 }));
+        }
+        assert_eq!(h.since(u64::MAX, 3), Err(HistoryError::Unrecoverable));
     }
 
     #[test]

@@ -62,34 +62,8 @@ pub struct Negotiated {
 /// Runs a connection until it closes. `leftover` holds bytes that arrived with the
 /// upgrade request.
 pub async fn run(stream: TcpStream, leftover: Bytes, negotiated: Negotiated, state: Arc<AppState>) {
-    let key = state.next_key();
-    let outbox = Arc::new(Outbox::new(state.config.client.max_queue_bytes));
-    state.registry.add(key, outbox.clone());
-    crate::metrics::Metrics::add(&state.metrics.connections_accepted, 1);
-    let role = if state.config.server.echo {
-        Role::Echo
-    } else {
-        Role::Client(Box::new(Session::new(
-            key,
-            state.clone(),
-            outbox.clone(),
-            negotiated.format,
-        )))
-    };
-    let mut driver = Driver {
-        ws: Connection::new(
-            WsConfig {
-                max_frame_size: state.config.websocket.max_frame_size,
-                max_message_size: state.config.websocket.max_message_size,
-            },
-            negotiated.deflate,
-        ),
-        negotiated,
-        outbox,
-        role,
-        state: state.clone(),
-        timers: Timers::new(&state, key),
-    };
+    let mut driver = Driver::new(negotiated, state);
+    let key = driver.key;
     let finish = driver.serve(&stream, leftover).await;
     debug!(
         key,
@@ -102,10 +76,7 @@ pub async fn run(stream: TcpStream, leftover: Bytes, negotiated: Negotiated, sta
         Ok(Finish::PeerGone) => {}
         Err(e) => debug!(key, "connection ended: {e}"),
     }
-    if let Role::Client(session) = &mut driver.role {
-        session.close();
-    }
-    state.registry.remove(key);
+    // The driver's `Drop` leaves the channels and the registry, also on a panic.
 }
 
 /// Deadlines of one connection; the earliest arms the single timer.
@@ -136,8 +107,12 @@ impl Timers {
             pong_timeout: Duration::from_secs(ws.pong_timeout_secs),
             last_rx: now,
             ping_sent: None,
-            connect_by: (!state.config.server.echo)
-                .then(|| now + Duration::from_secs(state.config.client.connect_timeout_secs)),
+            connect_by: (!state.config.server.echo).then(|| {
+                later(
+                    now,
+                    Duration::from_secs(state.config.client.connect_timeout_secs),
+                )
+            }),
             close_by: None,
         }
     }
@@ -153,8 +128,8 @@ impl Timers {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         }
         let mut at = match self.ping_sent {
-            Some(sent) => sent + self.pong_timeout,
-            None => self.last_rx + self.interval,
+            Some(sent) => later(sent, self.pong_timeout),
+            None => later(self.last_rx, self.interval),
         };
         if let Some(d) = self.connect_by.filter(|_| !connected) {
             at = at.min(d);
@@ -163,7 +138,7 @@ impl Timers {
             at = at.min(d);
         }
         if let Some(left) = expires_in {
-            at = at.min(Instant::now() + left);
+            at = at.min(later(Instant::now(), left));
         }
         at
     }
@@ -220,6 +195,7 @@ enum Tick {
 }
 
 struct Driver {
+    key: u64,
     ws: Connection,
     negotiated: Negotiated,
     outbox: Arc<Outbox>,
@@ -229,6 +205,41 @@ struct Driver {
 }
 
 impl Driver {
+    /// A driver for a new connection, registered with the node. Dropping it (at the end
+    /// of [`run`], or while a panic unwinds the task) leaves every channel and the
+    /// registry, so a panic cannot leave ghost presence or a leaked quota behind.
+    fn new(negotiated: Negotiated, state: Arc<AppState>) -> Self {
+        let key = state.next_key();
+        let outbox = Arc::new(Outbox::new(state.config.client.max_queue_bytes));
+        state.registry.add(key, outbox.clone());
+        crate::metrics::Metrics::add(&state.metrics.connections_accepted, 1);
+        let role = if state.config.server.echo {
+            Role::Echo
+        } else {
+            Role::Client(Box::new(Session::new(
+                key,
+                state.clone(),
+                outbox.clone(),
+                negotiated.format,
+            )))
+        };
+        Driver {
+            key,
+            ws: Connection::new(
+                WsConfig {
+                    max_frame_size: state.config.websocket.max_frame_size,
+                    max_message_size: state.config.websocket.max_message_size,
+                },
+                negotiated.deflate,
+            ),
+            negotiated,
+            outbox,
+            role,
+            timers: Timers::new(&state, key),
+            state,
+        }
+    }
+
     async fn serve(&mut self, stream: &TcpStream, leftover: Bytes) -> std::io::Result<Finish> {
         if !leftover.is_empty() {
             self.receive(&leftover);
@@ -340,12 +351,12 @@ impl Driver {
                 self.timers.ping_sent = None;
                 Tick::Nothing
             }
-            Some(sent) if now >= sent + self.timers.pong_timeout => {
+            Some(sent) if now >= later(sent, self.timers.pong_timeout) => {
                 self.timers.ping_sent = None;
                 Tick::Close(codes::NO_PONG)
             }
             Some(_) => Tick::Nothing,
-            None if now >= self.timers.last_rx + self.timers.interval => {
+            None if now >= later(self.timers.last_rx, self.timers.interval) => {
                 self.timers.ping_sent = Some(now);
                 Tick::SendPing
             }
@@ -474,6 +485,25 @@ impl Driver {
     }
 }
 
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Role::Client(session) = &mut self.role {
+            session.close();
+        }
+        self.state.registry.remove(self.key);
+    }
+}
+
+/// `at + d`, or a deadline decades away when that does not fit: a token's `exp` near
+/// `u64::MAX` (or an enormous configured interval) must not overflow the clock.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(FAR_FUTURE_SECS))
+}
+
+/// A deadline that never comes in practice (30 years).
+const FAR_FUTURE_SECS: u64 = 30 * 365 * 24 * 3600;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,6 +539,64 @@ mod tests {
             closing.next(true, None, true),
             start + Duration::from_secs(3)
         );
+    }
+
+    /// A token whose `exp` is near `u64::MAX` gives a time left that does not fit in
+    /// the clock: the deadline saturates instead of overflowing (a panic before).
+    #[test]
+    fn huge_expiry_does_not_overflow_the_clock() {
+        let start = Instant::now();
+        let t = timers(start);
+        let far = Duration::from_secs(u64::MAX);
+        assert_eq!(
+            t.next(true, Some(far), false),
+            start + Duration::from_secs(25)
+        );
+        let mut huge = timers(start);
+        huge.interval = Duration::MAX;
+        huge.pong_timeout = Duration::MAX;
+        assert!(huge.next(true, None, false) > start + Duration::from_secs(3600));
+        huge.ping_sent = Some(start);
+        assert!(huge.next(true, None, false) > start + Duration::from_secs(3600));
+    }
+
+    /// A panic inside a connection's task (none is known; this guards the next one)
+    /// still takes the connection out of its channels and the registry: no ghost
+    /// presence, no leaked per-user quota, no shutdown waiting for a dead connection.
+    #[tokio::test]
+    async fn a_panicking_connection_task_still_leaves_channels_and_registry() {
+        let mut config = crate::config::Config::default();
+        config.storage.dir = String::new();
+        config.client.allow_anonymous = true;
+        if let Some(ns) = config.namespaces.get_mut("default") {
+            ns.allow_anonymous = true;
+        }
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let state = AppState::new(config, addr).expect("state");
+        let task = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let negotiated = Negotiated {
+                    deflate: None,
+                    format: FrameFormat(0),
+                };
+                let mut driver = Driver::new(negotiated, state.clone());
+                if let Role::Client(session) = &mut driver.role {
+                    session
+                        .handle(br#"{"id":1,"connect":{}}"#)
+                        .expect("connect");
+                    session
+                        .handle(br#"{"id":2,"subscribe":{"channel":"p"}}"#)
+                        .expect("subscribe");
+                }
+                assert_eq!(state.hub.presence("p").len(), 1);
+                assert_eq!(state.registry.connections(), 1);
+                panic!("injected panic in a connection task");
+            }
+        });
+        assert!(task.await.expect_err("the task panicked").is_panic());
+        assert_eq!(state.registry.connections(), 0, "left the registry");
+        assert!(state.hub.presence("p").is_empty(), "left its channel");
     }
 
     #[test]
