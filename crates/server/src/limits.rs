@@ -26,17 +26,27 @@ pub enum Limit {
     NodeConnections,
     /// Upgrades that could not be admitted within the handshake timeout (HTTP 503).
     Admission,
+    /// Channels created per connection (error 106).
+    ChannelCreation,
+    /// Connections per source address (HTTP 503).
+    IpConnections,
+    /// Upgrades from one source address that could not be admitted within the
+    /// handshake timeout (HTTP 503).
+    IpAdmission,
 }
 
 impl Limit {
     /// Every limit, in the order of the metric's lines.
-    pub const ALL: [Limit; 6] = [
+    pub const ALL: [Limit; 9] = [
         Limit::Rate,
         Limit::Subscriptions,
         Limit::Channels,
         Limit::UserConnections,
         Limit::NodeConnections,
         Limit::Admission,
+        Limit::ChannelCreation,
+        Limit::IpConnections,
+        Limit::IpAdmission,
     ];
 
     /// The metric label.
@@ -48,6 +58,9 @@ impl Limit {
             Limit::UserConnections => "user_connections",
             Limit::NodeConnections => "node_connections",
             Limit::Admission => "admission",
+            Limit::ChannelCreation => "channel_creation",
+            Limit::IpConnections => "ip_connections",
+            Limit::IpAdmission => "ip_admission",
         }
     }
 }

@@ -200,6 +200,27 @@ pub fn render(state: &AppState) -> String {
     );
     line(
         &mut out,
+        "starling_history_bytes",
+        "gauge",
+        "Bytes of publications kept in history, all channels (server.history_max_bytes).",
+        get(&h.history_bytes),
+    );
+    line(
+        &mut out,
+        "starling_history_dropped_total",
+        "counter",
+        "Publications not kept in history because the node's history budget was spent.",
+        get(&h.history_dropped),
+    );
+    line(
+        &mut out,
+        "starling_recoveries_too_large_total",
+        "counter",
+        "Recoveries answered recovered=false because the missed publications exceeded half of client.max_queue_bytes.",
+        get(&h.recoveries_too_large),
+    );
+    line(
+        &mut out,
         "starling_api_requests_total",
         "counter",
         "HTTP API requests.",

@@ -48,6 +48,8 @@ pub struct Session {
     subscriptions: HashSet<Arc<str>>,
     /// Command budget (`client.command_rate`); `None` when unlimited.
     commands: Option<TokenBucket>,
+    /// Channel-creation budget (`client.channel_creation_rate`); `None` when unlimited.
+    creations: Option<TokenBucket>,
 }
 
 impl std::fmt::Debug for Session {
@@ -86,6 +88,13 @@ impl Session {
         let client = &state.config.client;
         let commands = (client.command_rate > 0)
             .then(|| TokenBucket::new(client.command_rate, client.command_burst, Instant::now()));
+        let creations = (client.channel_creation_rate > 0).then(|| {
+            TokenBucket::new(
+                client.channel_creation_rate,
+                client.channel_creation_burst,
+                Instant::now(),
+            )
+        });
         Self {
             key,
             state,
@@ -94,6 +103,7 @@ impl Session {
             identity: None,
             subscriptions: HashSet::new(),
             commands,
+            creations,
         }
     }
 
@@ -350,12 +360,20 @@ impl Session {
         let recover = req.recover.then(|| RecoverFrom {
             offset: req.offset.unwrap_or(0),
             epoch: req.epoch.clone().unwrap_or_default(),
+            max_bytes: self.reply_cap(),
         });
-        let result = state.hub.subscribe(
+        let creations = &mut self.creations;
+        let mut may_create = || {
+            creations
+                .as_mut()
+                .is_none_or(|bucket| bucket.try_take(Instant::now()))
+        };
+        let result = state.hub.subscribe_limited(
             &req.channel,
             subscriber,
             rules.options.channel_options(),
             recover.as_ref(),
+            &mut may_create,
             |joined| {
                 let reply = Reply::ok(
                     id,
@@ -383,7 +401,22 @@ impl Session {
                 self.state.metrics.refused(Limit::Channels);
                 error(codes::CHANNEL_LIMIT.error())
             }
+            Err(SubscribeError::CreationLimit) => {
+                self.state.metrics.refused(Limit::ChannelCreation);
+                error(codes::LIMIT_EXCEEDED.with_message(format!(
+                    "creating channels too fast: at most {} per second \
+                     (client.channel_creation_rate)",
+                    self.state.config.client.channel_creation_rate
+                )))
+            }
         }
+    }
+
+    /// The most a recovery or a history page may hold, in estimated reply bytes: half
+    /// the connection's queue, leaving the other half for what is queued already, so
+    /// that such a reply never cuts its own connection as a slow consumer.
+    fn reply_cap(&self) -> usize {
+        self.state.config.client.max_queue_bytes / 2
     }
 
     fn publish(&mut self, req: PublishRequest) -> Result<ReplyBody, Error> {
@@ -443,14 +476,16 @@ impl Session {
         if !self.subscriptions.contains(channel) {
             return Err(codes::NOT_SUBSCRIBED.with_message("subscribe to the channel first"));
         }
-        let infos = self.state.hub.presence(channel);
         if stats {
-            let users: HashSet<&str> = infos.iter().map(|i| i.user.as_str()).collect();
+            let (clients, users) = self.state.hub.presence_stats(channel);
             return Ok(ReplyBody::PresenceStats(PresenceStatsResult {
-                num_clients: u32::try_from(infos.len()).unwrap_or(u32::MAX),
-                num_users: u32::try_from(users.len()).unwrap_or(u32::MAX),
+                num_clients: u32::try_from(clients).unwrap_or(u32::MAX),
+                num_users: u32::try_from(users).unwrap_or(u32::MAX),
             }));
         }
+        // A snapshot shared until the membership changes; the reply is built from it
+        // outside the channel's lock.
+        let infos = self.state.hub.presence(channel);
         let clients: BTreeMap<String, ClientInfo> = infos
             .iter()
             .map(|i| (i.client.clone(), (**i).clone()))
@@ -477,6 +512,8 @@ impl Session {
             since: req.since.as_ref().map(|s| s.offset),
             limit,
             reverse: req.reverse,
+            // A page always fits the queue; the client pages on with `since`.
+            max_bytes: self.reply_cap(),
         };
         let epoch = req.since.as_ref().map(|s| s.epoch.as_str());
         match self

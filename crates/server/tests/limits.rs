@@ -236,3 +236,182 @@ async fn reconnect_storm_is_paced_while_established_clients_are_served() {
     assert!(metric(&server, "starling_upgrades_paced_total").await >= 5);
     assert_eq!(metric(&server, &refusals("admission")).await, 0);
 }
+
+/// A ~1 KB JSON string payload.
+fn kilobyte(i: usize) -> Value {
+    json!(format!("{i:04}{}", "x".repeat(1000)))
+}
+
+#[tokio::test]
+async fn oversized_recovery_answers_unrecovered_and_history_pages_within_the_queue() {
+    // A 64 KiB queue; 100 missed publications of ~1 KB are more than it holds.
+    let server = Server::start(&[
+        "--dev",
+        "--set",
+        "client.max_queue_bytes=65536",
+        "--set",
+        "namespaces.h.history_size=1000",
+        "--set",
+        "namespaces.h.history_ttl_secs=0",
+    ]);
+    let (mut c, _) = Client::connect(&server, None).await;
+    let r = c.call("subscribe", json!({"channel": "h:r"})).await;
+    let epoch = r["subscribe"]["epoch"].as_str().expect("epoch").to_string();
+    c.call("unsubscribe", json!({"channel": "h:r"})).await;
+    for i in 0..100 {
+        let (status, r) = server
+            .api("publish", json!({"channel": "h:r", "data": kilobyte(i)}))
+            .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    // Recovery from offset 0: too large to send, so not recovered -- and not cut (the
+    // old behaviour was a 4002 slow-consumer disconnect, again on every reconnect).
+    let r = c
+        .call(
+            "subscribe",
+            json!({"channel": "h:r", "recover": true, "offset": 0, "epoch": epoch}),
+        )
+        .await;
+    let sub = &r["subscribe"];
+    assert!(
+        sub.is_object(),
+        "a subscribe reply, not an error or a disconnect: {r}"
+    );
+    assert_ne!(sub["recovered"], true, "{r}");
+    assert_eq!(sub["offset"], 100, "{r}");
+    assert!(
+        sub.get("publications")
+            .and_then(Value::as_array)
+            .is_none_or(|p| p.is_empty()),
+        "{r}"
+    );
+    assert_eq!(c.call("ping", json!({})).await["ping"], json!({}));
+    assert_eq!(
+        metric(&server, "starling_recoveries_too_large_total").await,
+        1
+    );
+    // The client pages through history instead: every page fits, none is empty, and
+    // the pages together are the whole stream in order.
+    let mut since = 0u64;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    while since < 100 {
+        let r = c
+            .call(
+                "history",
+                json!({"channel": "h:r", "limit": 1000, "since": {"offset": since, "epoch": epoch}}),
+            )
+            .await;
+        let pubs = r["history"]["publications"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a page: {r}"))
+            .clone();
+        assert!(!pubs.is_empty(), "{r}");
+        assert!(pubs.len() < 100, "capped by bytes, not the whole history");
+        for p in &pubs {
+            seen.push(p["offset"].as_u64().unwrap_or(0));
+        }
+        since = *seen.last().expect("offsets");
+        pages += 1;
+        assert!(pages < 100, "paging makes progress");
+    }
+    assert_eq!(seen, (1..=100).collect::<Vec<u64>>());
+    assert!(pages >= 2, "{pages}");
+    // A recovery that fits is still a recovery.
+    c.call("unsubscribe", json!({"channel": "h:r"})).await;
+    let r = c
+        .call(
+            "subscribe",
+            json!({"channel": "h:r", "recover": true, "offset": 95, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+    assert_eq!(
+        r["subscribe"]["publications"].as_array().map(Vec::len),
+        Some(5)
+    );
+}
+
+#[tokio::test]
+async fn channel_creation_per_connection_is_limited_with_106() {
+    let server = Server::start(&[
+        "--dev",
+        "--set",
+        "client.channel_creation_rate=1",
+        "--set",
+        "client.channel_creation_burst=2",
+    ]);
+    let (mut other, _) = Client::connect(&server, None).await;
+    let r = other
+        .call("subscribe", json!({"channel": "existing"}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let (mut c, _) = Client::connect(&server, None).await;
+    for ch in ["new1", "new2"] {
+        let r = c.call("subscribe", json!({"channel": ch})).await;
+        assert!(r.get("subscribe").is_some(), "{r}");
+    }
+    let r = c.call("subscribe", json!({"channel": "new3"})).await;
+    assert_eq!(r["error"]["code"], 106, "{r}");
+    // Joining a channel that exists creates nothing: not limited.
+    let r = c.call("subscribe", json!({"channel": "existing"})).await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    assert_eq!(metric(&server, &refusals("channel_creation")).await, 1);
+    assert_eq!(metric(&server, "starling_channels").await, 3);
+}
+
+#[tokio::test]
+async fn history_is_bounded_by_bytes_per_channel_and_per_node() {
+    let server = Server::start(&[
+        "--dev",
+        "--set",
+        "namespaces.h.history_size=1000",
+        "--set",
+        "namespaces.h.history_max_bytes=5000",
+        "--set",
+        "server.history_max_bytes=12000",
+    ]);
+    for i in 0..10 {
+        let (status, r) = server
+            .api("publish", json!({"channel": "h:a", "data": kilobyte(i)}))
+            .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let (_, r) = server
+        .api("history", json!({"channel": "h:a", "limit": 1000}))
+        .await;
+    let kept = r["result"]["publications"].as_array().map_or(0, Vec::len);
+    assert!(
+        (1..10).contains(&kept),
+        "per-channel bytes bound it: {kept}"
+    );
+    let bytes = metric(&server, "starling_history_bytes").await;
+    assert!(bytes > 0 && bytes <= 5000, "{bytes}");
+    // Two more channels fill the node's 12,000 bytes; the third channel has nothing of
+    // its own to give up, so its publication is not kept at all.
+    for ch in ["h:b", "h:c"] {
+        for i in 0..10 {
+            server
+                .api("publish", json!({"channel": ch, "data": kilobyte(i)}))
+                .await;
+        }
+    }
+    assert!(metric(&server, "starling_history_bytes").await <= 12000);
+    let (status, r) = server
+        .api("publish", json!({"channel": "h:d", "data": kilobyte(0)}))
+        .await;
+    assert_eq!(status, 200, "still published: {r}");
+    assert!(metric(&server, "starling_history_dropped_total").await >= 1);
+    // Recovering from before the publication that was not kept is refused.
+    let epoch = r["result"]["epoch"].as_str().expect("epoch").to_string();
+    let (mut c, _) = Client::connect(&server, None).await;
+    let r = c
+        .call(
+            "subscribe",
+            json!({"channel": "h:d", "recover": true, "offset": 0, "epoch": epoch}),
+        )
+        .await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    assert_ne!(r["subscribe"]["recovered"], true, "{r}");
+    assert_eq!(r["subscribe"]["offset"], 1, "{r}");
+}
