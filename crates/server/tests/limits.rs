@@ -415,3 +415,77 @@ async fn history_is_bounded_by_bytes_per_channel_and_per_node() {
     assert_ne!(r["subscribe"]["recovered"], true, "{r}");
     assert_eq!(r["subscribe"]["offset"], 1, "{r}");
 }
+
+/// A masked client frame (zero mask: the payload goes as is).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads server frames from a raw socket until a text frame contains `needle`; returns
+/// how many pongs came before it.
+async fn pongs_until(stream: &mut tokio::net::TcpStream, needle: &str) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut pongs = 0;
+    loop {
+        let mut head = [0u8; 2];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut head))
+            .await
+            .expect("a frame in time")
+            .expect("read");
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut ext = [0u8; 2];
+                stream.read_exact(&mut ext).await.expect("read");
+                usize::from(u16::from_be_bytes(ext))
+            }
+            127 => {
+                let mut ext = [0u8; 8];
+                stream.read_exact(&mut ext).await.expect("read");
+                usize::try_from(u64::from_be_bytes(ext)).expect("length")
+            }
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.expect("read");
+        match head[0] & 0x0f {
+            0xA => pongs += 1,
+            0x1 if String::from_utf8_lossy(&payload).contains(needle) => return pongs,
+            0x8 => panic!("closed: {:?}", String::from_utf8_lossy(&payload)),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_ping_flood_without_reading_is_answered_within_a_bound() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&["--dev"]);
+    let (mut stream, head) = common::raw_upgrade(&server).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+        .write_all(&client_frame(0x1, br#"{"id":1,"connect":{}}"#))
+        .await
+        .expect("connect");
+    // 200,000 pings, not reading: the server used to queue a pong for each.
+    let pings = 200_000;
+    let batch: Vec<u8> = (0..1000).flat_map(|_| client_frame(0x9, b"")).collect();
+    for _ in 0..pings / 1000 {
+        stream.write_all(&batch).await.expect("flood");
+    }
+    stream
+        .write_all(&client_frame(0x1, br#"{"id":2,"ping":{}}"#))
+        .await
+        .expect("ping command");
+    // Everyone else is served meanwhile.
+    let (mut other, _) = Client::connect(&server, None).await;
+    assert_eq!(other.call("ping", json!({})).await["ping"], json!({}));
+    // The flooder is still connected and gets its reply, after far fewer pongs than
+    // pings: the unsent ones were replaced, not queued.
+    let pongs = pongs_until(&mut stream, r#""id":2"#).await;
+    assert!(pongs < pings / 2, "{pongs} pongs for {pings} pings");
+    let coalesced = metric(&server, "starling_pongs_coalesced_total").await;
+    assert!(coalesced as usize + pongs >= pings, "{coalesced} + {pongs}");
+}
