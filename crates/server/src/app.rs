@@ -242,6 +242,7 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 state.hub.sweep();
+                state.limits.sweep();
             }
         })
     };
@@ -261,6 +262,15 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
+                // The peer's address travels with each request, for the per-address
+                // limits of the WebSocket upgrade.
+                let service = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        hyper::service::Service::call(&service, req)
+                    },
+                );
                 tokio::spawn(async move {
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())

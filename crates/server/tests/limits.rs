@@ -489,3 +489,101 @@ async fn a_ping_flood_without_reading_is_answered_within_a_bound() {
     let coalesced = metric(&server, "starling_pongs_coalesced_total").await;
     assert!(coalesced as usize + pongs >= pings, "{coalesced} + {pongs}");
 }
+
+/// A raw upgrade from source address `from` (any 127.0.0.x works on Linux loopback).
+async fn raw_upgrade_from(server: &Server, from: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{from}:0").parse().expect("address"))
+        .expect("bind");
+    let mut stream = socket.connect(server.addr).await.expect("connect");
+    let request =
+        common::upgrade_request(&server.addr.to_string(), "Sec-WebSocket-Version: 13\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let head = common::read_head(&mut stream).await;
+    (stream, head)
+}
+
+#[tokio::test]
+async fn connections_per_address_are_refused_with_503() {
+    let server = Server::start(&["--dev", "--set", "server.max_connections_per_ip=2"]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (stream, head) = raw_upgrade_from(&server, "127.0.0.1").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        held.push(stream);
+    }
+    let (_, head) = raw_upgrade_from(&server, "127.0.0.1").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    assert_eq!(metric(&server, &refusals("ip_connections")).await, 1);
+    // Another address is not affected.
+    let (_other, head) = raw_upgrade_from(&server, "127.0.0.2").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The place comes back when a connection ends.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (stream, head) = raw_upgrade_from(&server, "127.0.0.1").await;
+        if head.starts_with("HTTP/1.1 101") {
+            held.push(stream);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "place never freed: {head}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_the_whole_admission_rate() {
+    // Two upgrades a second per address, waiting at most a second; the node's own rate
+    // is the default (2,000 a second).
+    let server = Arc::new(Server::start(&[
+        "--dev",
+        "--set",
+        "server.admission_rate_per_ip=2",
+        "--set",
+        "websocket.handshake_timeout_secs=1",
+    ]));
+    let storm: Vec<_> = (0..8)
+        .map(|_| {
+            let server = server.clone();
+            tokio::spawn(async move { raw_upgrade_from(&server, "127.0.0.1").await })
+        })
+        .collect();
+    // Meanwhile another address is admitted at once.
+    let started = tokio::time::Instant::now();
+    let (_other, head) = raw_upgrade_from(&server, "127.0.0.2").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // (Not paced behind the storm: that would take a second or be refused.)
+    assert!(started.elapsed() < std::time::Duration::from_millis(900));
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for task in storm {
+        let (stream, head) = task.await.expect("upgrade");
+        if head.starts_with("HTTP/1.1 101") {
+            admitted.push(stream);
+        } else {
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            refused += 1;
+        }
+    }
+    // 2 at once, 2 more within the second; the others would wait longer: refused.
+    assert!(
+        admitted.len() >= 2 && refused >= 1,
+        "{} admitted",
+        admitted.len()
+    );
+    assert_eq!(
+        metric(&server, &refusals("ip_admission")).await,
+        refused as u64
+    );
+    assert_eq!(metric(&server, &refusals("admission")).await, 0);
+}
