@@ -16,9 +16,9 @@ use starling_core::{
 use starling_protocol::codes::{self, DisconnectCode};
 use starling_protocol::{
     ClientInfo, Command, ConnectRequest, ConnectResult, Encoding, Error, HistoryRequest,
-    HistoryResult, Method, PresenceResult, PresenceStatsResult, PublishRequest, PublishResult,
-    Reply, ReplyBody, SubscribeRequest, SubscribeResult, UnsubscribeResult, decode_commands,
-    encode_reply,
+    HistoryResult, Method, PresenceResult, PresenceStatsResult, Publication, PublishRequest,
+    PublishResult, Reply, ReplyBody, SubscribeRequest, SubscribeResult, UnsubscribeResult,
+    decode_commands, encode_reply,
 };
 use tracing::debug;
 
@@ -360,8 +360,11 @@ impl Session {
         let recover = req.recover.then(|| RecoverFrom {
             offset: req.offset.unwrap_or(0),
             epoch: req.epoch.clone().unwrap_or_default(),
-            max_bytes: self.reply_cap(),
+            // A first, estimated bound that saves copying a hopeless recovery; the
+            // encoded reply is measured below.
+            max_bytes: self.state.config.client.max_queue_bytes,
         });
+        let cap = self.reply_cap();
         let creations = &mut self.creations;
         let mut may_create = || {
             creations
@@ -375,17 +378,32 @@ impl Session {
             recover.as_ref(),
             &mut may_create,
             |joined| {
-                let reply = Reply::ok(
-                    id,
-                    ReplyBody::Subscribe(SubscribeResult {
-                        epoch: joined.position.epoch.to_string(),
-                        offset: joined.position.offset,
-                        recoverable: joined.recoverable,
-                        recovered: joined.recovered.is_some(),
-                        publications: joined.recovered.clone().unwrap_or_default(),
-                    }),
-                );
-                encode_reply(encoding, &reply, out);
+                let reply = |recovered: Option<&Vec<Publication>>| {
+                    Reply::ok(
+                        id,
+                        ReplyBody::Subscribe(SubscribeResult {
+                            epoch: joined.position.epoch.to_string(),
+                            offset: joined.position.offset,
+                            recoverable: joined.recoverable,
+                            recovered: recovered.is_some(),
+                            publications: recovered.cloned().unwrap_or_default(),
+                        }),
+                    )
+                };
+                let start = out.len();
+                encode_reply(encoding, &reply(joined.recovered.as_ref()), out);
+                if joined.recovered.is_some() && out.len() - start > cap {
+                    // Queued, it could cut this very connection as a slow consumer (and
+                    // again after every reconnect): not recovered, the client pages
+                    // through history instead.
+                    out.truncate(start);
+                    encode_reply(encoding, &reply(None), out);
+                    state
+                        .hub
+                        .counters()
+                        .recoveries_too_large
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let frame = state.encoder.frame(format, out);
                 out.clear();
                 Some(frame)
@@ -412,9 +430,10 @@ impl Session {
         }
     }
 
-    /// The most a recovery or a history page may hold, in estimated reply bytes: half
-    /// the connection's queue, leaving the other half for what is queued already, so
-    /// that such a reply never cuts its own connection as a slow consumer.
+    /// The most a recovery reply (measured) or a history page (estimated) may hold: half
+    /// the connection's queue, leaving the other half for what is queued already and
+    /// the live publications that follow, so that such a reply never cuts its own
+    /// connection as a slow consumer.
     fn reply_cap(&self) -> usize {
         self.state.config.client.max_queue_bytes / 2
     }
