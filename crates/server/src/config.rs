@@ -301,7 +301,7 @@ impl Default for ClientConfig {
             max_subscriptions: 256,
             max_connections_per_user: 0,
             channel_creation_rate: 10,
-            channel_creation_burst: 256,
+            channel_creation_burst: 64,
             reconnect_delay_min_ms: 500,
             reconnect_delay_max_ms: 5000,
         }
