@@ -118,7 +118,8 @@ pub struct RecoverFrom {
     pub epoch: String,
     /// Largest recovery, in estimated reply bytes (`History::wire_bytes`): when the
     /// missed publications are more, nothing is recovered (the client pages through
-    /// history instead), so a recovery never overflows the connection's queue.
+    /// history instead) and nothing is copied. The caller may apply a tighter bound to
+    /// the encoded reply.
     pub max_bytes: usize,
 }
 

@@ -609,6 +609,19 @@ mod tests {
         assert_eq!(c.websocket.max_frame_size, 65536);
         assert!(c.websocket.allowed_origins.is_empty());
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8000");
+        // Fairness and memory bounds are on by default.
+        assert_eq!(c.server.max_connections_per_ip, 10_000);
+        assert_eq!(c.server.admission_rate_per_ip, 200);
+        assert_eq!(c.server.history_max_bytes, 256 * 1024 * 1024);
+        assert_eq!(c.client.channel_creation_rate, 10);
+        assert_eq!(c.namespaces["default"].history_max_bytes, 1024 * 1024);
+        let err = Config::load(
+            None,
+            env(&[]),
+            &[("client.channel_creation_burst".into(), "0".into())],
+        )
+        .expect_err("a rate without a burst");
+        assert!(err.to_string().contains("channel_creation_burst"), "{err}");
     }
 
     #[test]
