@@ -101,9 +101,21 @@ stop_server() {
 }
 trap stop_server EXIT
 
+# --set options that turn off the per-address and per-connection fairness limits of
+# builds that have them (the load generators connect thousands of clients from a few
+# 127.0.0.x addresses). The history byte budgets stay on: they are a cost to measure,
+# not a limit on what one client may do.
+fairness_sets() {
+    local key
+    for key in server.max_connections_per_ip server.admission_rate_per_ip client.channel_creation_rate; do
+        if has_setting "${key#*.}"; then echo "--set=$key=0"; fi
+    done
+}
+
 # start_server [ENV=VALUE...] -- [--set k=v...]
-# The flood limits (command rate, admission pacing, subscriptions) are off: the
-# benchmarks measure what the node can do, not what it allows one client to do.
+# The flood limits (command rate, admission pacing, subscriptions, per-address shares,
+# channel creation) are off: the benchmarks measure what the node can do, not what it
+# allows one client to do.
 start_server() {
     local envs=()
     while [[ $# -gt 0 && "$1" != "--" ]]; do envs+=("$1"); shift; done
@@ -113,7 +125,7 @@ start_server() {
     # shellcheck disable=SC2046
     env ${envs[@]+"${envs[@]}"} "$BIN/starling" serve --dev --listen 127.0.0.1:0 \
         --set log.level=warn --set client.command_rate=0 --set server.admission_rate=0 \
-        --set client.max_subscriptions=0 $(storage_set) "$@" >"$log" 2>&1 &
+        --set client.max_subscriptions=0 $(fairness_sets) $(storage_set) "$@" >"$log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 100); do
         if grep -q '^starling listening on http://' "$log" 2>/dev/null; then

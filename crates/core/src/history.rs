@@ -1,7 +1,11 @@
-//! A channel's history: its most recent publications, bounded by count and by age.
+//! A channel's history: its most recent publications, bounded by count, by bytes and by
+//! age.
 //!
 //! Offsets in one history are consecutive (one per publication, no gaps), which makes
-//! reads by offset an index computation. Eviction only ever removes the oldest entries.
+//! reads by offset an index computation. Eviction only ever removes the oldest entries;
+//! a publication that is not kept at all empties the history first (see
+//! [`History::clear`]), so that the history then starts after it and a read from before
+//! it is refused rather than answered with a hole.
 
 use std::collections::VecDeque;
 
@@ -14,6 +18,9 @@ pub struct HistoryPolicy {
     pub size: usize,
     /// Publications older than this many milliseconds are dropped; 0 = no age limit.
     pub ttl_ms: u64,
+    /// Bytes of publications kept (see [`History::entry_bytes`]); the oldest are
+    /// dropped beyond it. 0 = no byte limit.
+    pub max_bytes: usize,
 }
 
 impl HistoryPolicy {
@@ -29,6 +36,9 @@ pub enum HistoryError {
     /// The position is older than what the history still holds, or from another epoch.
     #[error("position is no longer in history")]
     Unrecoverable,
+    /// The publications asked for are all there but exceed the byte cap of the read.
+    #[error("the publications exceed the byte cap")]
+    TooLarge,
 }
 
 /// Which publications a read returns.
@@ -41,6 +51,10 @@ pub struct HistoryQuery {
     pub limit: usize,
     /// Newest first.
     pub reverse: bool,
+    /// Stop before the page's estimated wire size ([`History::wire_bytes`]) passes this
+    /// many bytes; the first publication is always returned, so paging always makes
+    /// progress. `usize::MAX`: no cap.
+    pub max_bytes: usize,
 }
 
 /// The retained publications of one channel.
@@ -48,9 +62,39 @@ pub struct HistoryQuery {
 pub struct History {
     /// (publication time in ms since the Unix epoch, publication), oldest first.
     entries: VecDeque<(u64, Publication)>,
+    /// Sum of [`History::entry_bytes`] over the entries.
+    bytes: usize,
+}
+
+/// Heap bytes a publication holds beyond its struct.
+fn heap_bytes(p: &Publication) -> usize {
+    let info = p.info.as_ref().map_or(0, |i| {
+        i.user.len()
+            + i.client.len()
+            + i.conn_info.as_ref().map_or(0, |b| b.len())
+            + i.chan_info.as_ref().map_or(0, |b| b.len())
+    });
+    let tags = p.tags.as_ref().map_or(0, |t| {
+        t.iter()
+            .map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<String>())
+            .sum()
+    });
+    p.data.len() + info + tags
 }
 
 impl History {
+    /// The memory one kept publication costs, as counted against the byte budgets: its
+    /// entry plus the bytes it holds on the heap.
+    pub fn entry_bytes(p: &Publication) -> usize {
+        std::mem::size_of::<(u64, Publication)>() + heap_bytes(p)
+    }
+
+    /// An upper estimate of a publication's encoded size in a reply: payloads may travel
+    /// as base64 (4/3), plus field names and the offset.
+    pub fn wire_bytes(p: &Publication) -> usize {
+        heap_bytes(p).saturating_mul(4) / 3 + 64
+    }
+
     /// Appends the next publication (its offset must follow the newest) and evicts what
     /// the policy no longer allows.
     pub fn push(&mut self, now_ms: u64, publication: Publication, policy: HistoryPolicy) {
@@ -61,17 +105,22 @@ impl History {
             "history offsets must be consecutive"
         );
         if !policy.enabled() {
-            self.entries.clear();
+            self.clear();
             return;
         }
+        self.bytes += Self::entry_bytes(&publication);
         self.entries.push_back((now_ms, publication));
         self.evict(now_ms, policy);
     }
 
-    /// Drops entries beyond the size limit or older than the age limit.
+    /// Drops entries beyond the size or byte limit or older than the age limit.
     pub fn evict(&mut self, now_ms: u64, policy: HistoryPolicy) {
-        while self.entries.len() > policy.size {
-            self.entries.pop_front();
+        while self.entries.len() > policy.size
+            || (policy.max_bytes > 0 && self.bytes > policy.max_bytes)
+        {
+            if self.pop_oldest().is_none() {
+                break;
+            }
         }
         if policy.ttl_ms > 0 {
             while self
@@ -79,12 +128,36 @@ impl History {
                 .front()
                 .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > policy.ttl_ms)
             {
-                self.entries.pop_front();
+                self.pop_oldest();
             }
         }
+        self.shrink();
+    }
+
+    /// Removes the oldest entry; returns the bytes it freed.
+    pub fn pop_oldest(&mut self) -> Option<usize> {
+        let (_, p) = self.entries.pop_front()?;
+        let freed = Self::entry_bytes(&p);
+        self.bytes = self.bytes.saturating_sub(freed);
+        self.shrink();
+        Some(freed)
+    }
+
+    /// Drops every entry: the next publication pushed starts the history afresh.
+    pub fn clear(&mut self) {
+        self.entries = VecDeque::new();
+        self.bytes = 0;
+    }
+
+    fn shrink(&mut self) {
         if self.entries.is_empty() && self.entries.capacity() > 0 {
             self.entries = VecDeque::new();
         }
+    }
+
+    /// Bytes held, as counted against the byte budgets.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Publications held.
@@ -108,8 +181,15 @@ impl History {
     }
 
     /// Every publication after `offset` when the history still holds all of them, given
-    /// that the stream's newest offset is `top`. `Err` when some are gone.
-    pub fn since(&self, offset: u64, top: u64) -> Result<Vec<Publication>, HistoryError> {
+    /// that the stream's newest offset is `top`, and their estimated wire size
+    /// ([`History::wire_bytes`]) stays within `max_bytes`. `Unrecoverable` when some are
+    /// gone, `TooLarge` when they are over the cap.
+    pub fn since(
+        &self,
+        offset: u64,
+        top: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Publication>, HistoryError> {
         if offset >= top {
             return if offset == top {
                 Ok(Vec::new())
@@ -120,6 +200,14 @@ impl History {
         match self.oldest() {
             Some(oldest) if oldest <= offset + 1 => {
                 let skip = usize::try_from(offset + 1 - oldest).unwrap_or(usize::MAX);
+                // Sum first, clone after: an oversized recovery costs no copies.
+                let mut total = 0usize;
+                for (_, p) in self.entries.iter().skip(skip) {
+                    total = total.saturating_add(Self::wire_bytes(p));
+                    if total > max_bytes {
+                        return Err(HistoryError::TooLarge);
+                    }
+                }
                 Ok(self
                     .entries
                     .iter()
@@ -133,7 +221,8 @@ impl History {
 
     /// A page of history (see [`HistoryQuery`]). A `since` older than what is held is an
     /// error for forward reads (publications would be missing); backward reads from any
-    /// offset are fine.
+    /// offset are fine. The page ends early when the byte cap is reached (after at least
+    /// one publication), so a reader pages on from its last offset.
     pub fn read(&self, query: HistoryQuery) -> Result<Vec<Publication>, HistoryError> {
         let Some(oldest) = self.oldest() else {
             return Ok(Vec::new());
@@ -147,13 +236,10 @@ impl History {
                     .min(n),
                 None => n,
             };
-            return Ok(self
-                .entries
-                .range(..end)
-                .rev()
-                .take(query.limit)
-                .map(|(_, p)| p.clone())
-                .collect());
+            return Ok(capped(
+                self.entries.range(..end).rev().take(query.limit),
+                query.max_bytes,
+            ));
         }
         let start = match query.since {
             // `since` comes from the client: u64::MAX must not overflow.
@@ -165,13 +251,29 @@ impl History {
                 .min(n),
             None => 0,
         };
-        Ok(self
-            .entries
-            .range(start..)
-            .take(query.limit)
-            .map(|(_, p)| p.clone())
-            .collect())
+        Ok(capped(
+            self.entries.range(start..).take(query.limit),
+            query.max_bytes,
+        ))
     }
+}
+
+/// The entries while their summed wire size stays within `max_bytes`, and always the
+/// first.
+fn capped<'a>(
+    entries: impl Iterator<Item = &'a (u64, Publication)>,
+    max_bytes: usize,
+) -> Vec<Publication> {
+    let mut total = 0usize;
+    let mut out = Vec::new();
+    for (_, p) in entries {
+        total = total.saturating_add(History::wire_bytes(p));
+        if total > max_bytes && !out.is_empty() {
+            break;
+        }
+        out.push(p.clone());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -196,6 +298,7 @@ mod tests {
     const POLICY: HistoryPolicy = HistoryPolicy {
         size: 3,
         ttl_ms: 1000,
+        max_bytes: 0,
     };
 
     #[test]
@@ -218,16 +321,22 @@ mod tests {
         for o in 1..=5 {
             h.push(0, publication(o), POLICY);
         }
-        assert_eq!(offsets(&h.since(2, 5).expect("covered")), vec![3, 4, 5]);
-        assert_eq!(offsets(&h.since(4, 5).expect("covered")), vec![5]);
-        assert!(h.since(5, 5).expect("up to date").is_empty());
         assert_eq!(
-            h.since(1, 5),
+            offsets(&h.since(2, 5, usize::MAX).expect("covered")),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            offsets(&h.since(4, 5, usize::MAX).expect("covered")),
+            vec![5]
+        );
+        assert!(h.since(5, 5, usize::MAX).expect("up to date").is_empty());
+        assert_eq!(
+            h.since(1, 5, usize::MAX),
             Err(HistoryError::Unrecoverable),
             "offset 2 is gone"
         );
         assert_eq!(
-            h.since(6, 5),
+            h.since(6, 5, usize::MAX),
             Err(HistoryError::Unrecoverable),
             "from the future"
         );
@@ -257,6 +366,7 @@ mod tests {
         let policy = HistoryPolicy {
             size: 10,
             ttl_ms: 0,
+            max_bytes: 0,
         };
         for o in 1..=6 {
             h.push(0, publication(o), policy);
@@ -267,6 +377,7 @@ mod tests {
                     since,
                     limit,
                     reverse,
+                    max_bytes: usize::MAX,
                 })
                 .expect("read"),
             )
@@ -297,7 +408,7 @@ mod tests {
             size in 1usize..10,
             ttl in 0u64..40,
         ) {
-            let policy = HistoryPolicy { size, ttl_ms: ttl };
+            let policy = HistoryPolicy { size, ttl_ms: ttl, max_bytes: 0 };
             let mut h = History::default();
             let mut model: Vec<(u64, u64)> = Vec::new(); // (time, offset), oldest first
             let mut top = 0u64;
@@ -318,7 +429,8 @@ mod tests {
                     _ => {
                         let since = (arg % 3 != 0).then_some(arg % (top + 2));
                         let kept: Vec<u64> = model.iter().map(|(_, o)| *o).collect();
-                        match h.read(HistoryQuery { since, limit, reverse }) {
+                        match h.read(HistoryQuery { since, limit, reverse, max_bytes: usize::MAX }) {
+                            Err(HistoryError::TooLarge) => prop_assert!(false, "uncapped read"),
                             Err(HistoryError::Unrecoverable) => {
                                 prop_assert!(!reverse);
                                 prop_assert!(since.is_some_and(|s| kept.first().is_some_and(|f| s + 1 < *f)));
@@ -334,7 +446,7 @@ mod tests {
                         }
                         // Recovery from any offset agrees with the model too.
                         let from = arg % (top + 1);
-                        match h.since(from, top) {
+                        match h.since(from, top, usize::MAX) {
                             Ok(pubs) => {
                                 let expected: Vec<u64> = ((from + 1)..=top).collect();
                                 prop_assert_eq!(offsets(&pubs), expected);
@@ -344,7 +456,74 @@ mod tests {
                     }
                 }
                 prop_assert!(h.len() <= size);
+                prop_assert_eq!(
+                    h.bytes(),
+                    h.entries.iter().map(|(_, p)| History::entry_bytes(p)).sum::<usize>()
+                );
             }
         }
+    }
+
+    #[test]
+    fn bounded_by_bytes() {
+        let each = History::entry_bytes(&publication(10));
+        let policy = HistoryPolicy {
+            size: 100,
+            ttl_ms: 0,
+            max_bytes: 3 * each,
+        };
+        let mut h = History::default();
+        for o in 10..=15 {
+            h.push(0, publication(o), policy);
+        }
+        assert_eq!(h.len(), 3, "three entries fit the budget");
+        assert_eq!(h.oldest(), Some(13));
+        assert_eq!(h.bytes(), 3 * each);
+        assert_eq!(h.pop_oldest(), Some(each));
+        assert_eq!(h.bytes(), 2 * each);
+        h.clear();
+        assert_eq!((h.len(), h.bytes()), (0, 0));
+        // A publication bigger than the whole budget is not kept at all.
+        let tiny = HistoryPolicy {
+            max_bytes: each / 2,
+            ..policy
+        };
+        h.push(0, publication(16), tiny);
+        assert!(h.is_empty());
+        assert_eq!(h.bytes(), 0);
+    }
+
+    #[test]
+    fn reads_are_capped_by_bytes() {
+        let mut h = History::default();
+        let policy = HistoryPolicy {
+            size: 10,
+            ttl_ms: 0,
+            max_bytes: 0,
+        };
+        for o in 1..=6 {
+            h.push(0, publication(o), policy);
+        }
+        let one = History::wire_bytes(&publication(1));
+        // Recovery: all or nothing.
+        assert_eq!(h.since(2, 6, usize::MAX).map(|p| p.len()), Ok(4));
+        assert_eq!(h.since(2, 6, 4 * one).map(|p| p.len()), Ok(4));
+        assert_eq!(h.since(2, 6, 4 * one - 1), Err(HistoryError::TooLarge));
+        // Pages: as many as fit, and at least one.
+        let page = |since, max_bytes, reverse| {
+            offsets(
+                &h.read(HistoryQuery {
+                    since,
+                    limit: 10,
+                    reverse,
+                    max_bytes,
+                })
+                .expect("read"),
+            )
+        };
+        assert_eq!(page(None, 2 * one, false), vec![1, 2]);
+        assert_eq!(page(Some(2), 2 * one + 1, false), vec![3, 4]);
+        assert_eq!(page(Some(4), 0, false), vec![5], "at least one");
+        assert_eq!(page(None, 3 * one, true), vec![6, 5, 4]);
     }
 }

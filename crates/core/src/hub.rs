@@ -90,6 +90,10 @@ pub enum SubscribeError {
     /// The channel does not exist and the node already holds its maximum of channels.
     #[error("channel limit reached")]
     ChannelLimit,
+    /// The channel does not exist and the subscriber may not create one now (its
+    /// channel-creation budget is spent).
+    #[error("channel creation limit reached")]
+    CreationLimit,
 }
 
 /// Publication refused by the hub.
@@ -112,6 +116,11 @@ pub struct RecoverFrom {
     pub offset: u64,
     /// Epoch of that offset.
     pub epoch: String,
+    /// Largest recovery, in estimated reply bytes (`History::wire_bytes`): when the
+    /// missed publications are more, nothing is recovered (the client pages through
+    /// history instead) and nothing is copied. The caller may apply a tighter bound to
+    /// the encoded reply.
+    pub max_bytes: usize,
 }
 
 /// The state a subscriber joins at.
@@ -122,7 +131,8 @@ pub struct Joined {
     /// Whether the channel keeps history (so recovery is possible in principle).
     pub recoverable: bool,
     /// For a recovery request: the missed publications, oldest first, when the history
-    /// covers the whole gap in the same epoch; `None` when it does not.
+    /// covers the whole gap in the same epoch within the recovery's byte cap; `None`
+    /// when it does not.
     pub recovered: Option<Vec<Publication>>,
 }
 
@@ -166,6 +176,12 @@ struct ChannelState {
     offset: u64,
     options: ChannelOptions,
     subscribers: HashMap<ClientKey, Subscriber>,
+    /// Subscriptions per user id, kept on subscribe and unsubscribe so that
+    /// `presence_stats` is O(1).
+    users: HashMap<Box<str>, u32>,
+    /// The presence list, built on the first `presence` after a membership change and
+    /// shared until the next one, so repeated queries do not walk the subscribers.
+    presence: Option<Arc<[Arc<ClientInfo>]>>,
     history: History,
     /// When the channel last had a subscriber or a publication (ms since the Unix epoch).
     active_ms: u64,
@@ -180,6 +196,8 @@ impl ChannelState {
             offset: 0,
             options,
             subscribers: HashMap::new(),
+            users: HashMap::new(),
+            presence: None,
             history: History::default(),
             active_ms: now_ms(),
             gone: false,
@@ -191,6 +209,33 @@ impl ChannelState {
             offset: self.offset,
             epoch: self.epoch.clone(),
         }
+    }
+
+    /// Adds a subscriber and counts its user.
+    fn add_member(&mut self, subscriber: Subscriber) {
+        let user = subscriber.info.user.as_str();
+        match self.users.get_mut(user) {
+            Some(n) => *n = n.saturating_add(1),
+            None => {
+                self.users.insert(Box::from(user), 1);
+            }
+        }
+        self.presence = None;
+        self.subscribers.insert(subscriber.key, subscriber);
+    }
+
+    /// Removes a subscriber and uncounts its user.
+    fn remove_member(&mut self, key: ClientKey) -> Option<Subscriber> {
+        let removed = self.subscribers.remove(&key)?;
+        let user = removed.info.user.as_str();
+        if let Some(n) = self.users.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.users.remove(user);
+            }
+        }
+        self.presence = None;
+        Some(removed)
     }
 
     /// Nothing keeps the channel alive: no subscriber, no retained history, and — in a
@@ -226,6 +271,8 @@ pub struct Hub {
     counters: Arc<HubCounters>,
     /// Most channels that may exist at once (`u64::MAX`: no limit).
     max_channels: u64,
+    /// Most bytes of history the node keeps, over all channels (`u64::MAX`: no limit).
+    max_history_bytes: u64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -258,7 +305,16 @@ impl Hub {
             journal: None,
             counters,
             max_channels: u64::MAX,
+            max_history_bytes: u64::MAX,
         }
+    }
+
+    /// Keeps at most `max` bytes of history node-wide (0: no limit). A publication that
+    /// does not fit first evicts its own channel's oldest entries; when even an empty
+    /// channel history leaves no room, it is not kept (and counted).
+    pub fn with_max_history_bytes(mut self, max: u64) -> Self {
+        self.max_history_bytes = if max == 0 { u64::MAX } else { max };
+        self
     }
 
     /// Refuses to create channels beyond `max` (0: no limit).
@@ -329,7 +385,24 @@ impl Hub {
         recover: Option<&RecoverFrom>,
         first: impl FnOnce(&Joined) -> Option<Bytes>,
     ) -> Result<(Arc<str>, Joined), SubscribeError> {
+        self.subscribe_limited(channel, subscriber, options, recover, &mut || true, first)
+    }
+
+    /// [`Hub::subscribe`], asking `may_create` (under the shard lock, so exactly when a
+    /// channel would be created) whether this subscriber may create the channel.
+    pub fn subscribe_limited(
+        &self,
+        channel: &str,
+        subscriber: Subscriber,
+        options: ChannelOptions,
+        recover: Option<&RecoverFrom>,
+        may_create: &mut dyn FnMut() -> bool,
+        first: impl FnOnce(&Joined) -> Option<Bytes>,
+    ) -> Result<(Arc<str>, Joined), SubscribeError> {
         let mut shard = self.shard(channel).lock();
+        if !shard.contains_key(channel) && !may_create() {
+            return Err(SubscribeError::CreationLimit);
+        }
         let (name, entry) = self
             .get_or_create(&mut shard, channel, options, self.max_channels)
             .map_err(|ChannelLimitReached| SubscribeError::ChannelLimit)?;
@@ -340,12 +413,24 @@ impl Hub {
         }
         // The namespace may have changed since the channel was created.
         state.options = options;
-        state.history.evict(now_ms(), options.history);
+        self.evict(&mut state, now_ms(), options.history);
         let recovered = recover.and_then(|from| {
             if *from.epoch != *state.epoch {
                 return None;
             }
-            state.history.since(from.offset, state.offset).ok()
+            match state
+                .history
+                .since(from.offset, state.offset, from.max_bytes)
+            {
+                Ok(publications) => Some(publications),
+                Err(HistoryError::TooLarge) => {
+                    self.counters
+                        .recoveries_too_large
+                        .fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                Err(HistoryError::Unrecoverable) => None,
+            }
         });
         let joined = Joined {
             position: state.position(),
@@ -358,7 +443,7 @@ impl Hub {
         if state.options.join_leave {
             self.announce(&name, &state, true, &subscriber.info);
         }
-        state.subscribers.insert(subscriber.key, subscriber);
+        state.add_member(subscriber);
         self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
         Ok((name, joined))
     }
@@ -371,7 +456,7 @@ impl Hub {
             return false;
         };
         let mut state = entry.state.lock();
-        let Some(removed) = state.subscribers.remove(&key) else {
+        let Some(removed) = state.remove_member(key) else {
             return false;
         };
         self.counters.subscriptions.fetch_sub(1, Ordering::Relaxed);
@@ -499,7 +584,7 @@ impl Hub {
             }
         }
         if options.history.enabled() {
-            state.history.push(now, publication, options.history);
+            self.keep(&mut state, now, publication, options.history);
         }
         Ok(Published {
             position: state.position(),
@@ -531,10 +616,10 @@ impl Hub {
         if *state.epoch != *epoch || publication.offset != state.offset + 1 {
             // A new incarnation (or a gap the log cannot explain): start over from it.
             state.epoch = Arc::from(epoch);
-            state.history = History::default();
+            self.clear_history(&mut state);
         }
         state.offset = publication.offset;
-        state.history.push(time_ms, publication, options.history);
+        self.keep(&mut state, time_ms, publication, options.history);
     }
 
     /// A page of a channel's history and the stream position. `since` must be in the
@@ -562,14 +647,14 @@ impl Hub {
             ));
         };
         let mut state = entry.state.lock();
-        state.history.evict(now_ms(), options.history);
+        self.evict(&mut state, now_ms(), options.history);
         if query.since.is_some() && epoch.is_some_and(|e| *e != *state.epoch) {
             return Err(HistoryReadError::Unrecoverable);
         }
         let page = state
             .history
             .read(query)
-            .map_err(|HistoryError::Unrecoverable| HistoryReadError::Unrecoverable)?;
+            .map_err(|_| HistoryReadError::Unrecoverable)?;
         Ok((page, state.position()))
     }
 
@@ -582,7 +667,7 @@ impl Hub {
             shard.retain(|_, entry| {
                 let mut state = entry.state.lock();
                 let policy = state.options.history;
-                state.history.evict(now, policy);
+                self.evict(&mut state, now, policy);
                 if state.idle(now) {
                     state.gone = true;
                     self.counters.channels.fetch_sub(1, Ordering::Relaxed);
@@ -594,13 +679,105 @@ impl Hub {
         }
     }
 
-    /// Who is subscribed to `channel`.
-    pub fn presence(&self, channel: &str) -> Vec<Arc<ClientInfo>> {
+    /// Who is subscribed to `channel`. The list is built once per membership change and
+    /// shared by the queries until the next one (O(1) for a channel whose members did
+    /// not change; the walk happens at most once per change, not once per query).
+    pub fn presence(&self, channel: &str) -> Arc<[Arc<ClientInfo>]> {
         let Some(entry) = self.channel(channel) else {
-            return Vec::new();
+            return Arc::from(Vec::new());
+        };
+        let mut state = entry.state.lock();
+        if let Some(list) = &state.presence {
+            return list.clone();
+        }
+        let list: Arc<[Arc<ClientInfo>]> =
+            state.subscribers.values().map(|s| s.info.clone()).collect();
+        state.presence = Some(list.clone());
+        list
+    }
+
+    /// Subscriptions and distinct users of `channel`, in O(1) (counts kept on subscribe
+    /// and unsubscribe).
+    pub fn presence_stats(&self, channel: &str) -> (usize, usize) {
+        let Some(entry) = self.channel(channel) else {
+            return (0, 0);
         };
         let state = entry.state.lock();
-        state.subscribers.values().map(|s| s.info.clone()).collect()
+        (state.subscribers.len(), state.users.len())
+    }
+
+    /// Keeps `publication` in the channel's history within the channel's and the node's
+    /// byte budgets (the channel lock is held by the caller).
+    fn keep(
+        &self,
+        state: &mut ChannelState,
+        now: u64,
+        publication: Publication,
+        policy: HistoryPolicy,
+    ) {
+        if !policy.enabled() {
+            self.clear_history(state);
+            return;
+        }
+        let cost = History::entry_bytes(&publication) as u64;
+        // Reserve room in the node's budget, giving up this channel's own oldest entries
+        // until it fits: one channel never evicts another's history.
+        loop {
+            let reserved = self
+                .counters
+                .history_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    used.checked_add(cost)
+                        .filter(|next| *next <= self.max_history_bytes)
+                })
+                .is_ok();
+            if reserved {
+                break;
+            }
+            match state.history.pop_oldest() {
+                Some(freed) => {
+                    self.counters
+                        .history_bytes
+                        .fetch_sub(freed as u64, Ordering::Relaxed);
+                }
+                None => {
+                    // The history is empty now and starts after this publication, so a
+                    // recovery from before it is refused, never answered with a hole.
+                    self.counters
+                        .history_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        let before = state.history.bytes() as u64;
+        state.history.push(now, publication, policy);
+        // `cost` is counted already; account for what the push evicted.
+        self.account(before.saturating_add(cost), state.history.bytes() as u64);
+    }
+
+    /// Evicts what `policy` no longer allows, keeping the node's count.
+    fn evict(&self, state: &mut ChannelState, now: u64, policy: HistoryPolicy) {
+        let before = state.history.bytes() as u64;
+        state.history.evict(now, policy);
+        self.account(before, state.history.bytes() as u64);
+    }
+
+    /// Empties the channel's history, keeping the node's count.
+    fn clear_history(&self, state: &mut ChannelState) {
+        let before = state.history.bytes() as u64;
+        state.history.clear();
+        self.account(before, 0);
+    }
+
+    /// Moves the node's history byte count from `before` to `after` for one channel.
+    fn account(&self, before: u64, after: u64) {
+        let bytes = &self.counters.history_bytes;
+        if after > before {
+            bytes.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            bytes.fetch_sub(before - after, Ordering::Relaxed);
+        }
     }
 
     /// Channels with subscribers, with their subscriber counts, optionally only those
@@ -863,7 +1040,11 @@ mod tests {
 
     fn with_history(size: usize) -> ChannelOptions {
         ChannelOptions {
-            history: HistoryPolicy { size, ttl_ms: 0 },
+            history: HistoryPolicy {
+                size,
+                ttl_ms: 0,
+                max_bytes: 0,
+            },
             ..ChannelOptions::default()
         }
     }
@@ -890,6 +1071,7 @@ mod tests {
                     since: None,
                     limit: 10,
                     reverse: false,
+                    max_bytes: usize::MAX,
                 },
                 None,
                 o,
@@ -907,6 +1089,7 @@ mod tests {
                 since: None,
                 limit: 0,
                 reverse: false,
+                max_bytes: usize::MAX,
             },
             None,
             with_history(0),
@@ -934,6 +1117,7 @@ mod tests {
         let from = |offset: u64, epoch: &str| RecoverFrom {
             offset,
             epoch: epoch.to_string(),
+            max_bytes: usize::MAX,
         };
         let (_, joined) = hub
             .subscribe("r", subscriber(2, 0), o, Some(&from(2, &epoch)), |_| None)
@@ -984,6 +1168,7 @@ mod tests {
             let from = RecoverFrom {
                 offset: 0,
                 epoch: position.epoch.to_string(),
+                max_bytes: usize::MAX,
             };
             let (_, joined) = hub
                 .subscribe("race", sub, o, Some(&from), |_| None)
@@ -1102,7 +1287,11 @@ mod tests {
         hub.unsubscribe("q", 1);
         hub.sweep();
         // ... and comes back: same epoch, nothing missed, recovered.
-        let from = RecoverFrom { offset: 0, epoch };
+        let from = RecoverFrom {
+            offset: 0,
+            epoch,
+            max_bytes: usize::MAX,
+        };
         let (_, joined) = hub
             .subscribe("q", subscriber(1, 0), o, Some(&from), |_| None)
             .expect("sub");
@@ -1112,5 +1301,263 @@ mod tests {
             .expect("sub");
         hub.unsubscribe("n", 2);
         assert!(hub.position("n").is_none());
+    }
+
+    fn publish_n(hub: &Hub, channel: &str, n: u64, o: ChannelOptions) {
+        for i in 0..n {
+            hub.publish(channel, Bytes::from(format!("m{i:03}")), None, o, false)
+                .expect("publish");
+        }
+    }
+
+    fn from_start(hub: &Hub, channel: &str, offset: u64) -> RecoverFrom {
+        RecoverFrom {
+            offset,
+            epoch: hub.position(channel).expect("exists").epoch.to_string(),
+            max_bytes: usize::MAX,
+        }
+    }
+
+    #[test]
+    fn node_history_budget_evicts_own_entries_then_drops() {
+        let o = with_history(100);
+        let each = History::entry_bytes(&Publication {
+            data: Bytes::from_static(b"m000"),
+            offset: 1,
+            info: None,
+            tags: None,
+        }) as u64;
+        let hub = hub().with_max_history_bytes(4 * each);
+        publish_n(&hub, "a", 3, o);
+        assert_eq!(
+            hub.counters().history_bytes.load(Ordering::Relaxed),
+            3 * each
+        );
+        // "b" fills the last slot, then makes room from its own history only.
+        publish_n(&hub, "b", 3, o);
+        assert_eq!(
+            hub.counters().history_bytes.load(Ordering::Relaxed),
+            4 * each
+        );
+        let page = |ch: &str| {
+            hub.history(
+                ch,
+                HistoryQuery {
+                    since: None,
+                    limit: 100,
+                    reverse: false,
+                    max_bytes: usize::MAX,
+                },
+                None,
+                o,
+            )
+            .expect("history")
+            .0
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(page("a"), vec![1, 2, 3], "a is untouched");
+        assert_eq!(page("b"), vec![3], "b kept its newest");
+        assert_eq!(hub.counters().history_dropped.load(Ordering::Relaxed), 0);
+        // "c" has nothing to give up: its publication is not kept...
+        let p = hub
+            .publish("c", Bytes::from_static(b"m000"), None, o, false)
+            .expect("publish");
+        assert_eq!(p.position.offset, 1, "still published, with its offset");
+        assert_eq!(hub.counters().history_dropped.load(Ordering::Relaxed), 1);
+        assert!(page("c").is_empty());
+        // ... and a recovery from before it is refused, never answered with a hole.
+        let (_, joined) = hub
+            .subscribe(
+                "c",
+                subscriber(1, 0),
+                o,
+                Some(&from_start(&hub, "c", 0)),
+                |_| None,
+            )
+            .expect("sub");
+        assert!(joined.recovered.is_none(), "offset 1 is not in history");
+        // Room comes back when history goes: "c" keeps its next publication, and the
+        // history starts after the one it could not keep.
+        hub.history(
+            "a",
+            HistoryQuery {
+                since: None,
+                limit: 0,
+                reverse: false,
+                max_bytes: 0,
+            },
+            None,
+            with_history(1),
+        )
+        .expect("read evicts to the smaller policy");
+        hub.publish("c", Bytes::from_static(b"m001"), None, o, false)
+            .expect("publish");
+        assert_eq!(page("c"), vec![2]);
+        let (_, joined) = hub
+            .subscribe(
+                "c",
+                subscriber(2, 0),
+                o,
+                Some(&from_start(&hub, "c", 0)),
+                |_| None,
+            )
+            .expect("sub");
+        assert!(joined.recovered.is_none(), "offset 1 is still missing");
+        let (_, joined) = hub
+            .subscribe(
+                "c",
+                subscriber(3, 0),
+                o,
+                Some(&from_start(&hub, "c", 1)),
+                |_| None,
+            )
+            .expect("sub");
+        assert_eq!(
+            joined.recovered.map(|r| r.len()),
+            Some(1),
+            "after the hole it recovers"
+        );
+        // The gauge matches what the channels hold.
+        let held: usize = ["a", "b", "c"].iter().map(|c| page(c).len()).sum();
+        assert_eq!(
+            hub.counters().history_bytes.load(Ordering::Relaxed),
+            held as u64 * each
+        );
+    }
+
+    #[test]
+    fn channel_history_budget_evicts_oldest() {
+        let each = History::entry_bytes(&Publication {
+            data: Bytes::from_static(b"m000"),
+            offset: 1,
+            info: None,
+            tags: None,
+        });
+        let o = ChannelOptions {
+            history: HistoryPolicy {
+                size: 100,
+                ttl_ms: 0,
+                max_bytes: 2 * each,
+            },
+            ..ChannelOptions::default()
+        };
+        let hub = hub();
+        publish_n(&hub, "h", 5, o);
+        assert_eq!(
+            hub.counters().history_bytes.load(Ordering::Relaxed),
+            2 * each as u64
+        );
+        let (_, joined) = hub
+            .subscribe(
+                "h",
+                subscriber(1, 0),
+                o,
+                Some(&from_start(&hub, "h", 3)),
+                |_| None,
+            )
+            .expect("sub");
+        assert_eq!(joined.recovered.map(|r| r.len()), Some(2));
+    }
+
+    #[test]
+    fn oversized_recovery_is_refused_not_sent() {
+        let hub = hub();
+        let o = with_history(100);
+        publish_n(&hub, "r", 10, o);
+        let one = History::wire_bytes(&Publication {
+            data: Bytes::from_static(b"m000"),
+            offset: 1,
+            info: None,
+            tags: None,
+        });
+        let mut from = from_start(&hub, "r", 0);
+        from.max_bytes = 10 * one - 1;
+        let (_, joined) = hub
+            .subscribe("r", subscriber(1, 0), o, Some(&from), |_| None)
+            .expect("sub");
+        assert!(joined.recovered.is_none());
+        assert_eq!(
+            hub.counters().recoveries_too_large.load(Ordering::Relaxed),
+            1
+        );
+        from.max_bytes = 10 * one;
+        let (_, joined) = hub
+            .subscribe("r", subscriber(2, 0), o, Some(&from), |_| None)
+            .expect("sub");
+        assert_eq!(joined.recovered.map(|r| r.len()), Some(10));
+    }
+
+    #[test]
+    fn presence_stats_and_snapshot_follow_membership() {
+        let hub = hub();
+        let named = |key: ClientKey, user: &str| Subscriber {
+            info: Arc::new(ClientInfo {
+                user: user.to_string(),
+                client: format!("c{key}"),
+                conn_info: None,
+                chan_info: None,
+            }),
+            ..subscriber(key, 0)
+        };
+        for (key, user) in [(1, "alice"), (2, "alice"), (3, "bob"), (4, ""), (5, "")] {
+            hub.subscribe("p", named(key, user), opts(false), None, |_| None)
+                .expect("sub");
+        }
+        assert_eq!(hub.presence_stats("p"), (5, 3));
+        let first = hub.presence("p");
+        assert_eq!(first.len(), 5);
+        assert!(
+            Arc::ptr_eq(&first, &hub.presence("p")),
+            "no change, no rebuild"
+        );
+        hub.unsubscribe("p", 1);
+        assert_eq!(hub.presence_stats("p"), (4, 3), "alice still has one");
+        let second = hub.presence("p");
+        assert!(!Arc::ptr_eq(&first, &second), "rebuilt after a change");
+        assert_eq!(second.len(), 4);
+        hub.unsubscribe("p", 2);
+        hub.unsubscribe("p", 4);
+        assert_eq!(hub.presence_stats("p"), (2, 2));
+        let mut users: Vec<_> = hub.presence("p").iter().map(|i| i.user.clone()).collect();
+        users.sort();
+        assert_eq!(users, vec!["", "bob"]);
+        assert_eq!(hub.presence_stats("none"), (0, 0));
+    }
+
+    #[test]
+    fn creation_budget_applies_only_to_new_channels() {
+        let hub = hub();
+        hub.subscribe("old", subscriber(1, 0), opts(false), None, |_| None)
+            .expect("sub");
+        let mut asked = 0;
+        let mut never = || {
+            asked += 1;
+            false
+        };
+        hub.subscribe_limited(
+            "old",
+            subscriber(2, 0),
+            opts(false),
+            None,
+            &mut never,
+            |_| None,
+        )
+        .expect("an existing channel needs no budget");
+        assert_eq!(
+            hub.subscribe_limited(
+                "new",
+                subscriber(2, 0),
+                opts(false),
+                None,
+                &mut never,
+                |_| None
+            )
+            .expect_err("would create"),
+            SubscribeError::CreationLimit
+        );
+        assert_eq!(asked, 1);
+        assert!(hub.position("new").is_none());
     }
 }

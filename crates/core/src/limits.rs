@@ -47,6 +47,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket is full again (nothing taken that has not refilled): a
+    /// caller that keeps one bucket per key may then forget it.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+
     /// Takes a token now or promises the next free one: returns how long the caller must
     /// wait before using it (zero when a token was there). Returns `None`, promising
     /// nothing, when the wait would be longer than `max_wait` (or the rate is zero).
@@ -108,6 +115,8 @@ mod tests {
             b.reserve(t0, Duration::from_secs(2)),
             Some(Duration::from_millis(1200))
         );
+        assert!(!b.is_full(t0));
+        assert!(b.is_full(t0 + Duration::from_secs(10)), "refilled");
         let mut none = TokenBucket::new(0, 1, t0);
         assert_eq!(none.reserve(t0, max), Some(Duration::ZERO));
         assert_eq!(

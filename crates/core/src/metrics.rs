@@ -21,4 +21,13 @@ pub struct HubCounters {
     pub lossy_drops: AtomicU64,
     /// Failed appends to the message log (counter).
     pub journal_errors: AtomicU64,
+    /// Bytes of publications kept in history, node-wide (gauge; see
+    /// `History::entry_bytes`).
+    pub history_bytes: AtomicU64,
+    /// Publications not kept in history because the node's history budget was spent
+    /// even after their channel gave up all its older entries (counter).
+    pub history_dropped: AtomicU64,
+    /// Recoveries answered `recovered: false` because the missed publications exceeded
+    /// the recovery byte cap (counter).
+    pub recoveries_too_large: AtomicU64,
 }

@@ -3,6 +3,11 @@
 //! The hub pushes the same `Bytes` to many outboxes (encode once, send many); the
 //! connection's task drains its outbox with vectored writes. A push that would exceed the
 //! byte limit marks the outbox for disconnection as a slow consumer instead of growing.
+//!
+//! The connection's own control frames are not refused (the close handshake depends on
+//! them) but are bounded: pongs coalesce beyond [`MAX_PENDING_PONGS`] unsent ones (only
+//! the newest ping needs an answer, RFC 6455 5.5.3), and every other control frame is
+//! sent at most once per connection or once per keepalive interval.
 
 use std::collections::VecDeque;
 
@@ -19,10 +24,24 @@ pub struct Outbox {
     max_bytes: usize,
 }
 
+/// Unsent pongs an outbox holds before a new pong replaces the newest of them instead of
+/// queueing: at most 16 × 127 bytes of pongs per connection, however fast a peer pings
+/// without reading. (More than one, so that a burst of a few pings is answered ping by
+/// ping, as Autobahn 2.10 and 2.11 expect.)
+pub const MAX_PENDING_PONGS: u8 = 16;
+
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
+    /// Frames ever removed from the front (wrapping): `frames[i]` is frame number
+    /// `head + i`.
+    head: u32,
+    /// Pongs queued since the queue last held none (an upper bound on those still
+    /// unsent; reset when the newest of them leaves).
+    pongs: u8,
+    /// Frame number of the newest queued pong, while `pongs > 0`.
+    newest_pong: u32,
     /// Set once; the connection task sends it and closes.
     disconnect: Option<DisconnectCode>,
     /// The connection task, waiting for frames (a waker slot instead of a `Notify`: the
@@ -122,6 +141,34 @@ impl Outbox {
         wake(waker);
     }
 
+    /// Queues a pong (never refused, like [`Outbox::push_control`]). When
+    /// [`MAX_PENDING_PONGS`] pongs are waiting already, the newest waiting pong is
+    /// replaced by this one instead (it answers the newer ping and leaves no later than
+    /// the pong it replaces). Returns whether it replaced one.
+    pub fn push_pong(&self, frame: Bytes) -> bool {
+        let mut state = self.state.lock();
+        if state.pongs >= MAX_PENDING_PONGS {
+            let index = state.newest_pong.wrapping_sub(state.head) as usize;
+            // Never the front frame: it may be written partly already.
+            if index > 0 && index < state.frames.len() {
+                let old = std::mem::replace(&mut state.frames[index], frame);
+                state.bytes = state.bytes - old.len() + state.frames[index].len();
+                return true;
+            }
+        }
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        let number = state
+            .head
+            .wrapping_add(u32::try_from(state.frames.len() - 1).unwrap_or(u32::MAX));
+        state.newest_pong = number;
+        state.pongs = state.pongs.saturating_add(1);
+        let waker = state.wake();
+        drop(state);
+        wake(waker);
+        false
+    }
+
     /// Asks the connection to send `disconnect` and close. The first request wins.
     pub fn disconnect(&self, disconnect: DisconnectCode) {
         let mut state = self.state.lock();
@@ -196,6 +243,11 @@ impl Outbox {
             if front.len() <= left {
                 left -= front.len();
                 state.frames.pop_front();
+                if state.pongs > 0 && state.head == state.newest_pong {
+                    // The newest pong left, and every older one before it.
+                    state.pongs = 0;
+                }
+                state.head = state.head.wrapping_add(1);
             } else {
                 front.advance(left);
                 left = 0;
@@ -275,5 +327,57 @@ mod tests {
         };
         outbox.push(Bytes::from_static(b"x"));
         waiter.await.expect("woken");
+    }
+
+    #[test]
+    fn pongs_coalesce_beyond_the_pending_limit() {
+        let outbox = Outbox::new(100);
+        let pong = |n: u8| Bytes::from(vec![0x8A, 1, n]);
+        // A data frame first, partly written: it must never be replaced.
+        outbox.push(Bytes::from_static(b"data"));
+        assert_eq!(drain(&outbox, 2), b"da");
+        let mut replaced = 0;
+        for n in 0..=255u8 {
+            if outbox.push_pong(pong(n)) {
+                replaced += 1;
+            }
+        }
+        assert_eq!(replaced, 256 - usize::from(MAX_PENDING_PONGS));
+        let bound = 2 + 3 * usize::from(MAX_PENDING_PONGS);
+        assert_eq!(outbox.queued_bytes(), bound, "bounded, however many pings");
+        let mut out = Vec::new();
+        while outbox.has_frames() {
+            out.extend(drain(&outbox, 10_000));
+        }
+        assert_eq!(&out[..2], b"ta");
+        // The first 15 pongs in order, then the newest in the 16th place.
+        let sent: Vec<u8> = out[2..].chunks(3).map(|c| c[2]).collect();
+        let mut expected: Vec<u8> = (0..MAX_PENDING_PONGS - 1).collect();
+        expected.push(255);
+        assert_eq!(sent, expected);
+        // Once they are written, the next pings are answered one by one again.
+        for n in 0..3 {
+            assert!(!outbox.push_pong(pong(n)));
+        }
+        assert_eq!(outbox.queued_bytes(), 9);
+    }
+
+    #[test]
+    fn pong_count_follows_partial_writes() {
+        let outbox = Outbox::new(100);
+        let pong = |n: u8| Bytes::from(vec![0x8A, 1, n]);
+        for n in 0..MAX_PENDING_PONGS {
+            assert!(!outbox.push_pong(pong(n)));
+        }
+        // Write all but the last byte: the newest pong is the (partly written) front.
+        let total = outbox.queued_bytes();
+        drain(&outbox, total - 1);
+        // It is not replaced; the new pong queues behind it.
+        assert!(!outbox.push_pong(pong(100)));
+        assert_eq!(
+            drain(&outbox, 100),
+            vec![MAX_PENDING_PONGS - 1, 0x8A, 1, 100]
+        );
+        assert!(!outbox.has_frames());
     }
 }

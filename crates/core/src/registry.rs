@@ -1,7 +1,12 @@
 //! The connections of this node, by key and by user: for node-wide disconnects
 //! (shutdown, the disconnect API) and counts.
+//!
+//! Every operation is O(1) (expected) under the registry's lock: a user's connections
+//! are a set, and anonymous connections (user id "") are not indexed by user at all, so
+//! that the removal of one of many thousands of anonymous connections does not scan
+//! them all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -20,7 +25,8 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Inner {
     clients: HashMap<ClientKey, Entry>,
-    users: HashMap<Arc<str>, Vec<ClientKey>>,
+    /// Connections of each authenticated user (anonymous ones are not indexed).
+    users: HashMap<Arc<str>, HashSet<ClientKey>>,
 }
 
 /// Every open connection of this node.
@@ -56,15 +62,21 @@ impl Registry {
     /// `max` connections on this node (0: no limit). Returns the user's connection
     /// count including this one, or `None` when refused. Checked under the registry's
     /// lock, so concurrent connects of one user cannot pass the limit together.
+    ///
+    /// The anonymous user ("") is not one user: it is not indexed, never limited, and
+    /// the returned count is 1.
     pub fn try_set_user(&self, key: ClientKey, user: Arc<str>, max: usize) -> Option<usize> {
         let mut inner = self.inner.lock();
+        if user.is_empty() {
+            return inner.clients.contains_key(&key).then_some(1);
+        }
         if max > 0 && inner.users.get(&user).is_some_and(|keys| keys.len() >= max) {
             return None;
         }
         let entry = inner.clients.get_mut(&key)?;
         entry.user = Some(user.clone());
         let keys = inner.users.entry(user).or_default();
-        keys.push(key);
+        keys.insert(key);
         Some(keys.len())
     }
 
@@ -94,7 +106,7 @@ impl Registry {
         if let Some(user) = entry.user
             && let Some(keys) = inner.users.get_mut(&user)
         {
-            keys.retain(|k| *k != key);
+            keys.remove(&key);
             if keys.is_empty() {
                 inner.users.remove(&user);
             }
@@ -102,6 +114,7 @@ impl Registry {
     }
 
     /// Asks every connection of `user` to disconnect; returns how many were asked.
+    /// Anonymous connections are not a user: `""` matches none.
     pub fn disconnect_user(&self, user: &str, disconnect: DisconnectCode) -> usize {
         let inner = self.inner.lock();
         let Some(keys) = inner.users.get(user) else {
@@ -189,5 +202,47 @@ mod tests {
         reg.release_slot();
         assert!(reg.try_reserve_slot(2));
         assert!(reg.try_reserve_slot(0), "0 = no limit");
+    }
+
+    #[test]
+    fn anonymous_connections_are_not_one_user() {
+        let reg = Registry::default();
+        let anonymous: Arc<str> = Arc::from("");
+        for key in 1..=1000 {
+            reg.add(key, Arc::new(Outbox::new(100)));
+            assert_eq!(reg.try_set_user(key, anonymous.clone(), 1), Some(1));
+        }
+        assert_eq!(reg.users(), 0, "no authenticated user");
+        assert_eq!(reg.connections(), 1000);
+        assert!(reg.inner.lock().users.is_empty(), "not indexed by user");
+        assert_eq!(reg.disconnect_user("", codes::DISCONNECTED_BY_API), 0);
+        for key in 1..=1000 {
+            reg.remove(key);
+        }
+        assert_eq!(reg.connections(), 0);
+        assert_eq!(reg.try_set_user(5000, anonymous, 0), None, "unknown key");
+    }
+
+    #[test]
+    fn a_users_connections_are_a_set() {
+        let reg = Registry::default();
+        let bot: Arc<str> = Arc::from("bot");
+        for key in 1..=100 {
+            reg.add(key, Arc::new(Outbox::new(100)));
+            assert_eq!(reg.try_set_user(key, bot.clone(), 0), Some(key as usize));
+        }
+        // Removal in any order leaves exactly the others.
+        for key in (1..=100).step_by(2) {
+            reg.remove(key);
+        }
+        assert_eq!(reg.disconnect_user("bot", codes::DISCONNECTED_BY_API), 50);
+        for key in (2..=100).step_by(2) {
+            reg.remove(key);
+        }
+        assert_eq!(
+            reg.users(),
+            0,
+            "the user's entry goes with its last connection"
+        );
     }
 }

@@ -437,6 +437,9 @@ pub async fn history(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
         since: body.since.as_ref().map(|p| p.offset),
         limit: body.limit.unwrap_or(rules.options.history.size),
         reverse: body.reverse,
+        // An API reply is not held in a connection's queue; the channel's byte budget
+        // bounds it.
+        max_bytes: usize::MAX,
     };
     let epoch = body.since.as_ref().map(|p| p.epoch.as_str());
     let (publications, position) = state
@@ -519,7 +522,7 @@ pub async fn presence(State(state): State<Arc<AppState>>, req: Request) -> ApiRe
         ));
     }
     let mut clients = serde_json::Map::new();
-    for info in state.hub.presence(&body.channel) {
+    for info in state.hub.presence(&body.channel).iter() {
         clients.insert(
             info.client.clone(),
             json!({"user": &info.user, "client": &info.client}),

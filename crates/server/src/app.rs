@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, NamespaceConfig};
 use crate::encoder::WireEncoder;
 use crate::metrics::Metrics;
 
@@ -58,8 +58,9 @@ impl AppState {
     pub fn new(config: Config, addr: SocketAddr) -> anyhow::Result<Arc<Self>> {
         let encoder = Arc::new(WireEncoder::new(config.websocket.compression_min_size));
         let counters = Arc::new(HubCounters::default());
-        let mut hub =
-            Hub::new(encoder.clone(), counters).with_max_channels(config.server.max_channels);
+        let mut hub = Hub::new(encoder.clone(), counters)
+            .with_max_channels(config.server.max_channels)
+            .with_max_history_bytes(config.server.history_max_bytes);
         let map: HashMap<String, NamespaceOptions> = config
             .namespaces
             .iter()
@@ -75,6 +76,7 @@ impl AppState {
                         history: HistoryPolicy {
                             size: ns.history_size,
                             ttl_ms: ns.history_ttl_secs.saturating_mul(1000),
+                            max_bytes: ns.history_max_bytes,
                         },
                         lossy: ns.lossy,
                     },
@@ -90,6 +92,7 @@ impl AppState {
             history: HistoryPolicy {
                 size: 100,
                 ttl_ms: 300_000,
+                max_bytes: NamespaceConfig::default().history_max_bytes,
             },
             ..NamespaceOptions::default()
         });
@@ -239,6 +242,7 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 state.hub.sweep();
+                state.limits.sweep();
             }
         })
     };
@@ -258,6 +262,15 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
+                // The peer's address travels with each request, for the per-address
+                // limits of the WebSocket upgrade.
+                let service = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        hyper::service::Service::call(&service, req)
+                    },
+                );
                 tokio::spawn(async move {
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())

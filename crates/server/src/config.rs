@@ -131,6 +131,18 @@ pub struct ServerConfig {
     /// Accept backlog of the listening socket (capped by the kernel's
     /// `net.core.somaxconn`): room for a storm of simultaneous connects.
     pub listen_backlog: u32,
+    /// Most WebSocket connections from one source address (IPv6: one /64) at once;
+    /// upgrades beyond it get HTTP 503 with `Retry-After`. 0 = no limit. Behind a
+    /// reverse proxy every client shares the proxy's address: raise it or set 0.
+    pub max_connections_per_ip: usize,
+    /// New WebSocket upgrades admitted per second from one source address (burst =
+    /// rate), so that one address cannot take the whole `admission_rate`; upgrades
+    /// beyond it wait for their turn like those beyond `admission_rate`. 0 = no limit.
+    pub admission_rate_per_ip: u32,
+    /// Bytes of history the node keeps over all channels. A publication that does not
+    /// fit evicts its own channel's oldest entries; if that is not enough it is not kept
+    /// in history (counted in `starling_history_dropped_total`). 0 = no limit.
+    pub history_max_bytes: u64,
 }
 
 /// WebSocket transport settings.
@@ -180,6 +192,12 @@ pub struct ClientConfig {
     /// Connections one (authenticated) user may hold on this node; one more is closed
     /// with 4005 at `connect`. 0 = no limit.
     pub max_connections_per_user: usize,
+    /// Channels one connection may create per second on average (token bucket), by
+    /// subscribing to a channel that does not exist yet; a subscribe over the budget gets
+    /// error 106. Subscribing to existing channels is not limited. 0 = no limit.
+    pub channel_creation_rate: u32,
+    /// Channels a connection may create at once before `channel_creation_rate` applies.
+    pub channel_creation_burst: u32,
     /// Shortest reconnect delay advised in `disconnect` pushes, in milliseconds.
     pub reconnect_delay_min_ms: u32,
     /// Longest reconnect delay advised in `disconnect` pushes, in milliseconds.
@@ -218,6 +236,9 @@ pub struct NamespaceConfig {
     pub history_size: usize,
     /// Seconds a publication stays in history; 0 = until pushed out by newer ones.
     pub history_ttl_secs: u64,
+    /// Bytes of history kept per channel; the oldest publications are dropped beyond
+    /// it. 0 = no per-channel byte limit (`server.history_max_bytes` still applies).
+    pub history_max_bytes: usize,
     /// A subscriber whose queue is full skips publications (seeing a gap in offsets)
     /// instead of being disconnected as a slow consumer.
     pub lossy: bool,
@@ -245,6 +266,9 @@ impl Default for ServerConfig {
             max_channels: 1_000_000,
             admission_rate: 2000,
             listen_backlog: 4096,
+            max_connections_per_ip: 10_000,
+            admission_rate_per_ip: 200,
+            history_max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -276,6 +300,8 @@ impl Default for ClientConfig {
             command_burst: 200,
             max_subscriptions: 256,
             max_connections_per_user: 0,
+            channel_creation_rate: 10,
+            channel_creation_burst: 64,
             reconnect_delay_min_ms: 500,
             reconnect_delay_max_ms: 5000,
         }
@@ -302,6 +328,7 @@ impl Default for NamespaceConfig {
             join_leave: false,
             history_size: 0,
             history_ttl_secs: 300,
+            history_max_bytes: 1024 * 1024,
             lossy: false,
         }
     }
@@ -429,6 +456,12 @@ impl Config {
         if self.client.reconnect_delay_min_ms > self.client.reconnect_delay_max_ms {
             return Err(ConfigError::Invalid(
                 "client.reconnect_delay_min_ms must not exceed client.reconnect_delay_max_ms"
+                    .into(),
+            ));
+        }
+        if self.client.channel_creation_rate > 0 && self.client.channel_creation_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "client.channel_creation_burst must be at least 1 (or set client.channel_creation_rate = 0)"
                     .into(),
             ));
         }
@@ -576,6 +609,19 @@ mod tests {
         assert_eq!(c.websocket.max_frame_size, 65536);
         assert!(c.websocket.allowed_origins.is_empty());
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8000");
+        // Fairness and memory bounds are on by default.
+        assert_eq!(c.server.max_connections_per_ip, 10_000);
+        assert_eq!(c.server.admission_rate_per_ip, 200);
+        assert_eq!(c.server.history_max_bytes, 256 * 1024 * 1024);
+        assert_eq!(c.client.channel_creation_rate, 10);
+        assert_eq!(c.namespaces["default"].history_max_bytes, 1024 * 1024);
+        let err = Config::load(
+            None,
+            env(&[]),
+            &[("client.channel_creation_burst".into(), "0".into())],
+        )
+        .expect_err("a rate without a burst");
+        assert!(err.to_string().contains("channel_creation_burst"), "{err}");
     }
 
     #[test]

@@ -399,6 +399,12 @@ impl Driver {
         for event in events {
             match event {
                 Event::Send(frame) => self.outbox.push_control(frame),
+                // Bounded: beyond a few unsent pongs, the newest replaces the last.
+                Event::Pong(frame) => {
+                    if self.outbox.push_pong(frame) {
+                        crate::metrics::Metrics::add(&self.state.metrics.pongs_coalesced, 1);
+                    }
+                }
                 Event::Message(message) => {
                     crate::metrics::Metrics::add(&self.state.metrics.messages_in, 1);
                     if self.ws.close_sent() || self.outbox.pending_disconnect().is_some() {

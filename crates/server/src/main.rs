@@ -35,17 +35,19 @@ defaults < file < environment < flags). `starling config` prints them all with t
 current values. The keys:
   server.listen server.dev server.echo server.name server.shutdown_timeout_secs server.listen_backlog
   server.max_connections server.max_channels server.admission_rate
+  server.max_connections_per_ip server.admission_rate_per_ip server.history_max_bytes
   websocket.max_message_size websocket.max_frame_size websocket.compression
   websocket.compression_min_size websocket.ping_interval_secs websocket.pong_timeout_secs
   websocket.handshake_timeout_secs websocket.allowed_origins
   client.allow_anonymous client.token_hmac_secret client.token_rsa_public_key
   client.max_queue_bytes client.connect_timeout_secs client.command_rate
   client.command_burst client.max_subscriptions client.max_connections_per_user
+  client.channel_creation_rate client.channel_creation_burst
   client.reconnect_delay_min_ms client.reconnect_delay_max_ms
   api.key api.idempotency_window_secs api.idempotency_max_keys
   namespaces.<ns>.allow_publish namespaces.<ns>.allow_anonymous namespaces.<ns>.private
   namespaces.<ns>.presence namespaces.<ns>.join_leave namespaces.<ns>.history_size
-  namespaces.<ns>.history_ttl_secs namespaces.<ns>.lossy
+  namespaces.<ns>.history_ttl_secs namespaces.<ns>.history_max_bytes namespaces.<ns>.lossy
   log.format log.level
   storage.dir storage.segment_bytes storage.max_bytes storage.max_age_secs
   storage.sync_interval_ms

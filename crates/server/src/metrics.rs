@@ -30,6 +30,9 @@ pub struct Metrics {
     pub api_requests: AtomicU64,
     /// Upgrades that waited for admission (`server.admission_rate`).
     pub upgrades_paced: AtomicU64,
+    /// Pongs that replaced an unsent pong instead of queueing (a peer pinging faster
+    /// than it reads).
+    pub pongs_coalesced: AtomicU64,
     /// Refusals by limit, indexed like [`Limit::ALL`].
     limit_refusals: [AtomicU64; Limit::ALL.len()],
     errors: Vec<AtomicU64>,
@@ -46,6 +49,7 @@ impl Default for Metrics {
             bytes_written: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
             upgrades_paced: AtomicU64::new(0),
+            pongs_coalesced: AtomicU64::new(0),
             limit_refusals: Default::default(),
             errors: CODES.iter().map(|_| AtomicU64::new(0)).collect(),
             other_errors: AtomicU64::new(0),
@@ -197,6 +201,34 @@ pub fn render(state: &AppState) -> String {
         "counter",
         "Connections closed because their queue overflowed.",
         get(&h.slow_consumers),
+    );
+    line(
+        &mut out,
+        "starling_history_bytes",
+        "gauge",
+        "Bytes of publications kept in history, all channels (server.history_max_bytes).",
+        get(&h.history_bytes),
+    );
+    line(
+        &mut out,
+        "starling_history_dropped_total",
+        "counter",
+        "Publications not kept in history because the node's history budget was spent.",
+        get(&h.history_dropped),
+    );
+    line(
+        &mut out,
+        "starling_recoveries_too_large_total",
+        "counter",
+        "Recoveries answered recovered=false because the missed publications exceeded half of client.max_queue_bytes.",
+        get(&h.recoveries_too_large),
+    );
+    line(
+        &mut out,
+        "starling_pongs_coalesced_total",
+        "counter",
+        "Pongs that replaced an unsent pong instead of queueing (pings faster than the peer reads).",
+        get(&m.pongs_coalesced),
     );
     line(
         &mut out,

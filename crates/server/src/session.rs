@@ -16,9 +16,9 @@ use starling_core::{
 use starling_protocol::codes::{self, DisconnectCode};
 use starling_protocol::{
     ClientInfo, Command, ConnectRequest, ConnectResult, Encoding, Error, HistoryRequest,
-    HistoryResult, Method, PresenceResult, PresenceStatsResult, PublishRequest, PublishResult,
-    Reply, ReplyBody, SubscribeRequest, SubscribeResult, UnsubscribeResult, decode_commands,
-    encode_reply,
+    HistoryResult, Method, PresenceResult, PresenceStatsResult, Publication, PublishRequest,
+    PublishResult, Reply, ReplyBody, SubscribeRequest, SubscribeResult, UnsubscribeResult,
+    decode_commands, encode_reply,
 };
 use tracing::debug;
 
@@ -48,6 +48,8 @@ pub struct Session {
     subscriptions: HashSet<Arc<str>>,
     /// Command budget (`client.command_rate`); `None` when unlimited.
     commands: Option<TokenBucket>,
+    /// Channel-creation budget (`client.channel_creation_rate`); `None` when unlimited.
+    creations: Option<TokenBucket>,
 }
 
 impl std::fmt::Debug for Session {
@@ -86,6 +88,13 @@ impl Session {
         let client = &state.config.client;
         let commands = (client.command_rate > 0)
             .then(|| TokenBucket::new(client.command_rate, client.command_burst, Instant::now()));
+        let creations = (client.channel_creation_rate > 0).then(|| {
+            TokenBucket::new(
+                client.channel_creation_rate,
+                client.channel_creation_burst,
+                Instant::now(),
+            )
+        });
         Self {
             key,
             state,
@@ -94,6 +103,7 @@ impl Session {
             identity: None,
             subscriptions: HashSet::new(),
             commands,
+            creations,
         }
     }
 
@@ -350,24 +360,50 @@ impl Session {
         let recover = req.recover.then(|| RecoverFrom {
             offset: req.offset.unwrap_or(0),
             epoch: req.epoch.clone().unwrap_or_default(),
+            // A first, estimated bound that saves copying a hopeless recovery; the
+            // encoded reply is measured below.
+            max_bytes: self.state.config.client.max_queue_bytes,
         });
-        let result = state.hub.subscribe(
+        let cap = self.reply_cap();
+        let creations = &mut self.creations;
+        let mut may_create = || {
+            creations
+                .as_mut()
+                .is_none_or(|bucket| bucket.try_take(Instant::now()))
+        };
+        let result = state.hub.subscribe_limited(
             &req.channel,
             subscriber,
             rules.options.channel_options(),
             recover.as_ref(),
+            &mut may_create,
             |joined| {
-                let reply = Reply::ok(
-                    id,
-                    ReplyBody::Subscribe(SubscribeResult {
-                        epoch: joined.position.epoch.to_string(),
-                        offset: joined.position.offset,
-                        recoverable: joined.recoverable,
-                        recovered: joined.recovered.is_some(),
-                        publications: joined.recovered.clone().unwrap_or_default(),
-                    }),
-                );
-                encode_reply(encoding, &reply, out);
+                let reply = |recovered: Option<&Vec<Publication>>| {
+                    Reply::ok(
+                        id,
+                        ReplyBody::Subscribe(SubscribeResult {
+                            epoch: joined.position.epoch.to_string(),
+                            offset: joined.position.offset,
+                            recoverable: joined.recoverable,
+                            recovered: recovered.is_some(),
+                            publications: recovered.cloned().unwrap_or_default(),
+                        }),
+                    )
+                };
+                let start = out.len();
+                encode_reply(encoding, &reply(joined.recovered.as_ref()), out);
+                if joined.recovered.is_some() && out.len() - start > cap {
+                    // Queued, it could cut this very connection as a slow consumer (and
+                    // again after every reconnect): not recovered, the client pages
+                    // through history instead.
+                    out.truncate(start);
+                    encode_reply(encoding, &reply(None), out);
+                    state
+                        .hub
+                        .counters()
+                        .recoveries_too_large
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let frame = state.encoder.frame(format, out);
                 out.clear();
                 Some(frame)
@@ -383,7 +419,23 @@ impl Session {
                 self.state.metrics.refused(Limit::Channels);
                 error(codes::CHANNEL_LIMIT.error())
             }
+            Err(SubscribeError::CreationLimit) => {
+                self.state.metrics.refused(Limit::ChannelCreation);
+                error(codes::LIMIT_EXCEEDED.with_message(format!(
+                    "creating channels too fast: at most {} per second \
+                     (client.channel_creation_rate)",
+                    self.state.config.client.channel_creation_rate
+                )))
+            }
         }
+    }
+
+    /// The most a recovery reply (measured) or a history page (estimated) may hold: half
+    /// the connection's queue, leaving the other half for what is queued already and
+    /// the live publications that follow, so that such a reply never cuts its own
+    /// connection as a slow consumer.
+    fn reply_cap(&self) -> usize {
+        self.state.config.client.max_queue_bytes / 2
     }
 
     fn publish(&mut self, req: PublishRequest) -> Result<ReplyBody, Error> {
@@ -443,14 +495,16 @@ impl Session {
         if !self.subscriptions.contains(channel) {
             return Err(codes::NOT_SUBSCRIBED.with_message("subscribe to the channel first"));
         }
-        let infos = self.state.hub.presence(channel);
         if stats {
-            let users: HashSet<&str> = infos.iter().map(|i| i.user.as_str()).collect();
+            let (clients, users) = self.state.hub.presence_stats(channel);
             return Ok(ReplyBody::PresenceStats(PresenceStatsResult {
-                num_clients: u32::try_from(infos.len()).unwrap_or(u32::MAX),
-                num_users: u32::try_from(users.len()).unwrap_or(u32::MAX),
+                num_clients: u32::try_from(clients).unwrap_or(u32::MAX),
+                num_users: u32::try_from(users).unwrap_or(u32::MAX),
             }));
         }
+        // A snapshot shared until the membership changes; the reply is built from it
+        // outside the channel's lock.
+        let infos = self.state.hub.presence(channel);
         let clients: BTreeMap<String, ClientInfo> = infos
             .iter()
             .map(|i| (i.client.clone(), (**i).clone()))
@@ -477,6 +531,8 @@ impl Session {
             since: req.since.as_ref().map(|s| s.offset),
             limit,
             reverse: req.reverse,
+            // A page always fits the queue; the client pages on with `since`.
+            max_bytes: self.reply_cap(),
         };
         let epoch = req.since.as_ref().map(|s| s.epoch.as_str());
         match self

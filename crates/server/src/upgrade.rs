@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::app::AppState;
 use crate::connection::{self, Negotiated};
 use crate::encoder::WireEncoder;
-use crate::limits::{Admission, Limit};
+use crate::limits::{Admission, IpSlot, Limit};
 use crate::metrics::Metrics;
 
 fn refuse(state: &AppState, status: StatusCode, headers: HeaderMap, reason: String) -> Response {
@@ -54,6 +54,16 @@ struct Slot(Arc<AppState>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.registry.release_slot();
+    }
+}
+
+/// A place among one source address's connections (`server.max_connections_per_ip`),
+/// given back when dropped, like [`Slot`].
+struct AddressSlot(Arc<AppState>, IpSlot);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.0.limits.release(&self.1);
     }
 }
 
@@ -133,6 +143,25 @@ pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Resp
             "connection cannot be upgraded".into(),
         );
     };
+    // The source address's share first, so that an address at its limit takes no place
+    // among the node's connections, not even for a moment.
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let address_slot = match peer {
+        Some(ip) => match state.limits.acquire(ip) {
+            Some(slot) => Some(AddressSlot(state.clone(), slot)),
+            None => {
+                state.metrics.refused(Limit::IpConnections);
+                return unavailable(
+                    &state,
+                    "too many connections from this address (server.max_connections_per_ip)",
+                );
+            }
+        },
+        None => None,
+    };
     // Reserve the place before pacing: a full node refuses at once, without spending an
     // admission token or making the client wait for nothing.
     if !state
@@ -147,7 +176,11 @@ pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Resp
     // timeout, and leave at `server.admission_rate`; established connections are served
     // meanwhile because waiting here holds no lock and no worker.
     let max_wait = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
-    match state.limits.admit(max_wait) {
+    let admission = match &address_slot {
+        Some(AddressSlot(_, ip)) => state.limits.admit_from(ip, max_wait),
+        None => state.limits.admit(max_wait),
+    };
+    match admission {
         Admission::After(wait) if wait.is_zero() => {}
         Admission::After(wait) => {
             Metrics::add(&state.metrics.upgrades_paced, 1);
@@ -165,6 +198,13 @@ pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Resp
             state.metrics.refused(Limit::Admission);
             return unavailable(&state, "too many new connections (server.admission_rate)");
         }
+        Admission::RefusedForAddress => {
+            state.metrics.refused(Limit::IpAdmission);
+            return unavailable(
+                &state,
+                "too many new connections from this address (server.admission_rate_per_ip)",
+            );
+        }
     }
     let negotiated = Negotiated {
         format: WireEncoder::format(encoding, accepted.deflate.as_ref()),
@@ -174,6 +214,7 @@ pub async fn websocket(State(state): State<Arc<AppState>>, req: Request) -> Resp
     tokio::spawn(async move {
         // Held for the connection's life; freed on every way out of this task.
         let _slot = slot;
+        let _address_slot = address_slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {

@@ -48,8 +48,12 @@ pub enum Message {
 pub enum Event {
     /// A complete data message.
     Message(Message),
-    /// An encoded frame to write now (a pong, or the echo of the peer's close).
+    /// An encoded frame to write now (the echo of the peer's close).
     Send(Bytes),
+    /// An encoded pong answering a ping. Only the most recent ping needs an answer
+    /// (RFC 6455 5.5.3), so a driver whose earlier pongs are still unsent may replace
+    /// them instead of queueing one per ping.
+    Pong(Bytes),
 }
 
 /// A violation by the peer; the connection must be failed with
@@ -194,14 +198,15 @@ impl Connection {
         let mut queued = Vec::new();
         let result = self.receive_events(data, &mut |event| match event {
             Event::Message(m) => on_message(m),
-            Event::Send(frame) => queued.push(frame),
+            Event::Send(frame) | Event::Pong(frame) => queued.push(frame),
         });
         self.outbound.extend(queued);
         result
     }
 
     /// Like [`Connection::receive`], but frames to send (pongs, the close echo) are
-    /// reported as [`Event::Send`] in order with the messages, instead of queued: a
+    /// reported as [`Event::Pong`] and [`Event::Send`] in order with the messages,
+    /// instead of queued: a
     /// pong for a ping that arrived in the middle of a fragmented message goes out
     /// before the reply to that message (Autobahn 5.6, 5.19).
     pub fn receive_events(
@@ -497,7 +502,7 @@ impl Connection {
         match self.op {
             OpCode::Ping => {
                 if self.flags & CLOSE_SENT == 0 {
-                    on_event(Event::Send(encode_control(OpCode::Pong, control)));
+                    on_event(Event::Pong(encode_control(OpCode::Pong, control)));
                 }
                 Ok(())
             }

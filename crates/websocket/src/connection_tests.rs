@@ -496,7 +496,7 @@ fn receive_events_keeps_pongs_in_arrival_order() {
         Event::Message(Message::Text(Bytes::from_static(b"first")))
     );
     assert!(
-        matches!(&events[1], Event::Send(f) if parse_server(f).2 == 0xA),
+        matches!(&events[1], Event::Pong(f) if parse_server(f).2 == 0xA),
         "pong second"
     );
     assert_eq!(
