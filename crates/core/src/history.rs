@@ -354,10 +354,14 @@ mod tests {
                 since: Some(u64::MAX),
                 limit: 10,
                 reverse,
+                max_bytes: usize::MAX,
             });
             assert_eq!(page.map(|p| p.len()), Ok(if reverse { 3 } else { 0 }));
         }
-        assert_eq!(h.since(u64::MAX, 3), Err(HistoryError::Unrecoverable));
+        assert_eq!(
+            h.since(u64::MAX, 3, usize::MAX),
+            Err(HistoryError::Unrecoverable)
+        );
     }
 
     #[test]
