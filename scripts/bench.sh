@@ -7,7 +7,9 @@
 #   (default: all = idle fanout burst)
 #
 # Environment: CONNS (10000), MESSAGES (1000), RATE (100 /s), SIZE (100 B),
-# TIMEOUT (120 s per bench run), CARGO_TARGET_DIR (default: target/).
+# TIMEOUT (120 s per bench run), CARGO_TARGET_DIR (default: target/),
+# BIN_DIR (take starling and starling-bench from this directory and build nothing: to
+#   compare two builds in one session, run the script once per directory).
 #   churn: CHURN_CONNS (19000) over CHURN_PROCS (2) bench processes, OBSERVERS (100),
 #          ADMISSION_RATES ("default 1000000000": values of server.admission_rate to
 #          compare, used only if this build has that setting).
@@ -43,7 +45,7 @@ MESSAGES=${MESSAGES:-1000}
 RATE=${RATE:-100}
 SIZE=${SIZE:-100}
 TIMEOUT=${TIMEOUT:-120}
-BIN=$CARGO_TARGET_DIR/release
+BIN=${BIN_DIR:-$CARGO_TARGET_DIR/release}
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/starling-bench.XXXXXX")
 SERVER_PID=""
 SERVER_PORT=""
@@ -289,8 +291,12 @@ main() {
     say "open-files limit: soft $(ulimit -Sn), hard $(ulimit -Hn); raising soft to hard"
     ulimit -n "$(ulimit -Hn)"
     tune_kernel
-    say "building release binaries"
-    (cd "$ROOT" && cargo build --release -q -p starling -p starling-bench)
+    if [[ -n "${BIN_DIR:-}" ]]; then
+        say "binaries from $BIN_DIR (not built)"
+    else
+        say "building release binaries"
+        (cd "$ROOT" && cargo build --release -q -p starling -p starling-bench)
+    fi
     say "note: the server and the bench share this machine's cores"
     for w in "${what[@]}"; do
         case "$w" in
