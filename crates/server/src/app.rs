@@ -292,9 +292,14 @@ pub async fn run(
     sweeper.abort();
     if let Some(journal) = &state.journal {
         let log = journal.log().clone();
-        // fsync waits on the writer thread: keep it off the async workers.
-        match tokio::task::spawn_blocking(move || log.sync()).await {
-            Ok(Ok(())) => info!("message log synced"),
+        // fsync waits on the writer thread: keep it off the async workers. `close` also
+        // leaves the clean marker when nothing was lost, so the next start keeps epochs.
+        match tokio::task::spawn_blocking(move || log.close()).await {
+            Ok(Ok(true)) => info!("message log synced and closed clean"),
+            Ok(Ok(false)) => warn!(
+                "message log synced, but records were lost during this run: \
+                 the next start gives every channel a new epoch"
+            ),
             Ok(Err(e)) => warn!("message log sync at shutdown failed: {e}"),
             Err(e) => warn!("message log sync task failed: {e}"),
         }
