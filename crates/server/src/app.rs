@@ -161,8 +161,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr} (server.listen)"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     let state = AppState::new(config, local)?;
+    // Before the announcement: whoever reads it may send a signal at once.
+    let shutdown = shutdown_signal();
     announce(&state, local);
-    run(listener, state, shutdown_signal()).await
+    run(listener, state, shutdown).await
 }
 
 /// Binds the listener with an explicit accept backlog: tokio's default (1024) drops most
@@ -194,31 +196,40 @@ fn announce(state: &AppState, local: SocketAddr) {
     info!(%local, node = %state.node, "listening");
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Waits for SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: the accept loop may not poll it before
+/// the first connection is served, and a signal before then would kill the process
+/// without the orderly stop (no log sync, no clean marker).
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(e) => {
+                        warn!("cannot listen for {name}: {e}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = wait(int, "SIGINT") => {}
+                _ = wait(term, "SIGTERM") => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             warn!("cannot listen for Ctrl-C: {e}");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 
