@@ -236,6 +236,11 @@ impl Writer {
                 break;
             }
         }
+        if self.failed.is_some() {
+            // Dropping the buffer would flush the failed batch behind the segment's good
+            // end: discard it instead.
+            let _ = self.file.into_parts();
+        }
     }
 
     /// Writes the `CLEAN` marker if everything appended is fsynced and no record was
