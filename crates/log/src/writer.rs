@@ -61,7 +61,10 @@ pub(crate) struct Writer {
     marker_written: bool,
     retry_interval: Duration,
     last_retry: Instant,
-    last_error_log: Instant,
+    /// When an error line was last logged (failures and retry summaries share it).
+    last_error_log: Option<Instant>,
+    /// When a recovery line was last logged.
+    last_recovery_log: Option<Instant>,
     /// Appends refused while failed, as of the last log line (for the summary).
     refused_logged: u64,
     #[cfg(test)]
@@ -122,7 +125,8 @@ impl Writer {
             marker_written: false,
             retry_interval: config.retry_interval,
             last_retry: Instant::now(),
-            last_error_log: Instant::now(),
+            last_error_log: None,
+            last_recovery_log: None,
             refused_logged: 0,
             #[cfg(test)]
             fail_writes: false,
@@ -315,20 +319,22 @@ impl Writer {
                 self.failed = None;
                 self.shared.clear_failed();
                 self.shared.recoveries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    path = %path.display(),
-                    dropped_records = self.shared.dropped_records.load(Ordering::Relaxed),
-                    refused_appends = self.shared.refused_failed.load(Ordering::Relaxed),
-                    "message log writable again; accepting records (counts are since start)"
-                );
+                if due(&mut self.last_recovery_log) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        dropped_records = self.shared.dropped_records.load(Ordering::Relaxed),
+                        refused_appends = self.shared.refused_failed.load(Ordering::Relaxed),
+                        recoveries = self.shared.recoveries.load(Ordering::Relaxed),
+                        "message log writable again; accepting records (counts are since start)"
+                    );
+                }
             }
             Err(e) => {
                 let _ = fs::OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .and_then(|f| f.set_len(self.synced.bytes));
-                if self.last_error_log.elapsed() >= ERROR_LOG_INTERVAL {
-                    self.last_error_log = Instant::now();
+                if due(&mut self.last_error_log) {
                     let refused = self.shared.refused_failed.load(Ordering::Relaxed);
                     tracing::error!(
                         path = %path.display(),
@@ -494,21 +500,25 @@ impl Writer {
             .store(self.segments.len() as u64, Ordering::Relaxed);
     }
 
-    /// Enters the failed state: appends are refused until [`try_recover`] succeeds. Logs
-    /// once per failure; the retries log at most every [`ERROR_LOG_INTERVAL`].
+    /// Enters the failed state: appends are refused until `try_recover` succeeds. Error
+    /// lines (this one and the retries' summaries) come at most every
+    /// `ERROR_LOG_INTERVAL`, so a disk that keeps failing cannot flood the log; the
+    /// metrics count every failure.
     fn fail(&mut self, what: &str, path: &Path, e: io::Error) {
         let msg: Arc<str> = Arc::from(format!("{what} {}: {e}", path.display()));
-        tracing::error!(
-            error = %msg,
-            "message log write failed; refusing records until writing works again (retrying every {:?})",
-            self.retry_interval
-        );
+        let failures = self.shared.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if due(&mut self.last_error_log) {
+            tracing::error!(
+                error = %msg,
+                failures,
+                "message log write failed; refusing records until writing works again (retrying every {:?})",
+                self.retry_interval
+            );
+        }
         self.shared.set_failed(msg.clone());
-        self.shared.failures.fetch_add(1, Ordering::Relaxed);
         self.failed = Some(msg);
         self.lost = true;
         self.last_retry = Instant::now();
-        self.last_error_log = Instant::now();
         self.refused_logged = self.shared.refused_failed.load(Ordering::Relaxed);
     }
 
@@ -534,6 +544,15 @@ impl Writer {
             .into_parts();
         }
     }
+}
+
+/// Whether a rate-limited log line may be written now (and notes that it is).
+fn due(last: &mut Option<Instant>) -> bool {
+    if last.is_some_and(|t| t.elapsed() < ERROR_LOG_INTERVAL) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
 }
 
 /// Creates the segment starting at `base`: header written and fsynced, directory fsynced.
