@@ -313,3 +313,67 @@ async fn a_clean_stop_keeps_the_epoch_and_a_kill_renews_it() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_corrupt_record_is_skipped_and_never_recovered_across() {
+    let dir = common::storage_dir();
+    let mut server = Server::start_with_storage(&dir, &ARGS);
+    let mut epoch = String::new();
+    for i in 1..=20 {
+        let (_, _, r) = publish_raw(
+            &server,
+            json!({"channel": "feed:r", "data": format!("record-{i:02}")}),
+        )
+        .await;
+        epoch = r["result"]["epoch"].as_str().expect("epoch").to_string();
+    }
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(), Some(0));
+    drop(server);
+
+    // Damage publication 10 in the middle of the segment (one byte of its data).
+    let segment = dir.join("00000000000000000000.seg");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"record-10")
+        .expect("publication 10 in the segment");
+    bytes[at + 3] ^= 0x20;
+    std::fs::write(&segment, &bytes).expect("write segment");
+
+    let server = Server::start_with_storage(&dir, &ARGS);
+    let (_, r) = server.api("history", json!({"channel": "feed:r"})).await;
+    let offsets: Vec<u64> = r["result"]["publications"]
+        .as_array()
+        .expect("publications")
+        .iter()
+        .map(|p| p["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(
+        offsets,
+        (11..=20).collect::<Vec<_>>(),
+        "the records after it survive"
+    );
+    assert_eq!(r["result"]["offset"], 20, "offsets are not reused");
+    let new_epoch = r["result"]["epoch"].as_str().expect("epoch").to_string();
+    assert_ne!(new_epoch, epoch, "a repaired log is an unclean start");
+    // No position before the lost record can be recovered, in either epoch.
+    let (_, r) = server
+        .api(
+            "history",
+            json!({"channel": "feed:r", "since": {"offset": 5, "epoch": new_epoch}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 112, "{r}");
+    let (mut c, _) = Client::connect(&server, None).await;
+    let sub = c
+        .call(
+            "subscribe",
+            json!({"channel": "feed:r", "recover": true, "offset": 5, "epoch": epoch}),
+        )
+        .await;
+    assert!(sub["subscribe"].get("recovered").is_none(), "{sub}");
+    drop(c);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
