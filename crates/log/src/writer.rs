@@ -294,7 +294,7 @@ impl Writer {
                 }
                 file.set_len(self.synced.bytes)?;
                 let mut f = &file;
-                f.write_all(&[0u8; PROBE_BYTES])?;
+                f.write_all(&vec![0u8; PROBE_BYTES])?;
                 file.sync_data()?;
                 file.set_len(self.synced.bytes)?;
                 file.sync_all()?;
