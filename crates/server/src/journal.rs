@@ -136,9 +136,13 @@ pub fn open(
         restored += 1;
     })
     .with_context(|| format!("opening the message log in {} (storage.dir)", config.dir))?;
-    if !report.clean {
-        renew_epochs(&log, hub, not_restored)
-            .context("writing the renewed epochs to the message log")?;
+    if !report.clean
+        && let Err(e) = renew_epochs(&log, hub, not_restored)
+    {
+        // Safe to serve: the log is failed now, so this run cannot stop clean either, and
+        // the next start renews the epochs again. Refusing to start on a full disk would
+        // turn a degraded node into a dead one.
+        warn!("cannot write the renewed epochs to the message log: {e}");
     }
     // Expired entries and channels without history go at once, not at the first sweep.
     hub.sweep();
@@ -162,6 +166,14 @@ fn renew_epochs(log: &Log, hub: &Hub, not_restored: HashMap<String, u64>) -> Res
     let time_ms = starling_core::now_ms();
     let renewed = hub.renew_epochs();
     let count = renewed.len() + not_restored.len();
+    if count > 0 {
+        warn!(
+            channels = count,
+            "the message log was not stopped cleanly (crash, kill, power loss, write errors \
+             or damage): every channel gets a new epoch, so clients recover from history \
+             of before as unrecoverable instead of possibly getting other data"
+        );
+    }
     for (channel, position) in renewed {
         log.append_blocking(
             epoch_record(&channel, &position.epoch, position.offset, time_ms),
@@ -175,16 +187,7 @@ fn renew_epochs(log: &Log, hub: &Hub, not_restored: HashMap<String, u64>) -> Res
         );
         log.append_blocking(epoch_record(&channel, &epoch, offset, time_ms), false)?;
     }
-    log.sync()?;
-    if count > 0 {
-        warn!(
-            channels = count,
-            "the message log was not stopped cleanly (crash, kill, power loss, write errors \
-             or damage): every channel gets a new epoch, so clients recover from history \
-             of before as unrecoverable instead of possibly getting other data"
-        );
-    }
-    Ok(())
+    log.sync()
 }
 
 /// A record saying: `channel` continues at `offset` under `epoch` (no publication).

@@ -118,6 +118,29 @@ async fn ready_becomes(server: &Server, want: u16) -> String {
     }
 }
 
+/// Publishes ~1 KB publications into `channel` until `/ready` reports the log degraded
+/// (bounded by 3 x [`WAIT`]); returns the last offset given out. The log retries every
+/// second and may resume for a moment whenever cutting back its unsynced tail frees
+/// room, so "failed" is a state to drive into, not to wait for.
+async fn publish_until_degraded(server: &Server, channel: &str) -> (u64, String) {
+    let data = "z".repeat(1000);
+    let deadline = Instant::now() + 3 * WAIT;
+    let mut last = 0;
+    loop {
+        let (status, _, r) = publish_raw(server, json!({"channel": channel, "data": data})).await;
+        match status {
+            200 => last = r["result"]["offset"].as_u64().expect("offset"),
+            503 => assert_eq!(r["error"]["code"], 116, "{r}"),
+            _ => panic!("{status} {r}"),
+        }
+        let (status, body) = server.get("/ready").await;
+        if status == 503 {
+            return (last, body);
+        }
+        assert!(Instant::now() < deadline, "the log never failed");
+    }
+}
+
 /// Reads publications in the background and keeps the highest offset seen, so that the
 /// subscriber's queue never overflows while the test publishes.
 fn read_in_background(mut client: Client) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
@@ -175,7 +198,7 @@ async fn a_full_disk_degrades_the_log_then_it_recovers_and_the_epoch_changes() {
     );
     assert!(metric(&server, "starling_journal_errors_total").await > 0);
     assert!(metric(&server, "starling_journal_failures_total").await >= 1);
-    let body = ready_becomes(&server, 503).await;
+    let (last, body) = publish_until_degraded(&server, "feed:t").await;
     assert!(body.contains("degraded"), "{body}");
     assert_eq!(metric(&server, "starling_journal_failed").await, 1);
     // A durable publish is refused while the log is failed, and uses no offset.
@@ -376,4 +399,33 @@ async fn a_corrupt_record_is_skipped_and_never_recovered_across() {
     drop(c);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_node_killed_on_a_full_disk_starts_again_with_new_epochs() {
+    let Some(fs) = Tmpfs::mount("1m") else {
+        return;
+    };
+    let dir = fs.path().join("log");
+    let mut server = Server::start_with_storage(&dir, &ARGS);
+    let (_, _, r) = publish_raw(&server, json!({"channel": "feed:f", "data": 0})).await;
+    let epoch = r["result"]["epoch"].as_str().expect("epoch").to_string();
+    publish_until_degraded(&server, "feed:f").await;
+    server.kill();
+    drop(server);
+
+    // Still full (cutting off a torn tail frees a few bytes at most): the node starts
+    // instead of refusing to, with new epochs, and goes on publishing, degraded again
+    // once those bytes are used.
+    let server = Server::start_with_storage(&dir, &ARGS);
+    let (_, r) = server
+        .api("history", json!({"channel": "feed:f", "limit": 1}))
+        .await;
+    let new_epoch = r["result"]["epoch"].as_str().expect("epoch");
+    assert_ne!(new_epoch, epoch, "{r}");
+    let (status, _, r) = publish_raw(&server, json!({"channel": "feed:f", "data": 1})).await;
+    assert_eq!(status, 200, "{r}");
+    let (_, body) = publish_until_degraded(&server, "feed:f").await;
+    assert!(body.contains("degraded"), "{body}");
+    drop(server);
 }
