@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use starling_protocol::{ClientInfo, Publication};
 
 use crate::history::{History, HistoryError, HistoryPolicy, HistoryQuery};
-use crate::journal::{DurableAck, Journal};
+use crate::journal::{DurableAck, Journal, JournalError};
 use crate::metrics::HubCounters;
 use crate::outbox::{Outbox, PushOutcome};
 
@@ -103,6 +103,14 @@ pub enum PublishError {
     /// holds its maximum of channels.
     #[error("channel limit reached")]
     ChannelLimit,
+    /// The message log cannot keep up (its queue is full): nothing was published, no
+    /// offset used. Temporary.
+    #[error("message log busy")]
+    Overloaded,
+    /// Durability was asked for and the message log is failed: nothing was published,
+    /// no offset used. Temporary (the log retries).
+    #[error("message log unavailable")]
+    NotPersisted,
 }
 
 /// A new channel was refused: the node holds `max_channels` already.
@@ -513,8 +521,9 @@ impl Hub {
     /// the namespace keeps history), appends it to the journal, and queues one shared
     /// frame per format to every subscriber, in order. A channel with neither
     /// subscribers nor history does not exist: the publication reaches nobody and gets
-    /// offset 0 with an empty epoch. Fails only when keeping history would create a
-    /// channel beyond the node's limit.
+    /// offset 0 with an empty epoch. Fails when keeping history would create a channel
+    /// beyond the node's limit, and when the journal refuses the record (busy, or failed
+    /// while `durable` is asked): then nothing is delivered and no offset is used.
     pub fn publish(
         &self,
         channel: &str,
@@ -553,26 +562,38 @@ impl Hub {
         if state.gone {
             return Ok(nowhere());
         }
-        state.options = options;
-        state.offset += 1;
+        // The journal first: a refusal must leave the channel untouched (offset unused,
+        // nothing delivered, nothing in history).
         let publication = Publication {
             data,
-            offset: state.offset,
+            offset: state.offset + 1,
             info: info.map(|i| (*i).clone()),
             tags: None,
         };
         let now = now_ms();
-        state.active_ms = now;
-        let durable = self.journal.as_ref().and_then(|journal| {
-            match journal.append(channel, &state.epoch, &publication, now, durable) {
-                Ok(ack) => ack,
-                Err(e) => {
-                    self.counters.journal_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("message log append failed: {e}");
-                    Some(Box::pin(std::future::ready(Err(e))) as DurableAck)
+        let durable = match &self.journal {
+            None => None,
+            Some(journal) => {
+                match journal.append(channel, &state.epoch, &publication, now, durable) {
+                    Ok(ack) => ack,
+                    Err(JournalError::Busy) => {
+                        self.counters.journal_busy.fetch_add(1, Ordering::Relaxed);
+                        return Err(PublishError::Overloaded);
+                    }
+                    Err(e @ JournalError::Failed(_)) => {
+                        // The log reports (and rate-limits) its own failure: no line per publish.
+                        self.counters.journal_errors.fetch_add(1, Ordering::Relaxed);
+                        if durable {
+                            return Err(PublishError::NotPersisted);
+                        }
+                        Some(Box::pin(std::future::ready(Err(e))) as DurableAck)
+                    }
                 }
             }
-        });
+        };
+        state.options = options;
+        state.offset = publication.offset;
+        state.active_ms = now;
         let mut frames: [Option<Bytes>; MAX_FORMATS] = Default::default();
         let mut delivered = 0;
         for sub in state.subscribers.values() {
@@ -620,6 +641,43 @@ impl Hub {
         }
         state.offset = publication.offset;
         self.keep(&mut state, time_ms, publication, options.history);
+    }
+
+    /// Replays an epoch change read back from the journal: `channel` continues at
+    /// `offset` under `epoch`. Its history is kept when it ends at `offset`, else (the
+    /// older records are gone) the channel restarts empty at `offset`.
+    pub fn restore_epoch(&self, channel: &str, epoch: &str, offset: u64, options: ChannelOptions) {
+        if !options.history.enabled() {
+            return;
+        }
+        let mut shard = self.shard(channel).lock();
+        let Ok((_, entry)) = self.get_or_create(&mut shard, channel, options, u64::MAX) else {
+            return;
+        };
+        let mut state = entry.state.lock();
+        drop(shard);
+        if state.offset != offset {
+            state.history = History::default();
+            state.offset = offset;
+        }
+        state.epoch = Arc::from(epoch);
+    }
+
+    /// Gives every channel a new epoch, keeping offsets and history, and returns the new
+    /// positions (to be written to the journal). For the start after an unclean stop,
+    /// before any client connects: the journal may miss publications that clients saw,
+    /// so no position from before may be recovered and no offset reused in an old epoch.
+    pub fn renew_epochs(&self) -> Vec<(Arc<str>, StreamPosition)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (name, entry) in shard.iter() {
+                let mut state = entry.state.lock();
+                state.epoch = new_epoch();
+                out.push((name.clone(), state.position()));
+            }
+        }
+        out
     }
 
     /// A page of a channel's history and the stream position. `since` must be in the

@@ -9,8 +9,15 @@ use starling_protocol::Publication;
 
 /// Why an append failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("message log: {0}")]
-pub struct JournalError(pub String);
+pub enum JournalError {
+    /// The log cannot take the record now (its queue is full): temporary. The record was
+    /// not taken; the hub refuses the publication without consuming its offset.
+    #[error("message log busy")]
+    Busy,
+    /// The log is failed (a write error) or the record was lost: it is not persisted.
+    #[error("message log: {0}")]
+    Failed(String),
+}
 
 /// Resolves once a durable append is on disk.
 pub type DurableAck = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send>>;
@@ -18,9 +25,11 @@ pub type DurableAck = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Se
 /// Where publications are persisted.
 pub trait Journal: Send + Sync + 'static {
     /// Appends one publication of `channel` (epoch `epoch`) published at `time_ms`.
-    /// With `durable`, returns a future that resolves when it is on disk. Must not block
-    /// on disk (it runs under the channel lock); it may wait while the log's bounded
-    /// queue is full, which is the back-pressure publishers feel.
+    /// With `durable`, returns a future that resolves when it is on disk.
+    ///
+    /// Must never block: it runs on a runtime worker under the channel lock. When the
+    /// log cannot keep up it returns [`JournalError::Busy`] at once (and must not have
+    /// taken the record); when it is failed, [`JournalError::Failed`].
     fn append(
         &self,
         channel: &str,

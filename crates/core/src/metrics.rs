@@ -19,7 +19,8 @@ pub struct HubCounters {
     pub slow_consumers: AtomicU64,
     /// Publications not queued to a full lossy subscriber (counter).
     pub lossy_drops: AtomicU64,
-    /// Failed appends to the message log (counter).
+    /// Publications the message log did not take because it was failed (counter):
+    /// delivered live but not persisted, or refused when durability was asked for.
     pub journal_errors: AtomicU64,
     /// Bytes of publications kept in history, node-wide (gauge; see
     /// `History::entry_bytes`).
@@ -30,4 +31,6 @@ pub struct HubCounters {
     /// Recoveries answered `recovered: false` because the missed publications exceeded
     /// the recovery byte cap (counter).
     pub recoveries_too_large: AtomicU64,
+    /// Publications refused because the message log's queue was full (counter).
+    pub journal_busy: AtomicU64,
 }

@@ -67,7 +67,7 @@ fn open(dir: &Path) -> Result<Log, Box<dyn std::error::Error>> {
         max_age: Duration::from_secs(365 * 24 * 3600 * 100),
         ..LogConfig::new(dir)
     };
-    Ok(Log::open(config)?.0)
+    Ok(Log::open(config, |_| {})?.0)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -88,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = 1_000_000u64;
     let start = Instant::now();
     for i in 0..n {
-        log.append(record(i, &payload), false)?;
+        log.append_blocking(record(i, &payload), false)?;
     }
     log.sync()?;
     let elapsed = start.elapsed();
@@ -113,7 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let payload = payload.clone();
                 std::thread::spawn(move || -> Result<(), starling_log::LogError> {
                     for i in 0..per {
-                        let rx = log.append(record(w * per + i, &payload), true)?;
+                        let rx = log.append_blocking(record(w * per + i, &payload), true)?;
                         if let Some(rx) = rx {
                             rx.blocking_recv()
                                 .map_err(|_| starling_log::LogError::Closed)??;

@@ -12,8 +12,19 @@
 //! - a segment is closed (fsynced) once it passes [`LogConfig::segment_bytes`], and a new
 //!   one named after its first record's global sequence number is started;
 //! - retention deletes whole old segments (by total size and by age), never the active one;
-//! - [`Log::open`] validates every record (length and crc32), truncates a torn or corrupt
-//!   tail of the last segment (a crash mid-write) and returns the retained records.
+//! - [`Log::append`] never blocks: when the queue is full it returns [`LogError::Busy`]
+//!   (the caller refuses the publication, temporarily);
+//! - a write error (disk full, I/O error) puts the log in a failed state: appends are
+//!   refused with [`LogError::Failed`] while the writer retries every
+//!   [`LogConfig::retry_interval`], cutting the active segment back to its last fsynced
+//!   length, and resumes once writing works again;
+//! - an orderly stop writes a `CLEAN` marker after the final fsync, only when no record
+//!   was lost during the run; [`Log::open`] removes it and reports whether the previous
+//!   stop was clean, so the caller can tell whether the log may miss acknowledged records;
+//! - [`Log::open`] validates every record (length and crc32), skips a corrupt record
+//!   when a valid one follows it (counted), truncates a torn or corrupt tail of the last
+//!   segment (a crash mid-write), and replays the retained records through a callback,
+//!   reading one segment at a time through a bounded buffer.
 
 mod format;
 mod recover;
@@ -25,7 +36,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,9 +77,11 @@ pub struct LogConfig {
     /// this often. Must be non-zero. Default 100 ms.
     pub sync_interval: Duration,
     /// Capacity of the queue between appenders and the writer thread, in records: an
-    /// append blocks once this many records wait to be written (back-pressure).
-    /// Default 16,384.
+    /// append is refused with [`LogError::Busy`] once this many records wait to be
+    /// written (back-pressure without blocking the caller). Default 16,384.
     pub queue_records: usize,
+    /// After a write error, how often the writer tries to resume. Default 1 s.
+    pub retry_interval: Duration,
     /// "Now" for age-based retention. Default: the system clock.
     pub clock: Clock,
 }
@@ -83,6 +96,7 @@ impl LogConfig {
             max_age: Duration::from_secs(24 * 3600),
             sync_interval: Duration::from_millis(100),
             queue_records: 16_384,
+            retry_interval: Duration::from_secs(1),
             clock: system_clock(),
         }
     }
@@ -95,6 +109,9 @@ impl LogConfig {
         }
         if self.sync_interval.is_zero() {
             return Err(LogError::InvalidConfig("sync_interval must be non-zero"));
+        }
+        if self.retry_interval.is_zero() {
+            return Err(LogError::InvalidConfig("retry_interval must be non-zero"));
         }
         if self.queue_records == 0 {
             return Err(LogError::InvalidConfig("queue_records must be non-zero"));
@@ -112,6 +129,7 @@ impl fmt::Debug for LogConfig {
             .field("max_age", &self.max_age)
             .field("sync_interval", &self.sync_interval)
             .field("queue_records", &self.queue_records)
+            .field("retry_interval", &self.retry_interval)
             .finish_non_exhaustive()
     }
 }
@@ -131,13 +149,46 @@ pub struct Record {
     pub payload: Bytes,
 }
 
-/// Size figures of the log, for metrics.
+/// Size and health figures of the log, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogStats {
     /// Bytes in all segment files (including records written but not yet fsynced).
     pub bytes: u64,
     /// Number of segment files, the active one included.
     pub segments: u64,
+    /// Whether the log is in the failed state now (appends refused until it recovers).
+    pub failed: bool,
+    /// Times the writer entered the failed state.
+    pub failures: u64,
+    /// Times the writer left the failed state (writing worked again).
+    pub recoveries: u64,
+    /// Records accepted by [`Log::append`] that never reached the disk (lost to a write
+    /// error, or cut back when the writer recovered). Records refused by `append` are not
+    /// counted here: the caller knows about them.
+    pub dropped_records: u64,
+    /// Appends refused with [`LogError::Failed`] because the log was failed.
+    pub refused_failed: u64,
+    /// Appends refused with [`LogError::Busy`] because the queue was full.
+    pub refused_busy: u64,
+}
+
+/// What [`Log::open`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenReport {
+    /// The previous run stopped in order (final fsync done) and lost no record, so the log
+    /// holds every record that was ever accepted (within retention). `false` after a
+    /// crash, a kill, a power loss, a run with write errors, and whenever the scan below
+    /// had to skip or truncate anything.
+    pub clean: bool,
+    /// Records replayed to the callback.
+    pub records: u64,
+    /// Corrupt regions skipped because a valid record followed them (each hid at least
+    /// one record).
+    pub skipped_regions: u64,
+    /// Bytes in those regions.
+    pub skipped_bytes: u64,
+    /// Bytes cut off the end of the last segment (a torn or corrupt tail).
+    pub truncated_bytes: u64,
 }
 
 /// Errors of the log.
@@ -152,9 +203,10 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    /// A segment other than the last one holds an invalid record or header. The last
-    /// segment's tail is repaired instead (a crash mid-write); corruption elsewhere is
-    /// reported, because dropping it would silently lose acknowledged records.
+    /// A segment other than the last one has an invalid header, or the segments do not
+    /// follow each other (a missing file). Invalid records are skipped or truncated
+    /// instead (see [`OpenReport`]); a bad header or a missing segment points at a wrong
+    /// or damaged directory, which an operator should look at before the node serves.
     #[error("corrupt log segment {path} at byte {position}: {reason}")]
     Corrupt {
         /// The segment file.
@@ -178,7 +230,12 @@ pub enum LogError {
         /// The limit.
         max: usize,
     },
-    /// The writer thread hit an I/O error; the log accepts no more records.
+    /// The queue to the writer thread is full: the disk does not keep up. Temporary;
+    /// the record was not taken.
+    #[error("log busy: the write queue is full")]
+    Busy,
+    /// The writer thread hit an I/O error; no records are accepted until it recovers
+    /// (it retries every [`LogConfig::retry_interval`]).
     #[error("log failed: {0}")]
     Failed(Arc<str>),
     /// The writer thread is gone (should not happen while the [`Log`] is alive).
@@ -190,11 +247,17 @@ pub enum LogError {
 pub type DurableReceiver = oneshot::Receiver<Result<(), LogError>>;
 
 /// State shared between [`Log`] handles and the writer thread.
+#[derive(Default)]
 pub(crate) struct Shared {
     failed_flag: AtomicBool,
     failed: Mutex<Option<Arc<str>>>,
     bytes: AtomicU64,
     segments: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) recoveries: AtomicU64,
+    pub(crate) dropped_records: AtomicU64,
+    refused_failed: AtomicU64,
+    refused_busy: AtomicU64,
 }
 
 impl Shared {
@@ -209,11 +272,13 @@ impl Shared {
     }
 
     pub(crate) fn set_failed(&self, msg: Arc<str>) {
-        let mut slot = self.failed.lock();
-        if slot.is_none() {
-            *slot = Some(msg);
-        }
+        *self.failed.lock() = Some(msg);
         self.failed_flag.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn clear_failed(&self) {
+        self.failed_flag.store(false, Ordering::Release);
+        *self.failed.lock() = None;
     }
 }
 
@@ -222,9 +287,18 @@ pub(crate) enum Cmd {
     Append(Record, Option<oneshot::Sender<Result<(), LogError>>>),
     Sync(SyncSender<Result<(), LogError>>),
     Retention(SyncSender<Result<(), LogError>>),
+    /// Orderly stop point: fsync, then the `CLEAN` marker if no record was lost.
+    Close(SyncSender<Result<bool, LogError>>),
     Shutdown,
     #[cfg(test)]
     BreakFile,
+    /// Tells the first sender that the writer stopped, then blocks it until the second
+    /// channel's sender sends or is dropped.
+    #[cfg(test)]
+    Stall(SyncSender<()>, mpsc::Receiver<()>),
+    /// Makes every write fail (as on a full disk) until `FailWrites(false)`.
+    #[cfg(test)]
+    FailWrites(bool),
 }
 
 /// The node's durable message log. `Send + Sync`; share it in an `Arc`.
@@ -237,30 +311,43 @@ pub struct Log {
 }
 
 impl Log {
-    /// Opens the log in `config.dir` (creating it), scans the existing segments in order,
-    /// validates every record (length + crc32), truncates a torn or corrupt tail of the
-    /// last segment (a crash mid-write), applies retention, and returns every retained
-    /// record in append order for the caller to rebuild its in-memory state.
-    pub fn open(config: LogConfig) -> Result<(Log, Vec<Record>), LogError> {
+    /// Opens the log in `config.dir` (creating it): removes the `CLEAN` marker (reporting
+    /// whether it was there), scans the existing segments in order, validates every
+    /// record (length + crc32), skips corrupt records that a valid one follows, truncates
+    /// a torn or corrupt tail of the last segment (a crash mid-write), applies retention,
+    /// and then hands every retained record, in append order, to `replay` (the caller
+    /// rebuilds its in-memory state from them). Segments are read through a bounded
+    /// buffer, never whole; the scan reads the log twice (validate, then replay).
+    pub fn open(
+        config: LogConfig,
+        mut replay: impl FnMut(Record),
+    ) -> Result<(Log, OpenReport), LogError> {
         config.validate()?;
         fs::create_dir_all(&config.dir).map_err(|e| io_err(&config.dir, e))?;
         let lock = lock_dir(&config.dir)?;
+        let known_skips = take_clean_marker(&config.dir)?;
 
-        let scanned = recover::scan(&config.dir)?;
-        let shared = Arc::new(Shared {
-            failed_flag: AtomicBool::new(false),
-            failed: Mutex::new(None),
-            bytes: AtomicU64::new(0),
-            segments: AtomicU64::new(0),
-        });
-        let metas = scanned.iter().map(|s| s.meta.clone()).collect();
-        let (writer, deleted) = writer::Writer::open(&config, metas, shared.clone())?;
+        let scan = recover::scan(&config.dir)?;
+        let shared = Arc::new(Shared::default());
+        let (writer, deleted) = writer::Writer::open(&config, scan.metas.clone(), shared.clone())?;
         writer.publish_stats();
-        let records: Vec<Record> = scanned
-            .into_iter()
-            .skip(deleted)
-            .flat_map(|s| s.records)
-            .collect();
+        // Skipped regions the previous clean stop already knew about were accounted for
+        // then (the caller renewed epochs at that start); new ones make this start unclean.
+        let skips_known = known_skips.as_ref().is_some_and(|known| {
+            scan.metas
+                .iter()
+                .all(|m| m.skipped.iter().all(|p| known.contains(&(m.base, *p))))
+        });
+        let mut report = OpenReport {
+            clean: skips_known && scan.truncated_bytes == 0,
+            records: 0,
+            skipped_regions: scan.skipped_regions,
+            skipped_bytes: scan.skipped_bytes,
+            truncated_bytes: scan.truncated_bytes,
+        };
+        for meta in scan.metas.iter().skip(deleted) {
+            report.records += recover::replay_segment(meta, &mut replay)?;
+        }
 
         let (tx, rx) = mpsc::sync_channel(config.queue_records);
         let thread = std::thread::Builder::new()
@@ -274,18 +361,54 @@ impl Log {
                 thread: Mutex::new(Some(thread)),
                 _lock: lock,
             },
-            records,
+            report,
         ))
     }
 
-    /// Appends without blocking on disk: hands the record to the writer thread through a
-    /// bounded FIFO queue (blocks the caller only when [`LogConfig::queue_records`] records
-    /// already wait: back-pressure). If `durable`, returns a receiver that resolves once
-    /// the record is fsynced (group commit: the writer drains everything queued, writes it
-    /// in one go, fsyncs once, then resolves all waiters of that batch).
+    /// Appends without ever blocking: hands the record to the writer thread through a
+    /// bounded FIFO queue. Refused with [`LogError::Busy`] when
+    /// [`LogConfig::queue_records`] records already wait (the disk does not keep up), and
+    /// with [`LogError::Failed`] while the log is failed; a refused record was not taken.
+    /// If `durable`, returns a receiver that resolves once the record is fsynced (group
+    /// commit: the writer drains everything queued, writes it in one go, fsyncs once,
+    /// then resolves all waiters of that batch).
     ///
     /// Records appended from one thread (or under one lock) are written in that order.
     pub fn append(
+        &self,
+        record: Record,
+        durable: bool,
+    ) -> Result<Option<DurableReceiver>, LogError> {
+        if let Some(err) = self.shared.failure() {
+            self.shared.refused_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(err);
+        }
+        let len = format::body_len(&record);
+        if len > MAX_RECORD_BYTES {
+            return Err(LogError::RecordTooLarge {
+                len,
+                max: MAX_RECORD_BYTES,
+            });
+        }
+        let (waiter, rx) = if durable {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        match self.tx.try_send(Cmd::Append(record, waiter)) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => {
+                self.shared.refused_busy.fetch_add(1, Ordering::Relaxed);
+                Err(LogError::Busy)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(self.gone()),
+        }
+    }
+
+    /// Appends like [`append`](Self::append), but waits for room in the queue instead of
+    /// returning [`LogError::Busy`]. For start-up and tools, never from an async task.
+    pub fn append_blocking(
         &self,
         record: Record,
         durable: bool,
@@ -312,6 +435,22 @@ impl Log {
         Ok(rx)
     }
 
+    /// The orderly stop point, blocking until done: flushes and fsyncs everything
+    /// appended so far and, when no record was lost since [`open`](Self::open), writes
+    /// the `CLEAN` marker; returns whether it did. The log stays usable: a record
+    /// appended after `close` removes the marker again (and dropping the log writes it
+    /// back if all is well). Do not call it from an async task without `spawn_blocking`.
+    pub fn close(&self) -> Result<bool, LogError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx.send(Cmd::Close(tx)).map_err(|_| self.gone())?;
+        rx.recv().map_err(|_| self.gone())?
+    }
+
+    /// Whether the log is failed now, with the error that made it fail.
+    pub fn failure(&self) -> Option<LogError> {
+        self.shared.failure()
+    }
+
     /// Flushes and fsyncs everything appended so far, blocking until done; used at
     /// graceful shutdown. Do not call it from an async task without `spawn_blocking`.
     pub fn sync(&self) -> Result<(), LogError> {
@@ -326,9 +465,16 @@ impl Log {
 
     /// Bytes on disk and segment count (for metrics), as of the writer's last batch.
     pub fn stats(&self) -> LogStats {
+        let s = &self.shared;
         LogStats {
-            bytes: self.shared.bytes.load(Ordering::Relaxed),
-            segments: self.shared.segments.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            segments: s.segments.load(Ordering::Relaxed),
+            failed: s.failed_flag.load(Ordering::Acquire),
+            failures: s.failures.load(Ordering::Relaxed),
+            recoveries: s.recoveries.load(Ordering::Relaxed),
+            dropped_records: s.dropped_records.load(Ordering::Relaxed),
+            refused_failed: s.refused_failed.load(Ordering::Relaxed),
+            refused_busy: s.refused_busy.load(Ordering::Relaxed),
         }
     }
 
@@ -351,10 +497,28 @@ impl Log {
     pub(crate) fn break_file(&self) {
         let _ = self.tx.send(Cmd::BreakFile);
     }
+
+    /// Test hook: returns once the writer has stopped with an empty queue; it stays
+    /// stopped until the returned sender sends or is dropped.
+    #[cfg(test)]
+    pub(crate) fn stall(&self) -> SyncSender<()> {
+        let (release, until) = mpsc::sync_channel(1);
+        let (started, stopped) = mpsc::sync_channel(1);
+        let _ = self.tx.send(Cmd::Stall(started, until));
+        let _ = stopped.recv();
+        release
+    }
+
+    /// Test hook: every write fails (like a full disk) until called with `false`.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, on: bool) {
+        let _ = self.tx.send(Cmd::FailWrites(on));
+    }
 }
 
 impl Drop for Log {
-    /// Stops the writer thread after flushing and fsyncing everything appended.
+    /// Stops the writer thread after flushing and fsyncing everything appended, writing
+    /// the `CLEAN` marker when no record was lost (as [`Log::close`]).
     fn drop(&mut self) {
         // A send error means the writer already exited; nothing to flush then.
         let _ = self.tx.send(Cmd::Shutdown);
@@ -379,6 +543,54 @@ fn lock_dir(dir: &Path) -> Result<File, LogError> {
         Err(fs::TryLockError::WouldBlock) => Err(LogError::Locked(dir.to_path_buf())),
         Err(fs::TryLockError::Error(e)) => Err(io_err(&path, e)),
     }
+}
+
+/// Name of the marker file an orderly stop leaves behind.
+pub(crate) const CLEAN_MARKER: &str = "CLEAN";
+
+/// Removes the `CLEAN` marker, durably, before anything is appended: from now on, until
+/// the next orderly stop, the log may miss records. Returns `None` if there was no
+/// (readable) marker, else the corrupt regions (segment base, position) the stopped
+/// log knew about: the marker lists them, so that a known region does not make every
+/// later start unclean.
+fn take_clean_marker(dir: &Path) -> Result<Option<Vec<(u64, u64)>>, LogError> {
+    let path = dir.join(CLEAN_MARKER);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&path, e)),
+    };
+    fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+    sync_dir(dir)?;
+    Ok(parse_clean_marker(&text))
+}
+
+/// The marker: a version line, then one `base position` line per known corrupt region.
+pub(crate) fn clean_marker_text(known: impl Iterator<Item = (u64, u64)>) -> String {
+    let mut out = String::from("starling-log clean v1\n");
+    for (base, pos) in known {
+        out.push_str(&format!("{base} {pos}\n"));
+    }
+    out
+}
+
+fn parse_clean_marker(text: &str) -> Option<Vec<(u64, u64)>> {
+    let mut lines = text.lines();
+    if lines.next()? != "starling-log clean v1" {
+        return None;
+    }
+    lines
+        .map(|line| {
+            let (base, pos) = line.split_once(' ')?;
+            Some((base.parse().ok()?, pos.parse().ok()?))
+        })
+        .collect()
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
 }
 
 pub(crate) fn io_err(path: &Path, source: io::Error) -> LogError {

@@ -1,4 +1,5 @@
-//! The writer thread: group commit, rotation, retention.
+//! The writer thread: group commit, rotation, retention, failure and recovery, and the
+//! `CLEAN` marker.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -13,10 +14,23 @@ use tokio::sync::oneshot;
 
 use crate::format::{self, HEADER_LEN};
 use crate::recover::SegmentMeta;
-use crate::{Clock, Cmd, LogConfig, LogError, Record, Shared, io_err};
+use crate::{CLEAN_MARKER, Clock, Cmd, LogConfig, LogError, Record, Shared, io_err};
 
 /// Size of the write buffer in front of the active segment.
 const WRITE_BUFFER: usize = 256 * 1024;
+/// Bytes a recovery attempt must be able to write (and then cuts off again) before the
+/// log accepts records again: one write buffer, so that the first batch fits.
+const PROBE_BYTES: usize = WRITE_BUFFER;
+/// While failed, at most one log line per this interval.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The part of the active segment known to be on disk (fsynced).
+#[derive(Debug, Clone, Copy)]
+struct Synced {
+    bytes: u64,
+    records: u64,
+    max_time_ms: Option<u64>,
+}
 
 type Waiter = oneshot::Sender<Result<(), LogError>>;
 type Reply = SyncSender<Result<(), LogError>>;
@@ -39,6 +53,22 @@ pub(crate) struct Writer {
     rotated: bool,
     failed: Option<Arc<str>>,
     shared: Arc<Shared>,
+    /// The active segment up to its last fsync: where a recovery cuts it back to.
+    synced: Synced,
+    /// A record was lost during this run (a write error): no `CLEAN` marker at the stop.
+    lost: bool,
+    /// The `CLEAN` marker is on disk (after `close`); the next append removes it.
+    marker_written: bool,
+    retry_interval: Duration,
+    last_retry: Instant,
+    /// When an error line was last logged (failures and retry summaries share it).
+    last_error_log: Option<Instant>,
+    /// When a recovery line was last logged.
+    last_recovery_log: Option<Instant>,
+    /// Appends refused while failed, as of the last log line (for the summary).
+    refused_logged: u64,
+    #[cfg(test)]
+    fail_writes: bool,
 }
 
 impl Writer {
@@ -63,6 +93,18 @@ impl Writer {
             }
         };
         let total_bytes = metas.iter().map(|m| m.bytes).sum();
+        let synced = metas.last().map_or(
+            Synced {
+                bytes: HEADER_LEN,
+                records: 0,
+                max_time_ms: None,
+            },
+            |m| Synced {
+                bytes: m.bytes,
+                records: m.records,
+                max_time_ms: m.max_time_ms,
+            },
+        );
         let mut writer = Writer {
             dir: config.dir.clone(),
             segment_bytes: config.segment_bytes,
@@ -78,6 +120,16 @@ impl Writer {
             rotated: false,
             failed: None,
             shared,
+            synced,
+            lost: false,
+            marker_written: false,
+            retry_interval: config.retry_interval,
+            last_retry: Instant::now(),
+            last_error_log: None,
+            last_recovery_log: None,
+            refused_logged: 0,
+            #[cfg(test)]
+            fail_writes: false,
         };
         let deleted = writer.retention().map_err(|(path, e)| io_err(&path, e))?;
         Ok((writer, deleted))
@@ -95,8 +147,15 @@ impl Writer {
             } else {
                 last_retention
             };
-            let wait = self.sync_interval.saturating_sub(since.elapsed());
+            let mut wait = self.sync_interval.saturating_sub(since.elapsed());
+            if self.failed.is_some() {
+                wait = wait.min(
+                    self.retry_interval
+                        .saturating_sub(self.last_retry.elapsed()),
+                );
+            }
             let mut shutdown = false;
+            let mut closes = Vec::new();
             let mut retention_asked = false;
             match rx.recv_timeout(wait) {
                 Ok(cmd) => {
@@ -113,9 +172,17 @@ impl Writer {
                                 retention_asked = true;
                                 replies.push(reply);
                             }
+                            Cmd::Close(reply) => closes.push(reply),
                             Cmd::Shutdown => shutdown = true,
                             #[cfg(test)]
                             Cmd::BreakFile => self.break_file(),
+                            #[cfg(test)]
+                            Cmd::Stall(started, until) => {
+                                let _ = started.send(());
+                                let _ = until.recv();
+                            }
+                            #[cfg(test)]
+                            Cmd::FailWrites(on) => self.fail_writes = on,
                         }
                         if !shutdown && taken < self.batch_limit {
                             next = rx.try_recv().ok();
@@ -128,6 +195,7 @@ impl Writer {
 
             let must_sync = !waiters.is_empty()
                 || !replies.is_empty()
+                || !closes.is_empty()
                 || shutdown
                 || (self.dirty && last_sync.elapsed() >= self.sync_interval);
             self.commit(must_sync);
@@ -148,12 +216,135 @@ impl Writer {
                     self.fail("rotating segment", &path, e);
                 }
             }
+            if self.failed.is_some() && self.last_retry.elapsed() >= self.retry_interval {
+                self.last_retry = Instant::now();
+                self.try_recover();
+            }
             self.publish_stats();
             for reply in replies.drain(..) {
                 let _ = reply.send(self.status());
             }
+            if !closes.is_empty() || shutdown {
+                let clean = self.mark_clean();
+                if let Err(e) = &clean {
+                    tracing::warn!("cannot write the message log's clean marker: {e}");
+                }
+                for reply in closes.drain(..) {
+                    let _ = reply.send(match &clean {
+                        Ok(clean) => Ok(*clean),
+                        Err(e) => Err(LogError::Failed(Arc::from(e.to_string()))),
+                    });
+                }
+            }
             if shutdown {
                 break;
+            }
+        }
+        if self.failed.is_some() {
+            // Dropping the buffer would flush the failed batch behind the segment's good
+            // end: discard it instead.
+            let _ = self.file.into_parts();
+        }
+    }
+
+    /// Writes the `CLEAN` marker if everything appended is fsynced and no record was
+    /// lost during this run. Returns whether the marker is on disk.
+    fn mark_clean(&mut self) -> Result<bool, LogError> {
+        if self.failed.is_some() || self.lost || self.dirty {
+            return Ok(false);
+        }
+        if self.marker_written {
+            return Ok(true);
+        }
+        let known = self
+            .segments
+            .iter()
+            .flat_map(|m| m.skipped.iter().map(|p| (m.base, *p)));
+        let text = crate::clean_marker_text(known);
+        let tmp = self.dir.join(format!("{CLEAN_MARKER}.tmp"));
+        let path = self.dir.join(CLEAN_MARKER);
+        let written = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| io_err(&path, e));
+        written?;
+        crate::sync_dir(&self.dir)?;
+        self.marker_written = true;
+        Ok(true)
+    }
+
+    /// After a write error: cut the active segment back to its last fsynced length,
+    /// check that a buffer's worth can be written, and accept records again.
+    fn try_recover(&mut self) {
+        let path = self.active().path.clone();
+        // Whatever the old handle still buffers belongs to the failed batch: discard it.
+        let probe = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|file| {
+                #[cfg(test)]
+                if self.fail_writes {
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "injected failure",
+                    ));
+                }
+                file.set_len(self.synced.bytes)?;
+                let mut f = &file;
+                f.write_all(&vec![0u8; PROBE_BYTES])?;
+                file.sync_data()?;
+                file.set_len(self.synced.bytes)?;
+                file.sync_all()?;
+                Ok(file)
+            });
+        match probe {
+            Ok(file) => {
+                let (_, _) =
+                    std::mem::replace(&mut self.file, BufWriter::with_capacity(WRITE_BUFFER, file))
+                        .into_parts();
+                let synced = self.synced;
+                let active = self.active_mut();
+                let cut = active.records.saturating_sub(synced.records);
+                active.bytes = synced.bytes;
+                active.records = synced.records;
+                active.max_time_ms = synced.max_time_ms;
+                self.total_bytes = self.segments.iter().map(|m| m.bytes).sum();
+                self.dirty = false;
+                self.shared
+                    .dropped_records
+                    .fetch_add(cut, Ordering::Relaxed);
+                self.failed = None;
+                self.shared.clear_failed();
+                self.shared.recoveries.fetch_add(1, Ordering::Relaxed);
+                if due(&mut self.last_recovery_log) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        dropped_records = self.shared.dropped_records.load(Ordering::Relaxed),
+                        refused_appends = self.shared.refused_failed.load(Ordering::Relaxed),
+                        recoveries = self.shared.recoveries.load(Ordering::Relaxed),
+                        "message log writable again; accepting records (counts are since start)"
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(self.synced.bytes));
+                if due(&mut self.last_error_log) {
+                    let refused = self.shared.refused_failed.load(Ordering::Relaxed);
+                    tracing::error!(
+                        path = %path.display(),
+                        error = %e,
+                        refused_since_last_report = refused.saturating_sub(self.refused_logged),
+                        "message log still failed; retrying every {:?}",
+                        self.retry_interval
+                    );
+                    self.refused_logged = refused;
+                }
             }
         }
     }
@@ -166,10 +357,12 @@ impl Writer {
     }
 
     fn append(&mut self, record: Record, waiter: Option<Waiter>, waiters: &mut Vec<Waiter>) {
-        if self.failed.is_none()
-            && let Err((what, path, e)) = self.write_record(&record)
-        {
+        if self.failed.is_some() {
+            // Queued before the failure: lost with it.
+            self.shared.dropped_records.fetch_add(1, Ordering::Relaxed);
+        } else if let Err((what, path, e)) = self.write_record(&record) {
             self.fail(what, &path, e);
+            self.shared.dropped_records.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(waiter) = waiter {
             if self.failed.is_some() {
@@ -181,6 +374,23 @@ impl Writer {
     }
 
     fn write_record(&mut self, record: &Record) -> Result<(), (&'static str, PathBuf, io::Error)> {
+        if self.marker_written {
+            // Appended after `close`: until the next orderly stop the log may miss it.
+            let marker = self.dir.join(CLEAN_MARKER);
+            fs::remove_file(&marker)
+                .and_then(|()| File::open(&self.dir)?.sync_all())
+                .map_err(|e| ("removing the clean marker", marker, e))?;
+            self.marker_written = false;
+        }
+        #[cfg(test)]
+        if self.fail_writes {
+            let path = self.active().path.clone();
+            return Err((
+                "writing",
+                path,
+                io::Error::new(io::ErrorKind::StorageFull, "injected failure"),
+            ));
+        }
         let active = self.active();
         if active.bytes >= self.segment_bytes && active.records > 0 {
             self.rotate().map_err(|(p, e)| ("rotating segment", p, e))?;
@@ -219,7 +429,17 @@ impl Writer {
                 return;
             }
             self.dirty = false;
+            self.mark_synced();
         }
+    }
+
+    fn mark_synced(&mut self) {
+        let active = self.active();
+        self.synced = Synced {
+            bytes: active.bytes,
+            records: active.records,
+            max_time_ms: active.max_time_ms,
+        };
     }
 
     /// Closes the active segment (flush + fsync) and starts a new one.
@@ -228,6 +448,7 @@ impl Writer {
         self.file.flush().map_err(|e| (old.clone(), e))?;
         self.file.get_ref().sync_data().map_err(|e| (old, e))?;
         self.dirty = false;
+        self.mark_synced();
         let active = self.active();
         let base = active.base + active.records;
         let (file, meta) = create_segment(&self.dir, base)?;
@@ -235,6 +456,7 @@ impl Writer {
         self.file = BufWriter::with_capacity(WRITE_BUFFER, file);
         self.total_bytes += meta.bytes;
         self.segments.push_back(meta);
+        self.mark_synced();
         Ok(())
     }
 
@@ -278,11 +500,26 @@ impl Writer {
             .store(self.segments.len() as u64, Ordering::Relaxed);
     }
 
+    /// Enters the failed state: appends are refused until `try_recover` succeeds. Error
+    /// lines (this one and the retries' summaries) come at most every
+    /// `ERROR_LOG_INTERVAL`, so a disk that keeps failing cannot flood the log; the
+    /// metrics count every failure.
     fn fail(&mut self, what: &str, path: &Path, e: io::Error) {
         let msg: Arc<str> = Arc::from(format!("{what} {}: {e}", path.display()));
-        tracing::error!(error = %msg, "log writer failed; no more records are accepted");
+        let failures = self.shared.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if due(&mut self.last_error_log) {
+            tracing::error!(
+                error = %msg,
+                failures,
+                "message log write failed; refusing records until writing works again (retrying every {:?})",
+                self.retry_interval
+            );
+        }
         self.shared.set_failed(msg.clone());
         self.failed = Some(msg);
+        self.lost = true;
+        self.last_retry = Instant::now();
+        self.refused_logged = self.shared.refused_failed.load(Ordering::Relaxed);
     }
 
     fn active(&self) -> &SegmentMeta {
@@ -309,6 +546,15 @@ impl Writer {
     }
 }
 
+/// Whether a rate-limited log line may be written now (and notes that it is).
+fn due(last: &mut Option<Instant>) -> bool {
+    if last.is_some_and(|t| t.elapsed() < ERROR_LOG_INTERVAL) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
 /// Creates the segment starting at `base`: header written and fsynced, directory fsynced.
 fn create_segment(dir: &Path, base: u64) -> Result<(File, SegmentMeta), (PathBuf, io::Error)> {
     let path = dir.join(format::segment_name(base));
@@ -317,9 +563,14 @@ fn create_segment(dir: &Path, base: u64) -> Result<(File, SegmentMeta), (PathBuf
         .append(true)
         .open(&path)
         .map_err(|e| (path.clone(), e))?;
-    file.write_all(&format::header(base))
+    if let Err(e) = file
+        .write_all(&format::header(base))
         .and_then(|()| file.sync_all())
-        .map_err(|e| (path.clone(), e))?;
+    {
+        // Leave no half-made segment behind: a later attempt creates it anew.
+        let _ = fs::remove_file(&path);
+        return Err((path, e));
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| (dir.to_path_buf(), e))?;
@@ -329,6 +580,7 @@ fn create_segment(dir: &Path, base: u64) -> Result<(File, SegmentMeta), (PathBuf
         bytes: HEADER_LEN,
         max_time_ms: None,
         path,
+        skipped: Vec::new(),
     };
     Ok((file, meta))
 }

@@ -91,6 +91,10 @@ pub const TOO_MANY_REQUESTS: ErrorCode = err(114, "too many requests", true);
 /// 115: the node holds as many channels as it may (`server.max_channels`); a subscribe
 /// or publish that would create one more is refused. Temporary: channels come and go.
 pub const CHANNEL_LIMIT: ErrorCode = err(115, "channel limit", true);
+/// 116: the node cannot take the command now: its message log cannot keep up (queue
+/// full) or is failed (disk full, I/O error) and durability was asked for. Nothing was
+/// published (unless the message says otherwise). Temporary: retry after a pause.
+pub const SERVER_BUSY: ErrorCode = err(116, "server busy", true);
 /// 117: an `idempotency_key` was reused with a different request (HTTP API, 409). The
 /// key stays bound to the request it was first used with for its window.
 pub const IDEMPOTENCY_CONFLICT: ErrorCode = err(117, "idempotency key conflict", false);
@@ -113,6 +117,7 @@ pub const ERRORS: &[ErrorCode] = &[
     ALREADY_CONNECTED,
     TOO_MANY_REQUESTS,
     CHANNEL_LIMIT,
+    SERVER_BUSY,
     IDEMPOTENCY_CONFLICT,
 ];
 

@@ -34,6 +34,8 @@ pub struct ApiError {
     status: StatusCode,
     code: u32,
     message: String,
+    /// Seconds for a `Retry-After` header (temporary refusals).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -42,6 +44,17 @@ impl ApiError {
             status,
             code: code.code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 503 with `Retry-After: 1` and code 116: the message log cannot take the
+    /// publication now (counted).
+    fn busy(state: &AppState, message: impl Into<String>) -> Self {
+        state.metrics.error(codes::SERVER_BUSY.code);
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, codes::SERVER_BUSY, message)
         }
     }
 
@@ -60,7 +73,7 @@ impl ApiError {
         }
     }
 
-    /// The publication would create a channel beyond `server.max_channels` (counted).
+    /// A refused publication (counted): the channel limit, or the message log.
     fn publish(state: &AppState, err: PublishError) -> Self {
         match err {
             PublishError::ChannelLimit => {
@@ -72,6 +85,14 @@ impl ApiError {
                     "channel limit reached (server.max_channels)",
                 )
             }
+            PublishError::Overloaded => Self::busy(
+                state,
+                "the message log cannot keep up; nothing was published: retry",
+            ),
+            PublishError::NotPersisted => Self::busy(
+                state,
+                "the message log is failed (see /ready); nothing was published: retry",
+            ),
         }
     }
 }
@@ -85,7 +106,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -268,6 +295,14 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
         .resolve(&body.channel)
         .map_err(ApiError::channel)?;
     let data = data_bytes(&state, &body.data)?;
+    if body.durable && state.journal.is_none() {
+        // Refused before anything is published, not after.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            codes::NOT_AVAILABLE,
+            "durable publish needs the message log (storage.dir)",
+        ));
+    }
     // Reserved before publishing, so that a concurrent retry waits instead of publishing.
     let parts: [&[u8]; 3] = [
         body.channel.as_bytes(),
@@ -397,12 +432,11 @@ async fn await_durable(
             "durable publish needs the message log (storage.dir)",
         ));
     };
+    // The log failed after taking the record: it was delivered live, but is not on disk.
     ack.await.map_err(|e| {
-        state.metrics.error(codes::INTERNAL.code);
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            codes::INTERNAL,
-            format!("not persisted: {e}"),
+        ApiError::busy(
+            state,
+            format!("delivered but not persisted ({e}); the message log is failed (see /ready)"),
         )
     })
 }

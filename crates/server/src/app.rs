@@ -164,8 +164,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr} (server.listen)"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     let state = AppState::new(config, local)?;
+    // Before the announcement: whoever reads it may send a signal at once.
+    let shutdown = shutdown_signal();
     announce(&state, local);
-    run(listener, state, shutdown_signal()).await
+    run(listener, state, shutdown).await
 }
 
 /// Binds the listener with an explicit accept backlog: tokio's default (1024) drops most
@@ -197,31 +199,40 @@ fn announce(state: &AppState, local: SocketAddr) {
     info!(%local, node = %state.node, "listening");
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Waits for SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: the accept loop may not poll it before
+/// the first connection is served, and a signal before then would kill the process
+/// without the orderly stop (no log sync, no clean marker).
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(e) => {
+                        warn!("cannot listen for {name}: {e}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = wait(int, "SIGINT") => {}
+                _ = wait(term, "SIGTERM") => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             warn!("cannot listen for Ctrl-C: {e}");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 
@@ -305,9 +316,14 @@ pub async fn run(
     sweeper.abort();
     if let Some(journal) = &state.journal {
         let log = journal.log().clone();
-        // fsync waits on the writer thread: keep it off the async workers.
-        match tokio::task::spawn_blocking(move || log.sync()).await {
-            Ok(Ok(())) => info!("message log synced"),
+        // fsync waits on the writer thread: keep it off the async workers. `close` also
+        // leaves the clean marker when nothing was lost, so the next start keeps epochs.
+        match tokio::task::spawn_blocking(move || log.close()).await {
+            Ok(Ok(true)) => info!("message log synced and closed clean"),
+            Ok(Ok(false)) => warn!(
+                "message log synced, but records were lost during this run: \
+                 the next start gives every channel a new epoch"
+            ),
             Ok(Err(e)) => warn!("message log sync at shutdown failed: {e}"),
             Err(e) => warn!("message log sync task failed: {e}"),
         }

@@ -1,13 +1,23 @@
 //! Binds the hub's [`Journal`] to the node's durable message log (`starling-log`), and
 //! rebuilds channel history from the log at start.
+//!
+//! The epoch rule: after a stop that was not known to be clean (see
+//! `starling_log::OpenReport::clean`), the log may miss publications that clients saw, so
+//! every channel found in the log gets a new epoch (offsets continue from the log's
+//! top, so history stays readable): a client recovering from a position of before is told
+//! "unrecoverable" instead of getting other data under a reused offset. The new epochs
+//! are written to the log as *epoch records* (a record with an empty payload: the channel
+//! continues at `offset` under `epoch`), so that they hold across later restarts.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use starling_core::{DurableAck, Hub, Journal, JournalError, Namespaces};
-use starling_log::{Log, LogConfig, Record};
+use starling_log::{Log, LogConfig, LogError, Record};
 use starling_protocol::{
     Encoding, Publication, Push, ServerMessage, decode_server_messages, encode_publication,
 };
@@ -59,16 +69,16 @@ impl Journal for LogJournal {
             time_ms,
             payload: encode(channel, publication),
         };
-        let receiver = self
-            .log
-            .append(record, durable)
-            .map_err(|e| JournalError(e.to_string()))?;
+        let receiver = self.log.append(record, durable).map_err(|e| match e {
+            LogError::Busy => JournalError::Busy,
+            e => JournalError::Failed(e.to_string()),
+        })?;
         Ok(receiver.map(|rx| {
             Box::pin(async move {
                 match rx.await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(JournalError(e.to_string())),
-                    Err(_) => Err(JournalError("the log writer stopped".into())),
+                    Ok(Err(e)) => Err(JournalError::Failed(e.to_string())),
+                    Err(_) => Err(JournalError::Failed("the log writer stopped".into())),
                 }
             }) as DurableAck
         }))
@@ -76,7 +86,8 @@ impl Journal for LogJournal {
 }
 
 /// Opens the message log in `config.dir`, puts the retained publications back into the
-/// hub's history (for namespaces that keep history), and returns the journal to attach.
+/// hub's history (for namespaces that keep history), applies the epoch rule (see the
+/// module doc), and returns the journal to attach. Runs before the node serves.
 pub fn open(
     config: &StorageConfig,
     hub: &Hub,
@@ -87,18 +98,33 @@ pub fn open(
     log_config.max_bytes = config.max_bytes;
     log_config.max_age = Duration::from_secs(config.max_age_secs);
     log_config.sync_interval = Duration::from_millis(config.sync_interval_ms.max(1));
-    let (log, records) = Log::open(log_config)
-        .with_context(|| format!("opening the message log in {} (storage.dir)", config.dir))?;
     let (mut restored, mut skipped) = (0usize, 0usize);
-    for record in &records {
-        let Ok(rules) = namespaces.resolve(&record.channel) else {
+    // Channels in the log that are not restored (no history now): their top offsets, so
+    // that an unclean start renews their epochs too (history may be switched on later).
+    let mut not_restored: HashMap<String, u64> = HashMap::new();
+    let (log, report) = Log::open(log_config, |record| {
+        let rules = namespaces
+            .resolve(&record.channel)
+            .ok()
+            .filter(|rules| rules.options.history.enabled());
+        let Some(rules) = rules else {
+            not_restored.insert(record.channel, record.offset);
             skipped += 1;
-            continue;
+            return;
         };
-        let Some(publication) = decode(record) else {
+        if record.payload.is_empty() {
+            hub.restore_epoch(
+                &record.channel,
+                &record.epoch,
+                record.offset,
+                rules.options.channel_options(),
+            );
+            return;
+        }
+        let Some(publication) = decode(&record) else {
             warn!(channel = %record.channel, offset = record.offset, "undecodable log record skipped");
             skipped += 1;
-            continue;
+            return;
         };
         hub.restore(
             &record.channel,
@@ -108,15 +134,69 @@ pub fn open(
             rules.options.channel_options(),
         );
         restored += 1;
+    })
+    .with_context(|| format!("opening the message log in {} (storage.dir)", config.dir))?;
+    if !report.clean
+        && let Err(e) = renew_epochs(&log, hub, not_restored)
+    {
+        // Safe to serve: the log is failed now, so this run cannot stop clean either, and
+        // the next start renews the epochs again. Refusing to start on a full disk would
+        // turn a degraded node into a dead one.
+        warn!("cannot write the renewed epochs to the message log: {e}");
     }
     // Expired entries and channels without history go at once, not at the first sweep.
     hub.sweep();
     info!(
         dir = %config.dir,
-        records = records.len(),
+        records = report.records,
         restored,
         skipped,
+        clean = report.clean,
+        skipped_regions = report.skipped_regions,
+        skipped_bytes = report.skipped_bytes,
+        truncated_bytes = report.truncated_bytes,
         "message log opened"
     );
     Ok(Arc::new(LogJournal { log: Arc::new(log) }))
+}
+
+/// The epoch rule after an unclean stop: every channel of the log gets a new epoch,
+/// recorded in the log. Blocks on the log's queue (start-up, before serving).
+fn renew_epochs(log: &Log, hub: &Hub, not_restored: HashMap<String, u64>) -> Result<(), LogError> {
+    let time_ms = starling_core::now_ms();
+    let renewed = hub.renew_epochs();
+    let count = renewed.len() + not_restored.len();
+    if count > 0 {
+        warn!(
+            channels = count,
+            "the message log was not stopped cleanly (crash, kill, power loss, write errors \
+             or damage): every channel gets a new epoch, so clients recover from history \
+             of before as unrecoverable instead of possibly getting other data"
+        );
+    }
+    for (channel, position) in renewed {
+        log.append_blocking(
+            epoch_record(&channel, &position.epoch, position.offset, time_ms),
+            false,
+        )?;
+    }
+    for (channel, offset) in not_restored {
+        let epoch = format!(
+            "{:016x}",
+            std::collections::hash_map::RandomState::new().hash_one(&channel)
+        );
+        log.append_blocking(epoch_record(&channel, &epoch, offset, time_ms), false)?;
+    }
+    log.sync()
+}
+
+/// A record saying: `channel` continues at `offset` under `epoch` (no publication).
+fn epoch_record(channel: &str, epoch: &str, offset: u64, time_ms: u64) -> Record {
+    Record {
+        channel: channel.to_string(),
+        epoch: epoch.to_string(),
+        offset,
+        time_ms,
+        payload: Bytes::new(),
+    }
 }

@@ -10,7 +10,7 @@ use crate::limits::Limit;
 const CODES: &[u16] = &[
     1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4000, 4001, 4002, 4003, 4004, 4005, 4500, 4501,
     4502, 4503, 4504, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114,
-    115,
+    115, 116,
 ];
 
 /// Counters kept by the server (the hub keeps its own).
@@ -230,6 +230,72 @@ pub fn render(state: &AppState) -> String {
         "Pongs that replaced an unsent pong instead of queueing (pings faster than the peer reads).",
         get(&m.pongs_coalesced),
     );
+    line(
+        &mut out,
+        "starling_lossy_drops_total",
+        "counter",
+        "Publications not queued to a full lossy subscriber.",
+        get(&h.lossy_drops),
+    );
+    line(
+        &mut out,
+        "starling_journal_errors_total",
+        "counter",
+        "Publications the message log did not take because it was failed (delivered live but not persisted, or refused when durability was asked for).",
+        get(&h.journal_errors),
+    );
+    line(
+        &mut out,
+        "starling_journal_busy_total",
+        "counter",
+        "Publications refused (error 116, HTTP 503) because the message log's queue was full.",
+        get(&h.journal_busy),
+    );
+    if let Some(journal) = &state.journal {
+        let s = journal.log().stats();
+        line(
+            &mut out,
+            "starling_journal_failed",
+            "gauge",
+            "1 while the message log is failed (write error; /ready answers 503), else 0.",
+            u64::from(s.failed),
+        );
+        line(
+            &mut out,
+            "starling_journal_failures_total",
+            "counter",
+            "Times the message log entered the failed state.",
+            s.failures,
+        );
+        line(
+            &mut out,
+            "starling_journal_recoveries_total",
+            "counter",
+            "Times the message log left the failed state (writing worked again).",
+            s.recoveries,
+        );
+        line(
+            &mut out,
+            "starling_journal_dropped_records_total",
+            "counter",
+            "Records the message log had accepted and lost to a write error.",
+            s.dropped_records,
+        );
+        line(
+            &mut out,
+            "starling_journal_bytes",
+            "gauge",
+            "Bytes in the message log's segment files.",
+            s.bytes,
+        );
+        line(
+            &mut out,
+            "starling_journal_segments",
+            "gauge",
+            "Segment files of the message log.",
+            s.segments,
+        );
+    }
     line(
         &mut out,
         "starling_api_requests_total",

@@ -18,18 +18,26 @@ pub async fn health() -> impl IntoResponse {
     )
 }
 
-/// `GET /ready`: 200 while the node accepts connections, 503 while it drains.
+/// `GET /ready`: 200 while the node accepts connections; 503 while it drains, and while
+/// the message log is failed (publications are not persisted then).
 pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let json = [(header::CONTENT_TYPE, "application/json")];
     if state.draining.load(Ordering::SeqCst) {
-        (
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             json,
-            "{\"status\":\"draining\"}",
-        )
-    } else {
-        (StatusCode::OK, json, "{\"status\":\"ready\"}")
+            "{\"status\":\"draining\"}".to_string(),
+        );
     }
+    if let Some(failure) = state.journal.as_ref().and_then(|j| j.log().failure()) {
+        let body = serde_json::json!({
+            "status": "degraded",
+            "reason": "message log failed: publications are delivered but not persisted",
+            "error": failure.to_string(),
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, json, body.to_string());
+    }
+    (StatusCode::OK, json, "{\"status\":\"ready\"}".to_string())
 }
 
 /// `GET /metrics`: Prometheus text format.

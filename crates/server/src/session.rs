@@ -471,9 +471,13 @@ impl Session {
                 rules.options.channel_options(),
                 false,
             )
-            .map_err(|PublishError::ChannelLimit| {
-                self.state.metrics.refused(Limit::Channels);
-                codes::CHANNEL_LIMIT.error()
+            .map_err(|e| match e {
+                PublishError::ChannelLimit => {
+                    self.state.metrics.refused(Limit::Channels);
+                    codes::CHANNEL_LIMIT.error()
+                }
+                PublishError::Overloaded | PublishError::NotPersisted => codes::SERVER_BUSY
+                    .with_message("the message log cannot take the publication now; retry"),
             })?;
         Ok(ReplyBody::Publish(PublishResult {
             offset: published.position.offset,
