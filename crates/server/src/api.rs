@@ -208,6 +208,11 @@ trait ApiBody: DeserializeOwned {
 /// without required fields, `channels` and `info`, need none).
 fn parse_body<T: ApiBody>(body: &[u8]) -> Result<T, ApiError> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    // serde's derived structs also accept a JSON array, matched by position
+    // (`["chat:x", 1]` would publish): only an object is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
     let parsed: T = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?;
     parsed.validate()?;

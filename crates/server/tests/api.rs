@@ -134,6 +134,21 @@ async fn errors_are_json_with_codes() {
         (400, Some(107)),
         "{r}"
     );
+    // A struct is not to be filled by position from an array.
+    for (method, body) in [
+        ("publish", r#"["x", 1]"#),
+        ("info", "[]"),
+        ("channels", "[]"),
+    ] {
+        let (status, r) = server
+            .api_with_key(method, body, Some(common::API_KEY))
+            .await;
+        assert_eq!(
+            (status, r["error"]["code"].as_u64()),
+            (400, Some(107)),
+            "{method} {body}: {r}"
+        );
+    }
     let (status, r) = server.api("publish", json!({"channel": "x"})).await;
     assert_eq!(
         (status, r["error"]["code"].as_u64()),
