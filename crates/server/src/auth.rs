@@ -70,6 +70,9 @@ pub struct SubscribeClaims {
 /// Token verification keys and claim rules.
 pub struct Auth {
     hmac: Option<DecodingKey>,
+    /// HS256 key of subscription tokens when it differs from `hmac`
+    /// (`client.subscription_token_hmac_secret`).
+    subscription_hmac: Option<DecodingKey>,
     rsa: Option<DecodingKey>,
     /// `exp` must be present (`client.token_require_exp`).
     require_exp: bool,
@@ -83,6 +86,7 @@ impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
             .field("hmac", &self.hmac.is_some())
+            .field("subscription_hmac", &self.subscription_hmac.is_some())
             .field("rsa", &self.rsa.is_some())
             .finish()
     }
@@ -93,6 +97,8 @@ impl Auth {
     pub fn new(config: &ClientConfig) -> anyhow::Result<Self> {
         let hmac = (!config.token_hmac_secret.is_empty())
             .then(|| DecodingKey::from_secret(config.token_hmac_secret.as_bytes()));
+        let subscription_hmac = (!config.subscription_token_hmac_secret.is_empty())
+            .then(|| DecodingKey::from_secret(config.subscription_token_hmac_secret.as_bytes()));
         let rsa = if config.token_rsa_public_key.is_empty() {
             None
         } else {
@@ -104,6 +110,7 @@ impl Auth {
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Ok(Self {
             hmac,
+            subscription_hmac,
             rsa,
             require_exp: config.token_require_exp,
             audience: non_empty(&config.token_audience),
@@ -116,11 +123,16 @@ impl Auth {
         self.hmac.is_some() || self.rsa.is_some()
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
+    /// Decodes and validates a token; `hmac` is the HS256 key of its kind.
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        hmac: Option<&DecodingKey>,
+    ) -> Result<T, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let key = match header.alg {
-            Algorithm::HS256 => self.hmac.as_ref(),
+            Algorithm::HS256 => hmac,
             Algorithm::RS256 => self.rsa.as_ref(),
             other => {
                 return Err(AuthError::Invalid(format!(
@@ -160,7 +172,7 @@ impl Auth {
 
     /// Verifies a connection token.
     pub fn verify_connect(&self, token: &str) -> Result<ConnectClaims, AuthError> {
-        let claims: ConnectClaims = self.decode(token)?;
+        let claims: ConnectClaims = self.decode(token, self.hmac.as_ref())?;
         if claims.sub.is_empty() {
             return Err(AuthError::Invalid("empty sub".into()));
         }
@@ -179,7 +191,9 @@ impl Auth {
         user: &str,
         channel: &str,
     ) -> Result<SubscribeClaims, AuthError> {
-        let claims: SubscribeClaims = self.decode(token)?;
+        // A separate secret, when configured, also keeps the kinds apart by signature.
+        let hmac = self.subscription_hmac.as_ref().or(self.hmac.as_ref());
+        let claims: SubscribeClaims = self.decode(token, hmac)?;
         if claims.sub != user {
             return Err(AuthError::Invalid("token is for another user".into()));
         }
@@ -352,5 +366,30 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn separate_subscription_secret() {
+        let auth = auth_with(ClientConfig {
+            subscription_token_hmac_secret: "sub-secret".into(),
+            ..ClientConfig::default()
+        });
+        let claims = serde_json::json!({"sub": "a", "channel": "c", "exp": now() + 60});
+        assert!(
+            auth.verify_subscribe(&token(claims.clone(), "sub-secret"), "a", "c")
+                .is_ok()
+        );
+        assert!(
+            auth.verify_subscribe(&token(claims, "secret"), "a", "c")
+                .is_err(),
+            "signed with the connection secret"
+        );
+        let conn = token(serde_json::json!({"sub": "a", "exp": now() + 60}), "secret");
+        assert!(auth.verify_connect(&conn).is_ok());
+        let conn_sub = token(
+            serde_json::json!({"sub": "a", "exp": now() + 60}),
+            "sub-secret",
+        );
+        assert!(auth.verify_connect(&conn_sub).is_err());
     }
 }

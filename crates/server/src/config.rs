@@ -168,6 +168,9 @@ pub struct ClientConfig {
     pub allow_anonymous: bool,
     /// HMAC secret for HS256 connection and subscription tokens.
     pub token_hmac_secret: String,
+    /// HMAC secret for HS256 subscription tokens when they should not share
+    /// `token_hmac_secret`; empty = the same secret as connection tokens.
+    pub subscription_token_hmac_secret: String,
     /// PEM-encoded RSA public key (or a path to a file holding it) for RS256 tokens.
     pub token_rsa_public_key: String,
     /// Tokens (connection and subscription) must carry `exp`; a token without one is
@@ -282,6 +285,7 @@ impl Default for ClientConfig {
         Self {
             allow_anonymous: false,
             token_hmac_secret: String::new(),
+            subscription_token_hmac_secret: String::new(),
             token_rsa_public_key: String::new(),
             token_require_exp: true,
             token_audience: String::new(),
@@ -355,12 +359,17 @@ pub const DEV_API_KEY: &str = "dev-api-key";
 pub const REDACTED: &str = "<redacted>";
 
 impl Config {
-    /// A copy with every secret (`api.key`, `client.token_hmac_secret`) replaced by
+    /// A copy with every secret (`api.key`, `client.token_hmac_secret`,
+    /// `client.subscription_token_hmac_secret`) replaced by
     /// [`REDACTED`] when set, for printing. An empty secret stays empty: that it is unset
     /// is worth seeing.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
-        for secret in [&mut c.api.key, &mut c.client.token_hmac_secret] {
+        for secret in [
+            &mut c.api.key,
+            &mut c.client.token_hmac_secret,
+            &mut c.client.subscription_token_hmac_secret,
+        ] {
             if !secret.is_empty() {
                 *secret = REDACTED.to_string();
             }
@@ -733,12 +742,19 @@ mod tests {
             &[
                 ("api.key".into(), "\"k1\"".into()),
                 ("client.token_hmac_secret".into(), "\"s1\"".into()),
+                (
+                    "client.subscription_token_hmac_secret".into(),
+                    "\"s2\"".into(),
+                ),
             ],
         )
         .expect("loads");
         let text = toml::to_string_pretty(&c.redacted()).expect("toml");
-        assert!(!text.contains("k1") && !text.contains("s1"), "{text}");
-        assert_eq!(text.matches(REDACTED).count(), 2, "{text}");
+        assert!(
+            !text.contains("k1") && !text.contains("s1") && !text.contains("s2"),
+            "{text}"
+        );
+        assert_eq!(text.matches(REDACTED).count(), 3, "{text}");
         assert!(c.redacted().client.token_rsa_public_key.is_empty());
         assert_eq!(c.api.key, "k1", "the original is untouched");
     }

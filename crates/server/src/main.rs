@@ -23,8 +23,8 @@ enum Command {
     #[command(after_help = SETTINGS_HELP)]
     Serve(ServeArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as
-    /// TOML, then exit. Secrets (api.key, client.token_hmac_secret) print as `<redacted>`
-    /// unless `--show-secrets` is given.
+    /// TOML, then exit. Secrets (api.key, client.token_hmac_secret,
+    /// client.subscription_token_hmac_secret) print as `<redacted>` unless `--show-secrets`.
     Config(ConfigArgs),
 }
 
@@ -33,7 +33,7 @@ enum Command {
 struct ConfigArgs {
     #[command(flatten)]
     serve: ServeArgs,
-    /// Print api.key and client.token_hmac_secret as they are instead of `<redacted>`.
+    /// Print the secrets as they are instead of `<redacted>`.
     #[arg(long)]
     show_secrets: bool,
 }
@@ -49,8 +49,9 @@ current values. The keys:
   websocket.max_message_size websocket.max_frame_size websocket.compression
   websocket.compression_min_size websocket.ping_interval_secs websocket.pong_timeout_secs
   websocket.handshake_timeout_secs websocket.allowed_origins
-  client.allow_anonymous client.token_hmac_secret client.token_rsa_public_key
-  client.token_require_exp client.token_audience client.token_issuer
+  client.allow_anonymous client.token_hmac_secret client.subscription_token_hmac_secret
+  client.token_rsa_public_key client.token_require_exp client.token_audience
+  client.token_issuer
   client.max_queue_bytes client.connect_timeout_secs client.command_rate
   client.command_burst client.max_subscriptions client.max_connections_per_user
   client.reconnect_delay_min_ms client.reconnect_delay_max_ms
