@@ -164,12 +164,29 @@ fn config_redacts_secrets_unless_asked() {
 /// Item 16: `--dev` on an address other machines can reach needs an explicit opt-in.
 #[test]
 fn dev_mode_refuses_a_public_address_unless_forced() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
         .args(["serve", "--dev", "--listen", "0.0.0.0:0"])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // A server that starts would run forever: give it a bounded time to refuse.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "started on 0.0.0.0");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read");
     assert!(
         err.contains("loopback") && err.contains("server.dev_allow_public"),
         "{err}"
