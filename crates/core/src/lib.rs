@@ -20,6 +20,9 @@ pub use hub::{
 pub use journal::{DurableAck, Journal, JournalError};
 pub use limits::TokenBucket;
 pub use metrics::HubCounters;
-pub use namespace::{ChannelError, ChannelRules, NamespaceOptions, Namespaces};
+pub use namespace::{
+    CHANNEL_NAME_PATTERN, ChannelError, ChannelRules, MAX_CHANNEL_LEN, NamespaceOptions,
+    Namespaces, validate_channel_name,
+};
 pub use outbox::{Outbox, PushOutcome};
 pub use registry::Registry;

@@ -3,11 +3,87 @@
 //! A channel name is `name` or `ns:name`; the part before the first `:` selects the
 //! namespace whose options apply (`default` when there is none). A name part that starts
 //! with `#` is a personal channel: `#alice` or `ns:#alice` only for user `alice`.
+//!
+//! [`validate_channel_name`] is the one syntax check for every entry point (WebSocket
+//! commands and the HTTP API); [`CHANNEL_NAME_PATTERN`] states the same rule as a regular
+//! expression for the OpenAPI document.
 
 use std::collections::HashMap;
 
-/// Longest channel name accepted, in bytes.
+/// Longest channel name accepted, in characters (Unicode scalar values, as JSON Schema's
+/// `maxLength` counts them), so at most 4 * 255 bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
+
+/// The characters a channel name may not hold, as a regular expression character range:
+/// the same set as [`channel_char`] refuses.
+macro_rules! not_channel_chars {
+    () => {
+        "\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+    };
+}
+
+/// The syntax of a channel name as an ECMA-262 / Python regular expression (the OpenAPI
+/// document's `pattern`); with the length limit it accepts exactly what
+/// [`validate_channel_name`] accepts. A namespace part (no `:`, not empty) and `:`, or
+/// none; then a name part that is not empty and not `#` alone; no control or whitespace
+/// characters anywhere. Without a namespace the name has no `:`. It ends in `(?![\s\S])`
+/// rather than `$`, which Python's `re` (and so schemathesis) lets match before a final
+/// newline.
+pub const CHANNEL_NAME_PATTERN: &str = concat!(
+    "^(?:[^",
+    not_channel_chars!(),
+    ":]+:",
+    "(?:#[^",
+    not_channel_chars!(),
+    "]+|[^",
+    not_channel_chars!(),
+    "#][^",
+    not_channel_chars!(),
+    "]*)",
+    "|(?:#[^",
+    not_channel_chars!(),
+    ":]+|[^",
+    not_channel_chars!(),
+    "#:][^",
+    not_channel_chars!(),
+    ":]*))(?![\\s\\S])"
+);
+
+/// Whether `c` may appear in a channel name: anything but control characters (Unicode
+/// `Cc`) and whitespace (`White_Space`), listed out so that [`CHANNEL_NAME_PATTERN`] can
+/// say the same.
+fn channel_char(c: char) -> bool {
+    !matches!(c,
+        '\u{0}'..='\u{20}'
+        | '\u{7f}'..='\u{a0}'
+        | '\u{1680}'
+        | '\u{2000}'..='\u{200a}'
+        | '\u{2028}'
+        | '\u{2029}'
+        | '\u{202f}'
+        | '\u{205f}'
+        | '\u{3000}')
+}
+
+/// Checks the syntax of a channel name (see the module documentation); the namespace is
+/// not looked up.
+pub fn validate_channel_name(channel: &str) -> Result<(), ChannelError> {
+    if channel.is_empty()
+        || channel.chars().count() > MAX_CHANNEL_LEN
+        || !channel.chars().all(channel_char)
+    {
+        return Err(ChannelError::Invalid);
+    }
+    let name = match channel.split_once(':') {
+        Some(("", _)) => return Err(ChannelError::Invalid),
+        Some((_, name)) => name,
+        None => channel,
+    };
+    if name.is_empty() || name == "#" {
+        return Err(ChannelError::Invalid);
+    }
+    Ok(())
+}
 
 /// Name of the namespace for channels without a `ns:` prefix.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -45,7 +121,8 @@ impl NamespaceOptions {
 /// Why a channel name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelError {
-    /// Empty, too long, or with control characters.
+    /// Empty, too long, with control or whitespace characters, an empty namespace or
+    /// name part, or the name `#` alone.
     #[error("invalid channel name")]
     Invalid,
     /// The namespace is not configured.
@@ -78,29 +155,18 @@ impl Namespaces {
 
     /// Checks a channel name and finds its rules.
     pub fn resolve<'a>(&'a self, channel: &'a str) -> Result<ChannelRules<'a>, ChannelError> {
-        if channel.is_empty()
-            || channel.len() > MAX_CHANNEL_LEN
-            || channel.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(ChannelError::Invalid);
-        }
+        validate_channel_name(channel)?;
         let (ns, name) = match channel.split_once(':') {
             Some((ns, name)) => (ns, name),
             None => (DEFAULT_NAMESPACE, channel),
         };
-        if name.is_empty() {
-            return Err(ChannelError::Invalid);
-        }
         let options = self
             .map
             .get(ns)
             .or(self.fallback.as_ref())
             .ok_or_else(|| ChannelError::UnknownNamespace(ns.to_string()))?;
-        let owner = match name.strip_prefix('#') {
-            Some("") => return Err(ChannelError::Invalid),
-            Some(user) => Some(user),
-            None => None,
-        };
+        // `#` alone was refused by the syntax check.
+        let owner = name.strip_prefix('#');
         Ok(ChannelRules { options, owner })
     }
 }
@@ -142,7 +208,17 @@ mod tests {
     #[test]
     fn refuses_bad_names() {
         let ns = namespaces(true);
-        for bad in ["", "chat:", "a b", "x\u{0}", "#", "chat:#"] {
+        for bad in [
+            "",
+            "chat:",
+            "a b",
+            "x\u{0}",
+            "#",
+            "chat:#",
+            ":x",
+            "x\u{a0}y",
+            "x\u{3000}",
+        ] {
             assert_eq!(
                 ns.resolve(bad).expect_err(bad),
                 ChannelError::Invalid,
@@ -153,6 +229,25 @@ mod tests {
             ns.resolve(&"x".repeat(256)).expect_err("long"),
             ChannelError::Invalid
         );
+        // The limit counts characters, as the OpenAPI document's `maxLength` does.
+        assert!(ns.resolve(&"é".repeat(255)).is_ok());
+        assert!(ns.resolve(&"é".repeat(256)).is_err());
+        for good in ["a", "chat:a:b", "chat:##", "#a", "ns:#a", "a-b_c.d/é", "@"] {
+            assert!(ns.resolve(good).is_ok(), "{good:?}");
+        }
+    }
+
+    /// The explicit character list is exactly "not control, not whitespace".
+    #[test]
+    fn channel_chars_are_the_non_control_non_whitespace_ones() {
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            assert_eq!(
+                channel_char(c),
+                !(c.is_control() || c.is_whitespace()),
+                "{:?}",
+                c
+            );
+        }
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! served at `/api/openapi.json`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -58,6 +59,16 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+
+    /// The protocol error code.
+    pub fn code(&self) -> u32 {
+        self.code
+    }
+
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, message)
     }
@@ -65,8 +76,10 @@ impl ApiError {
     fn channel(err: ChannelError) -> Self {
         match err {
             ChannelError::Invalid => Self::bad_request("invalid channel name"),
+            // Well formed, but names nothing that exists here: 404, not 400 (400 means the
+            // request breaks the documented schema).
             ChannelError::UnknownNamespace(ns) => Self::new(
-                StatusCode::BAD_REQUEST,
+                StatusCode::NOT_FOUND,
                 codes::UNKNOWN_CHANNEL,
                 format!("unknown channel namespace `{ns}`"),
             ),
@@ -118,12 +131,83 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// API requests in progress, so that a graceful shutdown can let them finish.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One request counted in [`InFlight`] until it is dropped (also when the caller hangs up
+/// and the handler's future is dropped).
+#[derive(Debug)]
+pub struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    /// Counts a new request, unless `draining` is set. The count is raised before the flag
+    /// is read, and shutdown sets the flag before it waits for the count: a request is
+    /// either refused or waited for, never lost in between.
+    pub fn enter<'a>(
+        &'a self,
+        draining: &std::sync::atomic::AtomicBool,
+    ) -> Option<InFlightGuard<'a>> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlightGuard(self);
+        (!draining.load(Ordering::SeqCst)).then_some(guard)
+    }
+
+    /// Requests in progress.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no request is in progress.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a wake-up between the two is not missed.
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Middleware of every `/api/<method>` route: while the node drains (graceful shutdown)
+/// new requests get 503 with code 4000 (`shutdown`: retry on another node); requests
+/// already running finish and shutdown waits for them (up to
+/// `server.shutdown_timeout_secs`).
+pub async fn gate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(_guard) = state.api_in_flight.enter(&state.draining) else {
+        state.metrics.error(u32::from(codes::SHUTDOWN.code));
+        return ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: u32::from(codes::SHUTDOWN.code),
+            message: "the node is shutting down: retry on another node".into(),
+            retry_after: None,
+        }
+        .into_response();
+    };
+    next.run(req).await
+}
+
 fn ok(result: Value) -> ApiResult {
     Ok(axum::Json(json!({ "result": result })).into_response())
 }
 
 /// Checks the API key and reads a JSON body of at most the message limit plus envelope.
-async fn authorized<T: DeserializeOwned>(state: &AppState, req: Request) -> Result<T, ApiError> {
+async fn authorized<T: ApiBody>(state: &AppState, req: Request) -> Result<T, ApiError> {
     Metrics::add(&state.metrics.api_requests, 1);
     let result = check_and_parse(state, req).await;
     if let Err(e) = &result {
@@ -132,10 +216,7 @@ async fn authorized<T: DeserializeOwned>(state: &AppState, req: Request) -> Resu
     result
 }
 
-async fn check_and_parse<T: DeserializeOwned>(
-    state: &AppState,
-    req: Request,
-) -> Result<T, ApiError> {
+async fn check_and_parse<T: ApiBody>(state: &AppState, req: Request) -> Result<T, ApiError> {
     check_key(state, req.headers())?;
     let limit = state.config.websocket.max_message_size + ENVELOPE_ALLOWANCE;
     let body: Bytes = axum::body::to_bytes(req.into_body(), limit)
@@ -147,8 +228,74 @@ async fn check_and_parse<T: DeserializeOwned>(
                 format!("request body over {limit} bytes"),
             )
         })?;
-    let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
+    parse_body(&body)
+}
+
+/// A request body: its JSON shape (serde) plus the rules JSON cannot state by type alone
+/// (channel name syntax, lengths), all as the OpenAPI document states them.
+trait ApiBody: DeserializeOwned {
+    /// Checks what deserializing did not.
+    fn validate(&self) -> Result<(), ApiError>;
+}
+
+/// Parses and validates one request body; an empty body reads as `{}` (so the methods
+/// without required fields, `channels` and `info`, need none).
+fn parse_body<T: ApiBody>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    // serde's derived structs also accept a JSON array, matched by position
+    // (`["chat:x", 1]` would publish): only an object is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    let parsed: T = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?;
+    parsed.validate()?;
+    Ok(parsed)
+}
+
+/// Parses a request body for API method `method` (`publish`, `broadcast`, ...) exactly as
+/// its handler does, without acting on it: the entry point of the `api_body` fuzz target.
+/// An unknown method is an error like a bad body.
+pub fn parse_request(method: &str, body: &[u8]) -> Result<(), ApiError> {
+    match method {
+        "publish" => parse_body::<PublishRequest>(body).map(drop),
+        "broadcast" => parse_body::<BroadcastRequest>(body).map(drop),
+        "history" => parse_body::<HistoryApiRequest>(body).map(drop),
+        "channels" => parse_body::<ChannelsRequest>(body).map(drop),
+        "presence" => parse_body::<PresenceRequest>(body).map(drop),
+        "disconnect" => parse_body::<DisconnectRequest>(body).map(drop),
+        "info" => parse_body::<InfoRequest>(body).map(drop),
+        other => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            codes::METHOD_NOT_FOUND,
+            format!("no API method `{other}`"),
+        )),
+    }
+}
+
+/// The one channel name check (shared with the WebSocket commands), for field `field`.
+fn check_channel(field: &str, channel: &str) -> Result<(), ApiError> {
+    starling_core::validate_channel_name(channel).map_err(|_| {
+        ApiError::bad_request(format!(
+            "{field}: invalid channel name (1 to {} characters, no control or whitespace \
+             characters, `ns:name` with neither part empty, not `#` alone)",
+            starling_core::MAX_CHANNEL_LEN
+        ))
+    })
+}
+
+/// An idempotency key is 1 to [`MAX_KEY_LEN`] characters.
+fn check_idempotency_key(key: Option<&str>) -> Result<(), ApiError> {
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let len = key.chars().count();
+    if len == 0 || len > MAX_KEY_LEN {
+        return Err(ApiError::bad_request(format!(
+            "idempotency_key must be 1 to {MAX_KEY_LEN} characters, not {len}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -214,6 +361,13 @@ struct PublishRequest {
     idempotency_key: Option<String>,
 }
 
+impl ApiBody for PublishRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        check_channel("channel", &self.channel)?;
+        check_idempotency_key(self.idempotency_key.as_deref())
+    }
+}
+
 /// What to do with a request after its idempotency key was checked.
 enum Keyed {
     /// Go ahead (holding the key's reservation, when the request has a key).
@@ -222,9 +376,10 @@ enum Keyed {
     Replay(Response),
 }
 
-/// Checks an idempotency key and reserves it for the request whose content is `parts`,
-/// or returns the recorded response. The key is scoped by endpoint, so a publish and a
-/// broadcast never share a response.
+/// Checks an idempotency key (its length was checked with the rest of the body) and
+/// reserves it for the request whose content is `parts`, or returns the recorded
+/// response. The key is scoped by endpoint, so a publish and a broadcast never share a
+/// response.
 async fn claim_key(
     state: &AppState,
     endpoint: &str,
@@ -238,12 +393,6 @@ async fn claim_key(
         state.metrics.error(e.code);
         Err(e)
     };
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return refuse(ApiError::bad_request(format!(
-            "idempotency_key must be 1 to {MAX_KEY_LEN} bytes, not {}",
-            key.len()
-        )));
-    }
     let mut all = Vec::with_capacity(parts.len() + 1);
     all.push(endpoint.as_bytes());
     all.extend_from_slice(parts);
@@ -298,7 +447,7 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
     if body.durable && state.journal.is_none() {
         // Refused before anything is published, not after.
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+            StatusCode::CONFLICT,
             codes::NOT_AVAILABLE,
             "durable publish needs the message log (storage.dir)",
         ));
@@ -363,12 +512,24 @@ struct BroadcastRequest {
     idempotency_key: Option<String>,
 }
 
+impl ApiBody for BroadcastRequest {
+    /// A malformed name refuses the whole request (as `publish` would); a name that is
+    /// well formed but refused later (unknown namespace, channel limit) gets an error of
+    /// its own among the per-channel results.
+    fn validate(&self) -> Result<(), ApiError> {
+        if self.channels.is_empty() {
+            return Err(ApiError::bad_request("channels must not be empty"));
+        }
+        for (i, channel) in self.channels.iter().enumerate() {
+            check_channel(&format!("channels[{i}]"), channel)?;
+        }
+        check_idempotency_key(self.idempotency_key.as_deref())
+    }
+}
+
 /// `POST /api/broadcast`: the same data to many channels; one result per channel.
 pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
     let body: BroadcastRequest = authorized(&state, req).await?;
-    if body.channels.is_empty() {
-        return Err(ApiError::bad_request("channels must not be empty"));
-    }
     let data = data_bytes(&state, &body.data)?;
     let mut parts: Vec<&[u8]> = body.channels.iter().map(|c| c.as_bytes()).collect();
     parts.push(body.data.get().as_bytes());
@@ -427,7 +588,7 @@ async fn await_durable(
     }
     let Some(ack) = ack else {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+            StatusCode::CONFLICT,
             codes::NOT_AVAILABLE,
             "durable publish needs the message log (storage.dir)",
         ));
@@ -460,6 +621,12 @@ struct Position {
     epoch: String,
 }
 
+impl ApiBody for HistoryApiRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        check_channel("channel", &self.channel)
+    }
+}
+
 /// `POST /api/history`: a page of a channel's history.
 pub async fn history(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
     let body: HistoryApiRequest = authorized(&state, req).await?;
@@ -481,12 +648,12 @@ pub async fn history(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
         .history(&body.channel, query, epoch, rules.options.channel_options())
         .map_err(|e| match e {
             starling_core::HistoryReadError::Disabled => ApiError::new(
-                StatusCode::BAD_REQUEST,
+                StatusCode::CONFLICT,
                 codes::NOT_AVAILABLE,
                 "history is not kept for this namespace",
             ),
             starling_core::HistoryReadError::Unrecoverable => ApiError::new(
-                StatusCode::BAD_REQUEST,
+                StatusCode::CONFLICT,
                 codes::UNRECOVERABLE_POSITION,
                 "position is no longer in history",
             ),
@@ -525,6 +692,12 @@ struct ChannelsRequest {
     pattern: Option<String>,
 }
 
+impl ApiBody for ChannelsRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
 /// `POST /api/channels`: channels with subscribers, with their counts.
 pub async fn channels(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
     let body: ChannelsRequest = authorized(&state, req).await?;
@@ -541,6 +714,12 @@ struct PresenceRequest {
     channel: String,
 }
 
+impl ApiBody for PresenceRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        check_channel("channel", &self.channel)
+    }
+}
+
 /// `POST /api/presence`: who is subscribed to a channel.
 pub async fn presence(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
     let body: PresenceRequest = authorized(&state, req).await?;
@@ -550,7 +729,7 @@ pub async fn presence(State(state): State<Arc<AppState>>, req: Request) -> ApiRe
         .map_err(ApiError::channel)?;
     if !rules.options.presence {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+            StatusCode::CONFLICT,
             codes::NOT_AVAILABLE,
             "presence is disabled for this namespace",
         ));
@@ -571,12 +750,18 @@ struct DisconnectRequest {
     user: String,
 }
 
+impl ApiBody for DisconnectRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        if self.user.is_empty() {
+            return Err(ApiError::bad_request("user must not be empty"));
+        }
+        Ok(())
+    }
+}
+
 /// `POST /api/disconnect`: closes every connection of a user on this node (code 4503).
 pub async fn disconnect(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
     let body: DisconnectRequest = authorized(&state, req).await?;
-    if body.user.is_empty() {
-        return Err(ApiError::bad_request("user must not be empty"));
-    }
     let n = state
         .registry
         .disconnect_user(&body.user, codes::DISCONNECTED_BY_API);
@@ -586,6 +771,12 @@ pub async fn disconnect(State(state): State<Arc<AppState>>, req: Request) -> Api
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct InfoRequest {}
+
+impl ApiBody for InfoRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
 
 /// `POST /api/info`: node id, version, uptime and counts.
 pub async fn info(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {

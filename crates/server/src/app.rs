@@ -50,6 +50,8 @@ pub struct AppState {
     pub limits: crate::limits::Limits,
     /// Results of publishes made with an idempotency key.
     pub idempotency: crate::idempotency::IdempotencyCache,
+    /// HTTP API requests in progress (graceful shutdown waits for them).
+    pub api_in_flight: crate::api::InFlight,
     next_key: AtomicU64,
 }
 
@@ -127,6 +129,7 @@ impl AppState {
                 Duration::from_secs(config.api.idempotency_window_secs),
                 config.api.idempotency_max_keys,
             ),
+            api_in_flight: crate::api::InFlight::default(),
             next_key: AtomicU64::new(1),
             config,
         }))
@@ -140,12 +143,7 @@ impl AppState {
 
 /// The HTTP routes of a node.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/connection/websocket", get(crate::upgrade::websocket))
-        .route("/health", get(crate::ops::health))
-        .route("/ready", get(crate::ops::ready))
-        .route("/metrics", get(crate::ops::metrics))
-        .route("/api/openapi.json", get(crate::api::openapi))
+    let api = Router::new()
         .route("/api/publish", post(crate::api::publish))
         .route("/api/broadcast", post(crate::api::broadcast))
         .route("/api/channels", post(crate::api::channels))
@@ -153,6 +151,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/history", post(crate::api::history))
         .route("/api/disconnect", post(crate::api::disconnect))
         .route("/api/info", post(crate::api::info))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::api::gate,
+        ));
+    Router::new()
+        .route("/connection/websocket", get(crate::upgrade::websocket))
+        .route("/health", get(crate::ops::health))
+        .route("/ready", get(crate::ops::ready))
+        .route("/metrics", get(crate::ops::metrics))
+        .route("/api/openapi.json", get(crate::api::openapi))
+        .merge(api)
         .fallback(crate::ops::not_found)
         .with_state(state)
 }
@@ -304,13 +313,24 @@ pub async fn run(
         "shutting down: asked clients to reconnect"
     );
     let grace = Duration::from_secs(state.config.server.shutdown_timeout_secs);
-    // Connections deregister themselves as their close handshakes finish.
-    let _ = tokio::time::timeout(grace, state.registry.wait_empty()).await;
+    // Connections deregister themselves as their close handshakes finish; API requests
+    // already running finish too (new ones get 503 since `draining` is set).
+    let _ = tokio::time::timeout(grace, async {
+        tokio::join!(state.registry.wait_empty(), state.api_in_flight.wait_idle())
+    })
+    .await;
     let left = state.registry.connections();
     if left > 0 {
         warn!(
             connections = left,
             "shutdown timeout: dropping remaining connections"
+        );
+    }
+    let api_left = state.api_in_flight.count();
+    if api_left > 0 {
+        warn!(
+            requests = api_left,
+            "shutdown timeout: dropping unfinished API requests"
         );
     }
     sweeper.abort();

@@ -112,7 +112,11 @@ pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Development mode: any origin, anonymous clients, a fixed API key, all channels open.
+    /// Refused on a non-loopback `listen` address unless `dev_allow_public` is set.
     pub dev: bool,
+    /// Lets `dev` run on a non-loopback address (reachable from other machines). Off by
+    /// default: dev mode opens everything, with a well-known API key.
+    pub dev_allow_public: bool,
     /// Echo mode: the WebSocket endpoint echoes every message (for conformance testing).
     pub echo: bool,
     /// Node name reported by the info API; empty = host name + port.
@@ -176,8 +180,19 @@ pub struct ClientConfig {
     pub allow_anonymous: bool,
     /// HMAC secret for HS256 connection and subscription tokens.
     pub token_hmac_secret: String,
+    /// HMAC secret for HS256 subscription tokens when they should not share
+    /// `token_hmac_secret`; empty = the same secret as connection tokens.
+    pub subscription_token_hmac_secret: String,
     /// PEM-encoded RSA public key (or a path to a file holding it) for RS256 tokens.
     pub token_rsa_public_key: String,
+    /// Tokens (connection and subscription) must carry `exp`; a token without one is
+    /// refused like an invalid token.
+    pub token_require_exp: bool,
+    /// When set, tokens must carry an `aud` claim equal to (or a list containing) it.
+    /// Empty: `aud` is not checked.
+    pub token_audience: String,
+    /// When set, tokens must carry an `iss` claim equal to it. Empty: not checked.
+    pub token_issuer: String,
     /// Bytes a connection's outbound queue may hold before it is closed as a slow consumer.
     pub max_queue_bytes: usize,
     /// Seconds a connection may stay open without a `connect` command.
@@ -259,6 +274,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             dev: false,
+            dev_allow_public: false,
             echo: false,
             name: String::new(),
             shutdown_timeout_secs: 10,
@@ -293,7 +309,11 @@ impl Default for ClientConfig {
         Self {
             allow_anonymous: false,
             token_hmac_secret: String::new(),
+            subscription_token_hmac_secret: String::new(),
             token_rsa_public_key: String::new(),
+            token_require_exp: true,
+            token_audience: String::new(),
+            token_issuer: String::new(),
             max_queue_bytes: 1024 * 1024,
             connect_timeout_secs: 10,
             command_rate: 100,
@@ -362,6 +382,29 @@ impl Default for Config {
 /// The API key used in `--dev` mode when none is configured.
 pub const DEV_API_KEY: &str = "dev-api-key";
 
+/// What `starling config` prints in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+impl Config {
+    /// A copy with every secret (`api.key`, `client.token_hmac_secret`,
+    /// `client.subscription_token_hmac_secret`) replaced by
+    /// [`REDACTED`] when set, for printing. An empty secret stays empty: that it is unset
+    /// is worth seeing.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for secret in [
+            &mut c.api.key,
+            &mut c.client.token_hmac_secret,
+            &mut c.client.subscription_token_hmac_secret,
+        ] {
+            if !secret.is_empty() {
+                *secret = REDACTED.to_string();
+            }
+        }
+        c
+    }
+}
+
 impl Config {
     /// Builds the configuration from an optional file, environment variables and `--set`
     /// overrides (in that order of precedence, lowest first).
@@ -421,6 +464,17 @@ impl Config {
 
     /// Applies dev-mode defaults and checks cross-field rules.
     fn finish(&mut self) -> Result<(), ConfigError> {
+        if self.server.dev
+            && !self.server.listen.ip().is_loopback()
+            && !self.server.dev_allow_public
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--dev (server.dev) opens every channel to anonymous clients with the well-known \
+                 API key `{DEV_API_KEY}`; it listens only on a loopback address, not {}. Listen \
+                 on 127.0.0.1, or set server.dev_allow_public = true to force it",
+                self.server.listen
+            )));
+        }
         if self.server.dev {
             self.client.allow_anonymous = true;
             if self.websocket.allowed_origins.is_empty() {
@@ -697,6 +751,58 @@ mod tests {
         .expect("loads");
         assert!(c.namespaces["chat"].allow_publish);
         assert!(c.namespaces["news"].private);
+    }
+
+    #[test]
+    fn dev_mode_refuses_a_public_address_unless_forced() {
+        let dev_on = |listen: &str, force: bool| {
+            Config::load(
+                None,
+                env(&[]),
+                &[
+                    ("server.dev".into(), "true".into()),
+                    ("server.listen".into(), format!("\"{listen}\"")),
+                    ("server.dev_allow_public".into(), force.to_string()),
+                ],
+            )
+        };
+        let err = dev_on("0.0.0.0:8000", false).expect_err("public dev");
+        assert!(err.to_string().contains("dev_allow_public"), "{err}");
+        assert!(dev_on("0.0.0.0:8000", true).is_ok());
+        assert!(dev_on("127.0.0.1:8000", false).is_ok());
+        assert!(dev_on("[::1]:8000", false).is_ok());
+        // Without dev, a public address is fine.
+        let c = Config::load(
+            None,
+            env(&[]),
+            &[("server.listen".into(), "\"0.0.0.0:8000\"".into())],
+        );
+        assert!(c.is_ok());
+    }
+
+    #[test]
+    fn redacted_hides_secrets_only() {
+        let c = Config::load(
+            None,
+            env(&[]),
+            &[
+                ("api.key".into(), "\"k1\"".into()),
+                ("client.token_hmac_secret".into(), "\"s1\"".into()),
+                (
+                    "client.subscription_token_hmac_secret".into(),
+                    "\"s2\"".into(),
+                ),
+            ],
+        )
+        .expect("loads");
+        let text = toml::to_string_pretty(&c.redacted()).expect("toml");
+        assert!(
+            !text.contains("k1") && !text.contains("s1") && !text.contains("s2"),
+            "{text}"
+        );
+        assert_eq!(text.matches(REDACTED).count(), 3, "{text}");
+        assert!(c.redacted().client.token_rsa_public_key.is_empty());
+        assert_eq!(c.api.key, "k1", "the original is untouched");
     }
 
     #[test]

@@ -23,8 +23,19 @@ enum Command {
     #[command(after_help = SETTINGS_HELP)]
     Serve(ServeArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as
-    /// TOML, then exit.
-    Config(ServeArgs),
+    /// TOML, then exit. Secrets (api.key, client.token_hmac_secret,
+    /// client.subscription_token_hmac_secret) print as `<redacted>` unless `--show-secrets`.
+    Config(ConfigArgs),
+}
+
+/// `starling config`: the options of `serve`, plus whether to print secrets.
+#[derive(Args, Debug)]
+struct ConfigArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Print the secrets as they are instead of `<redacted>`.
+    #[arg(long)]
+    show_secrets: bool,
 }
 
 /// Printed after the flags of `serve --help`.
@@ -33,13 +44,15 @@ Settings: every setting has a dotted key, usable in the TOML file (--config), as
 environment variable STARLING_<SECTION>_<KEY> and with --set key=value (later wins:
 defaults < file < environment < flags). `starling config` prints them all with their
 current values. The keys:
-  server.listen server.dev server.echo server.name server.shutdown_timeout_secs server.listen_backlog
+  server.listen server.dev server.dev_allow_public server.echo server.name server.shutdown_timeout_secs server.listen_backlog
   server.max_connections server.max_channels server.admission_rate
   server.max_connections_per_ip server.admission_rate_per_ip server.history_max_bytes
   websocket.max_message_size websocket.max_frame_size websocket.compression
   websocket.compression_min_size websocket.ping_interval_secs websocket.pong_timeout_secs
   websocket.handshake_timeout_secs websocket.allowed_origins
-  client.allow_anonymous client.token_hmac_secret client.token_rsa_public_key
+  client.allow_anonymous client.token_hmac_secret client.subscription_token_hmac_secret
+  client.token_rsa_public_key client.token_require_exp client.token_audience
+  client.token_issuer
   client.max_queue_bytes client.connect_timeout_secs client.command_rate
   client.command_burst client.max_subscriptions client.max_connections_per_user
   client.channel_creation_rate client.channel_creation_burst
@@ -142,10 +155,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config(args) => {
-            let config = args.load()?;
+            let config = args.serve.load()?;
+            let shown = if args.show_secrets {
+                config
+            } else {
+                config.redacted()
+            };
             print!(
                 "{}",
-                toml::to_string_pretty(&config).context("rendering the configuration")?
+                toml::to_string_pretty(&shown).context("rendering the configuration")?
             );
             Ok(())
         }

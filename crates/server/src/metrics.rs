@@ -303,6 +303,13 @@ pub fn render(state: &AppState) -> String {
         "HTTP API requests.",
         get(&m.api_requests),
     );
+    line(
+        &mut out,
+        "starling_api_in_flight",
+        "gauge",
+        "HTTP API requests in progress.",
+        state.api_in_flight.count() as u64,
+    );
     let _ = writeln!(
         out,
         "# HELP starling_errors_total Error replies and disconnects, by code.\n# TYPE starling_errors_total counter"

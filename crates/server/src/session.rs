@@ -131,6 +131,15 @@ impl Session {
         let mut out = Vec::new();
         let now = Instant::now();
         for command in commands {
+            // Before `connect` nothing but a valid command is answered: a malformed one
+            // ends the session like an undecodable frame, so an unauthenticated peer gets
+            // no replies to probe with (and costs no reply encoding).
+            if self.identity.is_none()
+                && let Err(err) = &command
+            {
+                debug!(key = self.key, "malformed command before connect: {err}");
+                return Err(codes::BAD_REQUEST_DISCONNECT);
+            }
             let reply = match command {
                 // A heartbeat costs nothing and is never answered: not counted.
                 Ok(command) if command.method == Method::Pong => None,
@@ -460,6 +469,13 @@ impl Session {
         }
         if rules.owner.is_some_and(|owner| owner != &*identity.user) {
             return Err(codes::PERMISSION_DENIED.with_message("personal channel of another user"));
+        }
+        // A private channel admits only holders of a subscription token; publishing needs
+        // the same proof, and a subscription is where it was checked.
+        if rules.options.private && !self.subscriptions.contains(req.channel.as_str()) {
+            return Err(codes::PERMISSION_DENIED.with_message(
+                "private channel: subscribe (with a subscription token) to publish",
+            ));
         }
         let published = self
             .state

@@ -134,18 +134,34 @@ async fn errors_are_json_with_codes() {
         (400, Some(107)),
         "{r}"
     );
+    // A struct is not to be filled by position from an array.
+    for (method, body) in [
+        ("publish", r#"["x", 1]"#),
+        ("info", "[]"),
+        ("channels", "[]"),
+    ] {
+        let (status, r) = server
+            .api_with_key(method, body, Some(common::API_KEY))
+            .await;
+        assert_eq!(
+            (status, r["error"]["code"].as_u64()),
+            (400, Some(107)),
+            "{method} {body}: {r}"
+        );
+    }
     let (status, r) = server.api("publish", json!({"channel": "x"})).await;
     assert_eq!(
         (status, r["error"]["code"].as_u64()),
         (400, Some(107)),
         "missing data: {r}"
     );
+    // Well formed but unknown: 404 (400 is for requests that break the document).
     let (status, r) = server
         .api("publish", json!({"channel": "ns:x", "data": 1}))
         .await;
     assert_eq!(
         (status, r["error"]["code"].as_u64()),
-        (400, Some(102)),
+        (404, Some(102)),
         "{r}"
     );
     let big = "y".repeat(2000);
@@ -303,4 +319,104 @@ async fn durable_publish_abandoned_by_its_caller_is_not_published_twice() {
     assert_eq!((&p["offset"], &p["data"]), (&json!(1), &json!("x")));
     let (_, p) = c.next_publication().await;
     assert_eq!((&p["offset"], &p["data"]), (&json!(2), &json!("marker")));
+}
+
+/// Item 4: one channel name check for every entry point. `broadcast` used to accept an
+/// empty name that `publish` refused with 107.
+#[tokio::test]
+async fn channel_names_are_checked_alike_everywhere() {
+    let server = Server::start(&["--dev"]);
+    let (mut c, _) = Client::connect(&server, None).await;
+    for bad in ["", ":x", "x:", "#", "ns:#", "a b", "a\u{3000}b", "a\u{85}"] {
+        for (method, body) in [
+            ("publish", json!({"channel": bad, "data": 1})),
+            ("broadcast", json!({"channels": ["fine", bad], "data": 1})),
+            ("history", json!({"channel": bad})),
+            ("presence", json!({"channel": bad})),
+        ] {
+            let (status, r) = server.api(method, body).await;
+            assert_eq!(
+                (status, r["error"]["code"].as_u64()),
+                (400, Some(107)),
+                "{method} {bad:?}: {r}"
+            );
+        }
+        for (method, params) in [
+            ("subscribe", json!({"channel": bad})),
+            ("publish", json!({"channel": bad, "data": 1})),
+            ("history", json!({"channel": bad})),
+            ("presence", json!({"channel": bad})),
+            ("presence_stats", json!({"channel": bad})),
+        ] {
+            let r = c.call(method, params).await;
+            assert_eq!(r["error"]["code"], 107, "{method} {bad:?}: {r}");
+        }
+    }
+    // Nothing of the refused broadcasts was published, not even to the good channel.
+    let (_, r) = server.api("info", json!({})).await;
+    assert_eq!(r["result"]["publications"], 0, "{r}");
+    // 255 characters is fine (multi-byte ones too), 256 is not.
+    let long = "é".repeat(255);
+    let (status, r) = server
+        .api("publish", json!({"channel": long, "data": 1}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let longer = "é".repeat(256);
+    let (status, _) = server
+        .api("publish", json!({"channel": longer, "data": 1}))
+        .await;
+    assert_eq!(status, 400);
+}
+
+/// Item 4: the document states what the server enforces.
+#[tokio::test]
+async fn openapi_states_the_constraints() {
+    let server = Server::start(&[]);
+    let (_, text) = server.get("/api/openapi.json").await;
+    let doc: Value = serde_json::from_str(&text).expect("json");
+    let name = &doc["components"]["schemas"]["ChannelName"];
+    assert_eq!(name["pattern"], starling_core::CHANNEL_NAME_PATTERN);
+    assert_eq!(name["minLength"], 1);
+    assert_eq!(name["maxLength"], starling_core::MAX_CHANNEL_LEN);
+    assert_eq!(doc["components"]["schemas"]["UserId"]["minLength"], 1);
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        let op = &item["post"];
+        for status in ["200", "400", "401", "413", "503"] {
+            assert!(
+                op["responses"].get(status).is_some(),
+                "{path} documents {status}"
+            );
+        }
+        let method = path.trim_start_matches("/api/");
+        let optional = op["requestBody"]["required"] == json!(false);
+        assert_eq!(
+            optional,
+            matches!(method, "channels" | "info"),
+            "{path}: body required?"
+        );
+        // What the document calls optional is: no body at all is fine.
+        let (status, r) = server.api_with_key(method, "", Some(common::API_KEY)).await;
+        if optional {
+            assert_eq!(status, 200, "{path}: {r}");
+        } else {
+            assert_eq!(status, 400, "{path}: {r}");
+        }
+    }
+    for path in ["/api/publish", "/api/broadcast"] {
+        let key = &doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            ["properties"]["idempotency_key"];
+        assert_eq!(
+            (&key["minLength"], &key["maxLength"]),
+            (&json!(1), &json!(128))
+        );
+    }
+    // The key limit counts characters, as maxLength does.
+    let (status, r) = server
+        .api(
+            "publish",
+            json!({"channel": "x", "data": 1, "idempotency_key": "é".repeat(128)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
 }

@@ -125,3 +125,140 @@ fn help_explains_every_flag() {
         }
     }
 }
+
+/// Item 16: `starling config` printed the API key and the token secret.
+#[test]
+fn config_redacts_secrets_unless_asked() {
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("config")
+            .args([
+                "--api-key",
+                "api-secret-1",
+                "--token-hmac-secret",
+                "hmac-secret-2",
+            ])
+            .args(extra)
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = run(&[]);
+    assert!(
+        !shown.contains("api-secret-1") && !shown.contains("hmac-secret-2"),
+        "{shown}"
+    );
+    assert!(shown.contains("key = \"<redacted>\""), "{shown}");
+    assert!(
+        shown.contains("token_hmac_secret = \"<redacted>\""),
+        "{shown}"
+    );
+    let all = run(&["--show-secrets"]);
+    assert!(
+        all.contains("api-secret-1") && all.contains("hmac-secret-2"),
+        "{all}"
+    );
+}
+
+/// Item 16: `--dev` on an address other machines can reach needs an explicit opt-in.
+#[test]
+fn dev_mode_refuses_a_public_address_unless_forced() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["serve", "--dev", "--listen", "0.0.0.0:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    // A server that starts would run forever: give it a bounded time to refuse.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "started on 0.0.0.0");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read");
+    assert!(
+        err.contains("loopback") && err.contains("server.dev_allow_public"),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["config", "--dev", "--listen", "0.0.0.0:0"])
+        .args(["--set", "server.dev_allow_public=true"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "forced: {out:?}");
+}
+
+/// Item 16: while the node drains, the API refuses new requests with 503 and lets the
+/// ones already running finish before the process exits.
+#[tokio::test]
+async fn draining_refuses_new_api_requests_and_finishes_running_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = Server::start(&["--dev"]);
+    let addr = server.addr;
+    // A request whose body is still on its way: it is running when the drain begins.
+    let body = json!({"channel": "drain", "data": "late"}).to_string();
+    let (head_part, rest) = body.split_at(10);
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head_part}",
+        common::API_KEY,
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.expect("write");
+    // A keep-alive connection for requests made during the drain (the listener closes).
+    let mut kept = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let info = format!(
+        "POST /api/info HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {}\r\nContent-Length: 2\r\n\r\n{{}}",
+        common::API_KEY
+    );
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    // The slow request is counted once the server has read its head.
+    loop {
+        let (_, metrics) = server.get("/metrics").await;
+        if metrics.lines().any(|l| l == "starling_api_in_flight 1") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.signal("TERM");
+    // Requests on the open connection get 503 once the drain has begun.
+    let mut buf = vec![0u8; 4096];
+    loop {
+        kept.write_all(info.as_bytes()).await.expect("write");
+        let n = tokio::time::timeout(common::WAIT, kept.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with("HTTP/1.1 503") {
+            assert!(text.contains("\"code\":4000"), "{text}");
+            break;
+        }
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(tokio::time::Instant::now() < deadline, "no drain");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The running request completes normally...
+    slow.write_all(rest.as_bytes()).await.expect("write rest");
+    let mut answer = Vec::new();
+    tokio::time::timeout(common::WAIT, slow.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // ... and only then the node exits, cleanly.
+    assert_eq!(server.wait_exit(), Some(0));
+}

@@ -648,3 +648,134 @@ async fn token_expiry_disconnects() {
 
 const RSA_PRIVATE: &str = include_str!("data/rsa_private.pem");
 const RSA_PUBLIC: &str = include_str!("data/rsa_public.pem");
+
+// --- issue 6: private publishing, token kinds and claims, input before connect ---
+
+/// Item 2: publishing into a private channel took no proof at all; now it takes a
+/// subscription (which took a subscription token).
+#[tokio::test]
+async fn private_channel_publish_needs_a_subscription() {
+    let server = Server::start(&[
+        "--set",
+        "namespaces.secret.private=true",
+        "--set",
+        "namespaces.secret.allow_publish=true",
+    ]);
+    let (mut alice, _) = Client::connect(&server, Some(&token(json!({"sub": "alice"})))).await;
+    let (mut bob, _) = Client::connect(&server, Some(&token(json!({"sub": "bob"})))).await;
+    let publish = json!({"channel": "secret:board", "data": "hi"});
+    let r = alice.call("publish", publish.clone()).await;
+    assert_eq!(r["error"]["code"], 103, "never subscribed: {r}");
+    let hers = token(json!({"sub": "alice", "channel": "secret:board"}));
+    let r = alice
+        .call(
+            "subscribe",
+            json!({"channel": "secret:board", "token": hers}),
+        )
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let r = alice.call("publish", publish.clone()).await;
+    assert!(r.get("publish").is_some(), "subscribed with a token: {r}");
+    // Someone else's subscription is no proof for bob.
+    let r = bob.call("publish", publish.clone()).await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    // Leaving the channel ends the right to publish.
+    alice
+        .call("unsubscribe", json!({"channel": "secret:board"}))
+        .await;
+    let r = alice.call("publish", publish).await;
+    assert_eq!(r["error"]["code"], 103, "after unsubscribe: {r}");
+}
+
+/// Item 3: a subscription token opened a connection (sidestepping the connection token's
+/// `channels` list); a connection token must not pass as a subscription token either.
+#[tokio::test]
+async fn token_kinds_are_not_interchangeable() {
+    let server = Server::start(&["--set", "namespaces.secret.private=true"]);
+    let subscription = token(json!({"sub": "alice", "channel": "secret:plans"}));
+    let mut c = Client::open(&server).await;
+    c.send("connect", json!({"token": subscription})).await;
+    let close = c.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4501, "subscription token at connect");
+
+    let connection = token(json!({"sub": "alice", "channels": ["secret:plans"]}));
+    let (mut c, _) = Client::connect(&server, Some(&connection)).await;
+    let r = c
+        .call(
+            "subscribe",
+            json!({"channel": "secret:plans", "token": connection}),
+        )
+        .await;
+    assert_eq!(
+        r["error"]["code"], 103,
+        "connection token as subscription token: {r}"
+    );
+}
+
+/// Item 16: `exp` is required unless configured otherwise; `nbf` is checked; `aud` and
+/// `iss` are checked when configured.
+#[tokio::test]
+async fn token_claims_exp_nbf_audience_issuer() {
+    async fn refused(server: &Server, token: &str) {
+        let mut c = Client::open(server).await;
+        c.send("connect", json!({"token": token})).await;
+        let close = c.expect_close().await.expect("close frame");
+        assert_eq!(u16::from(close.code), 4501, "{token}");
+    }
+    let server = Server::start(&[]);
+    let no_exp = common::token_as_is(json!({"sub": "gil"}));
+    refused(&server, &no_exp).await;
+    refused(&server, &token(json!({"sub": "gil", "nbf": now() + 600}))).await;
+    Client::connect(
+        &server,
+        Some(&token(json!({"sub": "gil", "nbf": now() - 1}))),
+    )
+    .await;
+
+    let lax = Server::start(&["--set", "client.token_require_exp=false"]);
+    let (_, reply) = Client::connect(&lax, Some(&no_exp)).await;
+    assert!(reply["connect"].get("expires").is_none(), "{reply}");
+
+    let strict = Server::start(&[
+        "--set",
+        "client.token_audience=\"rt\"",
+        "--set",
+        "client.token_issuer=\"backend\"",
+    ]);
+    Client::connect(
+        &strict,
+        Some(&token(json!({"sub": "gil", "aud": "rt", "iss": "backend"}))),
+    )
+    .await;
+    for claims in [
+        json!({"sub": "gil"}),
+        json!({"sub": "gil", "aud": "rt"}),
+        json!({"sub": "gil", "aud": "other", "iss": "backend"}),
+        json!({"sub": "gil", "aud": "rt", "iss": "other"}),
+    ] {
+        refused(&strict, &token(claims)).await;
+    }
+}
+
+/// Item 16: a malformed command before `connect` used to get an error reply; it now
+/// closes the connection with 4500. After `connect` it still gets a reply.
+#[tokio::test]
+async fn malformed_command_before_connect_closes() {
+    let server = dev();
+    for text in [
+        r#"{"id":1,"subscribe":{}}"#,
+        r#"{"id":1,"no_such_method":{}}"#,
+        r#"{"id":1,"connect":{"token":5}}"#,
+        r#"{"id":1}"#,
+    ] {
+        let mut c = Client::open(&server).await;
+        c.send_text(text).await;
+        let close = c.expect_close().await.expect("close frame");
+        assert_eq!(u16::from(close.code), 4500, "{text}");
+    }
+    let (mut c, _) = Client::connect(&server, None).await;
+    let r = c.call("subscribe", json!({})).await;
+    assert_eq!(r["error"]["code"], 107, "{r}");
+    let r = c.call("ping", json!({})).await;
+    assert!(r.get("ping").is_some(), "still open: {r}");
+}

@@ -310,8 +310,17 @@ impl Client {
     }
 }
 
-/// Signs an HS256 token with the test secret.
-pub fn token(claims: Value) -> String {
+/// Signs an HS256 token with the test secret; claims without `exp` get one an hour
+/// ahead (servers require it by default, `client.token_require_exp`).
+pub fn token(mut claims: Value) -> String {
+    if let Some(map) = claims.as_object_mut() {
+        map.entry("exp").or_insert_with(|| (now() + 3600).into());
+    }
+    token_as_is(claims)
+}
+
+/// Signs an HS256 token with the test secret and exactly `claims`.
+pub fn token_as_is(claims: Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
