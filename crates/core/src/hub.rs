@@ -103,6 +103,10 @@ pub enum PublishError {
     /// holds its maximum of channels.
     #[error("channel limit reached")]
     ChannelLimit,
+    /// The publication would create a channel (to keep its history) and the publisher
+    /// may not create one now (its channel-creation budget is spent).
+    #[error("channel creation limit reached")]
+    CreationLimit,
     /// The message log cannot keep up (its queue is full): nothing was published, no
     /// offset used. Temporary.
     #[error("message log busy")]
@@ -532,10 +536,28 @@ impl Hub {
         options: ChannelOptions,
         durable: bool,
     ) -> Result<Published, PublishError> {
+        self.publish_limited(channel, data, info, options, durable, &mut || true)
+    }
+
+    /// [`Hub::publish`], asking `may_create` (under the shard lock, so exactly when the
+    /// publication would create a channel to keep its history) whether this publisher
+    /// may create the channel.
+    pub fn publish_limited(
+        &self,
+        channel: &str,
+        data: Bytes,
+        info: Option<Arc<ClientInfo>>,
+        options: ChannelOptions,
+        durable: bool,
+        may_create: &mut dyn FnMut() -> bool,
+    ) -> Result<Published, PublishError> {
         self.counters.publications.fetch_add(1, Ordering::Relaxed);
         // The shard lock is held until the channel is locked, so a sweep cannot remove a
         // channel between our lookup and our append to its history.
         let mut shard = self.shard(channel).lock();
+        if options.history.enabled() && !shard.contains_key(channel) && !may_create() {
+            return Err(PublishError::CreationLimit);
+        }
         let entry = if options.history.enabled() {
             let created = self.get_or_create(&mut shard, channel, options, self.max_channels);
             Some(

@@ -89,7 +89,9 @@ impl ApiError {
     /// A refused publication (counted): the channel limit, or the message log.
     fn publish(state: &AppState, err: PublishError) -> Self {
         match err {
-            PublishError::ChannelLimit => {
+            // The API's publications carry no per-connection creation budget, so only
+            // the node's limit can refuse them; both read as the channel limit.
+            PublishError::ChannelLimit | PublishError::CreationLimit => {
                 state.metrics.refused(Limit::Channels);
                 state.metrics.error(codes::CHANNEL_LIMIT.code);
                 Self::new(

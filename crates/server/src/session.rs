@@ -477,20 +477,37 @@ impl Session {
                 "private channel: subscribe (with a subscription token) to publish",
             ));
         }
+        // Publishing into a history namespace creates the channel (to keep the history):
+        // the same per-connection creation budget as `subscribe`.
+        let creations = &mut self.creations;
+        let mut may_create = || {
+            creations
+                .as_mut()
+                .is_none_or(|bucket| bucket.try_take(Instant::now()))
+        };
         let published = self
             .state
             .hub
-            .publish(
+            .publish_limited(
                 &req.channel,
                 req.data,
                 Some(identity.info.clone()),
                 rules.options.channel_options(),
                 false,
+                &mut may_create,
             )
             .map_err(|e| match e {
                 PublishError::ChannelLimit => {
                     self.state.metrics.refused(Limit::Channels);
                     codes::CHANNEL_LIMIT.error()
+                }
+                PublishError::CreationLimit => {
+                    self.state.metrics.refused(Limit::ChannelCreation);
+                    codes::LIMIT_EXCEEDED.with_message(format!(
+                        "creating channels too fast: at most {} per second \
+                         (client.channel_creation_rate)",
+                        self.state.config.client.channel_creation_rate
+                    ))
                 }
                 PublishError::Overloaded | PublishError::NotPersisted => codes::SERVER_BUSY
                     .with_message("the message log cannot take the publication now; retry"),

@@ -360,6 +360,33 @@ async fn channel_creation_per_connection_is_limited_with_106() {
     assert_eq!(metric(&server, "starling_channels").await, 3);
 }
 
+/// Publishing into a history namespace creates the channel (to keep its history): the
+/// same per-connection budget applies, so publishes cannot fill the node with quiet
+/// history channels either.
+#[tokio::test]
+async fn channel_creation_by_publish_is_limited_with_106() {
+    let server = Server::start(&[
+        "--dev",
+        "--set",
+        "client.channel_creation_rate=1",
+        "--set",
+        "client.channel_creation_burst=2",
+    ]);
+    let (mut c, _) = Client::connect(&server, None).await;
+    // Namespace `h` is not configured: dev mode opens it with history.
+    for ch in ["h:p1", "h:p2"] {
+        let r = c.call("publish", json!({"channel": ch, "data": 1})).await;
+        assert!(r.get("publish").is_some(), "{r}");
+    }
+    let r = c.call("publish", json!({"channel": "h:p3", "data": 1})).await;
+    assert_eq!(r["error"]["code"], 106, "{r}");
+    // Publishing again into a channel it created costs nothing.
+    let r = c.call("publish", json!({"channel": "h:p1", "data": 2})).await;
+    assert_eq!(r["publish"]["offset"], 2, "{r}");
+    assert_eq!(metric(&server, &refusals("channel_creation")).await, 1);
+    assert_eq!(metric(&server, "starling_channels").await, 2);
+}
+
 #[tokio::test]
 async fn history_is_bounded_by_bytes_per_channel_and_per_node() {
     let server = Server::start(&[
