@@ -378,10 +378,14 @@ async fn channel_creation_by_publish_is_limited_with_106() {
         let r = c.call("publish", json!({"channel": ch, "data": 1})).await;
         assert!(r.get("publish").is_some(), "{r}");
     }
-    let r = c.call("publish", json!({"channel": "h:p3", "data": 1})).await;
+    let r = c
+        .call("publish", json!({"channel": "h:p3", "data": 1}))
+        .await;
     assert_eq!(r["error"]["code"], 106, "{r}");
     // Publishing again into a channel it created costs nothing.
-    let r = c.call("publish", json!({"channel": "h:p1", "data": 2})).await;
+    let r = c
+        .call("publish", json!({"channel": "h:p1", "data": 2}))
+        .await;
     assert_eq!(r["publish"]["offset"], 2, "{r}");
     assert_eq!(metric(&server, &refusals("channel_creation")).await, 1);
     assert_eq!(metric(&server, "starling_channels").await, 2);
