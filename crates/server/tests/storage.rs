@@ -429,3 +429,73 @@ async fn a_node_killed_on_a_full_disk_starts_again_with_new_epochs() {
     assert!(body.contains("degraded"), "{body}");
     drop(server);
 }
+
+/// A durable publish that reached its subscribers and then failed to reach the disk
+/// records its error under its idempotency key: the retry gets the same answer and the
+/// publication is not delivered a second time (it was, when a failure freed the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_publish_that_failed_after_delivery_is_not_delivered_again_on_retry() {
+    let Some(fs) = Tmpfs::mount("1m") else {
+        return;
+    };
+    let dir = fs.path().join("log");
+    let server = Server::start_with_storage(
+        &dir,
+        &[
+            "--dev",
+            "--set",
+            "namespaces.feed.history_size=100000",
+            "--set",
+            "client.max_queue_bytes=16777216",
+        ],
+    );
+    let (mut sub, _) = Client::connect(&server, None).await;
+    sub.call("subscribe", json!({"channel": "feed:i"})).await;
+    // Durable publications one at a time until the disk is full: the first failure is
+    // necessarily one the log had accepted (and the hub delivered), since only a write
+    // error puts the log in its failed state.
+    let data = "y".repeat(50_000);
+    let mut failed = None;
+    for i in 0..100 {
+        let body = json!({"channel": "feed:i", "data": data, "durable": true, "idempotency_key": format!("k{i}")});
+        let (status, _, r) = publish_raw(&server, body.clone()).await;
+        match status {
+            200 => {}
+            503 => {
+                failed = Some((body, r));
+                break;
+            }
+            _ => panic!("publication {i}: {status} {r}"),
+        }
+    }
+    let (body, first) = failed.expect("a 1 MiB disk fills up within 100 x 50 KB");
+    assert_eq!(first["error"]["code"], 116, "{first}");
+    assert!(
+        first["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("delivered but not persisted")),
+        "{first}"
+    );
+    let (status, _, again) = publish_raw(&server, body).await;
+    assert_eq!(
+        (status, &again),
+        (503, &first),
+        "the recorded answer, replayed"
+    );
+    // A marker (not durable: delivered live while the log is failed) ends the stream.
+    let (status, _, marker) =
+        publish_raw(&server, json!({"channel": "feed:i", "data": "marker"})).await;
+    assert_eq!(status, 200, "{marker}");
+    let marker_offset = marker["result"]["offset"].as_u64().expect("offset");
+    let mut expected = 1;
+    loop {
+        let (_, p) = sub.next_publication().await;
+        assert_eq!(p["offset"], expected, "each offset once, in order");
+        if p["data"] == "marker" {
+            break;
+        }
+        expected += 1;
+    }
+    assert_eq!(expected, marker_offset);
+    drop(server);
+}
