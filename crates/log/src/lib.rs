@@ -383,20 +383,8 @@ impl Log {
             self.shared.refused_failed.fetch_add(1, Ordering::Relaxed);
             return Err(err);
         }
-        let len = format::body_len(&record);
-        if len > MAX_RECORD_BYTES {
-            return Err(LogError::RecordTooLarge {
-                len,
-                max: MAX_RECORD_BYTES,
-            });
-        }
-        let (waiter, rx) = if durable {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        match self.tx.try_send(Cmd::Append(record, waiter)) {
+        let (cmd, rx) = Self::command(record, durable)?;
+        match self.tx.try_send(cmd) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => {
                 self.shared.refused_busy.fetch_add(1, Ordering::Relaxed);
@@ -416,6 +404,14 @@ impl Log {
         if let Some(err) = self.shared.failure() {
             return Err(err);
         }
+        let (cmd, rx) = Self::command(record, durable)?;
+        self.tx.send(cmd).map_err(|_| self.gone())?;
+        Ok(rx)
+    }
+
+    /// The writer's command for appending `record` (size checked), and the receiver of
+    /// its fsync when `durable`.
+    fn command(record: Record, durable: bool) -> Result<(Cmd, Option<DurableReceiver>), LogError> {
         let len = format::body_len(&record);
         if len > MAX_RECORD_BYTES {
             return Err(LogError::RecordTooLarge {
@@ -429,10 +425,7 @@ impl Log {
         } else {
             (None, None)
         };
-        self.tx
-            .send(Cmd::Append(record, waiter))
-            .map_err(|_| self.gone())?;
-        Ok(rx)
+        Ok((Cmd::Append(record, waiter), rx))
     }
 
     /// The orderly stop point, blocking until done: flushes and fsyncs everything

@@ -454,21 +454,22 @@ async fn a_durable_publish_that_failed_after_delivery_is_not_delivered_again_on_
     // Durable publications one at a time until the disk is full: the first failure is
     // necessarily one the log had accepted (and the hub delivered), since only a write
     // error puts the log in its failed state.
-    let data = "y".repeat(50_000);
+    let filler = "y".repeat(50_000);
     let mut failed = None;
     for i in 0..100 {
+        let data = format!("{i}-{filler}");
         let body = json!({"channel": "feed:i", "data": data, "durable": true, "idempotency_key": format!("k{i}")});
         let (status, _, r) = publish_raw(&server, body.clone()).await;
         match status {
             200 => {}
             503 => {
-                failed = Some((body, r));
+                failed = Some((i, body, r));
                 break;
             }
             _ => panic!("publication {i}: {status} {r}"),
         }
     }
-    let (body, first) = failed.expect("a 1 MiB disk fills up within 100 x 50 KB");
+    let (failed_i, body, first) = failed.expect("a 1 MiB disk fills up within 100 x 50 KB");
     assert_eq!(first["error"]["code"], 116, "{first}");
     assert!(
         first["error"]["message"]
@@ -488,14 +489,24 @@ async fn a_durable_publish_that_failed_after_delivery_is_not_delivered_again_on_
     assert_eq!(status, 200, "{marker}");
     let marker_offset = marker["result"]["offset"].as_u64().expect("offset");
     let mut expected = 1;
+    let mut copies = 0;
+    let prefix = format!("{failed_i}-");
     loop {
         let (_, p) = sub.next_publication().await;
         assert_eq!(p["offset"], expected, "each offset once, in order");
         if p["data"] == "marker" {
             break;
         }
+        if p["data"].as_str().is_some_and(|d| d.starts_with(&prefix)) {
+            copies += 1;
+        }
         expected += 1;
     }
+    assert_eq!(
+        copies, 1,
+        "the failed publication was delivered exactly once"
+    );
     assert_eq!(expected, marker_offset);
+    assert_eq!(marker_offset, failed_i + 2, "no offset for a second copy");
     drop(server);
 }
