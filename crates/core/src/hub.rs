@@ -21,6 +21,7 @@ use crate::history::{History, HistoryError, HistoryPolicy, HistoryQuery};
 use crate::journal::{DurableAck, Journal, JournalError};
 use crate::metrics::HubCounters;
 use crate::outbox::{Outbox, PushOutcome};
+use crate::presence::UserCounts;
 
 /// A connection's key inside this node.
 pub type ClientKey = u64;
@@ -190,7 +191,7 @@ struct ChannelState {
     subscribers: HashMap<ClientKey, Subscriber>,
     /// Subscriptions per user id, kept on subscribe and unsubscribe so that
     /// `presence_stats` is O(1).
-    users: HashMap<Box<str>, u32>,
+    users: UserCounts,
     /// The presence list, built on the first `presence` after a membership change and
     /// shared until the next one, so repeated queries do not walk the subscribers.
     presence: Option<Arc<[Arc<ClientInfo>]>>,
@@ -208,7 +209,7 @@ impl ChannelState {
             offset: 0,
             options,
             subscribers: HashMap::new(),
-            users: HashMap::new(),
+            users: UserCounts::default(),
             presence: None,
             history: History::default(),
             active_ms: now_ms(),
@@ -225,13 +226,7 @@ impl ChannelState {
 
     /// Adds a subscriber and counts its user.
     fn add_member(&mut self, subscriber: Subscriber) {
-        let user = subscriber.info.user.as_str();
-        match self.users.get_mut(user) {
-            Some(n) => *n = n.saturating_add(1),
-            None => {
-                self.users.insert(Box::from(user), 1);
-            }
-        }
+        self.users.add(&subscriber.info.user);
         self.presence = None;
         self.subscribers.insert(subscriber.key, subscriber);
     }
@@ -239,13 +234,7 @@ impl ChannelState {
     /// Removes a subscriber and uncounts its user.
     fn remove_member(&mut self, key: ClientKey) -> Option<Subscriber> {
         let removed = self.subscribers.remove(&key)?;
-        let user = removed.info.user.as_str();
-        if let Some(n) = self.users.get_mut(user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.users.remove(user);
-            }
-        }
+        self.users.remove(&removed.info.user);
         self.presence = None;
         Some(removed)
     }

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod metrics;
 pub mod namespace;
 pub mod outbox;
+mod presence;
 pub mod registry;
 
 pub use history::{HistoryPolicy, HistoryQuery};
