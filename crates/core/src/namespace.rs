@@ -68,10 +68,14 @@ fn channel_char(c: char) -> bool {
 /// Checks the syntax of a channel name (see the module documentation); the namespace is
 /// not looked up.
 pub fn validate_channel_name(channel: &str) -> Result<(), ChannelError> {
-    if channel.is_empty()
-        || channel.chars().count() > MAX_CHANNEL_LEN
-        || !channel.chars().all(channel_char)
-    {
+    // Every publish and subscribe checks its channel: ASCII names (nearly all) take a
+    // byte loop; the same rule as `channel_char` for ASCII.
+    let chars_ok = if channel.is_ascii() {
+        channel.len() <= MAX_CHANNEL_LEN && channel.bytes().all(|b| b > b' ' && b != 0x7f)
+    } else {
+        channel.chars().count() <= MAX_CHANNEL_LEN && channel.chars().all(channel_char)
+    };
+    if channel.is_empty() || !chars_ok {
         return Err(ChannelError::Invalid);
     }
     let name = match channel.split_once(':') {

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -138,6 +137,9 @@ type ApiResult = Result<Response, ApiError>;
 pub struct InFlight {
     count: AtomicUsize,
     idle: tokio::sync::Notify,
+    /// Set once shutdown waits for the count: only then is reaching zero worth a
+    /// wake-up (the notify takes a lock, on every request otherwise).
+    watched: std::sync::atomic::AtomicBool,
 }
 
 /// One request counted in [`InFlight`] until it is dropped (also when the caller hangs up
@@ -147,7 +149,10 @@ pub struct InFlightGuard<'a>(&'a InFlight);
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+        // SeqCst on both sides: either `wait_idle` sees the count at zero, or this sees
+        // `watched` and wakes it.
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.watched.load(Ordering::SeqCst)
+        {
             self.0.idle.notify_waiters();
         }
     }
@@ -174,6 +179,7 @@ impl InFlight {
     /// Resolves once no request is in progress.
     pub async fn wait_idle(&self) {
         loop {
+            self.watched.store(true, Ordering::SeqCst);
             let notified = self.idle.notified();
             tokio::pin!(notified);
             // Registered before the check, so a wake-up between the two is not missed.
@@ -186,36 +192,37 @@ impl InFlight {
     }
 }
 
-/// Middleware of every `/api/<method>` route: while the node drains (graceful shutdown)
-/// new requests get 503 with code 4000 (`shutdown`: retry on another node); requests
-/// already running finish and shutdown waits for them (up to
-/// `server.shutdown_timeout_secs`).
-pub async fn gate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(_guard) = state.api_in_flight.enter(&state.draining) else {
-        state.metrics.error(u32::from(codes::SHUTDOWN.code));
-        return ApiError {
+fn ok(result: Value) -> ApiResult {
+    let body = Value::Object(serde_json::Map::from_iter([("result".to_string(), result)]));
+    Ok(axum::Json(body).into_response())
+}
+
+/// Admits an API request: while the node drains (graceful shutdown) it is refused with
+/// 503 and code 4000 (`shutdown`: retry on another node); otherwise checks the API key
+/// and reads a JSON body of at most the message limit plus envelope. The guard counts
+/// the request as in flight until the handler ends, and shutdown waits for it (up to
+/// `server.shutdown_timeout_secs`). Done here rather than in a middleware layer, which
+/// cost every request a boxed future and several allocations.
+async fn authorized<T: ApiBody>(
+    state: &AppState,
+    req: Request,
+) -> Result<(InFlightGuard<'_>, T), ApiError> {
+    let Some(guard) = state.api_in_flight.enter(&state.draining) else {
+        let e = ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: u32::from(codes::SHUTDOWN.code),
             message: "the node is shutting down: retry on another node".into(),
             retry_after: None,
-        }
-        .into_response();
+        };
+        state.metrics.error(e.code);
+        return Err(e);
     };
-    next.run(req).await
-}
-
-fn ok(result: Value) -> ApiResult {
-    Ok(axum::Json(json!({ "result": result })).into_response())
-}
-
-/// Checks the API key and reads a JSON body of at most the message limit plus envelope.
-async fn authorized<T: ApiBody>(state: &AppState, req: Request) -> Result<T, ApiError> {
     Metrics::add(&state.metrics.api_requests, 1);
     let result = check_and_parse(state, req).await;
     if let Err(e) = &result {
         state.metrics.error(e.code);
     }
-    result
+    result.map(|body| (guard, body))
 }
 
 async fn check_and_parse<T: ApiBody>(state: &AppState, req: Request) -> Result<T, ApiError> {
@@ -428,19 +435,28 @@ fn replay(recorded: &Recorded) -> Response {
 /// Records `result` (the outcome of a request that published) under its key, when it
 /// has one, and turns it into the response.
 fn record(reservation: Option<Reservation>, result: Result<Value, ApiError>) -> ApiResult {
-    let (status, body) = match &result {
-        Ok(value) => (StatusCode::OK, json!({ "result": value })),
-        Err(e) => (e.status, e.body()),
+    let (status, body) = match result {
+        // Built by hand: `json!` would copy `value` through the serializer.
+        Ok(value) => (
+            StatusCode::OK,
+            Value::Object(serde_json::Map::from_iter([("result".to_string(), value)])),
+        ),
+        Err(e) => {
+            if let Some(reservation) = reservation {
+                reservation.complete(e.status.as_u16(), e.body());
+            }
+            return Err(e);
+        }
     };
     if let Some(reservation) = reservation {
         reservation.complete(status.as_u16(), body.clone());
     }
-    result.map(|_| (status, axum::Json(body)).into_response())
+    Ok((status, axum::Json(body)).into_response())
 }
 
 /// `POST /api/publish`.
 pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let body: PublishRequest = authorized(&state, req).await?;
+    let (_in_flight, body): (_, PublishRequest) = authorized(&state, req).await?;
     let rules = state
         .namespaces
         .resolve(&body.channel)
@@ -531,7 +547,7 @@ impl ApiBody for BroadcastRequest {
 
 /// `POST /api/broadcast`: the same data to many channels; one result per channel.
 pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let body: BroadcastRequest = authorized(&state, req).await?;
+    let (_in_flight, body): (_, BroadcastRequest) = authorized(&state, req).await?;
     let data = data_bytes(&state, &body.data)?;
     let mut parts: Vec<&[u8]> = body.channels.iter().map(|c| c.as_bytes()).collect();
     parts.push(body.data.get().as_bytes());
@@ -631,7 +647,7 @@ impl ApiBody for HistoryApiRequest {
 
 /// `POST /api/history`: a page of a channel's history.
 pub async fn history(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let body: HistoryApiRequest = authorized(&state, req).await?;
+    let (_in_flight, body): (_, HistoryApiRequest) = authorized(&state, req).await?;
     let rules = state
         .namespaces
         .resolve(&body.channel)
@@ -702,7 +718,7 @@ impl ApiBody for ChannelsRequest {
 
 /// `POST /api/channels`: channels with subscribers, with their counts.
 pub async fn channels(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let body: ChannelsRequest = authorized(&state, req).await?;
+    let (_in_flight, body): (_, ChannelsRequest) = authorized(&state, req).await?;
     let mut map = serde_json::Map::new();
     for (name, n) in state.hub.channels(body.pattern.as_deref()) {
         map.insert(name.to_string(), json!({ "num_clients": n }));
@@ -724,7 +740,7 @@ impl ApiBody for PresenceRequest {
 
 /// `POST /api/presence`: who is subscribed to a channel.
 pub async fn presence(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let body: PresenceRequest = authorized(&state, req).await?;
+    let (_in_flight, body): (_, PresenceRequest) = authorized(&state, req).await?;
     let rules = state
         .namespaces
         .resolve(&body.channel)
@@ -763,7 +779,7 @@ impl ApiBody for DisconnectRequest {
 
 /// `POST /api/disconnect`: closes every connection of a user on this node (code 4503).
 pub async fn disconnect(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let body: DisconnectRequest = authorized(&state, req).await?;
+    let (_in_flight, body): (_, DisconnectRequest) = authorized(&state, req).await?;
     let n = state
         .registry
         .disconnect_user(&body.user, codes::DISCONNECTED_BY_API);
@@ -782,7 +798,7 @@ impl ApiBody for InfoRequest {
 
 /// `POST /api/info`: node id, version, uptime and counts.
 pub async fn info(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let _: InfoRequest = authorized(&state, req).await?;
+    let (_in_flight, _): (_, InfoRequest) = authorized(&state, req).await?;
     let h = state.hub.counters();
     ok(json!({
         "node": &state.node,

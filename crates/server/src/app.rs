@@ -150,13 +150,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/presence", post(crate::api::presence))
         .route("/api/history", post(crate::api::history))
         .route("/api/disconnect", post(crate::api::disconnect))
-        .route("/api/info", post(crate::api::info))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::api::gate,
-        ));
+        .route("/api/info", post(crate::api::info));
     Router::new()
-        .route("/connection/websocket", get(crate::upgrade::websocket))
+        .route(crate::upgrade::PATH, get(crate::upgrade::websocket))
         .route("/health", get(crate::ops::health))
         .route("/ready", get(crate::ops::ready))
         .route("/metrics", get(crate::ops::metrics))
@@ -282,12 +278,14 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
-                // The peer's address travels with each request, for the per-address
-                // limits of the WebSocket upgrade.
+                // The peer's address travels with WebSocket upgrade requests, for the
+                // per-address limits (only those: the extension costs an allocation).
                 let service = hyper::service::service_fn(
                     move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        req.extensions_mut()
-                            .insert(axum::extract::ConnectInfo(peer));
+                        if req.uri().path() == crate::upgrade::PATH {
+                            req.extensions_mut()
+                                .insert(axum::extract::ConnectInfo(peer));
+                        }
                         hyper::service::Service::call(&service, req)
                     },
                 );

@@ -22,6 +22,9 @@ use crate::encoder::WireEncoder;
 use crate::limits::{Admission, IpSlot, Limit};
 use crate::metrics::Metrics;
 
+/// The path of the WebSocket endpoint.
+pub const PATH: &str = "/connection/websocket";
+
 fn refuse(state: &AppState, status: StatusCode, headers: HeaderMap, reason: String) -> Response {
     Metrics::add(&state.metrics.upgrades_refused, 1);
     let mut response = (status, headers, reason + "\n").into_response();
