@@ -19,7 +19,7 @@ pub use hub::{
     PublishError, Published, RecoverFrom, StreamPosition, SubscribeError, Subscriber, now_ms,
 };
 pub use journal::{DurableAck, Journal, JournalError};
-pub use limits::TokenBucket;
+pub use limits::{ConnectionBucket, TokenBucket};
 pub use metrics::HubCounters;
 pub use namespace::{
     CHANNEL_NAME_PATTERN, ChannelError, ChannelRules, MAX_CHANNEL_LEN, NamespaceOptions,

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use starling_core::{
-    ClientKey, FrameFormat, HistoryQuery, HistoryReadError, Outbox, PublishError, RecoverFrom,
-    SubscribeError, Subscriber, TokenBucket,
+    ClientKey, ConnectionBucket, FrameFormat, HistoryQuery, HistoryReadError, Outbox, PublishError,
+    RecoverFrom, SubscribeError, Subscriber,
 };
 use starling_protocol::codes::{self, DisconnectCode};
 use starling_protocol::{
@@ -47,9 +47,9 @@ pub struct Session {
     identity: Option<Identity>,
     subscriptions: HashSet<Arc<str>>,
     /// Command budget (`client.command_rate`); `None` when unlimited.
-    commands: Option<TokenBucket>,
+    commands: Option<ConnectionBucket>,
     /// Channel-creation budget (`client.channel_creation_rate`); `None` when unlimited.
-    creations: Option<TokenBucket>,
+    creations: Option<ConnectionBucket>,
 }
 
 impl std::fmt::Debug for Session {
@@ -71,6 +71,23 @@ fn channel_error(e: starling_core::ChannelError) -> Error {
     }
 }
 
+/// Milliseconds since the node started: the clock of the connection budgets.
+fn node_ms(state: &AppState, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(state.started).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Takes one channel creation from a connection's budget (`None`: unlimited).
+fn creation_allowed(bucket: &mut Option<ConnectionBucket>, state: &AppState) -> bool {
+    let client = &state.config.client;
+    bucket.as_mut().is_none_or(|b| {
+        b.try_take(
+            client.channel_creation_rate,
+            client.channel_creation_burst,
+            node_ms(state, Instant::now()),
+        )
+    })
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -86,15 +103,11 @@ impl Session {
         format: FrameFormat,
     ) -> Self {
         let client = &state.config.client;
-        let commands = (client.command_rate > 0)
-            .then(|| TokenBucket::new(client.command_rate, client.command_burst, Instant::now()));
-        let creations = (client.channel_creation_rate > 0).then(|| {
-            TokenBucket::new(
-                client.channel_creation_rate,
-                client.channel_creation_burst,
-                Instant::now(),
-            )
-        });
+        let now = node_ms(&state, Instant::now());
+        let commands =
+            (client.command_rate > 0).then(|| ConnectionBucket::full(client.command_burst, now));
+        let creations = (client.channel_creation_rate > 0)
+            .then(|| ConnectionBucket::full(client.channel_creation_burst, now));
         Self {
             key,
             state,
@@ -169,7 +182,12 @@ impl Session {
         let Some(bucket) = &mut self.commands else {
             return true;
         };
-        let ok = bucket.try_take(now);
+        let client = &self.state.config.client;
+        let ok = bucket.try_take(
+            client.command_rate,
+            client.command_burst,
+            node_ms(&self.state, now),
+        );
         if !ok {
             self.state.metrics.refused(Limit::Rate);
         }
@@ -374,12 +392,8 @@ impl Session {
             max_bytes: self.state.config.client.max_queue_bytes,
         });
         let cap = self.reply_cap();
-        let creations = &mut self.creations;
-        let mut may_create = || {
-            creations
-                .as_mut()
-                .is_none_or(|bucket| bucket.try_take(Instant::now()))
-        };
+        let (creations, node) = (&mut self.creations, &*self.state);
+        let mut may_create = || creation_allowed(creations, node);
         let result = state.hub.subscribe_limited(
             &req.channel,
             subscriber,
@@ -479,12 +493,8 @@ impl Session {
         }
         // Publishing into a history namespace creates the channel (to keep the history):
         // the same per-connection creation budget as `subscribe`.
-        let creations = &mut self.creations;
-        let mut may_create = || {
-            creations
-                .as_mut()
-                .is_none_or(|bucket| bucket.try_take(Instant::now()))
-        };
+        let (creations, node) = (&mut self.creations, &*self.state);
+        let mut may_create = || creation_allowed(creations, node);
         let published = self
             .state
             .hub
