@@ -364,8 +364,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pages_forward_and_backward() {
+    /// Offsets 1 to 6 in a history that keeps ten.
+    fn six_publications() -> History {
         let mut h = History::default();
         let policy = HistoryPolicy {
             size: 10,
@@ -375,6 +375,12 @@ mod tests {
         for o in 1..=6 {
             h.push(0, publication(o), policy);
         }
+        h
+    }
+
+    #[test]
+    fn pages_forward_and_backward() {
+        let h = six_publications();
         let page = |since, limit, reverse| {
             offsets(
                 &h.read(HistoryQuery {
@@ -499,15 +505,7 @@ mod tests {
 
     #[test]
     fn reads_are_capped_by_bytes() {
-        let mut h = History::default();
-        let policy = HistoryPolicy {
-            size: 10,
-            ttl_ms: 0,
-            max_bytes: 0,
-        };
-        for o in 1..=6 {
-            h.push(0, publication(o), policy);
-        }
+        let h = six_publications();
         let one = History::wire_bytes(&publication(1));
         // Recovery: all or nothing.
         assert_eq!(h.since(2, 6, usize::MAX).map(|p| p.len()), Ok(4));

@@ -118,9 +118,14 @@ pub enum PublishError {
     NotPersisted,
 }
 
-/// A new channel was refused: the node holds `max_channels` already.
+/// Why a new channel was refused.
 #[derive(Debug)]
-struct ChannelLimitReached;
+enum NotCreated {
+    /// The node holds `max_channels` already.
+    ChannelLimit,
+    /// The creator's channel-creation budget is spent.
+    CreationLimit,
+}
 
 /// What a subscriber asked to recover: everything after this position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,24 +348,29 @@ impl Hub {
         self.shard(channel).lock().get(channel).cloned()
     }
 
-    /// The channel entry, created if missing unless `limit` channels exist already (the
-    /// shard lock is held by the caller).
+    /// The channel entry, created if missing unless `limit` channels exist already or
+    /// `may_create` (asked only when the channel would be created, so a creation budget
+    /// is spent on creations alone) says no. The shard lock is held by the caller.
     fn get_or_create(
         &self,
         shard: &mut HashMap<Arc<str>, Arc<Channel>>,
         channel: &str,
         options: ChannelOptions,
         limit: u64,
-    ) -> Result<(Arc<str>, Arc<Channel>), ChannelLimitReached> {
+        may_create: &mut dyn FnMut() -> bool,
+    ) -> Result<(Arc<str>, Arc<Channel>), NotCreated> {
         if let Some((name, entry)) = shard.get_key_value(channel) {
             return Ok((name.clone(), entry.clone()));
+        }
+        if !may_create() {
+            return Err(NotCreated::CreationLimit);
         }
         // Count first, then check: creations in other shards race with us, and
         // increment-then-undo never lets two of them take the last slot.
         let before = self.counters.channels.fetch_add(1, Ordering::Relaxed);
         if before >= limit {
             self.counters.channels.fetch_sub(1, Ordering::Relaxed);
-            return Err(ChannelLimitReached);
+            return Err(NotCreated::ChannelLimit);
         }
         let name: Arc<str> = Arc::from(channel);
         let entry = Arc::new(Channel {
@@ -401,12 +411,12 @@ impl Hub {
         first: impl FnOnce(&Joined) -> Option<Bytes>,
     ) -> Result<(Arc<str>, Joined), SubscribeError> {
         let mut shard = self.shard(channel).lock();
-        if !shard.contains_key(channel) && !may_create() {
-            return Err(SubscribeError::CreationLimit);
-        }
         let (name, entry) = self
-            .get_or_create(&mut shard, channel, options, self.max_channels)
-            .map_err(|ChannelLimitReached| SubscribeError::ChannelLimit)?;
+            .get_or_create(&mut shard, channel, options, self.max_channels, may_create)
+            .map_err(|e| match e {
+                NotCreated::ChannelLimit => SubscribeError::ChannelLimit,
+                NotCreated::CreationLimit => SubscribeError::CreationLimit,
+            })?;
         let mut state = entry.state.lock();
         drop(shard);
         if state.subscribers.contains_key(&subscriber.key) {
@@ -544,14 +554,15 @@ impl Hub {
         // The shard lock is held until the channel is locked, so a sweep cannot remove a
         // channel between our lookup and our append to its history.
         let mut shard = self.shard(channel).lock();
-        if options.history.enabled() && !shard.contains_key(channel) && !may_create() {
-            return Err(PublishError::CreationLimit);
-        }
         let entry = if options.history.enabled() {
-            let created = self.get_or_create(&mut shard, channel, options, self.max_channels);
+            let created =
+                self.get_or_create(&mut shard, channel, options, self.max_channels, may_create);
             Some(
                 created
-                    .map_err(|ChannelLimitReached| PublishError::ChannelLimit)?
+                    .map_err(|e| match e {
+                        NotCreated::ChannelLimit => PublishError::ChannelLimit,
+                        NotCreated::CreationLimit => PublishError::CreationLimit,
+                    })?
                     .1,
             )
         } else {
@@ -640,7 +651,9 @@ impl Hub {
         }
         let mut shard = self.shard(channel).lock();
         // What the log holds was acknowledged: restore it even beyond the channel limit.
-        let Ok((_, entry)) = self.get_or_create(&mut shard, channel, options, u64::MAX) else {
+        let Ok((_, entry)) =
+            self.get_or_create(&mut shard, channel, options, u64::MAX, &mut || true)
+        else {
             return;
         };
         let mut state = entry.state.lock();
@@ -662,7 +675,9 @@ impl Hub {
             return;
         }
         let mut shard = self.shard(channel).lock();
-        let Ok((_, entry)) = self.get_or_create(&mut shard, channel, options, u64::MAX) else {
+        let Ok((_, entry)) =
+            self.get_or_create(&mut shard, channel, options, u64::MAX, &mut || true)
+        else {
             return;
         };
         let mut state = entry.state.lock();

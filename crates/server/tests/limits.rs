@@ -12,12 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The value of one metric line (`name` includes labels), or 0 when absent.
 async fn metric(server: &Server, name: &str) -> u64 {
-    let (status, text) = server.get("/metrics").await;
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    server.metric(name).await.unwrap_or(0)
 }
 
 fn refusals(limit: &str) -> String {
@@ -182,19 +177,8 @@ async fn connections_per_node_are_refused_with_503_before_the_upgrade() {
         .expect("closed in time")
         .is_some()
     {}
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let head = raw_upgrade(&server).await;
-        if head.starts_with("HTTP/1.1 101") {
-            break;
-        }
-        // The server deregisters the closed connection right after the close handshake.
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "slot never freed: {head}"
-        );
-        tokio::task::yield_now().await;
-    }
+    // The server deregisters the closed connection right after the close handshake.
+    upgrade_once_freed(&server, "127.0.0.1", "slot never freed").await;
 }
 
 #[tokio::test]
@@ -536,6 +520,20 @@ async fn raw_upgrade_from(server: &Server, from: &str) -> (tokio::net::TcpStream
     (stream, head)
 }
 
+/// Upgrades from `from` until one is accepted (a place freed by a connection that just
+/// ended), bounded by [`WAIT`]; fails with `what` otherwise.
+async fn upgrade_once_freed(server: &Server, from: &str, what: &str) -> tokio::net::TcpStream {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (stream, head) = raw_upgrade_from(server, from).await;
+        if head.starts_with("HTTP/1.1 101") {
+            return stream;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {head}");
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test]
 async fn connections_per_address_are_refused_with_503() {
     let server = Server::start(&["--dev", "--set", "server.max_connections_per_ip=2"]);
@@ -557,19 +555,7 @@ async fn connections_per_address_are_refused_with_503() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // The place comes back when a connection ends.
     drop(held.pop());
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (stream, head) = raw_upgrade_from(&server, "127.0.0.1").await;
-        if head.starts_with("HTTP/1.1 101") {
-            held.push(stream);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "place never freed: {head}"
-        );
-        tokio::task::yield_now().await;
-    }
+    held.push(upgrade_once_freed(&server, "127.0.0.1", "place never freed").await);
 }
 
 #[tokio::test]

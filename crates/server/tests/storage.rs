@@ -99,9 +99,9 @@ async fn publish_raw(server: &Server, body: Value) -> (u16, Option<String>, Valu
 }
 
 async fn metric(server: &Server, name: &str) -> u64 {
-    let (_, text) = server.get("/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    server
+        .metric(name)
+        .await
         .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 

@@ -144,6 +144,15 @@ impl Server {
         (status, json)
     }
 
+    /// The value of one `/metrics` line (`name` includes labels), if the line is there.
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        let (status, text) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// `GET <path>`; returns the status and the body text.
     pub async fn get(&self, path: &str) -> (u16, String) {
         let request = format!(
