@@ -3,6 +3,7 @@
 //! No I/O here: the server binds connections to sockets and feeds commands in; the hub
 //! queues encoded frames into each connection's [`Outbox`].
 
+pub mod engine;
 pub mod history;
 pub mod hub;
 pub mod journal;

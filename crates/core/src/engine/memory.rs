@@ -1,0 +1,1 @@
+//! The memory engine: channel streams kept in this process (the single-node default).
