@@ -10,14 +10,16 @@ pub mod journal;
 pub mod limits;
 pub mod metrics;
 pub mod namespace;
+pub mod node;
 pub mod outbox;
 mod presence;
 pub mod registry;
 
 pub use history::{HistoryPolicy, HistoryQuery};
 pub use hub::{
-    ChannelOptions, ClientKey, FrameEncoder, FrameFormat, HistoryReadError, Hub, Joined,
-    PublishError, Published, RecoverFrom, StreamPosition, SubscribeError, Subscriber, now_ms,
+    ChannelOptions, ClientKey, Delivery, FrameEncoder, FrameFormat, HistoryReadError, Hub,
+    JoinOutcome, JoinTicket, Joined, PublishError, Published, RecoverFrom, StreamPosition,
+    SubscribeError, Subscriber, now_ms,
 };
 pub use journal::{DurableAck, Journal, JournalError};
 pub use limits::{ConnectionBucket, TokenBucket};
@@ -26,5 +28,6 @@ pub use namespace::{
     CHANNEL_NAME_PATTERN, ChannelError, ChannelRules, MAX_CHANNEL_LEN, NamespaceOptions,
     Namespaces, validate_channel_name,
 };
+pub use node::{Cluster, ControlSink, FirstFrame, Node, NodeHandler, Publish};
 pub use outbox::{Outbox, PushOutcome};
 pub use registry::Registry;

@@ -33,4 +33,13 @@ pub struct HubCounters {
     pub recoveries_too_large: AtomicU64,
     /// Publications refused because the message log's queue was full (counter).
     pub journal_busy: AtomicU64,
+    /// Holes seen in a broker's stream of a channel (cluster; counter).
+    pub stream_gaps: AtomicU64,
+    /// Holes filled from the broker's history before newer publications (counter).
+    pub stream_heals: AtomicU64,
+    /// Channels whose order was lost (hole not in history, stream restarted, too far
+    /// behind): their subscribers were disconnected with 4006 (counter).
+    pub stream_losses: AtomicU64,
+    /// Streams found restarted under a new epoch by the broker (counter).
+    pub stream_resets: AtomicU64,
 }

@@ -118,6 +118,7 @@ impl NamespaceOptions {
             join_leave: self.join_leave,
             history: self.history,
             lossy: self.lossy,
+            presence: self.presence,
         }
     }
 }

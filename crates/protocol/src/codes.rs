@@ -185,6 +185,11 @@ pub const NO_PONG: DisconnectCode = dc(4003, "no pong", true);
 pub const EXPIRED: DisconnectCode = dc(4004, "token expired", true);
 /// 4005: connection limit reached (node, user or IP).
 pub const CONNECTION_LIMIT: DisconnectCode = dc(4005, "connection limit", true);
+/// 4006: the node lost the order of a subscribed channel's stream and could not repair
+/// it from history (a cluster broker dropped publications, or the stream restarted with
+/// a new epoch): reconnect and resubscribe with recovery, which either recovers or says
+/// plainly that the position is gone.
+pub const INSUFFICIENT_STATE: DisconnectCode = dc(4006, "insufficient state", true);
 
 /// 4500: malformed frame or invalid command.
 pub const BAD_REQUEST_DISCONNECT: DisconnectCode = dc(4500, "bad request", false);
@@ -212,6 +217,7 @@ pub const DISCONNECTS: &[DisconnectCode] = &[
     NO_PONG,
     EXPIRED,
     CONNECTION_LIMIT,
+    INSUFFICIENT_STATE,
     BAD_REQUEST_DISCONNECT,
     UNAUTHORIZED_DISCONNECT,
     CONNECT_REQUIRED,

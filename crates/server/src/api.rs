@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use starling_core::{ChannelError, PublishError};
+use starling_core::{ChannelError, Publish, PublishError};
 use starling_protocol::codes;
 
 use crate::app::AppState;
@@ -107,7 +107,29 @@ impl ApiError {
                 state,
                 "the message log is failed (see /ready); nothing was published: retry",
             ),
+            PublishError::Unavailable(reason) => Self::busy(
+                state,
+                format!(
+                    "the cluster broker cannot be reached ({reason}); nothing was published: retry"
+                ),
+            ),
+            PublishError::IdempotencyConflict => {
+                state.metrics.error(codes::IDEMPOTENCY_CONFLICT.code);
+                Self::new(
+                    StatusCode::CONFLICT,
+                    codes::IDEMPOTENCY_CONFLICT,
+                    "idempotency_key was used for a different request",
+                )
+            }
         }
+    }
+
+    /// The cluster broker could not answer (counted): temporary.
+    fn unavailable(state: &AppState, reason: impl std::fmt::Display) -> Self {
+        Self::busy(
+            state,
+            format!("the cluster broker cannot be reached ({reason}); retry"),
+        )
     }
 }
 
@@ -483,14 +505,20 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
         };
     // Refused before publishing: the reservation is dropped and the key freed.
     let published = state
-        .hub
+        .node
         .publish(
-            &body.channel,
-            data,
-            None,
-            rules.options.channel_options(),
-            body.durable,
+            Publish {
+                channel: &body.channel,
+                data,
+                info: None,
+                options: rules.options.channel_options(),
+                durable: body.durable,
+                idempotency: None,
+            },
+            &mut || true,
         )
+        .wait()
+        .await
         .map_err(|e| ApiError::publish(&state, e))?;
     let result = json!({
         "offset": published.position.offset,
@@ -557,23 +585,31 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
             Keyed::Replay(response) => return Ok(response),
         };
     let mut responses = Vec::with_capacity(body.channels.len());
-    for channel in &body.channels {
-        let published = state
-            .namespaces
-            .resolve(channel)
-            .map_err(ApiError::channel)
-            .and_then(|rules| {
-                state
-                    .hub
-                    .publish(
+    // Started together: with a cluster engine the publishes run concurrently.
+    let steps: Vec<_> = body
+        .channels
+        .iter()
+        .map(|channel| {
+            state.namespaces.resolve(channel).map(|rules| {
+                state.node.publish(
+                    Publish {
                         channel,
-                        data.clone(),
-                        None,
-                        rules.options.channel_options(),
-                        false,
-                    )
-                    .map_err(|e| ApiError::publish(&state, e))
-            });
+                        data: data.clone(),
+                        info: None,
+                        options: rules.options.channel_options(),
+                        durable: false,
+                        idempotency: None,
+                    },
+                    &mut || true,
+                )
+            })
+        })
+        .collect();
+    for (channel, step) in body.channels.iter().zip(steps) {
+        let published = match step {
+            Err(e) => Err(ApiError::channel(e)),
+            Ok(step) => step.wait().await.map_err(|e| ApiError::publish(&state, e)),
+        };
         match published {
             Ok(p) => {
                 responses.push(json!({
@@ -591,7 +627,10 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
             }
         }
     }
-    // No await since the first publication: the handler cannot be cancelled in between.
+    // With the memory engine nothing awaits since the first publication, so the handler
+    // cannot be cancelled in between; with a cluster engine the publications are
+    // already on their way when the first await runs, and a cancelled handler drops
+    // the reservation (a retry publishes again: at least once).
     record(reservation, Ok(json!({ "responses": responses })))
 }
 
@@ -662,8 +701,10 @@ pub async fn history(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
     };
     let epoch = body.since.as_ref().map(|p| p.epoch.as_str());
     let (publications, position) = state
-        .hub
+        .node
         .history(&body.channel, query, epoch, rules.options.channel_options())
+        .wait()
+        .await
         .map_err(|e| match e {
             starling_core::HistoryReadError::Disabled => ApiError::new(
                 StatusCode::CONFLICT,
@@ -675,6 +716,9 @@ pub async fn history(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
                 codes::UNRECOVERABLE_POSITION,
                 "position is no longer in history",
             ),
+            starling_core::HistoryReadError::Unavailable(reason) => {
+                ApiError::unavailable(&state, reason)
+            }
         })?;
     let publications: Vec<Value> = publications.iter().map(publication_json).collect();
     ok(json!({
@@ -752,8 +796,14 @@ pub async fn presence(State(state): State<Arc<AppState>>, req: Request) -> ApiRe
             "presence is disabled for this namespace",
         ));
     }
+    let infos = state
+        .node
+        .presence(&body.channel)
+        .wait()
+        .await
+        .map_err(|e| ApiError::unavailable(&state, e))?;
     let mut clients = serde_json::Map::new();
-    for info in state.hub.presence(&body.channel).iter() {
+    for info in infos.iter() {
         clients.insert(
             info.client.clone(),
             json!({"user": &info.user, "client": &info.client}),
@@ -801,7 +851,7 @@ pub async fn info(State(state): State<Arc<AppState>>, req: Request) -> ApiResult
     let (_in_flight, _): (_, InfoRequest) = authorized(&state, req).await?;
     let h = state.hub.counters();
     ok(json!({
-        "node": &state.node,
+        "node": &state.name,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime": state.started.elapsed().as_secs(),
         "connections": state.registry.connections(),

@@ -12,7 +12,9 @@ use axum::Router;
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use starling_core::{HistoryPolicy, Hub, HubCounters, NamespaceOptions, Namespaces, Registry};
+use starling_core::{
+    HistoryPolicy, Hub, HubCounters, NamespaceOptions, Namespaces, Node, Registry,
+};
 use starling_protocol::codes;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -26,8 +28,10 @@ use crate::metrics::Metrics;
 pub struct AppState {
     /// The effective configuration.
     pub config: Config,
-    /// Channels and fan-out.
-    pub hub: Hub,
+    /// Channels and fan-out (local subscribers).
+    pub hub: Arc<Hub>,
+    /// The node facade: publish, subscribe, history and presence, whichever engine runs.
+    pub node: Arc<Node>,
     /// Open connections.
     pub registry: Registry,
     /// Namespace rules.
@@ -41,7 +45,7 @@ pub struct AppState {
     /// The durable message log, unless storage is disabled.
     pub journal: Option<Arc<crate::journal::LogJournal>>,
     /// Node name.
-    pub node: String,
+    pub name: String,
     /// When the node started.
     pub started: Instant,
     /// Set once graceful shutdown began: `/ready` fails and upgrades are refused.
@@ -108,20 +112,23 @@ impl AppState {
             Some(journal)
         };
         let auth = Auth::new(&config.client).context("loading token keys")?;
-        let node = if config.server.name.is_empty() {
+        let name = if config.server.name.is_empty() {
             format!("starling-{}", addr.port())
         } else {
             config.server.name.clone()
         };
+        let hub = Arc::new(hub);
+        let node = Node::local(hub.clone());
         Ok(Arc::new(Self {
             namespaces,
             hub,
+            node,
+            name,
             journal,
             registry: Registry::default(),
             auth,
             metrics: Metrics::default(),
             encoder,
-            node,
             started: Instant::now(),
             draining: AtomicBool::new(false),
             limits: crate::limits::Limits::new(&config),
@@ -201,7 +208,7 @@ fn announce(state: &AppState, local: SocketAddr) {
     if !state.config.api.key.is_empty() {
         println!("  HTTP API:  http://{local}/api/publish (Authorization: apikey <key>)");
     }
-    info!(%local, node = %state.node, "listening");
+    info!(%local, node = %state.name, "listening");
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is

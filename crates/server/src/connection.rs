@@ -184,6 +184,8 @@ enum Wake {
     Write,
     Outbox,
     Timer,
+    /// A command that waited for the cluster engine finished.
+    Session(Result<(), DisconnectCode>),
 }
 
 /// What the timer decided.
@@ -277,11 +279,24 @@ impl Driver {
             // branch futures (readiness waiters, a `Notified`) would sit in every idle
             // connection's task; polling readiness directly keeps the wakers in the
             // socket's registration and the outbox.
+            let role = &mut self.role;
             let wake = std::future::poll_fn(|cx| {
                 if sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Ok(Wake::Timer));
                 }
-                if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                // While a command waits for the cluster engine, nothing more is read:
+                // commands run in order, and TCP pushes back on a client that keeps
+                // sending.
+                let waiting = match role {
+                    Role::Client(session) if session.is_pending() => {
+                        if let Poll::Ready(result) = session.poll_pending(cx) {
+                            return Poll::Ready(Ok(Wake::Session(result)));
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                if !waiting && let Poll::Ready(ready) = stream.poll_read_ready(cx) {
                     return Poll::Ready(ready.map(|()| Wake::Read));
                 }
                 if want_write {
@@ -302,7 +317,8 @@ impl Driver {
                         return Ok(Finish::PeerGone);
                     }
                 }
-                Wake::Write | Wake::Outbox => {}
+                Wake::Write | Wake::Outbox | Wake::Session(Ok(())) => {}
+                Wake::Session(Err(code)) => self.outbox.disconnect(code),
                 Wake::Timer => match self.tick() {
                     Tick::Nothing => {}
                     Tick::SendPing => {

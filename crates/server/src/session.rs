@@ -9,16 +9,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use std::collections::VecDeque;
+use std::task::{Context, Poll};
+
+use starling_core::engine::{EngineFuture, Step};
 use starling_core::{
-    ClientKey, ConnectionBucket, FrameFormat, HistoryQuery, HistoryReadError, Outbox, PublishError,
-    RecoverFrom, SubscribeError, Subscriber,
+    ClientKey, ConnectionBucket, FrameFormat, HistoryQuery, HistoryReadError, Outbox, Publish,
+    PublishError, RecoverFrom, SubscribeError, Subscriber,
 };
 use starling_protocol::codes::{self, DisconnectCode};
 use starling_protocol::{
-    ClientInfo, Command, ConnectRequest, ConnectResult, Encoding, Error, HistoryRequest,
-    HistoryResult, Method, PresenceResult, PresenceStatsResult, Publication, PublishRequest,
-    PublishResult, Reply, ReplyBody, SubscribeRequest, SubscribeResult, UnsubscribeResult,
-    decode_commands, encode_reply,
+    ClientInfo, Command, CommandError, ConnectRequest, ConnectResult, Encoding, Error,
+    HistoryRequest, HistoryResult, Method, PresenceResult, PresenceStatsResult, Publication,
+    PublishRequest, PublishResult, Reply, ReplyBody, SubscribeRequest, SubscribeResult,
+    UnsubscribeResult, decode_commands, encode_reply,
 };
 use tracing::debug;
 
@@ -50,6 +54,49 @@ pub struct Session {
     commands: Option<ConnectionBucket>,
     /// Channel-creation budget (`client.channel_creation_rate`); `None` when unlimited.
     creations: Option<ConnectionBucket>,
+    /// A command waiting for the cluster engine (never with the memory engine).
+    pending: Option<Box<Pending>>,
+}
+
+/// Decoded commands of one message, in order.
+type Commands = std::vec::IntoIter<Result<Command, CommandError>>;
+
+/// A command waiting for the cluster engine. Commands run in order: what follows it (in
+/// its message, and the messages that arrive meanwhile) waits with it.
+struct Pending {
+    op: EngineFuture<Done>,
+    /// The rest of the pending command's message.
+    rest: Commands,
+    /// Messages that arrived meanwhile (the driver stops reading, so these are at most
+    /// one read's worth).
+    later: VecDeque<Bytes>,
+}
+
+/// Most messages held behind a pending command before the connection is refused as
+/// misbehaving (the driver does not read while a command is pending, so one read
+/// cannot hold more).
+const MAX_HELD_MESSAGES: usize = 4096;
+
+/// A finished engine command.
+struct Done {
+    id: u32,
+    result: Result<Finished, Error>,
+}
+
+/// What a finished engine command produced.
+enum Finished {
+    /// The subscription exists (its reply is queued already).
+    Subscribed(Arc<str>),
+    /// A reply body.
+    Body(ReplyBody),
+}
+
+/// How a command ended for now.
+enum Outcome {
+    /// Answered (or needs no answer).
+    Reply(Option<Reply>),
+    /// Waits for the engine.
+    Pending(EngineFuture<Done>),
 }
 
 impl std::fmt::Debug for Session {
@@ -117,7 +164,13 @@ impl Session {
             subscriptions: HashSet::new(),
             commands,
             creations,
+            pending: None,
         }
+    }
+
+    /// Whether a command waits for the cluster engine (the driver stops reading then).
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// Whether `connect` succeeded.
@@ -137,13 +190,28 @@ impl Session {
 
     /// Handles one WebSocket message holding one or more commands.
     pub fn handle(&mut self, payload: &[u8]) -> Result<(), DisconnectCode> {
+        if let Some(pending) = &mut self.pending {
+            if pending.later.len() >= MAX_HELD_MESSAGES {
+                return Err(codes::POLICY_VIOLATION);
+            }
+            pending.later.push_back(Bytes::copy_from_slice(payload));
+            return Ok(());
+        }
         let commands = decode_commands(self.encoding(), payload).map_err(|e| {
             debug!(key = self.key, "undecodable frame: {e}");
             codes::BAD_REQUEST_DISCONNECT
         })?;
         let mut out = Vec::new();
+        let result = self.run(commands.into_iter(), &mut out);
+        self.flush(&mut out);
+        result
+    }
+
+    /// Runs commands in order until they are done or one waits for the engine (then the
+    /// rest waits with it).
+    fn run(&mut self, mut commands: Commands, out: &mut Vec<u8>) -> Result<(), DisconnectCode> {
         let now = Instant::now();
-        for command in commands {
+        while let Some(command) = commands.next() {
             // Before `connect` nothing but a valid command is answered: a malformed one
             // ends the session like an undecodable frame, so an unauthenticated peer gets
             // no replies to probe with (and costs no reply encoding).
@@ -159,7 +227,17 @@ impl Session {
                 Ok(command) if !self.within_rate(now) => {
                     Some(Reply::error(command.id, codes::TOO_MANY_REQUESTS))
                 }
-                Ok(command) => self.dispatch(command, &mut out)?,
+                Ok(command) => match self.dispatch(command, out)? {
+                    Outcome::Reply(reply) => reply,
+                    Outcome::Pending(op) => {
+                        self.pending = Some(Box::new(Pending {
+                            op,
+                            rest: commands,
+                            later: VecDeque::new(),
+                        }));
+                        return Ok(());
+                    }
+                },
                 Err(err) if !self.within_rate(now) => {
                     let reply = err.reply();
                     Some(Reply::error(reply.id, codes::TOO_MANY_REQUESTS))
@@ -167,13 +245,77 @@ impl Session {
                 Err(err) => Some(err.reply()),
             };
             if let Some(reply) = reply {
-                if let Err(e) = &reply.body {
-                    self.state.metrics.error(e.code);
-                }
-                encode_reply(self.encoding(), &reply, &mut out);
+                self.encode(&reply, out);
             }
         }
-        self.flush(&mut out);
+        Ok(())
+    }
+
+    fn encode(&self, reply: &Reply, out: &mut Vec<u8>) {
+        if let Err(e) = &reply.body {
+            self.state.metrics.error(e.code);
+        }
+        encode_reply(self.encoding(), reply, out);
+    }
+
+    /// Drives the pending command: when it finishes, answers it and runs what waited
+    /// behind it. Ready once nothing is pending any more (or the session must end).
+    pub fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DisconnectCode>> {
+        loop {
+            let Some(pending) = &mut self.pending else {
+                return Poll::Ready(Ok(()));
+            };
+            let done = match pending.op.as_mut().poll(cx) {
+                Poll::Ready(done) => done,
+                Poll::Pending => return Poll::Pending,
+            };
+            let Some(pending) = self.pending.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            let Pending { rest, later, .. } = *pending;
+            let mut out = Vec::new();
+            match done.result {
+                Ok(Finished::Subscribed(name)) => {
+                    self.subscriptions.insert(name);
+                }
+                Ok(Finished::Body(body)) => self.encode(
+                    &Reply {
+                        id: done.id,
+                        body: Ok(body),
+                    },
+                    &mut out,
+                ),
+                Err(e) => self.encode(&Reply::error(done.id, e), &mut out),
+            }
+            let result = self.resume(rest, later, &mut out);
+            self.flush(&mut out);
+            result?;
+            // A new pending command is polled at once (it may be ready already).
+        }
+    }
+
+    /// Runs the rest of a message and the messages that waited, until one command
+    /// waits again (it takes the remaining messages with it).
+    fn resume(
+        &mut self,
+        rest: Commands,
+        mut later: VecDeque<Bytes>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), DisconnectCode> {
+        self.run(rest, out)?;
+        while self.pending.is_none() {
+            let Some(payload) = later.pop_front() else {
+                return Ok(());
+            };
+            let commands = decode_commands(self.encoding(), &payload).map_err(|e| {
+                debug!(key = self.key, "undecodable frame: {e}");
+                codes::BAD_REQUEST_DISCONNECT
+            })?;
+            self.run(commands.into_iter(), out)?;
+        }
+        if let Some(pending) = &mut self.pending {
+            pending.later = later;
+        }
         Ok(())
     }
 
@@ -201,39 +343,43 @@ impl Session {
         }
     }
 
-    /// Runs one command. `None` means no reply (a client pong). Replies that must precede
-    /// later pushes (subscribe) are queued directly together with `out`.
-    fn dispatch(
-        &mut self,
-        command: Command,
-        out: &mut Vec<u8>,
-    ) -> Result<Option<Reply>, DisconnectCode> {
+    /// Runs one command. A reply of `None` means no reply (a client pong). Replies that
+    /// must precede later pushes (subscribe) are queued directly together with `out`.
+    fn dispatch(&mut self, command: Command, out: &mut Vec<u8>) -> Result<Outcome, DisconnectCode> {
         let id = command.id;
         let method = match command.method {
-            Method::Connect(req) => return self.connect(id, req).map(Some),
+            Method::Connect(req) => return self.connect(id, req).map(|r| Outcome::Reply(Some(r))),
             // A client heartbeat is fine at any time and never answered.
-            Method::Pong => return Ok(None),
+            Method::Pong => return Ok(Outcome::Reply(None)),
             other => other,
         };
         if self.identity.is_none() {
             return Err(codes::CONNECT_REQUIRED);
         }
-        let body = match method {
-            Method::Connect(_) | Method::Pong => return Ok(None),
+        let step = match method {
+            Method::Connect(_) | Method::Pong => return Ok(Outcome::Reply(None)),
             Method::Subscribe(req) => return Ok(self.subscribe(id, req, out)),
             Method::Unsubscribe(req) => {
                 if let Some(name) = self.subscriptions.take(req.channel.as_str()) {
-                    self.state.hub.unsubscribe(&name, self.key);
+                    self.state.node.unsubscribe(&name, self.key);
                 }
-                Ok(ReplyBody::Unsubscribe(UnsubscribeResult {}))
+                Step::Ready(Ok(ReplyBody::Unsubscribe(UnsubscribeResult {})))
             }
             Method::Publish(req) => self.publish(req),
             Method::Presence(req) => self.presence(&req.channel, false),
             Method::PresenceStats(req) => self.presence(&req.channel, true),
             Method::History(req) => self.history(req),
-            Method::Ping => Ok(ReplyBody::Ping),
+            Method::Ping => Step::Ready(Ok(ReplyBody::Ping)),
         };
-        Ok(Some(Reply { id, body }))
+        Ok(match step {
+            Step::Ready(body) => Outcome::Reply(Some(Reply { id, body })),
+            Step::Pending(op) => Outcome::Pending(Box::pin(async move {
+                Done {
+                    id,
+                    result: op.await.map(Finished::Body),
+                }
+            })),
+        })
     }
 
     fn connect(&mut self, id: u32, req: ConnectRequest) -> Result<Reply, DisconnectCode> {
@@ -260,7 +406,7 @@ impl Session {
             _ if config.client.allow_anonymous => (String::new(), None, None, None),
             _ => return Err(codes::UNAUTHORIZED_DISCONNECT),
         };
-        let client = format!("{}-{:x}", self.state.node, self.key);
+        let client = format!("{}-{:x}", self.state.name, self.key);
         let user: Arc<str> = Arc::from(user);
         // Anonymous connections share the user id "", so they are not one user to limit.
         let per_user = if user.is_empty() {
@@ -301,8 +447,8 @@ impl Session {
         ))
     }
 
-    fn subscribe(&mut self, id: u32, req: SubscribeRequest, out: &mut Vec<u8>) -> Option<Reply> {
-        let error = |e: Error| Some(Reply::error(id, e));
+    fn subscribe(&mut self, id: u32, req: SubscribeRequest, out: &mut Vec<u8>) -> Outcome {
+        let error = |e: Error| Outcome::Reply(Some(Reply::error(id, e)));
         let Some(identity) = &self.identity else {
             return error(codes::INTERNAL.error());
         };
@@ -381,9 +527,6 @@ impl Session {
             format: self.format,
             info,
         };
-        let encoding = self.encoding();
-        let state = self.state.clone();
-        let format = self.format;
         let recover = req.recover.then(|| RecoverFrom {
             offset: req.offset.unwrap_or(0),
             epoch: req.epoch.clone().unwrap_or_default(),
@@ -391,64 +534,37 @@ impl Session {
             // encoded reply is measured below.
             max_bytes: self.state.config.client.max_queue_bytes,
         });
-        let cap = self.reply_cap();
+        // Replies to the message's earlier commands leave first: the subscribe reply is
+        // a frame of its own, queued when the subscriber joins.
+        self.flush(out);
+        let first = subscribe_reply(self.state.clone(), self.format, id, self.reply_cap());
         let (creations, node) = (&mut self.creations, &*self.state);
         let mut may_create = || creation_allowed(creations, node);
-        let result = state.hub.subscribe_limited(
+        let step = self.state.node.subscribe(
             &req.channel,
             subscriber,
             rules.options.channel_options(),
-            recover.as_ref(),
+            recover,
             &mut may_create,
-            |joined| {
-                let reply = |recovered: Option<&Vec<Publication>>| {
-                    Reply::ok(
-                        id,
-                        ReplyBody::Subscribe(SubscribeResult {
-                            epoch: joined.position.epoch.to_string(),
-                            offset: joined.position.offset,
-                            recoverable: joined.recoverable,
-                            recovered: recovered.is_some(),
-                            publications: recovered.cloned().unwrap_or_default(),
-                        }),
-                    )
-                };
-                let start = out.len();
-                encode_reply(encoding, &reply(joined.recovered.as_ref()), out);
-                if joined.recovered.is_some() && out.len() - start > cap {
-                    // Queued, it could cut this very connection as a slow consumer (and
-                    // again after every reconnect): not recovered, the client pages
-                    // through history instead.
-                    out.truncate(start);
-                    encode_reply(encoding, &reply(None), out);
-                    state
-                        .hub
-                        .counters()
-                        .recoveries_too_large
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                let frame = state.encoder.frame(format, out);
-                out.clear();
-                Some(frame)
-            },
+            first,
         );
-        match result {
-            Ok((name, _)) => {
-                self.subscriptions.insert(name);
-                None
-            }
-            Err(SubscribeError::AlreadySubscribed) => error(codes::ALREADY_SUBSCRIBED.error()),
-            Err(SubscribeError::ChannelLimit) => {
-                self.state.metrics.refused(Limit::Channels);
-                error(codes::CHANNEL_LIMIT.error())
-            }
-            Err(SubscribeError::CreationLimit) => {
-                self.state.metrics.refused(Limit::ChannelCreation);
-                error(codes::LIMIT_EXCEEDED.with_message(format!(
-                    "creating channels too fast: at most {} per second \
-                     (client.channel_creation_rate)",
-                    self.state.config.client.channel_creation_rate
-                )))
+        match step {
+            Step::Ready(result) => match subscribed(&self.state, result) {
+                Ok(Finished::Subscribed(name)) => {
+                    self.subscriptions.insert(name);
+                    Outcome::Reply(None)
+                }
+                Ok(Finished::Body(body)) => Outcome::Reply(Some(Reply { id, body: Ok(body) })),
+                Err(e) => error(e),
+            },
+            Step::Pending(op) => {
+                let state = self.state.clone();
+                Outcome::Pending(Box::pin(async move {
+                    Done {
+                        id,
+                        result: subscribed(&state, op.await),
+                    }
+                }))
             }
         }
     }
@@ -461,7 +577,17 @@ impl Session {
         self.state.config.client.max_queue_bytes / 2
     }
 
-    fn publish(&mut self, req: PublishRequest) -> Result<ReplyBody, Error> {
+    fn publish(&mut self, req: PublishRequest) -> Step<Result<ReplyBody, Error>> {
+        match self.publish_step(req) {
+            Ok(step) => step,
+            Err(e) => Step::Ready(Err(e)),
+        }
+    }
+
+    fn publish_step(
+        &mut self,
+        req: PublishRequest,
+    ) -> Result<Step<Result<ReplyBody, Error>>, Error> {
         let identity = self
             .identity
             .as_ref()
@@ -491,85 +617,82 @@ impl Session {
                 "private channel: subscribe (with a subscription token) to publish",
             ));
         }
+        let info = Some(identity.info.clone());
         // Publishing into a history namespace creates the channel (to keep the history):
         // the same per-connection creation budget as `subscribe`.
         let (creations, node) = (&mut self.creations, &*self.state);
         let mut may_create = || creation_allowed(creations, node);
-        let published = self
-            .state
-            .hub
-            .publish_limited(
-                &req.channel,
-                req.data,
-                Some(identity.info.clone()),
-                rules.options.channel_options(),
-                false,
-                &mut may_create,
-            )
-            .map_err(|e| match e {
-                PublishError::ChannelLimit => {
-                    self.state.metrics.refused(Limit::Channels);
-                    codes::CHANNEL_LIMIT.error()
-                }
-                PublishError::CreationLimit => {
-                    self.state.metrics.refused(Limit::ChannelCreation);
-                    codes::LIMIT_EXCEEDED.with_message(format!(
-                        "creating channels too fast: at most {} per second \
-                         (client.channel_creation_rate)",
-                        self.state.config.client.channel_creation_rate
-                    ))
-                }
-                PublishError::Overloaded | PublishError::NotPersisted => codes::SERVER_BUSY
-                    .with_message("the message log cannot take the publication now; retry"),
-            })?;
-        Ok(ReplyBody::Publish(PublishResult {
-            offset: published.position.offset,
-            epoch: published.position.epoch.to_string(),
+        let step = self.state.node.publish(
+            Publish {
+                channel: &req.channel,
+                data: req.data,
+                info,
+                options: rules.options.channel_options(),
+                durable: false,
+                idempotency: None,
+            },
+            &mut may_create,
+        );
+        let state = self.state.clone();
+        Ok(step.map(move |result| {
+            let published = result.map_err(|e| publish_error(&state, e))?;
+            Ok(ReplyBody::Publish(PublishResult {
+                offset: published.position.offset,
+                epoch: published.position.epoch.to_string(),
+            }))
         }))
     }
 
-    fn presence(&self, channel: &str, stats: bool) -> Result<ReplyBody, Error> {
-        let rules = self
-            .state
-            .namespaces
-            .resolve(channel)
-            .map_err(channel_error)?;
+    fn presence(&self, channel: &str, stats: bool) -> Step<Result<ReplyBody, Error>> {
+        let rules = match self.state.namespaces.resolve(channel) {
+            Ok(rules) => rules,
+            Err(e) => return Step::Ready(Err(channel_error(e))),
+        };
         if !rules.options.presence {
-            return Err(
+            return Step::Ready(Err(
                 codes::NOT_AVAILABLE.with_message("presence is disabled for this namespace")
-            );
+            ));
         }
         if !self.subscriptions.contains(channel) {
-            return Err(codes::NOT_SUBSCRIBED.with_message("subscribe to the channel first"));
+            return Step::Ready(Err(
+                codes::NOT_SUBSCRIBED.with_message("subscribe to the channel first")
+            ));
         }
         if stats {
-            let (clients, users) = self.state.hub.presence_stats(channel);
-            return Ok(ReplyBody::PresenceStats(PresenceStatsResult {
-                num_clients: u32::try_from(clients).unwrap_or(u32::MAX),
-                num_users: u32::try_from(users).unwrap_or(u32::MAX),
-            }));
+            return self.state.node.presence_stats(channel).map(|result| {
+                let (clients, users) = result.map_err(engine_error)?;
+                Ok(ReplyBody::PresenceStats(PresenceStatsResult {
+                    num_clients: u32::try_from(clients).unwrap_or(u32::MAX),
+                    num_users: u32::try_from(users).unwrap_or(u32::MAX),
+                }))
+            });
         }
-        // A snapshot shared until the membership changes; the reply is built from it
-        // outside the channel's lock.
-        let infos = self.state.hub.presence(channel);
-        let clients: BTreeMap<String, ClientInfo> = infos
-            .iter()
-            .map(|i| (i.client.clone(), (**i).clone()))
-            .collect();
-        Ok(ReplyBody::Presence(PresenceResult { clients }))
+        // A snapshot shared until the membership changes (memory engine); the reply is
+        // built from it outside the channel's lock.
+        self.state.node.presence(channel).map(|result| {
+            let infos = result.map_err(engine_error)?;
+            let clients: BTreeMap<String, ClientInfo> = infos
+                .iter()
+                .map(|i| (i.client.clone(), (**i).clone()))
+                .collect();
+            Ok(ReplyBody::Presence(PresenceResult { clients }))
+        })
     }
 
-    fn history(&self, req: HistoryRequest) -> Result<ReplyBody, Error> {
-        let rules = self
-            .state
-            .namespaces
-            .resolve(&req.channel)
-            .map_err(channel_error)?;
+    fn history(&self, req: HistoryRequest) -> Step<Result<ReplyBody, Error>> {
+        let rules = match self.state.namespaces.resolve(&req.channel) {
+            Ok(rules) => rules,
+            Err(e) => return Step::Ready(Err(channel_error(e))),
+        };
         if !rules.options.history.enabled() {
-            return Err(codes::NOT_AVAILABLE.with_message("history is not kept for this namespace"));
+            return Step::Ready(Err(
+                codes::NOT_AVAILABLE.with_message("history is not kept for this namespace")
+            ));
         }
         if !self.subscriptions.contains(req.channel.as_str()) {
-            return Err(codes::NOT_SUBSCRIBED.with_message("subscribe to the channel first"));
+            return Step::Ready(Err(
+                codes::NOT_SUBSCRIBED.with_message("subscribe to the channel first")
+            ));
         }
         let limit = req.limit.map_or(rules.options.history.size, |l| {
             usize::try_from(l).unwrap_or(usize::MAX)
@@ -582,25 +705,127 @@ impl Session {
             max_bytes: self.reply_cap(),
         };
         let epoch = req.since.as_ref().map(|s| s.epoch.as_str());
-        match self
-            .state
-            .hub
+        self.state
+            .node
             .history(&req.channel, query, epoch, rules.options.channel_options())
-        {
-            Ok((publications, position)) => Ok(ReplyBody::History(HistoryResult {
-                publications,
-                epoch: position.epoch.to_string(),
-                offset: position.offset,
-            })),
-            Err(HistoryReadError::Disabled) => Err(codes::NOT_AVAILABLE.error()),
-            Err(HistoryReadError::Unrecoverable) => Err(codes::UNRECOVERABLE_POSITION.error()),
-        }
+            .map(|result| {
+                let (publications, position) = result.map_err(history_error)?;
+                Ok(ReplyBody::History(HistoryResult {
+                    publications,
+                    epoch: position.epoch.to_string(),
+                    offset: position.offset,
+                }))
+            })
     }
 
     /// Leaves every channel (the connection is closing).
     pub fn close(&mut self) {
+        // A join still pending is abandoned with its future (its ticket releases the
+        // channel).
+        self.pending = None;
         for name in self.subscriptions.drain() {
-            self.state.hub.unsubscribe(&name, self.key);
+            self.state.node.unsubscribe(&name, self.key);
         }
+    }
+}
+
+/// The subscribe reply, built when the subscriber joins: it carries the recovered
+/// publications unless their encoded size passes `cap` (then the client pages through
+/// history instead of being cut as a slow consumer by its own reply).
+fn subscribe_reply(
+    state: Arc<AppState>,
+    format: FrameFormat,
+    id: u32,
+    cap: usize,
+) -> starling_core::FirstFrame {
+    Box::new(move |joined| {
+        let encoding = WireEncoder::encoding(format);
+        let reply = |recovered: Option<&Vec<Publication>>| {
+            Reply::ok(
+                id,
+                ReplyBody::Subscribe(SubscribeResult {
+                    epoch: joined.position.epoch.to_string(),
+                    offset: joined.position.offset,
+                    recoverable: joined.recoverable,
+                    recovered: recovered.is_some(),
+                    publications: recovered.cloned().unwrap_or_default(),
+                }),
+            )
+        };
+        let mut out = Vec::new();
+        encode_reply(encoding, &reply(joined.recovered.as_ref()), &mut out);
+        if joined.recovered.is_some() && out.len() > cap {
+            out.clear();
+            encode_reply(encoding, &reply(None), &mut out);
+            state
+                .hub
+                .counters()
+                .recoveries_too_large
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(state.encoder.frame(format, &out))
+    })
+}
+
+/// A subscribe's outcome as the session records it, with refusals counted.
+fn subscribed(
+    state: &AppState,
+    result: Result<(Arc<str>, starling_core::Joined), SubscribeError>,
+) -> Result<Finished, Error> {
+    match result {
+        Ok((name, _)) => Ok(Finished::Subscribed(name)),
+        Err(SubscribeError::AlreadySubscribed) => Err(codes::ALREADY_SUBSCRIBED.error()),
+        Err(SubscribeError::ChannelLimit) => {
+            state.metrics.refused(Limit::Channels);
+            Err(codes::CHANNEL_LIMIT.error())
+        }
+        Err(SubscribeError::CreationLimit) => {
+            state.metrics.refused(Limit::ChannelCreation);
+            Err(creation_limit(state))
+        }
+        Err(SubscribeError::Unavailable(reason)) => Err(codes::SERVER_BUSY.with_message(format!(
+            "the cluster broker cannot be reached ({reason}); retry"
+        ))),
+    }
+}
+
+fn creation_limit(state: &AppState) -> Error {
+    codes::LIMIT_EXCEEDED.with_message(format!(
+        "creating channels too fast: at most {} per second (client.channel_creation_rate)",
+        state.config.client.channel_creation_rate
+    ))
+}
+
+/// A publish refusal as the client sees it, counted.
+fn publish_error(state: &AppState, e: PublishError) -> Error {
+    match e {
+        PublishError::ChannelLimit => {
+            state.metrics.refused(Limit::Channels);
+            codes::CHANNEL_LIMIT.error()
+        }
+        PublishError::CreationLimit => {
+            state.metrics.refused(Limit::ChannelCreation);
+            creation_limit(state)
+        }
+        PublishError::Overloaded | PublishError::NotPersisted => codes::SERVER_BUSY
+            .with_message("the message log cannot take the publication now; retry"),
+        PublishError::Unavailable(reason) => codes::SERVER_BUSY.with_message(format!(
+            "the cluster broker cannot be reached ({reason}); retry"
+        )),
+        PublishError::IdempotencyConflict => codes::IDEMPOTENCY_CONFLICT.error(),
+    }
+}
+
+fn engine_error(e: starling_core::engine::EngineError) -> Error {
+    codes::SERVER_BUSY.with_message(format!("the cluster broker cannot be reached ({e}); retry"))
+}
+
+fn history_error(e: HistoryReadError) -> Error {
+    match e {
+        HistoryReadError::Disabled => codes::NOT_AVAILABLE.error(),
+        HistoryReadError::Unrecoverable => codes::UNRECOVERABLE_POSITION.error(),
+        HistoryReadError::Unavailable(reason) => codes::SERVER_BUSY.with_message(format!(
+            "the cluster broker cannot be reached ({reason}); retry"
+        )),
     }
 }

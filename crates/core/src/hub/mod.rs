@@ -17,11 +17,15 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use starling_protocol::{ClientInfo, Publication};
 
+use crate::engine::Broker;
 use crate::history::{History, HistoryError, HistoryPolicy, HistoryQuery};
 use crate::journal::{DurableAck, Journal, JournalError};
 use crate::metrics::HubCounters;
 use crate::outbox::{Outbox, PushOutcome};
 use crate::presence::UserCounts;
+
+mod replica;
+pub use replica::{Delivery, JoinOutcome, JoinTicket};
 
 /// A connection's key inside this node.
 pub type ClientKey = u64;
@@ -80,6 +84,9 @@ pub struct ChannelOptions {
     /// A subscriber whose queue is full misses publications (and sees a gap in offsets)
     /// instead of being disconnected as a slow consumer.
     pub lossy: bool,
+    /// Subscribers are listed in presence (kept in the cluster's presence store when a
+    /// cluster engine runs).
+    pub presence: bool,
 }
 
 /// Subscription refused by the hub.
@@ -95,6 +102,9 @@ pub enum SubscribeError {
     /// channel-creation budget is spent).
     #[error("channel creation limit reached")]
     CreationLimit,
+    /// The cluster's broker cannot be reached now. Temporary.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Publication refused by the hub.
@@ -116,6 +126,13 @@ pub enum PublishError {
     /// no offset used. Temporary (the log retries).
     #[error("message log unavailable")]
     NotPersisted,
+    /// The cluster's broker cannot be reached now (or did not answer in time): nothing
+    /// was published. Temporary.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The idempotency key was used before for a publication with other content.
+    #[error("idempotency key reused with different content")]
+    IdempotencyConflict,
 }
 
 /// Why a new channel was refused.
@@ -173,6 +190,9 @@ pub enum HistoryReadError {
     /// The requested position is gone (too old, or another epoch).
     #[error("position is no longer in history")]
     Unrecoverable,
+    /// The cluster's broker cannot be reached now. Temporary.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl std::fmt::Debug for Published {
@@ -205,6 +225,8 @@ struct ChannelState {
     active_ms: u64,
     /// Removed from the hub; a publisher that still holds it must not deliver.
     gone: bool,
+    /// Set when a broker holds the stream: the sync state of this node's replica.
+    replica: Option<Box<replica::Replica>>,
 }
 
 impl ChannelState {
@@ -219,6 +241,7 @@ impl ChannelState {
             history: History::default(),
             active_ms: now_ms(),
             gone: false,
+            replica: None,
         }
     }
 
@@ -250,6 +273,14 @@ impl ChannelState {
     /// their connections at once still recover (an empty gap) instead of being told that
     /// the stream started over.
     fn idle(&self, now: u64) -> bool {
+        if let Some(replica) = &self.replica {
+            // A replica's history is a cache: the broker keeps the stream. The node stops
+            // listening shortly after its last subscriber left (a linger, so that a
+            // reconnecting client does not make it unsubscribe and subscribe again).
+            return self.subscribers.is_empty()
+                && replica.joining == 0
+                && now.saturating_sub(self.active_ms) > replica::LINGER_MS;
+        }
         if !self.subscribers.is_empty() || !self.history.is_empty() {
             return false;
         }
@@ -279,6 +310,9 @@ pub struct Hub {
     max_channels: u64,
     /// Most bytes of history the node keeps, over all channels (`u64::MAX`: no limit).
     max_history_bytes: u64,
+    /// The broker holding the channels' streams; `None`: this hub holds them (the
+    /// memory engine).
+    broker: Option<Arc<dyn Broker>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -312,7 +346,21 @@ impl Hub {
             counters,
             max_channels: u64::MAX,
             max_history_bytes: u64::MAX,
+            broker: None,
         }
+    }
+
+    /// Makes this hub a replica of streams that `broker` holds (a cluster engine): it
+    /// keeps local subscribers, the position it delivered up to and a cache of recent
+    /// publications, and learns publications from [`Hub::deliver`].
+    pub fn with_broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// The broker, when a cluster engine holds the streams.
+    pub fn broker(&self) -> Option<&Arc<dyn Broker>> {
+        self.broker.as_ref()
     }
 
     /// Keeps at most `max` bytes of history node-wide (0: no limit). A publication that
@@ -462,14 +510,19 @@ impl Hub {
     /// Removes a subscriber; removes the channel when nothing keeps it alive. Returns
     /// whether it was subscribed.
     pub fn unsubscribe(&self, channel: &str, key: ClientKey) -> bool {
+        self.leave(channel, key).is_some()
+    }
+
+    /// [`Hub::unsubscribe`], returning who left and the channel's options.
+    pub fn leave(
+        &self,
+        channel: &str,
+        key: ClientKey,
+    ) -> Option<(Arc<ClientInfo>, ChannelOptions)> {
         let mut shard = self.shard(channel).lock();
-        let Some(entry) = shard.get(channel).cloned() else {
-            return false;
-        };
+        let entry = shard.get(channel).cloned()?;
         let mut state = entry.state.lock();
-        let Some(removed) = state.remove_member(key) else {
-            return false;
-        };
+        let removed = state.remove_member(key)?;
         self.counters.subscriptions.fetch_sub(1, Ordering::Relaxed);
         let now = now_ms();
         state.active_ms = now;
@@ -480,7 +533,46 @@ impl Hub {
         } else if state.options.join_leave {
             self.announce(channel, &state, false, &removed.info);
         }
-        true
+        Some((removed.info, state.options))
+    }
+
+    /// The options a channel was last used with, if it exists.
+    pub fn options(&self, channel: &str) -> Option<ChannelOptions> {
+        let entry = self.channel(channel)?;
+        let state = entry.state.lock();
+        Some(state.options)
+    }
+
+    /// Delivers the channel's next publication to its local subscribers (one shared
+    /// frame per format), advances the position and keeps the publication in history.
+    /// The one path every publication takes to local subscribers: the memory engine's
+    /// publish and a broker's delivery both end here. Returns the subscribers it was
+    /// queued to.
+    fn fan_out(
+        &self,
+        channel: &str,
+        state: &mut ChannelState,
+        publication: Publication,
+        now: u64,
+    ) -> usize {
+        state.offset = publication.offset;
+        state.active_ms = now;
+        let lossy = state.options.lossy;
+        let mut frames: [Option<Bytes>; MAX_FORMATS] = Default::default();
+        let mut delivered = 0;
+        for sub in state.subscribers.values() {
+            let slot = &mut frames[usize::from(sub.format.0) % MAX_FORMATS];
+            let frame = slot
+                .get_or_insert_with(|| self.encoder.publication(channel, &publication, sub.format));
+            if self.queue(sub, frame.clone(), lossy) {
+                delivered += 1;
+            }
+        }
+        let policy = state.options.history;
+        if policy.enabled() {
+            self.keep(state, now, publication, policy);
+        }
+        delivered
     }
 
     fn announce(&self, channel: &str, state: &ChannelState, join: bool, info: &ClientInfo) {
@@ -614,21 +706,7 @@ impl Hub {
             }
         };
         state.options = options;
-        state.offset = publication.offset;
-        state.active_ms = now;
-        let mut frames: [Option<Bytes>; MAX_FORMATS] = Default::default();
-        let mut delivered = 0;
-        for sub in state.subscribers.values() {
-            let slot = &mut frames[usize::from(sub.format.0) % MAX_FORMATS];
-            let frame = slot
-                .get_or_insert_with(|| self.encoder.publication(channel, &publication, sub.format));
-            if self.queue(sub, frame.clone(), options.lossy) {
-                delivered += 1;
-            }
-        }
-        if options.history.enabled() {
-            self.keep(&mut state, now, publication, options.history);
-        }
+        let delivered = self.fan_out(channel, &mut state, publication, now);
         Ok(Published {
             position: state.position(),
             delivered,
@@ -748,13 +826,19 @@ impl Hub {
         let now = now_ms();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            shard.retain(|_, entry| {
+            shard.retain(|name, entry| {
                 let mut state = entry.state.lock();
                 let policy = state.options.history;
                 self.evict(&mut state, now, policy);
                 if state.idle(now) {
                     state.gone = true;
                     self.counters.channels.fetch_sub(1, Ordering::Relaxed);
+                    // Under the shard lock: a join that recreates the channel asks the
+                    // broker to subscribe only after this unsubscribe was issued, and
+                    // the broker applies them in call order.
+                    if let Some(broker) = state.replica.as_ref().and(self.broker.as_ref()) {
+                        broker.unsubscribe(name);
+                    }
                     false
                 } else {
                     true
