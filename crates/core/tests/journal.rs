@@ -2,27 +2,18 @@
 //! a publish block, consume an offset it did not persist, or deliver a publication it
 //! refused; and the epoch rules used after an unclean stop.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use bytes::Bytes;
+use common::{TextEncoder, frames, history, subscriber};
 use starling_core::{
-    ChannelOptions, ClientKey, DurableAck, FrameEncoder, FrameFormat, HistoryPolicy, Hub,
-    HubCounters, Journal, JournalError, Outbox, PublishError, RecoverFrom, Subscriber, now_ms,
+    DurableAck, Hub, HubCounters, Journal, JournalError, PublishError, RecoverFrom, now_ms,
 };
-use starling_protocol::{ClientInfo, Publication};
-
-/// Frames are "offset|data" so tests can read them back.
-struct TextEncoder;
-impl FrameEncoder for TextEncoder {
-    fn publication(&self, _: &str, p: &Publication, _: FrameFormat) -> Bytes {
-        Bytes::from(format!("{}|{}", p.offset, String::from_utf8_lossy(&p.data)))
-    }
-    fn join_leave(&self, _: &str, _: bool, _: &ClientInfo, _: FrameFormat) -> Bytes {
-        Bytes::new()
-    }
-}
+use starling_protocol::Publication;
 
 const OK: u8 = 0;
 const BUSY: u8 = 1;
@@ -53,46 +44,6 @@ impl Journal for Switch {
             }
         }
     }
-}
-
-fn history(size: usize) -> ChannelOptions {
-    ChannelOptions {
-        history: HistoryPolicy {
-            size,
-            ttl_ms: 0,
-            max_bytes: 0,
-        },
-        ..ChannelOptions::default()
-    }
-}
-
-fn subscriber(key: ClientKey) -> Subscriber {
-    Subscriber {
-        key,
-        outbox: Arc::new(Outbox::new(1 << 20)),
-        format: FrameFormat(0),
-        info: Arc::new(ClientInfo {
-            user: format!("u{key}"),
-            client: format!("c{key}"),
-            conn_info: None,
-            chan_info: None,
-        }),
-    }
-}
-
-fn frames(outbox: &Outbox) -> Vec<String> {
-    let mut all = Vec::new();
-    outbox
-        .write_with::<()>(usize::MAX, |slices| {
-            let mut n = 0;
-            for s in slices {
-                all.push(String::from_utf8_lossy(s).into_owned());
-                n += s.len();
-            }
-            Ok(n)
-        })
-        .expect("drain");
-    all
 }
 
 fn hub_with(journal: Arc<dyn Journal>) -> (Hub, Arc<HubCounters>) {

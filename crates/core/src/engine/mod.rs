@@ -6,10 +6,12 @@
 //! broker delivers through [`EngineHandler::publication`]. Presence lives in a
 //! [`PresenceStore`], node-to-node messages travel over a [`ControlBus`].
 //!
-//! Two engines implement these traits: the memory engine ([`memory`], one process, the
-//! default, every step ready at once) and the Redis engine (crate `starling-redis`,
-//! many nodes). Both deliver into the same hub path, so a single node and a cluster run
-//! the same fan-out, recovery and gap-healing code.
+//! The memory engine is the default for one node: its hub holds the streams itself and
+//! needs no broker (see [`crate::node::Node::local`]). [`memory::MemoryBroker`] implements
+//! the traits in one process for several hubs (the reference implementation, and the
+//! cluster path under test without a network); the Redis engine (crate
+//! `starling-redis`) implements them for many nodes. Both deliver into the same hub
+//! path ([`crate::Hub::deliver`], then the fan-out the local publish uses too).
 //!
 //! Methods return a [`Step`]: the memory engine answers [`Step::Ready`] without
 //! allocating; a remote engine answers [`Step::Pending`] with a boxed future.
@@ -151,7 +153,8 @@ pub struct HistoryPage {
 ///   (the broker lost data, a failover dropped a tail), the stream gets a new epoch;
 ///   offsets are never reused for other data under one epoch.
 /// - **Interest**: a node receives only the channels it subscribed to; [`Broker::subscribe`]
-///   resolves once publications made after it are sure to arrive.
+///   resolves once publications made after it are sure to arrive. Subscribe and
+///   unsubscribe calls of one channel take effect in call order.
 pub trait Broker: Send + Sync + 'static {
     /// Publishes one publication. An idempotency key seen before returns the stored
     /// result with `replayed` set (and publishes nothing).
@@ -167,7 +170,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Reads a page of `channel`'s history with the stream's current position (a query
     /// with limit 0 reads only the position). `policy` is the channel's namespace policy
-    /// (for a broker that applies age limits on read).
+    /// (for a broker that applies age limits on read). A read creates the stream's epoch
+    /// when the stream does not exist yet (offset 0), so that a subscriber always learns
+    /// the epoch its later publications belong to.
     fn history(
         &self,
         channel: &Arc<str>,

@@ -1,0 +1,64 @@
+//! Helpers shared by the hub's integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use starling_core::{
+    ChannelOptions, ClientKey, FrameEncoder, FrameFormat, HistoryPolicy, Outbox, Subscriber,
+};
+use starling_protocol::{ClientInfo, Publication};
+
+/// Frames are "offset|data" so tests can read them back.
+pub struct TextEncoder;
+impl FrameEncoder for TextEncoder {
+    fn publication(&self, _: &str, p: &Publication, _: FrameFormat) -> Bytes {
+        Bytes::from(format!("{}|{}", p.offset, String::from_utf8_lossy(&p.data)))
+    }
+    fn join_leave(&self, _: &str, _: bool, _: &ClientInfo, _: FrameFormat) -> Bytes {
+        Bytes::new()
+    }
+}
+
+/// Options of a channel keeping `size` publications.
+pub fn history(size: usize) -> ChannelOptions {
+    ChannelOptions {
+        history: HistoryPolicy {
+            size,
+            ttl_ms: 0,
+            max_bytes: 0,
+        },
+        ..ChannelOptions::default()
+    }
+}
+
+/// A subscriber with a 1 MiB queue.
+pub fn subscriber(key: ClientKey) -> Subscriber {
+    Subscriber {
+        key,
+        outbox: Arc::new(Outbox::new(1 << 20)),
+        format: FrameFormat(0),
+        info: Arc::new(ClientInfo {
+            user: format!("u{key}"),
+            client: format!("c{key}"),
+            conn_info: None,
+            chan_info: None,
+        }),
+    }
+}
+
+/// Everything queued to `outbox`, drained.
+pub fn frames(outbox: &Outbox) -> Vec<String> {
+    let mut all = Vec::new();
+    outbox
+        .write_with::<()>(usize::MAX, |slices| {
+            let mut n = 0;
+            for s in slices {
+                all.push(String::from_utf8_lossy(s).into_owned());
+                n += s.len();
+            }
+            Ok(n)
+        })
+        .expect("drain");
+    all
+}
