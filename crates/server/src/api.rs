@@ -833,6 +833,20 @@ pub async fn disconnect(State(state): State<Arc<AppState>>, req: Request) -> Api
     let n = state
         .registry
         .disconnect_user(&body.user, codes::DISCONNECTED_BY_API);
+    if state.node.cluster().is_some() {
+        // Every other node acts on the message (this one finds nothing left to close).
+        let sink = crate::cluster::control_sink(Arc::downgrade(&state));
+        let message = starling_core::engine::ControlMessage::Disconnect {
+            user: body.user.clone(),
+            code: codes::DISCONNECTED_BY_API.code,
+        };
+        state
+            .node
+            .broadcast_control(message, &sink)
+            .wait()
+            .await
+            .map_err(|e| ApiError::unavailable(&state, e))?;
+    }
     ok(json!({ "disconnected": n }))
 }
 
@@ -850,7 +864,36 @@ impl ApiBody for InfoRequest {
 pub async fn info(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
     let (_in_flight, _): (_, InfoRequest) = authorized(&state, req).await?;
     let h = state.hub.counters();
+    let nodes: Vec<Value> = if state.node.cluster().is_some() {
+        state
+            .nodes
+            .live()
+            .into_iter()
+            .map(|n| {
+                json!({
+                    "name": n.name,
+                    "version": n.version,
+                    "uptime": n.uptime_secs,
+                    "connections": n.connections,
+                    "users": n.users,
+                    "subscriptions": n.subscriptions,
+                    "channels": n.channels,
+                })
+            })
+            .collect()
+    } else {
+        vec![json!({
+            "name": &state.name,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime": state.started.elapsed().as_secs(),
+            "connections": state.registry.connections(),
+            "users": state.registry.users(),
+            "subscriptions": h.subscriptions.load(Ordering::Relaxed),
+            "channels": h.channels.load(Ordering::Relaxed),
+        })]
+    };
     ok(json!({
+        "nodes": nodes,
         "node": &state.name,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime": state.started.elapsed().as_secs(),

@@ -13,16 +13,18 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use starling_core::{
-    HistoryPolicy, Hub, HubCounters, NamespaceOptions, Namespaces, Node, Registry,
+    HistoryPolicy, Hub, HubCounters, NamespaceOptions, Namespaces, Node, NodeHandler, Registry,
 };
 use starling_protocol::codes;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::auth::Auth;
+use crate::cluster::ClusterEngine;
 use crate::config::{Config, NamespaceConfig};
 use crate::encoder::WireEncoder;
 use crate::metrics::Metrics;
+use starling_core::engine::ControlMessage;
 
 /// Everything a request or connection handler needs.
 pub struct AppState {
@@ -56,12 +58,28 @@ pub struct AppState {
     pub idempotency: crate::idempotency::IdempotencyCache,
     /// HTTP API requests in progress (graceful shutdown waits for them).
     pub api_in_flight: crate::api::InFlight,
+    /// The cluster engine, when `cluster.engine` names one.
+    pub engine: Option<Arc<dyn ClusterEngine>>,
+    /// Where the cluster engine delivers (set with `engine`).
+    pub handler: Option<Arc<NodeHandler>>,
+    /// The other nodes, as their heartbeats tell.
+    pub nodes: crate::cluster::Nodes,
     next_key: AtomicU64,
 }
 
 impl AppState {
-    /// Builds the state for a node listening on `addr`.
+    /// Builds the state for a single node (memory engine) listening on `addr`.
     pub fn new(config: Config, addr: SocketAddr) -> anyhow::Result<Arc<Self>> {
+        Self::with_engine(config, addr, None)
+    }
+
+    /// Builds the state for a node listening on `addr`, joined to a cluster through
+    /// `engine` when one is given (the engine is started by [`serve`]).
+    pub fn with_engine(
+        config: Config,
+        addr: SocketAddr,
+        engine: Option<Arc<dyn ClusterEngine>>,
+    ) -> anyhow::Result<Arc<Self>> {
         let encoder = Arc::new(WireEncoder::new(config.websocket.compression_min_size));
         let counters = Arc::new(HubCounters::default());
         let mut hub = Hub::new(encoder.clone(), counters)
@@ -103,8 +121,9 @@ impl AppState {
             ..NamespaceOptions::default()
         });
         let namespaces = Namespaces::new(map, fallback);
-        // Echo mode has no channels, so nothing to log.
-        let journal = if config.storage.dir.is_empty() || config.server.echo {
+        // Echo mode has no channels, so nothing to log; in a cluster the broker holds
+        // the streams (and their durability).
+        let journal = if config.storage.dir.is_empty() || config.server.echo || engine.is_some() {
             None
         } else {
             let journal = crate::journal::open(&config.storage, &hub, &namespaces)?;
@@ -112,33 +131,45 @@ impl AppState {
             Some(journal)
         };
         let auth = Auth::new(&config.client).context("loading token keys")?;
-        let name = if config.server.name.is_empty() {
-            format!("starling-{}", addr.port())
-        } else {
-            config.server.name.clone()
-        };
+        let name = node_name(&config, addr);
+        if let Some(engine) = &engine {
+            hub = hub.with_broker(engine.parts().broker);
+        }
         let hub = Arc::new(hub);
-        let node = Node::local(hub.clone());
-        Ok(Arc::new(Self {
-            namespaces,
-            hub,
-            node,
-            name,
-            journal,
-            registry: Registry::default(),
-            auth,
-            metrics: Metrics::default(),
-            encoder,
-            started: Instant::now(),
-            draining: AtomicBool::new(false),
-            limits: crate::limits::Limits::new(&config),
-            idempotency: crate::idempotency::IdempotencyCache::new(
-                Duration::from_secs(config.api.idempotency_window_secs),
-                config.api.idempotency_max_keys,
-            ),
-            api_in_flight: crate::api::InFlight::default(),
-            next_key: AtomicU64::new(1),
-            config,
+        let node_timeout = Duration::from_secs(config.cluster.node_timeout_secs);
+        Ok(Arc::new_cyclic(|weak| {
+            let (node, handler) = match &engine {
+                None => (Node::local(hub.clone()), None),
+                Some(engine) => {
+                    let sink = crate::cluster::control_sink(weak.clone());
+                    let (node, handler) = Node::clustered(hub.clone(), engine.parts(), sink);
+                    (node, Some(handler))
+                }
+            };
+            Self {
+                namespaces,
+                hub,
+                node,
+                name,
+                journal,
+                registry: Registry::default(),
+                auth,
+                metrics: Metrics::default(),
+                encoder,
+                started: Instant::now(),
+                draining: AtomicBool::new(false),
+                limits: crate::limits::Limits::new(&config),
+                idempotency: crate::idempotency::IdempotencyCache::new(
+                    Duration::from_secs(config.api.idempotency_window_secs),
+                    config.api.idempotency_max_keys,
+                ),
+                api_in_flight: crate::api::InFlight::default(),
+                engine,
+                handler,
+                nodes: crate::cluster::Nodes::new(node_timeout),
+                next_key: AtomicU64::new(1),
+                config,
+            }
         }))
     }
 
@@ -175,11 +206,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = bind(addr, config.server.listen_backlog)
         .with_context(|| format!("binding {addr} (server.listen)"))?;
     let local = listener.local_addr().context("reading the bound address")?;
-    let state = AppState::new(config, local)?;
+    let engine = crate::cluster::connect(&config, &node_name(&config, local)).await?;
+    let state = AppState::with_engine(config, local, engine)?;
     // Before the announcement: whoever reads it may send a signal at once.
     let shutdown = shutdown_signal();
     announce(&state, local);
     run(listener, state, shutdown).await
+}
+
+/// The node's name: `server.name`, or `starling-<port>`.
+fn node_name(config: &Config, addr: SocketAddr) -> String {
+    if config.server.name.is_empty() {
+        format!("starling-{}", addr.port())
+    } else {
+        config.server.name.clone()
+    }
 }
 
 /// Binds the listener with an explicit accept backlog: tokio's default (1024) drops most
@@ -248,6 +289,34 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
     }
 }
 
+/// Starts the cluster engine (deliveries, heartbeats) and the periodic position check;
+/// `None` on a single node.
+fn start_engine(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
+    let (engine, handler) = (state.engine.as_ref()?, state.handler.as_ref()?);
+    let info: crate::cluster::InfoFn = {
+        let weak = Arc::downgrade(state);
+        Arc::new(move || {
+            weak.upgrade()
+                .map(|s| crate::cluster::node_info(&s))
+                .unwrap_or_default()
+        })
+    };
+    engine.start(handler.clone(), info);
+    let every = state.config.cluster.position_check_secs;
+    if every == 0 {
+        return None;
+    }
+    let node = state.node.clone();
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(every));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            node.check_positions(None);
+        }
+    }))
+}
+
 /// Accepts connections until `shutdown` completes, then drains: refuse new upgrades, ask
 /// every client to reconnect elsewhere, wait for them to leave (at most
 /// `server.shutdown_timeout_secs`).
@@ -269,6 +338,7 @@ pub async fn run(
             }
         })
     };
+    let checker = start_engine(&state);
     let header_timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
     tokio::pin!(shutdown);
     loop {
@@ -339,6 +409,18 @@ pub async fn run(
         );
     }
     sweeper.abort();
+    if let Some(checker) = checker {
+        checker.abort();
+    }
+    if let Some(engine) = &state.engine {
+        let leaving = engine.parts().control.send(ControlMessage::Leaving {
+            node: state.name.clone(),
+        });
+        if let Err(e) = leaving.wait().await {
+            warn!("could not tell the cluster that this node leaves: {e}");
+        }
+        engine.shutdown();
+    }
     if let Some(journal) = &state.journal {
         let log = journal.log().clone();
         // fsync waits on the writer thread: keep it off the async workers. `close` also

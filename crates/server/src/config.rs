@@ -74,6 +74,67 @@ pub struct Config {
     pub log: LogConfig,
     /// The durable message log.
     pub storage: StorageConfig,
+    /// Many nodes as one: the engine that holds the streams.
+    pub cluster: ClusterConfig,
+    /// The Redis engine (`cluster.engine = "redis"`).
+    pub redis: RedisConfig,
+}
+
+/// Many nodes as one system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `memory`: one node, streams in this process (and its message log); `redis`: many
+    /// nodes, streams, presence and node-to-node messages in Redis (see `[redis]`).
+    pub engine: String,
+    /// Seconds between checks of every replicated channel's position against the
+    /// broker (catches publications lost silently; 0 disables).
+    pub position_check_secs: u64,
+    /// Seconds between a node's heartbeats to the others.
+    pub heartbeat_secs: u64,
+    /// A node whose heartbeat is older than this many seconds is gone.
+    pub node_timeout_secs: u64,
+    /// Seconds a presence entry lives without being refreshed (a dead node's subscribers
+    /// leave presence within this time).
+    pub presence_ttl_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            engine: "memory".into(),
+            position_check_secs: 30,
+            heartbeat_secs: 3,
+            node_timeout_secs: 10,
+            presence_ttl_secs: 60,
+        }
+    }
+}
+
+/// The Redis engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// One URL per shard (`redis://host:port/db`); channels are spread over them by a
+    /// consistent hash of their names.
+    pub addresses: Vec<String>,
+    /// Prefix of every key and pub/sub channel (several clusters can share a Redis).
+    pub prefix: String,
+    /// Milliseconds a Redis command may take before the call fails as unavailable.
+    pub command_timeout_ms: u64,
+    /// Seconds between liveness probes of each pub/sub connection.
+    pub probe_interval_secs: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            addresses: vec!["redis://127.0.0.1:6379".into()],
+            prefix: "starling".into(),
+            command_timeout_ms: 2000,
+            probe_interval_secs: 5,
+        }
+    }
 }
 
 /// The durable message log: every publication is appended; history is rebuilt from it
@@ -375,6 +436,8 @@ impl Default for Config {
             namespaces,
             log: LogConfig::default(),
             storage: StorageConfig::default(),
+            cluster: ClusterConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -399,6 +462,14 @@ impl Config {
         ] {
             if !secret.is_empty() {
                 *secret = REDACTED.to_string();
+            }
+        }
+        // A Redis URL may carry a password: `redis://user:pass@host` shows the host only.
+        for address in &mut c.redis.addresses {
+            if let Some((scheme, rest)) = address.split_once("://")
+                && let Some((_, host)) = rest.rsplit_once('@')
+            {
+                *address = format!("{scheme}://{REDACTED}@{host}");
             }
         }
         c
@@ -523,6 +594,36 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "client.command_burst must be at least 1 (or set client.command_rate = 0)".into(),
             ));
+        }
+        match self.cluster.engine.as_str() {
+            "memory" => {}
+            "redis" => {
+                if self.redis.addresses.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "cluster.engine = \"redis\" needs at least one address in redis.addresses"
+                            .into(),
+                    ));
+                }
+                if self.cluster.heartbeat_secs == 0
+                    || self.cluster.node_timeout_secs <= self.cluster.heartbeat_secs
+                {
+                    return Err(ConfigError::Invalid(
+                        "cluster.heartbeat_secs must be positive and below cluster.node_timeout_secs"
+                            .into(),
+                    ));
+                }
+                if self.cluster.presence_ttl_secs == 0 || self.redis.command_timeout_ms == 0 {
+                    return Err(ConfigError::Invalid(
+                        "cluster.presence_ttl_secs and redis.command_timeout_ms must be positive"
+                            .into(),
+                    ));
+                }
+            }
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.engine must be `memory` or `redis`, not `{other}`"
+                )));
+            }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(

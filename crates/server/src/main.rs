@@ -64,6 +64,9 @@ current values. The keys:
   log.format log.level
   storage.dir storage.segment_bytes storage.max_bytes storage.max_age_secs
   storage.sync_interval_ms
+  cluster.engine cluster.position_check_secs cluster.heartbeat_secs cluster.node_timeout_secs
+  cluster.presence_ttl_secs
+  redis.addresses redis.prefix redis.command_timeout_ms redis.probe_interval_secs
 Each is explained in docs/OPERATIONS.md.";
 
 /// Every setting also has a dotted key usable in the config file, as an environment
@@ -94,6 +97,10 @@ struct ServeArgs {
     /// Log format, `text` or `json` (log.format).
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Join a cluster through Redis at URL (cluster.engine = "redis", redis.addresses);
+    /// repeat it for each shard of a sharded setup.
+    #[arg(long, value_name = "URL")]
+    redis: Vec<String>,
     /// Set any setting by its dotted key, e.g. `--set websocket.max_message_size=1048576`.
     /// May be repeated.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -121,6 +128,14 @@ impl ServeArgs {
         }
         if let Some(v) = &self.log_format {
             flag("log.format", toml_string(v));
+        }
+        if !self.redis.is_empty() {
+            flag("cluster.engine", toml_string("redis"));
+            let urls = self.redis.iter().map(|u| toml::Value::String(u.clone()));
+            flag(
+                "redis.addresses",
+                toml::Value::Array(urls.collect()).to_string(),
+            );
         }
         for item in &self.set {
             let (k, v) = item

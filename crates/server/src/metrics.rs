@@ -251,6 +251,46 @@ pub fn render(state: &AppState) -> String {
         "Publications refused (error 116, HTTP 503) because the message log's queue was full.",
         get(&h.journal_busy),
     );
+    for (name, help, value) in [
+        (
+            "starling_stream_gaps_total",
+            "Holes seen in a channel's stream as the cluster broker delivered it.",
+            &h.stream_gaps,
+        ),
+        (
+            "starling_stream_heals_total",
+            "Holes filled from the broker's history before newer publications were delivered.",
+            &h.stream_heals,
+        ),
+        (
+            "starling_stream_losses_total",
+            "Channels whose order could not be repaired: their subscribers were disconnected with 4006.",
+            &h.stream_losses,
+        ),
+        (
+            "starling_stream_resets_total",
+            "Streams the broker restarted under a new epoch (it lost them).",
+            &h.stream_resets,
+        ),
+    ] {
+        line(&mut out, name, "counter", help, get(value));
+    }
+    if let Some(engine) = &state.engine {
+        line(
+            &mut out,
+            "starling_cluster_broker_up",
+            "gauge",
+            "1 while every link to the cluster broker is up, else 0.",
+            u64::from(engine.health().is_ok()),
+        );
+        line(
+            &mut out,
+            "starling_cluster_nodes",
+            "gauge",
+            "Live nodes of the cluster, as their heartbeats tell (this one included).",
+            state.nodes.live().len() as u64,
+        );
+    }
     if let Some(journal) = &state.journal {
         let s = journal.log().stats();
         line(

@@ -18,8 +18,9 @@ pub async fn health() -> impl IntoResponse {
     )
 }
 
-/// `GET /ready`: 200 while the node accepts connections; 503 while it drains, and while
-/// the message log is failed (publications are not persisted then).
+/// `GET /ready`: 200 while the node accepts connections; 503 while it drains, while the
+/// message log is failed (publications are not persisted then), and while the cluster
+/// engine cannot reach its broker.
 pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let json = [(header::CONTENT_TYPE, "application/json")];
     if state.draining.load(Ordering::SeqCst) {
@@ -34,6 +35,14 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "status": "degraded",
             "reason": "message log failed: publications are delivered but not persisted",
             "error": failure.to_string(),
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, json, body.to_string());
+    }
+    if let Some(Err(reason)) = state.engine.as_ref().map(|e| e.health()) {
+        let body = serde_json::json!({
+            "status": "degraded",
+            "reason": "cluster broker unreachable: publications of the affected channels fail",
+            "error": reason,
         });
         return (StatusCode::SERVICE_UNAVAILABLE, json, body.to_string());
     }

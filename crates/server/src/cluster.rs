@@ -1,0 +1,135 @@
+//! The node's place in a cluster: the engine it runs, the nodes it knows of, and what it
+//! does with their control messages.
+//!
+//! With `cluster.engine = "memory"` (the default) there is no cluster: nothing here
+//! runs. With `redis`, the engine carries publications, presence and control messages;
+//! every node sends a heartbeat with its counts, and [`Nodes`] keeps the ones heard from
+//! within `cluster.node_timeout_secs` (the `info` API lists them).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use starling_core::engine::{ControlMessage, EngineHandler, NodeInfo};
+use starling_core::{Cluster, ControlSink};
+use starling_protocol::codes;
+use tracing::{debug, info};
+
+use crate::app::AppState;
+
+/// Gives the node's current counts (for its heartbeat).
+pub type InfoFn = Arc<dyn Fn() -> NodeInfo + Send + Sync>;
+
+/// A cluster engine as the server runs it.
+pub trait ClusterEngine: Send + Sync + 'static {
+    /// The engine's broker, presence store and control bus.
+    fn parts(&self) -> Cluster;
+    /// Starts delivering to `handler` (publications, control messages) and sending
+    /// heartbeats built by `info`.
+    fn start(&self, handler: Arc<dyn EngineHandler>, info: InfoFn);
+    /// Whether every link to the broker is up (for `/ready`); the reason when not.
+    fn health(&self) -> Result<(), String>;
+    /// Stops the engine's tasks (at shutdown, after the node left the cluster).
+    fn shutdown(&self);
+}
+
+/// The nodes of the cluster, as their heartbeats tell.
+#[derive(Debug)]
+pub struct Nodes {
+    seen: Mutex<HashMap<String, (NodeInfo, Instant)>>,
+    timeout: Duration,
+}
+
+impl Nodes {
+    /// Forgets a node after `timeout` without a heartbeat.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            seen: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    /// Records a heartbeat.
+    pub fn heartbeat(&self, info: NodeInfo) {
+        let mut seen = self.seen.lock();
+        if !seen.contains_key(&info.name) {
+            info!(node = %info.name, "node joined the cluster");
+        }
+        seen.insert(info.name.clone(), (info, Instant::now()));
+    }
+
+    /// A node said it leaves.
+    pub fn leaving(&self, name: &str) {
+        if self.seen.lock().remove(name).is_some() {
+            info!(node = %name, "node left the cluster");
+        }
+    }
+
+    /// The live nodes, by name (forgets those not heard from in time).
+    pub fn live(&self) -> Vec<NodeInfo> {
+        let mut seen = self.seen.lock();
+        let timeout = self.timeout;
+        seen.retain(|name, (_, at)| {
+            let alive = at.elapsed() <= timeout;
+            if !alive {
+                info!(node = %name, "node timed out");
+            }
+            alive
+        });
+        let mut out: Vec<NodeInfo> = seen.values().map(|(info, _)| info.clone()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// This node's counts, as its heartbeat carries them.
+pub fn node_info(state: &AppState) -> NodeInfo {
+    use std::sync::atomic::Ordering;
+    let counters = state.hub.counters();
+    NodeInfo {
+        name: state.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        connections: state.registry.connections() as u64,
+        users: state.registry.users() as u64,
+        subscriptions: counters.subscriptions.load(Ordering::Relaxed),
+        channels: counters.channels.load(Ordering::Relaxed),
+        uptime_secs: state.started.elapsed().as_secs(),
+    }
+}
+
+/// What the node does with control messages (its own included).
+pub fn control_sink(state: Weak<AppState>) -> ControlSink {
+    Arc::new(move |message| {
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        match message {
+            ControlMessage::Heartbeat(info) => state.nodes.heartbeat(info),
+            ControlMessage::Leaving { node } => state.nodes.leaving(&node),
+            ControlMessage::Disconnect { user, code } => {
+                let disconnect = codes::DISCONNECTS
+                    .iter()
+                    .find(|d| d.code == code)
+                    .copied()
+                    .unwrap_or(codes::DISCONNECTED_BY_API);
+                let n = state.registry.disconnect_user(&user, disconnect);
+                debug!(%user, n, "disconnected by a cluster message");
+            }
+        }
+    })
+}
+
+/// Connects the engine `cluster.engine` names; `None` for the memory engine.
+pub async fn connect(
+    config: &crate::config::Config,
+    node: &str,
+) -> anyhow::Result<Option<Arc<dyn ClusterEngine>>> {
+    match config.cluster.engine.as_str() {
+        "redis" => {
+            let _ = node;
+            anyhow::bail!("the redis engine is not available in this build")
+        }
+        _ => Ok(None),
+    }
+}
