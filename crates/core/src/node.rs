@@ -194,9 +194,7 @@ impl Node {
                 &mut *first,
             ) {
                 Ok(JoinOutcome::Joined(name, joined)) => {
-                    if options.presence {
-                        cluster.presence.join(&name, &info);
-                    }
+                    joined_cluster(cluster, &name, &info, options);
                     return Step::Ready(Ok((name, joined)));
                 }
                 Ok(JoinOutcome::Read { .. }) => {}
@@ -228,9 +226,7 @@ impl Node {
                     &mut *first,
                 )? {
                     JoinOutcome::Joined(name, joined) => {
-                        if options.presence {
-                            cluster.presence.join(&name, &info);
-                        }
+                        joined_cluster(&cluster, &name, &info, options);
                         return Ok((name, joined));
                     }
                     JoinOutcome::Read { since } => {
@@ -256,10 +252,14 @@ impl Node {
         let Some((info, options)) = self.hub.leave(channel, key) else {
             return false;
         };
-        if let Some(cluster) = &self.cluster
-            && options.presence
-        {
-            cluster.presence.leave(&Arc::from(channel), &info.client);
+        if let Some(cluster) = &self.cluster {
+            let channel: Arc<str> = Arc::from(channel);
+            if options.presence {
+                cluster.presence.leave(&channel, &info.client);
+            }
+            if options.join_leave {
+                cluster.broker.join_leave(&channel, false, &info);
+            }
         }
         true
     }
@@ -426,6 +426,21 @@ impl Node {
     }
 }
 
+/// Tells the cluster about a subscriber that joined: presence, and the join push.
+fn joined_cluster(
+    cluster: &Cluster,
+    channel: &Arc<str>,
+    info: &Arc<ClientInfo>,
+    options: ChannelOptions,
+) {
+    if options.presence {
+        cluster.presence.join(channel, info);
+    }
+    if options.join_leave {
+        cluster.broker.join_leave(channel, true, info);
+    }
+}
+
 /// Delivers what a cluster engine receives into the node.
 pub struct NodeHandler {
     node: Weak<Node>,
@@ -445,6 +460,12 @@ impl EngineHandler for NodeHandler {
         };
         if let Delivery::Heal { channel, after } = node.hub.deliver(channel, epoch, publication) {
             node.spawn_heal(channel, after);
+        }
+    }
+
+    fn join_leave(&self, channel: &str, join: bool, info: ClientInfo) {
+        if let Some(node) = self.node.upgrade() {
+            node.hub.deliver_join_leave(channel, join, &info);
         }
     }
 

@@ -352,3 +352,30 @@ async fn joins_racing_publications_get_every_publication_once() {
         .expect("every publication");
     }
 }
+
+#[tokio::test]
+async fn presence_and_join_leave_span_nodes() {
+    let broker = MemoryBroker::new();
+    let (a, b) = (node(&broker), node(&broker));
+    let options = ChannelOptions {
+        join_leave: true,
+        presence: true,
+        ..history(10)
+    };
+    let watcher = subscriber(1);
+    join(&a, "room", watcher.clone(), options, None).await;
+    join(&b, "room", subscriber(2), options, None).await;
+    join(&b, "room", subscriber(3), options, None).await;
+    for n in [&a, &b] {
+        let list = n.node.presence("room").wait().await.expect("presence");
+        let mut clients: Vec<String> = list.iter().map(|i| i.client.clone()).collect();
+        clients.sort();
+        assert_eq!(clients, ["c1", "c2", "c3"]);
+        assert_eq!(n.node.presence_stats("room").wait().await, Ok((3, 3)));
+    }
+    assert!(b.node.unsubscribe("room", 2));
+    let mut seen = Vec::new();
+    collect(&watcher.outbox, &mut seen, 4).await;
+    assert_eq!(seen[1..], ["join|c2", "join|c3", "leave|c2"]);
+    assert_eq!(a.node.presence_stats("room").wait().await, Ok((2, 2)));
+}

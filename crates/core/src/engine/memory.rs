@@ -346,6 +346,21 @@ impl Broker for MemoryLink {
         }
     }
 
+    fn join_leave(&self, channel: &Arc<str>, join: bool, info: &Arc<ClientInfo>) {
+        let inner = self.broker.inner.lock();
+        if self.check_link(&inner).is_err() {
+            return;
+        }
+        for (i, node) in inner.nodes.iter().enumerate() {
+            if node.cut || !self.broker.interested(i, channel) {
+                continue;
+            }
+            if let Some(handler) = &node.handler {
+                handler.join_leave(channel, join, (**info).clone());
+            }
+        }
+    }
+
     fn history(
         &self,
         channel: &Arc<str>,

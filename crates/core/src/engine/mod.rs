@@ -168,6 +168,13 @@ pub trait Broker: Send + Sync + 'static {
     /// unsubscribe only costs traffic.
     fn unsubscribe(&self, channel: &Arc<str>);
 
+    /// Sends a join (`join`) or leave of `info` to every node subscribed to `channel`,
+    /// this one included, for their subscribers' join/leave pushes. Not part of the
+    /// stream (no offset); best effort.
+    fn join_leave(&self, channel: &Arc<str>, join: bool, info: &Arc<ClientInfo>) {
+        let _ = (channel, join, info);
+    }
+
     /// Reads a page of `channel`'s history with the stream's current position (a query
     /// with limit 0 reads only the position). `policy` is the channel's namespace policy
     /// (for a broker that applies age limits on read). A read creates the stream's epoch
@@ -251,6 +258,11 @@ pub trait EngineHandler: Send + Sync + 'static {
     /// A publication of `channel` in stream `epoch`. Per channel, calls come in the
     /// order the broker assigned offsets, one at a time; some may be missing.
     fn publication(&self, channel: &str, epoch: &str, publication: Publication);
+
+    /// A join or leave of `channel` (see [`Broker::join_leave`]).
+    fn join_leave(&self, channel: &str, join: bool, info: ClientInfo) {
+        let _ = (channel, join, info);
+    }
 
     /// The engine lost its link to the broker for some channels and has it back (or
     /// suspects silent loss): their positions must be checked and gaps healed. `None`:

@@ -530,10 +530,23 @@ impl Hub {
             state.gone = true;
             shard.remove(channel);
             self.counters.channels.fetch_sub(1, Ordering::Relaxed);
-        } else if state.options.join_leave {
+        } else if state.options.join_leave && state.replica.is_none() {
+            // (A replica's leaves travel through the broker, to every node.)
             self.announce(channel, &state, false, &removed.info);
         }
         Some((removed.info, state.options))
+    }
+
+    /// A join or leave that a broker delivered (a replica channel's announcements travel
+    /// through the broker, so that every node's subscribers get them).
+    pub fn deliver_join_leave(&self, channel: &str, join: bool, info: &ClientInfo) {
+        let Some(entry) = self.channel(channel) else {
+            return;
+        };
+        let state = entry.state.lock();
+        if state.options.join_leave && !state.gone {
+            self.announce(channel, &state, join, info);
+        }
     }
 
     /// The options a channel was last used with, if it exists.
@@ -575,9 +588,14 @@ impl Hub {
         delivered
     }
 
+    /// Queues a join (or leave) of `info` to the channel's subscribers, except the one
+    /// it is about.
     fn announce(&self, channel: &str, state: &ChannelState, join: bool, info: &ClientInfo) {
         let mut frames: [Option<Bytes>; MAX_FORMATS] = Default::default();
         for sub in state.subscribers.values() {
+            if sub.info.client == info.client {
+                continue;
+            }
             let slot = &mut frames[usize::from(sub.format.0) % MAX_FORMATS];
             let frame = slot
                 .get_or_insert_with(|| self.encoder.join_leave(channel, join, info, sub.format));

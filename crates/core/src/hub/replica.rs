@@ -202,9 +202,7 @@ impl Hub {
         if let Some(frame) = first(&joined) {
             subscriber.outbox.push(frame);
         }
-        if state.options.join_leave {
-            self.announce(&ticket.name, state, true, &subscriber.info);
-        }
+        // (The join is announced through the broker, to every node.)
         state.add_member(subscriber);
         if let Some(replica) = state.replica.as_mut() {
             replica.joining = replica.joining.saturating_sub(1);

@@ -9,14 +9,16 @@ use starling_core::{
 };
 use starling_protocol::{ClientInfo, Publication};
 
-/// Frames are "offset|data" so tests can read them back.
+/// Frames are "offset|data" (and "join|client", "leave|client") so tests can read them
+/// back.
 pub struct TextEncoder;
 impl FrameEncoder for TextEncoder {
     fn publication(&self, _: &str, p: &Publication, _: FrameFormat) -> Bytes {
         Bytes::from(format!("{}|{}", p.offset, String::from_utf8_lossy(&p.data)))
     }
-    fn join_leave(&self, _: &str, _: bool, _: &ClientInfo, _: FrameFormat) -> Bytes {
-        Bytes::new()
+    fn join_leave(&self, _: &str, join: bool, info: &ClientInfo, _: FrameFormat) -> Bytes {
+        let kind = if join { "join" } else { "leave" };
+        Bytes::from(format!("{kind}|{}", info.client))
     }
 }
 
