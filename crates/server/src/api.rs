@@ -399,6 +399,29 @@ impl ApiBody for PublishRequest {
     }
 }
 
+/// The broker-kept idempotency of a cluster publish: the key scoped by endpoint, and a
+/// fingerprint every node computes alike.
+fn cluster_key(
+    state: &AppState,
+    endpoint: &str,
+    key: Option<&str>,
+    parts: &[&[u8]],
+) -> Option<starling_core::engine::Idempotency> {
+    let key = key?;
+    let mut all = Vec::with_capacity(parts.len() + 1);
+    all.push(endpoint.as_bytes());
+    all.extend_from_slice(parts);
+    Some(starling_core::engine::Idempotency {
+        key: format!("{endpoint}:{key}"),
+        fingerprint: crate::idempotency::stable_fingerprint(&all),
+        ttl_ms: state
+            .config
+            .api
+            .idempotency_window_secs
+            .saturating_mul(1000),
+    })
+}
+
 /// What to do with a request after its idempotency key was checked.
 enum Keyed {
     /// Go ahead (holding the key's reservation, when the request has a key).
@@ -498,11 +521,17 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
         body.data.get().as_bytes(),
         if body.durable { b"durable" } else { b"" },
     ];
-    let reservation =
-        match claim_key(&state, "publish", body.idempotency_key.as_deref(), &parts).await? {
-            Keyed::Proceed(reservation) => reservation,
+    let key = body.idempotency_key.as_deref();
+    // In a cluster the broker keeps the keys (a retry may reach another node); on one
+    // node this node's cache does.
+    let (reservation, idempotency) = if state.node.cluster().is_some() {
+        (None, cluster_key(&state, "publish", key, &parts))
+    } else {
+        match claim_key(&state, "publish", key, &parts).await? {
+            Keyed::Proceed(reservation) => (reservation, None),
             Keyed::Replay(response) => return Ok(response),
-        };
+        }
+    };
     // Refused before publishing: the reservation is dropped and the key freed.
     let published = state
         .node
@@ -513,7 +542,7 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
                 info: None,
                 options: rules.options.channel_options(),
                 durable: body.durable,
-                idempotency: None,
+                idempotency,
             },
             &mut || true,
         )
@@ -579,11 +608,17 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
     let data = data_bytes(&state, &body.data)?;
     let mut parts: Vec<&[u8]> = body.channels.iter().map(|c| c.as_bytes()).collect();
     parts.push(body.data.get().as_bytes());
-    let reservation =
-        match claim_key(&state, "broadcast", body.idempotency_key.as_deref(), &parts).await? {
-            Keyed::Proceed(reservation) => reservation,
+    let key = body.idempotency_key.as_deref();
+    // In a cluster each channel's publish carries the key to the broker, which answers
+    // a retry with that channel's first result.
+    let (reservation, idempotency) = if state.node.cluster().is_some() {
+        (None, cluster_key(&state, "broadcast", key, &parts))
+    } else {
+        match claim_key(&state, "broadcast", key, &parts).await? {
+            Keyed::Proceed(reservation) => (reservation, None),
             Keyed::Replay(response) => return Ok(response),
-        };
+        }
+    };
     let mut responses = Vec::with_capacity(body.channels.len());
     // Started together: with a cluster engine the publishes run concurrently.
     let steps: Vec<_> = body
@@ -598,7 +633,7 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
                         info: None,
                         options: rules.options.channel_options(),
                         durable: false,
-                        idempotency: None,
+                        idempotency: idempotency.clone(),
                     },
                     &mut || true,
                 )
