@@ -215,8 +215,9 @@ impl Node {
                     .map_err(unavailable)?;
             }
             let mut page: Option<HistoryPage> = None;
-            // With a page the join always settles; the loop runs at most twice.
-            for _ in 0..3 {
+            // With a fresh page the join settles (it reads again only when the stream
+            // changed epoch during the read).
+            for _ in 0..4 {
                 match hub.join(
                     &mut ticket,
                     subscriber.clone(),

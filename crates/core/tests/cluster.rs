@@ -28,9 +28,16 @@ struct TestNode {
 }
 
 fn node(broker: &Arc<MemoryBroker>) -> TestNode {
+    node_with(broker, 2_000)
+}
+
+fn node_with(broker: &Arc<MemoryBroker>, linger_ms: u64) -> TestNode {
     let link = broker.link();
     let counters = Arc::new(HubCounters::default());
-    let hub = Arc::new(Hub::new(Arc::new(TextEncoder), counters.clone()).with_broker(link.clone()));
+    let hub = Hub::new(Arc::new(TextEncoder), counters.clone())
+        .with_broker(link.clone())
+        .with_linger_ms(linger_ms);
+    let hub = Arc::new(hub);
     let cluster = Cluster {
         broker: link.clone(),
         presence: link.clone(),
@@ -378,4 +385,32 @@ async fn presence_and_join_leave_span_nodes() {
     collect(&watcher.outbox, &mut seen, 4).await;
     assert_eq!(seen[1..], ["join|c2", "join|c3", "leave|c2"]);
     assert_eq!(a.node.presence_stats("room").wait().await, Ok((2, 2)));
+}
+
+#[tokio::test]
+async fn a_node_stops_listening_when_its_last_subscriber_left_though_publishing_goes_on() {
+    let broker = MemoryBroker::new();
+    let (a, b) = (node(&broker), node_with(&broker, 0));
+    let options = history(10);
+    join(&b, "c", subscriber(1), options, None).await;
+    assert!(b.link.interested("c"));
+    // The linger holds while a subscriber is there, publications or not.
+    publish(&a, "c", "m1", options).await;
+    b.node.hub().sweep();
+    assert!(b.link.interested("c"));
+    assert!(b.node.unsubscribe("c", 1));
+    // Wait until the linger (0 ms) has passed on the millisecond clock.
+    let left = starling_core::now_ms();
+    while starling_core::now_ms() <= left {
+        tokio::task::yield_now().await;
+    }
+    publish(&a, "c", "m2", options).await;
+    b.node.hub().sweep();
+    assert!(!b.link.interested("c"), "interest dropped after the linger");
+    assert!(b.node.hub().channels(None).is_empty());
+    // A join later starts over from the broker.
+    let back = subscriber(2);
+    let joined = join(&b, "c", back.clone(), options, None).await;
+    assert_eq!(joined.position.offset, 2);
+    assert!(b.link.interested("c"));
 }

@@ -284,7 +284,10 @@ mod tests {
     fn stable_fingerprints_agree_across_processes_and_separate_parts() {
         // A fixed value: another node (another process) computes the same.
         let f = stable_fingerprint(&[b"publish", b"chat:1", b"{}"]);
-        assert_eq!(f, 0x7dcd_cb95_2264_47c5, "computed independently (Python hashlib)");
+        assert_eq!(
+            f, 0x7dcd_cb95_2264_47c5,
+            "computed independently (Python hashlib)"
+        );
         assert_ne!(f, stable_fingerprint(&[b"publish", b"chat:1{", b"}"]));
         assert_ne!(f, stable_fingerprint(&[b"publish", b"chat:2", b"{}"]));
     }

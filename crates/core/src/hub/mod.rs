@@ -272,14 +272,14 @@ impl ChannelState {
     /// offset for its history's age limit after it went quiet, so clients that all lost
     /// their connections at once still recover (an empty gap) instead of being told that
     /// the stream started over.
-    fn idle(&self, now: u64) -> bool {
+    fn idle(&self, now: u64, linger_ms: u64) -> bool {
         if let Some(replica) = &self.replica {
             // A replica's history is a cache: the broker keeps the stream. The node stops
             // listening shortly after its last subscriber left (a linger, so that a
             // reconnecting client does not make it unsubscribe and subscribe again).
             return self.subscribers.is_empty()
                 && replica.joining == 0
-                && now.saturating_sub(self.active_ms) > replica::LINGER_MS;
+                && now.saturating_sub(replica.quiet_since_ms) > linger_ms;
         }
         if !self.subscribers.is_empty() || !self.history.is_empty() {
             return false;
@@ -313,6 +313,8 @@ pub struct Hub {
     /// The broker holding the channels' streams; `None`: this hub holds them (the
     /// memory engine).
     broker: Option<Arc<dyn Broker>>,
+    /// How long a replica channel stays after its last subscriber left.
+    linger_ms: u64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -347,7 +349,15 @@ impl Hub {
             max_channels: u64::MAX,
             max_history_bytes: u64::MAX,
             broker: None,
+            linger_ms: replica::LINGER_MS,
         }
+    }
+
+    /// Keeps a replica channel (and the node's broker subscription) `ms` milliseconds
+    /// after its last subscriber left (default 2 s).
+    pub fn with_linger_ms(mut self, ms: u64) -> Self {
+        self.linger_ms = ms;
+        self
     }
 
     /// Makes this hub a replica of streams that `broker` holds (a cluster engine): it
@@ -526,7 +536,10 @@ impl Hub {
         self.counters.subscriptions.fetch_sub(1, Ordering::Relaxed);
         let now = now_ms();
         state.active_ms = now;
-        if state.idle(now) {
+        if let Some(replica) = state.replica.as_mut() {
+            replica.quiet_since_ms = now;
+        }
+        if state.idle(now, self.linger_ms) {
             state.gone = true;
             shard.remove(channel);
             self.counters.channels.fetch_sub(1, Ordering::Relaxed);
@@ -848,7 +861,7 @@ impl Hub {
                 let mut state = entry.state.lock();
                 let policy = state.options.history;
                 self.evict(&mut state, now, policy);
-                if state.idle(now) {
+                if state.idle(now, self.linger_ms) {
                     state.gone = true;
                     self.counters.channels.fetch_sub(1, Ordering::Relaxed);
                     // Under the shard lock: a join that recreates the channel asks the

@@ -31,9 +31,9 @@ use super::{
 use crate::engine::HistoryPage;
 use crate::history::HistoryError;
 
-/// How long a replica channel stays after its last subscriber left (the node stays
-/// subscribed to the broker meanwhile), so that a client that reconnects at once does
-/// not make the node unsubscribe and subscribe again.
+/// How long a replica channel stays after its last subscriber left, by default (the
+/// node stays subscribed to the broker meanwhile), so that a client that reconnects at
+/// once does not make the node unsubscribe and subscribe again.
 pub(super) const LINGER_MS: u64 = 2_000;
 
 /// Most publications held while a channel syncs or heals; a heal that needs more tells
@@ -51,6 +51,10 @@ pub(super) struct Replica {
     healing: bool,
     /// Publications that arrived before the channel synced or while it heals, in order.
     held: VecDeque<(Arc<str>, Publication)>,
+    /// When the channel last lost its last subscriber or join (ms since the Unix
+    /// epoch): the linger counts from here, not from the last publication, so that a
+    /// busy channel nobody here watches any more is still let go.
+    pub(super) quiet_since_ms: u64,
 }
 
 /// What the node must do after a delivery.
@@ -97,9 +101,9 @@ impl Drop for JoinTicket {
             let mut state = self.entry.state.lock();
             if let Some(replica) = state.replica.as_mut() {
                 replica.joining = replica.joining.saturating_sub(1);
+                // The sweeper removes the channel once it is idle.
+                replica.quiet_since_ms = now_ms();
             }
-            // The sweeper removes the channel once it is idle.
-            state.active_ms = now_ms();
         }
     }
 }
@@ -139,6 +143,7 @@ impl Hub {
         drop(shard);
         let replica = state.replica.get_or_insert_with(Box::default);
         replica.joining = replica.joining.saturating_add(1);
+        replica.quiet_since_ms = now_ms();
         let synced = replica.synced;
         drop(state);
         Ok((
@@ -180,6 +185,13 @@ impl Hub {
                 });
             };
             self.sync(&ticket.name, state, page);
+            if !state.replica.as_ref().is_some_and(|r| r.synced) {
+                // What was held meanwhile came from another epoch than the read: read
+                // again.
+                return Ok(JoinOutcome::Read {
+                    since: recover.map(|r| r.offset),
+                });
+            }
         }
         let now = now_ms();
         self.evict(state, now, options.history);
