@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -798,9 +799,14 @@ impl ApiBody for ChannelsRequest {
 /// `POST /api/channels`: channels with subscribers, with their counts.
 pub async fn channels(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
     let (_in_flight, body): (_, ChannelsRequest) = authorized(&state, req).await?;
+    // In a cluster every node answers for its own subscribers (within a second).
+    let (channels, _nodes) =
+        crate::cluster::cluster_channels(&state, body.pattern, Duration::from_secs(1))
+            .await
+            .map_err(|e| ApiError::unavailable(&state, e))?;
     let mut map = serde_json::Map::new();
-    for (name, n) in state.hub.channels(body.pattern.as_deref()) {
-        map.insert(name.to_string(), json!({ "num_clients": n }));
+    for (name, n) in channels {
+        map.insert(name, json!({ "num_clients": n }));
     }
     ok(json!({ "channels": map }))
 }

@@ -34,12 +34,28 @@ pub trait ClusterEngine: Send + Sync + 'static {
     fn shutdown(&self);
 }
 
-/// The nodes of the cluster, as their heartbeats tell.
+/// The nodes of the cluster, as their heartbeats tell, and this node's questions to
+/// them in flight.
 #[derive(Debug)]
 pub struct Nodes {
     seen: Mutex<HashMap<String, (NodeInfo, Instant)>>,
     timeout: Duration,
+    /// Open `channels` questions: id -> where the answers go.
+    queries: Mutex<HashMap<u64, tokio::sync::mpsc::Sender<Answer>>>,
+    next_query: std::sync::atomic::AtomicU64,
 }
+
+/// One node's answer to a `channels` question.
+#[derive(Debug)]
+pub struct Answer {
+    /// The answering node.
+    pub node: String,
+    /// Its channels and local subscriber counts.
+    pub channels: Vec<(String, u64)>,
+}
+
+/// Most answers one question takes (bounds the queue; more nodes than this answer late).
+const MAX_ANSWERS: usize = 1024;
 
 impl Nodes {
     /// Forgets a node after `timeout` without a heartbeat.
@@ -47,6 +63,31 @@ impl Nodes {
         Self {
             seen: Mutex::new(HashMap::new()),
             timeout,
+            queries: Mutex::new(HashMap::new()),
+            next_query: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// Opens a question: its id and the receiver of its answers (closed by
+    /// [`Nodes::close_query`]).
+    pub fn open_query(&self) -> (u64, tokio::sync::mpsc::Receiver<Answer>) {
+        let id = self
+            .next_query
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_ANSWERS);
+        self.queries.lock().insert(id, tx);
+        (id, rx)
+    }
+
+    /// Closes a question; later answers are dropped.
+    pub fn close_query(&self, id: u64) {
+        self.queries.lock().remove(&id);
+    }
+
+    fn answer(&self, id: u64, answer: Answer) {
+        if let Some(tx) = self.queries.lock().get(&id) {
+            // A full queue drops the answer: the question reports the nodes it heard.
+            let _ = tx.try_send(answer);
         }
     }
 
@@ -107,6 +148,38 @@ pub fn control_sink(state: Weak<AppState>) -> ControlSink {
         match message {
             ControlMessage::Heartbeat(info) => state.nodes.heartbeat(info),
             ControlMessage::Leaving { node } => state.nodes.leaving(&node),
+            ControlMessage::ChannelsQuery { id, from, pattern } => {
+                let channels = state
+                    .hub
+                    .channels(pattern.as_deref())
+                    .into_iter()
+                    .map(|(name, n)| (name.to_string(), n as u64))
+                    .collect();
+                let answer = ControlMessage::Channels {
+                    id,
+                    to: from,
+                    node: state.name.clone(),
+                    channels,
+                };
+                if let Some(cluster) = state.node.cluster() {
+                    let send = cluster.control.send(answer);
+                    tokio::spawn(async move {
+                        if let Err(e) = send.wait().await {
+                            debug!("channels answer not sent: {e}");
+                        }
+                    });
+                }
+            }
+            ControlMessage::Channels {
+                id,
+                to,
+                node,
+                channels,
+            } => {
+                if to == state.name {
+                    state.nodes.answer(id, Answer { node, channels });
+                }
+            }
             ControlMessage::Disconnect { user, code } => {
                 let disconnect = codes::DISCONNECTS
                     .iter()
@@ -132,4 +205,57 @@ pub async fn connect(
         }
         _ => Ok(None),
     }
+}
+
+/// Channels with subscribers on every live node, with their subscriber counts summed;
+/// waits for every node heard from (at most `wait`), and says which answered.
+pub async fn cluster_channels(
+    state: &Arc<AppState>,
+    pattern: Option<String>,
+    wait: Duration,
+) -> Result<
+    (std::collections::BTreeMap<String, u64>, Vec<String>),
+    starling_core::engine::EngineError,
+> {
+    let Some(cluster) = state.node.cluster() else {
+        let local = state.hub.channels(pattern.as_deref());
+        let map = local
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c as u64))
+            .collect();
+        return Ok((map, vec![state.name.clone()]));
+    };
+    let mut expected: std::collections::HashSet<String> =
+        state.nodes.live().into_iter().map(|n| n.name).collect();
+    expected.insert(state.name.clone());
+    let (id, mut answers) = state.nodes.open_query();
+    let asked = cluster.control.send(ControlMessage::ChannelsQuery {
+        id,
+        from: state.name.clone(),
+        pattern,
+    });
+    if let Err(e) = asked.wait().await {
+        state.nodes.close_query(id);
+        return Err(e);
+    }
+    let mut totals = std::collections::BTreeMap::new();
+    let mut heard = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while heard.len() < expected.len() {
+        match tokio::time::timeout_at(deadline, answers.recv()).await {
+            Ok(Some(answer)) => {
+                if heard.contains(&answer.node) {
+                    continue;
+                }
+                for (name, n) in answer.channels {
+                    *totals.entry(name).or_insert(0u64) += n;
+                }
+                heard.push(answer.node);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    state.nodes.close_query(id);
+    heard.sort();
+    Ok((totals, heard))
 }

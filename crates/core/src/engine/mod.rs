@@ -221,6 +221,27 @@ pub enum ControlMessage {
         /// Its name.
         node: String,
     },
+    /// Node `from` asks every node for its channels with subscribers (whose name
+    /// contains `pattern`, when given); each answers with [`ControlMessage::Channels`].
+    ChannelsQuery {
+        /// Matches the answers to the question.
+        id: u64,
+        /// The asking node.
+        from: String,
+        /// Substring filter.
+        pattern: Option<String>,
+    },
+    /// Node `node`'s answer to a [`ControlMessage::ChannelsQuery`] of node `to`.
+    Channels {
+        /// The question's id.
+        id: u64,
+        /// The asking node.
+        to: String,
+        /// The answering node.
+        node: String,
+        /// Channel name and local subscriber count.
+        channels: Vec<(String, u64)>,
+    },
 }
 
 /// A node's identity and counts, as its heartbeat carries them.
