@@ -2,6 +2,8 @@
 //! (`redis-server`, `haproxy`, `nginx`) started on free loopback ports, killed on drop,
 //! so that fault tests can stop and restart them.
 
+pub mod proxy;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Child;
 use std::time::{Duration, Instant};
