@@ -22,27 +22,29 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 /// Node names, in the order of the balancer's servers (`rt-1`..`rt-3` in haproxy).
 const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
 
+/// A node named `name` with `extra` arguments.
+fn node(name: &str, extra: &[&str]) -> Server {
+    let name = format!("server.name={name}");
+    // Behind a proxy every client has the proxy's address (docs/OPERATIONS.md).
+    let mut args = vec![
+        "--dev",
+        "--set",
+        &name,
+        "--set",
+        "server.max_connections_per_ip=0",
+        "--set",
+        "server.admission_rate_per_ip=0",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
 /// Three nodes named after [`NAMES`], each with `extra` arguments (`per_node[i]` too).
 fn nodes_with(extra: &[&str], per_node: [&[&str]; 3]) -> Vec<Server> {
     NAMES
         .iter()
         .zip(per_node)
-        .map(|(name, own)| {
-            let name = format!("server.name={name}");
-            // Behind a proxy every client has the proxy's address (docs/OPERATIONS.md).
-            let mut args = vec![
-                "--dev",
-                "--set",
-                &name,
-                "--set",
-                "server.max_connections_per_ip=0",
-                "--set",
-                "server.admission_rate_per_ip=0",
-            ];
-            args.extend_from_slice(extra);
-            args.extend_from_slice(own);
-            Server::start(&args)
-        })
+        .map(|(name, own)| node(name, &[extra, own].concat()))
         .collect()
 }
 
@@ -200,6 +202,13 @@ async fn sharding(lb: &dyn Balancer, key: Key) {
     }
     let used: BTreeSet<&str> = homes.values().copied().collect();
     assert!(used.len() >= 2, "twelve keys all on one node: {homes:?}");
+    // Without the key, connections are spread (HAProxy walks its hash ring, so not
+    // strictly in turn).
+    let mut keyless = BTreeSet::new();
+    for _ in 0..6 {
+        keyless.insert(connect_via(lb, "").await.1);
+    }
+    assert!(keyless.len() >= 2, "keyless connections: {keyless:?}");
     if let Key::User = key {
         for (_, value) in subscribers.iter().step_by(2) {
             let query = format!("?user={value}");
@@ -397,6 +406,68 @@ async fn haproxy_drain_moves_clients_and_marks_the_node_down() {
         lb_ref.wait_server_status(server, "DOWN", WAIT);
     })
     .await;
+}
+
+/// The rolling restart of docs/OPERATIONS.md, step by step, through the admin socket.
+#[tokio::test]
+async fn haproxy_rolling_restart_procedure() {
+    let mut nodes = nodes(&QUICK_RECONNECT);
+    let lb = Haproxy::start(&addrs(&nodes), Balance::RoundRobin);
+    let bravo = index_of("bravo");
+    let server = haproxy::SERVERS[bravo];
+    lb.wait_server_status(server, "UP", WAIT);
+    let mut on_bravo = Vec::new();
+    for _ in 0..3 {
+        let (c, node) = connect_via(&lb, "").await;
+        if node == "bravo" {
+            on_bravo.push(c);
+        }
+    }
+    assert_eq!(on_bravo.len(), 1, "round-robin puts one of three on bravo");
+    // 1. No new clients for the node; its open connections stay.
+    let answer = lb.command(&format!("set server starling/{server} state drain"));
+    assert!(answer.trim().is_empty(), "{answer}");
+    assert_eq!(lb.server_status(server), "DRAIN");
+    for _ in 0..4 {
+        let (_, node) = connect_via(&lb, "").await;
+        assert_ne!(node, "bravo", "a new client on the drained node");
+    }
+    let reply = on_bravo[0]
+        .call("subscribe", json!({"channel": "still"}))
+        .await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    // 2. SIGTERM: the clients are told to reconnect and land elsewhere.
+    nodes[bravo].signal("TERM");
+    let push = on_bravo[0].next_json().await;
+    assert_eq!(push["push"]["disconnect"]["reconnect"], true, "{push}");
+    let (_, landed) = connect_via(&lb, "").await;
+    assert_ne!(landed, "bravo");
+    assert_eq!(nodes[bravo].wait_exit(), Some(0));
+    // 3. The new version starts on the same address and is ready.
+    let listen = format!("server.listen={}", nodes[bravo].addr);
+    let mut args = QUICK_RECONNECT.to_vec();
+    args.extend(["--set", &listen]);
+    nodes[bravo] = node("bravo", &args);
+    assert_eq!(nodes[bravo].get("/ready").await.0, 200);
+    // 4. Back into rotation once its checks pass.
+    let answer = lb.command(&format!("set server starling/{server} state ready"));
+    assert!(answer.trim().is_empty(), "{answer}");
+    lb.wait_server_status(server, "UP", WAIT);
+    let state = lb.command("show servers state starling");
+    let fields = state
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(3) == Some(&server))
+        .unwrap_or_else(|| panic!("{server} in {state}"));
+    assert_eq!(fields[5], "2", "srv_op_state running: {state}");
+    let mut landed = BTreeSet::new();
+    for _ in 0..3 {
+        landed.insert(connect_via(&lb, "").await.1);
+    }
+    assert!(
+        landed.contains("bravo"),
+        "bravo takes clients again: {landed:?}"
+    );
 }
 
 #[tokio::test]
