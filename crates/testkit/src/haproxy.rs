@@ -13,8 +13,6 @@ use crate::{Balance, START_WAIT, free_port};
 
 /// The server names of the shipped file, in the order of the node addresses.
 pub const SERVERS: [&str; 3] = ["rt-1", "rt-2", "rt-3"];
-/// The node addresses of the shipped file, replaced by the test nodes' addresses.
-const SHIPPED_NODES: [&str; 3] = ["10.0.0.11:8000", "10.0.0.12:8000", "10.0.0.13:8000"];
 /// The backend that runs the health checks (the others track it).
 pub const CHECKED_BACKEND: &str = "starling";
 
@@ -41,27 +39,16 @@ impl Haproxy {
         balance: Balance,
         replacements: &[(&str, &str)],
     ) -> Haproxy {
-        assert_eq!(backends.len(), 3, "the shipped haproxy.cfg has three nodes");
-        let binary = crate::find_program("haproxy");
-        let dir = tempfile::Builder::new()
-            .prefix("starling-haproxy-")
-            .tempdir()
-            .expect("temporary folder");
-        let port = free_port();
+        let setup = crate::Setup::new("haproxy", backends);
+        let dir = setup.dir.path();
         let stats_port = free_port();
-        let socket = dir.path().join("admin.sock");
-        let backend = match balance {
-            Balance::RoundRobin => "starling",
-            Balance::ByUser => "starling_by_user",
-            Balance::ByRegion => "starling_by_region",
-        };
-        let nodes: Vec<String> = backends.iter().map(ToString::to_string).collect();
-        let bind = format!("bind 127.0.0.1:{port}\n");
+        let socket = dir.join("admin.sock");
+        let bind = format!("bind 127.0.0.1:{}\n", setup.port);
         let stats_bind = format!("bind 127.0.0.1:{stats_port}\n");
         let stats_socket = format!("stats socket {}", socket.display());
-        let default_backend = format!("default_backend {backend}\n");
-        let mut all: Vec<(&str, &str)> = vec![
-            ("bind :80\n", &bind),
+        let default_backend = format!("default_backend {}\n", balance.group());
+        let own = [
+            ("bind :80\n", bind.as_str()),
             ("bind 127.0.0.1:8404\n", &stats_bind),
             ("stats socket /run/haproxy/admin.sock", &stats_socket),
             // Logs (server state changes) go to the log file below.
@@ -74,22 +61,17 @@ impl Haproxy {
             // The shipped limit needs 200,000 descriptors; test machines may not allow them.
             ("maxconn 100000", "maxconn 4000"),
         ];
-        for (shipped, node) in SHIPPED_NODES.iter().zip(&nodes) {
-            all.push((shipped, node));
-        }
-        all.extend_from_slice(replacements);
-        let text = crate::render(crate::deploy_file("haproxy/haproxy.cfg"), &all, "haproxy");
-        let config = dir.path().join("haproxy.cfg");
-        std::fs::write(&config, text).expect("write haproxy.cfg");
+        let config = setup.write_config("haproxy/haproxy.cfg", "haproxy.cfg", &own, replacements);
+        let binary = &setup.binary;
 
-        let mut check = Command::new(&binary);
+        let mut check = Command::new(binary);
         check.arg("-c").arg("-f").arg(&config);
         crate::check_config(check, &config, "haproxy -c");
 
-        let log = dir.path().join("haproxy.log");
+        let log = dir.join("haproxy.log");
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let mut child = Command::new(&binary)
+        let mut child = Command::new(binary)
             .arg("-f")
             .arg(&config)
             .arg("-db")
@@ -98,14 +80,14 @@ impl Haproxy {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::from(([127, 0, 0, 1], setup.port));
         crate::wait_listening_logged(addr, &mut child, "haproxy", Some(&log));
         let haproxy = Haproxy {
             child,
             addr,
             socket,
             log,
-            _dir: dir,
+            _dir: setup.dir,
         };
         haproxy.wait_socket();
         haproxy

@@ -62,6 +62,76 @@ pub enum Balance {
     ByRegion,
 }
 
+impl Balance {
+    /// The backend (haproxy) or upstream (nginx) of the shipped files for this variant.
+    pub fn group(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "starling",
+            Balance::ByUser => "starling_by_user",
+            Balance::ByRegion => "starling_by_region",
+        }
+    }
+}
+
+/// The node addresses of the shipped files, replaced by the test nodes' addresses.
+const SHIPPED_NODES: [&str; 3] = ["10.0.0.11:8000", "10.0.0.12:8000", "10.0.0.13:8000"];
+
+/// What starting a balancer on a shipped file needs before its own replacements.
+struct Setup {
+    /// The program.
+    binary: PathBuf,
+    /// Its temporary folder (configuration, logs, sockets).
+    dir: tempfile::TempDir,
+    /// A free port for its public listener.
+    port: u16,
+    /// The shipped node addresses with their replacements.
+    nodes: Vec<(&'static str, String)>,
+}
+
+impl Setup {
+    /// Finds `program` and makes its folder; `backends` replace the shipped three nodes.
+    fn new(program: &str, backends: &[SocketAddr]) -> Setup {
+        assert_eq!(
+            backends.len(),
+            3,
+            "the shipped {program} file has three nodes"
+        );
+        let binary = find_program(program);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("starling-{program}-"))
+            .tempdir()
+            .expect("temporary folder");
+        let nodes = SHIPPED_NODES
+            .into_iter()
+            .zip(backends.iter().map(ToString::to_string))
+            .collect();
+        Setup {
+            binary,
+            dir,
+            port: free_port(),
+            nodes,
+        }
+    }
+
+    /// Renders `shipped` (a `deploy/` path) with `replacements`, then the node
+    /// addresses, then `extra`, into `file` in the folder; returns its path.
+    fn write_config(
+        &self,
+        shipped: &str,
+        file: &str,
+        replacements: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> PathBuf {
+        let mut all = replacements.to_vec();
+        all.extend(self.nodes.iter().map(|(from, to)| (*from, to.as_str())));
+        all.extend_from_slice(extra);
+        let text = render(deploy_file(shipped), &all, shipped);
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+}
+
 /// A file of the repository's `deploy/` folder, read whole.
 pub fn deploy_file(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -7,10 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use crate::{Balance, free_port};
-
-/// The node addresses of the shipped file, replaced by the test nodes' addresses.
-const SHIPPED_NODES: [&str; 3] = ["10.0.0.11:8000", "10.0.0.12:8000", "10.0.0.13:8000"];
+use crate::Balance;
 
 /// A running nginx, stopped on drop (with its temporary folder).
 pub struct Nginx {
@@ -34,20 +31,9 @@ impl Nginx {
         balance: Balance,
         replacements: &[(&str, &str)],
     ) -> Nginx {
-        assert_eq!(backends.len(), 3, "the shipped nginx.conf has three nodes");
-        let binary = crate::find_program("nginx");
-        let dir = tempfile::Builder::new()
-            .prefix("starling-nginx-")
-            .tempdir()
-            .expect("temporary folder");
-        let root = dir.path().display().to_string();
-        let port = free_port();
-        let upstream = match balance {
-            Balance::RoundRobin => "starling",
-            Balance::ByUser => "starling_by_user",
-            Balance::ByRegion => "starling_by_region",
-        };
-        let nodes: Vec<String> = backends.iter().map(ToString::to_string).collect();
+        let setup = crate::Setup::new("nginx", backends);
+        let dir = setup.dir.path();
+        let root = dir.display().to_string();
         // As root, workers would switch to www-data and could not use the temporary
         // folder; as anyone else nginx cannot switch users at all.
         let user = if crate::is_root() { "user root;\n" } else { "" };
@@ -59,9 +45,9 @@ impl Nginx {
             .map(|kind| format!("    {kind}_temp_path {root}/{kind}_temp;\n"))
             .concat();
         let http = format!("http {{\n{temp_paths}");
-        let listen = format!("listen 127.0.0.1:{port};");
-        let proxy_pass = format!("proxy_pass http://{upstream};");
-        let mut all: Vec<(&str, &str)> = vec![
+        let listen = format!("listen 127.0.0.1:{};", setup.port);
+        let proxy_pass = format!("proxy_pass http://{};", balance.group());
+        let own = [
             ("user www-data;\n", user),
             ("pid /run/nginx-starling.pid;", &pid),
             ("error_log /var/log/nginx/starling-error.log ", &error_log),
@@ -73,14 +59,9 @@ impl Nginx {
             ("listen 80;", &listen),
             ("proxy_pass http://starling;", &proxy_pass),
         ];
-        for (shipped, node) in SHIPPED_NODES.iter().zip(&nodes) {
-            all.push((shipped, node));
-        }
-        all.extend_from_slice(replacements);
-        let text = crate::render(crate::deploy_file("nginx/nginx.conf"), &all, "nginx");
-        let config = dir.path().join("nginx.conf");
-        std::fs::write(&config, text).expect("write nginx.conf");
-        let log = dir.path().join("error.log");
+        let config = setup.write_config("nginx/nginx.conf", "nginx.conf", &own, replacements);
+        let binary = &setup.binary;
+        let log = dir.join("error.log");
         // `-e`: the log of the start itself, before the configuration is read (the
         // compiled-in default is under /var/log).
         let args = |cmd: &mut Command| {
@@ -92,12 +73,12 @@ impl Nginx {
                 .arg(&config);
         };
 
-        let mut check = Command::new(&binary);
+        let mut check = Command::new(binary);
         args(&mut check);
         check.arg("-t");
         crate::check_config(check, &config, "nginx -t");
 
-        let mut cmd = Command::new(&binary);
+        let mut cmd = Command::new(binary);
         args(&mut cmd);
         let mut child = cmd
             .args(["-g", "daemon off;"])
@@ -106,13 +87,13 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::from(([127, 0, 0, 1], setup.port));
         crate::wait_listening_logged(addr, &mut child, "nginx", Some(&log));
         Nginx {
             child,
             addr,
             log,
-            _dir: dir,
+            _dir: setup.dir,
         }
     }
 
