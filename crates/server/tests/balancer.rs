@@ -507,6 +507,42 @@ async fn nginx_pings_keep_tunnels_open() {
     pings_keep_tunnels_open(&lb).await;
 }
 
+/// With loopback taken out of the internal networks, the test client is "the internet":
+/// the HTTP API and the metrics answer 403 through the balancer, the WebSocket works.
+async fn api_and_metrics_are_internal_only(lb: &dyn Balancer) {
+    let body = json!({"channel": "news", "data": 1}).to_string();
+    let (status, _) = common::api_at(lb.addr(), "publish", &body, Some(API_KEY)).await;
+    assert_eq!(status, 403, "the API from outside");
+    let request = b"GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n";
+    let (status, _) = common::http_raw(lb.addr(), request).await;
+    assert_eq!(status, 403, "the metrics from outside");
+    let (mut c, _) = connect_via(lb, "").await;
+    let reply = c.call("subscribe", json!({"channel": "news"})).await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+}
+
+#[tokio::test]
+async fn haproxy_keeps_api_and_metrics_internal() {
+    let nodes = nodes(&[]);
+    let lb = Haproxy::start_with(
+        &addrs(&nodes),
+        Balance::RoundRobin,
+        &[("acl internal src 127.0.0.0/8 ", "acl internal src ")],
+    );
+    api_and_metrics_are_internal_only(&lb).await;
+}
+
+#[tokio::test]
+async fn nginx_keeps_api_and_metrics_internal() {
+    let nodes = nodes(&[]);
+    let lb = Nginx::start_with(
+        &addrs(&nodes),
+        Balance::RoundRobin,
+        &[("allow 127.0.0.0/8;", "")],
+    );
+    api_and_metrics_are_internal_only(&lb).await;
+}
+
 /// The shipped haproxy file is valid as it is (nginx's is checked as rendered by every
 /// test: as shipped it needs root for its log paths).
 #[test]
