@@ -227,10 +227,42 @@ fn index_of(node: &str) -> usize {
     NAMES.iter().position(|n| *n == node).expect("known node")
 }
 
-/// Graceful drain: SIGTERM to one node sends its clients a disconnect push with
-/// reconnect advice and a jittered delay; they reconnect through the balancer and land
-/// on the other nodes, whose clients never notice. `marked_down` waits until the
-/// balancer took the node out (haproxy's health checks), then new connections avoid it.
+/// `GET /ready` on an open keep-alive connection: the status and the `status` field.
+async fn ready_on(stream: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /ready HTTP/1.1\r\nHost: node\r\n\r\n")
+        .await
+        .expect("write");
+    let head = common::read_head(stream).await;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0; length];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut body))
+        .await
+        .expect("body in time")
+        .expect("read body");
+    let body: Value = serde_json::from_slice(&body).expect("json body");
+    let field = body["status"].as_str().unwrap_or_default().to_string();
+    (status, field)
+}
+
+/// Graceful drain: SIGTERM to one node turns its /ready to 503 and sends its clients a
+/// disconnect push with reconnect advice and a jittered delay; they reconnect through
+/// the balancer and land on the other nodes, whose clients never notice. `marked_down`
+/// waits until the balancer took the node out (haproxy's health checks), then new
+/// connections avoid it.
 async fn drain(lb: &dyn Balancer, mut nodes: Vec<Server>, marked_down: impl FnOnce()) {
     let drained = "bravo";
     let mut clients = Vec::new();
@@ -240,6 +272,12 @@ async fn drain(lb: &dyn Balancer, mut nodes: Vec<Server>, marked_down: impl FnOn
     let (mut leaving, staying): (Vec<_>, Vec<_>) =
         clients.into_iter().partition(|(_, node)| *node == drained);
     assert!(!leaving.is_empty(), "no client on {drained}");
+    // A kept-alive HTTP connection straight to the node, to ask /ready during the drain
+    // (the node stops listening, so a new connection could not ask).
+    let mut probe = tokio::net::TcpStream::connect(nodes[index_of(drained)].addr)
+        .await
+        .expect("connect");
+    assert_eq!(ready_on(&mut probe).await, (200, "ready".into()));
     nodes[index_of(drained)].signal("TERM");
     for (c, _) in &mut leaving {
         let push = c.next_json().await;
@@ -248,6 +286,10 @@ async fn drain(lb: &dyn Balancer, mut nodes: Vec<Server>, marked_down: impl FnOn
         assert_eq!(disconnect["reconnect"], true, "{push}");
         let delay = disconnect["delay"].as_u64().expect("delay");
         assert!((100..=300).contains(&delay), "{push}");
+    }
+    // Until its clients have answered the close, the node runs and says it drains.
+    assert_eq!(ready_on(&mut probe).await, (503, "draining".into()));
+    for (c, _) in &mut leaving {
         let close = c.expect_close().await.expect("close frame");
         assert_eq!(u16::from(close.code), 4000);
     }
