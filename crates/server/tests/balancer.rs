@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use common::{API_KEY, Client, Server, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use starling_testkit::Balance;
 use starling_testkit::haproxy::{self, Haproxy};
 use starling_testkit::nginx::Nginx;
+use starling_testkit::{Balance, Balancer};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -48,36 +48,14 @@ fn nodes_with(extra: &[&str], per_node: [&[&str]; 3]) -> Vec<Server> {
         .collect()
 }
 
+/// Three nodes named after [`NAMES`], all with `extra` arguments.
 fn nodes(extra: &[&str]) -> Vec<Server> {
     nodes_with(extra, [&[], &[], &[]])
 }
 
+/// Where the nodes listen, in order.
 fn addrs(nodes: &[Server]) -> Vec<SocketAddr> {
     nodes.iter().map(|n| n.addr).collect()
-}
-
-/// Either balancer, by where it listens.
-trait Balancer {
-    fn addr(&self) -> SocketAddr;
-    fn log(&self) -> String;
-}
-
-impl Balancer for Haproxy {
-    fn addr(&self) -> SocketAddr {
-        Haproxy::addr(self)
-    }
-    fn log(&self) -> String {
-        Haproxy::log(self)
-    }
-}
-
-impl Balancer for Nginx {
-    fn addr(&self) -> SocketAddr {
-        Nginx::addr(self)
-    }
-    fn log(&self) -> String {
-        Nginx::log(self)
-    }
 }
 
 /// The WebSocket URL through the balancer, with an optional query string.

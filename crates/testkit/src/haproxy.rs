@@ -176,6 +176,15 @@ impl Haproxy {
     }
 }
 
+impl crate::Balancer for Haproxy {
+    fn addr(&self) -> SocketAddr {
+        Haproxy::addr(self)
+    }
+    fn log(&self) -> String {
+        Haproxy::log(self)
+    }
+}
+
 impl Drop for Haproxy {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -62,6 +62,14 @@ pub enum Balance {
     ByRegion,
 }
 
+/// What tests need of either balancer ([`haproxy::Haproxy`], [`nginx::Nginx`]).
+pub trait Balancer {
+    /// Where clients connect.
+    fn addr(&self) -> SocketAddr;
+    /// What the balancer logged so far, for failure messages.
+    fn log(&self) -> String;
+}
+
 impl Balance {
     /// The backend (haproxy) or upstream (nginx) of the shipped files for this variant.
     pub fn group(self) -> &'static str {

@@ -108,6 +108,15 @@ impl Nginx {
     }
 }
 
+impl crate::Balancer for Nginx {
+    fn addr(&self) -> SocketAddr {
+        Nginx::addr(self)
+    }
+    fn log(&self) -> String {
+        Nginx::log(self)
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         // The master stops its workers on TERM; a killed master would leave them running.
