@@ -270,6 +270,9 @@ async fn drain(lb: &dyn Balancer, mut nodes: Vec<Server>, marked_down: impl FnOn
     for (c, _) in &mut leaving {
         let close = c.expect_close().await.expect("close frame");
         assert_eq!(u16::from(close.code), 4000);
+        // Send the queued answer to the close now, as a browser does, so the node does
+        // not wait for its close timeout.
+        let _ = c.ws.flush().await;
     }
     // The clients come back at once (no wait for `delay`: that only spreads real
     // clients out) and land elsewhere: the node no longer listens.
@@ -460,6 +463,8 @@ async fn haproxy_rolling_restart_procedure() {
     nodes[bravo].signal("TERM");
     let push = on_bravo[0].next_json().await;
     assert_eq!(push["push"]["disconnect"]["reconnect"], true, "{push}");
+    on_bravo[0].expect_close().await;
+    let _ = on_bravo[0].ws.flush().await;
     let (_, landed) = connect_via(&lb, "").await;
     assert_ne!(landed, "bravo");
     assert_eq!(nodes[bravo].wait_exit(), Some(0));
