@@ -427,6 +427,10 @@ async fn haproxy_drain_moves_clients_and_marks_the_node_down() {
     drain(&lb, nodes, || {
         // `fall 2` checks 500 ms apart (`fastinter`) after the first failure at `inter`.
         lb_ref.wait_server_status(server, "DOWN", WAIT);
+        // The sharding backends follow (`track`) without checks of their own.
+        for backend in [Balance::ByUser, Balance::ByRegion] {
+            assert_eq!(lb_ref.server_status_in(backend.group(), server), "DOWN");
+        }
     })
     .await;
 }

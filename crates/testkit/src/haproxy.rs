@@ -120,9 +120,15 @@ impl Haproxy {
         answer
     }
 
-    /// The status (`UP`, `DOWN`, `DOWN 1/2`, `MAINT`, ...) of `server` in the checked
-    /// backend, from `show stat`.
+    /// The status (`UP`, `DOWN`, `DOWN 1/2`, `DRAIN`, `MAINT`, ...) of `server` in the
+    /// checked backend, from `show stat`.
     pub fn server_status(&self, server: &str) -> String {
+        self.server_status_in(CHECKED_BACKEND, server)
+    }
+
+    /// The status of `server` in `backend` (e.g. a sharding backend that tracks the
+    /// checked one), from `show stat`.
+    pub fn server_status_in(&self, backend: &str, server: &str) -> String {
         let stat = self.command("show stat");
         let mut lines = stat.lines();
         let header: Vec<&str> = lines
@@ -140,9 +146,9 @@ impl Haproxy {
         let (px, sv, status) = (column("pxname"), column("svname"), column("status"));
         lines
             .map(|l| l.split(',').collect::<Vec<_>>())
-            .find(|f| f.get(px) == Some(&CHECKED_BACKEND) && f.get(sv) == Some(&server))
+            .find(|f| f.get(px) == Some(&backend) && f.get(sv) == Some(&server))
             .and_then(|f| f.get(status).map(|s| (*s).to_string()))
-            .unwrap_or_else(|| panic!("no server {server} in `show stat`: {stat}"))
+            .unwrap_or_else(|| panic!("no server {backend}/{server} in `show stat`: {stat}"))
     }
 
     /// Waits until `server`'s status is exactly `status`, or panics after `limit` with
