@@ -96,24 +96,14 @@ impl Nginx {
             _dir: setup.dir,
         }
     }
-
-    /// Where clients connect.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// What nginx logged so far.
-    pub fn log(&self) -> String {
-        crate::log_text(&self.log)
-    }
 }
 
 impl crate::Balancer for Nginx {
     fn addr(&self) -> SocketAddr {
-        Nginx::addr(self)
+        self.addr
     }
     fn log(&self) -> String {
-        Nginx::log(self)
+        crate::log_text(&self.log)
     }
 }
 
