@@ -131,17 +131,7 @@ impl Server {
 
     /// `POST /api/<method>` with a raw body and an optional key.
     pub async fn api_with_key(&self, method: &str, body: &str, key: Option<&str>) -> (u16, Value) {
-        let auth = key
-            .map(|k| format!("Authorization: apikey {k}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "POST /api/{method} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        let (status, body) = http_raw(self.addr, request.as_bytes()).await;
-        let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
-        (status, json)
+        api_at(self.addr, method, body, key).await
     }
 
     /// The value of one `/metrics` line (`name` includes labels), if the line is there.
@@ -171,6 +161,22 @@ impl Drop for Server {
             let _ = std::fs::remove_dir_all(&self.storage);
         }
     }
+}
+
+/// `POST /api/<target>` to whatever listens at `addr` (a node, or a balancer in front
+/// of nodes; `target` may carry a query string) with a raw body and an optional key;
+/// returns the status and the JSON body.
+pub async fn api_at(addr: SocketAddr, target: &str, body: &str, key: Option<&str>) -> (u16, Value) {
+    let auth = key
+        .map(|k| format!("Authorization: apikey {k}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST /api/{target} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, body) = http_raw(addr, request.as_bytes()).await;
+    let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, json)
 }
 
 /// A TOML string literal.
@@ -216,15 +222,32 @@ pub struct Client {
 impl Client {
     /// Opens a WebSocket to the server (no protocol `connect` yet).
     pub async fn open(server: &Server) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        Client::open_request(server.ws_url()).await
+    }
+
+    /// Opens a WebSocket with a URL or a full request (extra headers), e.g. through a
+    /// balancer.
+    pub async fn open_request(
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Client {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
             .await
+            .expect("websocket open in time")
             .expect("websocket connect");
         Client { ws, next_id: 1 }
     }
 
     /// Opens and sends `connect` with `token` (or anonymously); asserts success.
     pub async fn connect(server: &Server, token: Option<&str>) -> (Client, Value) {
-        let mut c = Client::open(server).await;
+        Client::connect_request(server.ws_url(), token).await
+    }
+
+    /// [`Client::connect`] with a URL or a full request (extra headers).
+    pub async fn connect_request(
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+        token: Option<&str>,
+    ) -> (Client, Value) {
+        let mut c = Client::open_request(request).await;
         let params = match token {
             Some(t) => serde_json::json!({ "token": t }),
             None => serde_json::json!({}),
