@@ -27,7 +27,12 @@ pub fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{what} exited before listening on {addr}: {status}");
         }
-        assert!(start.elapsed() < START_WAIT, "{what} did not listen on {addr} in time");
+        assert!(
+            start.elapsed() < START_WAIT,
+            "{what} did not listen on {addr} in time"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+pub mod redis;

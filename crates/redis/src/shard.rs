@@ -1,0 +1,682 @@
+//! One Redis server: its two links, their supervision, the subscribe batcher and the
+//! presence writer.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, RedisResult, Value};
+use starling_core::engine::{EngineError, EngineHandler};
+use starling_protocol::ClientInfo;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::codec;
+use crate::scripts;
+use crate::{RedisConfig, RedisCounters, RedisError};
+
+/// Longest pause between reconnect attempts.
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+/// Presence operations sent in one pipeline.
+const PRESENCE_BATCH: usize = 256;
+
+/// Where a subscribe's confirmation goes.
+pub type Confirm = oneshot::Sender<Result<(), EngineError>>;
+
+/// Presence entries by (channel, client).
+type Joined = HashMap<(Arc<str>, String), Arc<ClientInfo>>;
+
+/// A subscribe-side request, queued so that one task sends them in order and batched.
+pub enum SubRequest {
+    /// Subscribe the channel; answer when Redis confirmed.
+    Subscribe(Arc<str>, Confirm),
+    /// Unsubscribe the channel.
+    Unsubscribe(Arc<str>),
+}
+
+/// A presence write, queued so that joins and leaves of one shard apply in order.
+pub enum PresenceOp {
+    Join(Arc<str>, Arc<ClientInfo>),
+    Leave(Arc<str>, String),
+}
+
+/// Names of keys and pub/sub channels.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub prefix: Arc<str>,
+    pub control: Arc<str>,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.into(),
+            control: format!("{prefix}:control").into(),
+        }
+    }
+
+    /// `<prefix>:{<channel>}:<suffix>`.
+    pub fn key(&self, channel: &str, suffix: &str) -> String {
+        format!("{}:{{{channel}}}:{suffix}", self.prefix)
+    }
+
+    /// The pub/sub channel carrying `channel`'s publications.
+    pub fn pub_channel(&self, channel: &str) -> String {
+        self.key(channel, "pub")
+    }
+
+    /// The channel of a pub/sub channel name, when it is one of ours.
+    pub fn channel_of<'a>(&self, name: &'a str) -> Option<&'a str> {
+        name.strip_prefix(&*self.prefix)?
+            .strip_prefix(":{")?
+            .strip_suffix("}:pub")
+    }
+
+    pub fn presence_keys(&self, channel: &str) -> [String; 3] {
+        [
+            self.key(channel, "presence"),
+            self.key(channel, "presence:users"),
+            self.key(channel, "presence:expiry"),
+        ]
+    }
+}
+
+/// Settings every shard task reads.
+pub struct Shared {
+    pub config: RedisConfig,
+    pub names: Names,
+    pub counters: Arc<RedisCounters>,
+}
+
+/// One Redis server.
+pub struct Shard {
+    pub index: usize,
+    pub address: String,
+    client: Client,
+    cmd: RwLock<Option<MultiplexedConnection>>,
+    pubsub: RwLock<Option<MultiplexedConnection>>,
+    up: AtomicBool,
+    /// Channels this node wants from this shard (the set resubscribed after a reconnect).
+    channels: Mutex<HashSet<Arc<str>>>,
+    /// Presence entries this node joined here: refreshed until left.
+    joined: Mutex<Joined>,
+    pub requests: mpsc::Sender<SubRequest>,
+    requests_rx: Mutex<Option<mpsc::Receiver<SubRequest>>>,
+    pub presence: mpsc::Sender<PresenceOp>,
+    presence_rx: Mutex<Option<mpsc::Receiver<PresenceOp>>>,
+    pushes: mpsc::Sender<(u64, PushInfo)>,
+    pushes_rx: Mutex<Option<mpsc::Receiver<(u64, PushInfo)>>>,
+    /// Incremented per pub/sub connection, so a stale link's disconnection is ignored.
+    generation: AtomicU64,
+    /// The generation whose link reported its loss.
+    lost: Arc<AtomicU64>,
+    /// Pushes were dropped (queue full): the shard's channels need a resync.
+    overflow: Arc<AtomicBool>,
+    /// Someone saw a link fail: probe now.
+    suspect: Arc<Notify>,
+}
+
+/// Runs `f` within `timeout`; network failures and timeouts are `Unavailable` and make
+/// the shard probe its links.
+pub async fn bounded<T>(
+    shard: &Shard,
+    timeout: Duration,
+    f: impl Future<Output = RedisResult<T>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(timeout, f).await {
+        Err(_) => {
+            shard.suspect.notify_one();
+            Err(EngineError::Unavailable(format!(
+                "redis shard {} did not answer in {timeout:?}",
+                shard.address
+            )))
+        }
+        Ok(Err(e)) => {
+            let e = map_error(&shard.address, &e);
+            if matches!(e, EngineError::Unavailable(_)) {
+                shard.suspect.notify_one();
+            }
+            Err(e)
+        }
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+/// Temporary failures (link down, server loading or failing over) are `Unavailable`,
+/// everything else a broker error.
+pub fn map_error(address: &str, e: &redis::RedisError) -> EngineError {
+    let temporary = e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY")
+        );
+    if temporary {
+        EngineError::Unavailable(format!("redis shard {address}: {e}"))
+    } else {
+        EngineError::Broker(format!("redis shard {address}: {e}"))
+    }
+}
+
+/// A random fraction in [0.5, 1) for backoff jitter.
+fn jitter() -> f64 {
+    let r = RandomState::new().hash_one(std::time::SystemTime::now());
+    0.5 + (r % 1000) as f64 / 2000.0
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(6));
+    exp.min(BACKOFF_CAP).mul_f64(jitter())
+}
+
+impl Shard {
+    /// A shard for `address`, not connected yet.
+    pub fn new(index: usize, address: &str, config: &RedisConfig) -> Result<Self, RedisError> {
+        let info = redis::IntoConnectionInfo::into_connection_info(address)
+            .map_err(|e| RedisError::Config(format!("address {address:?}: {e}")))?;
+        // RESP3: pub/sub messages arrive as pushes on an ordinary connection.
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(redis_settings);
+        let client = Client::open(info)
+            .map_err(|e| RedisError::Config(format!("address {address:?}: {e}")))?;
+        let (requests, requests_rx) = mpsc::channel(config.request_queue.max(1));
+        let (presence, presence_rx) = mpsc::channel(config.presence_queue.max(1));
+        let (pushes, pushes_rx) = mpsc::channel(config.pubsub_queue.max(1));
+        Ok(Self {
+            index,
+            address: address.to_owned(),
+            client,
+            cmd: RwLock::new(None),
+            pubsub: RwLock::new(None),
+            up: AtomicBool::new(false),
+            channels: Mutex::new(HashSet::new()),
+            joined: Mutex::new(HashMap::new()),
+            requests,
+            requests_rx: Mutex::new(Some(requests_rx)),
+            presence,
+            presence_rx: Mutex::new(Some(presence_rx)),
+            pushes,
+            pushes_rx: Mutex::new(Some(pushes_rx)),
+            generation: AtomicU64::new(0),
+            lost: Arc::new(AtomicU64::new(0)),
+            overflow: Arc::new(AtomicBool::new(false)),
+            suspect: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Whether both links are up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// The command connection, or `Unavailable` at once while the shard is down.
+    pub fn command(&self) -> Result<MultiplexedConnection, EngineError> {
+        if !self.is_up() {
+            return Err(self.down());
+        }
+        self.cmd.read().clone().ok_or_else(|| self.down())
+    }
+
+    fn down(&self) -> EngineError {
+        EngineError::Unavailable(format!("redis shard {} is down", self.address))
+    }
+
+    /// Marks `channel` wanted (resubscribed after reconnects).
+    pub fn want(&self, channel: &Arc<str>) {
+        self.channels.lock().insert(channel.clone());
+    }
+
+    /// Marks `channel` no longer wanted.
+    pub fn unwant(&self, channel: &str) {
+        self.channels.lock().remove(channel);
+    }
+
+    fn wanted(&self) -> Vec<Arc<str>> {
+        self.channels.lock().iter().cloned().collect()
+    }
+
+    /// Remembers a presence entry for refreshing.
+    pub fn remember(&self, channel: &Arc<str>, info: &Arc<ClientInfo>) {
+        self.joined
+            .lock()
+            .insert((channel.clone(), info.client.clone()), info.clone());
+    }
+
+    /// Forgets a presence entry.
+    pub fn forget(&self, channel: &Arc<str>, client: &str) {
+        self.joined
+            .lock()
+            .remove(&(channel.clone(), client.to_owned()));
+    }
+
+    /// Opens both links (command, then pub/sub) and installs them.
+    pub async fn connect(&self, shared: &Shared) -> Result<(), RedisError> {
+        let timeout = shared.config.command_timeout;
+        let unreachable = |reason: String| RedisError::Unreachable {
+            address: self.address.clone(),
+            reason,
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let mut cmd = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let pushes = self.pushes.clone();
+        let lost = self.lost.clone();
+        let overflow = self.overflow.clone();
+        let suspect = self.suspect.clone();
+        let counters = shared.counters.clone();
+        let sender = move |info: PushInfo| -> Result<(), ()> {
+            if info.kind == PushKind::Disconnection {
+                // Recorded apart from the queue, so a full queue cannot hide it.
+                lost.store(generation, Ordering::Release);
+                suspect.notify_one();
+                return Ok(());
+            }
+            match pushes.try_send((generation, info)) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    RedisCounters::add(&counters.dropped_messages, 1);
+                    overflow.store(true, Ordering::Release);
+                    Ok(())
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            }
+        };
+        let mut pubsub = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config.set_push_sender(sender))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        // Both links must answer before the shard counts as up.
+        for conn in [&mut cmd, &mut pubsub] {
+            let pong: RedisResult<String> = redis::cmd("PING").query_async(conn).await;
+            pong.map_err(|e| unreachable(e.to_string()))?;
+        }
+        if self.index == 0 {
+            // The control bus rides on shard 0's link from the start.
+            let control = pubsub.subscribe(&*shared.names.control);
+            tokio::time::timeout(timeout, control)
+                .await
+                .map_err(|_| unreachable("control subscription timed out".into()))?
+                .map_err(|e| unreachable(e.to_string()))?;
+        }
+        *self.cmd.write() = Some(cmd);
+        *self.pubsub.write() = Some(pubsub);
+        Ok(())
+    }
+
+    /// Marks the shard up (after the first connect, before any channel is wanted).
+    pub fn mark_up(&self) {
+        self.up.store(true, Ordering::Release);
+    }
+
+    fn teardown(&self) {
+        self.up.store(false, Ordering::Release);
+        *self.cmd.write() = None;
+        *self.pubsub.write() = None;
+    }
+
+    /// Subscribes `names` on the pub/sub link, in batches.
+    async fn subscribe_all(&self, shared: &Shared, names: &[String]) -> Result<(), EngineError> {
+        let conn = self.pubsub.read().clone();
+        let Some(mut conn) = conn else {
+            return Err(self.down());
+        };
+        for batch in names.chunks(shared.config.subscribe_batch.max(1)) {
+            bounded(self, shared.config.command_timeout, conn.subscribe(batch)).await?;
+        }
+        Ok(())
+    }
+
+    /// PINGs both links.
+    async fn probe(&self, shared: &Shared) -> Result<(), EngineError> {
+        let links = [self.cmd.read().clone(), self.pubsub.read().clone()];
+        for conn in links {
+            let Some(mut conn) = conn else {
+                return Err(self.down());
+            };
+            let ping = async move { redis::cmd("PING").query_async::<Value>(&mut conn).await };
+            bounded(self, shared.config.command_timeout, ping).await?;
+        }
+        if self.lost.load(Ordering::Acquire) == self.generation.load(Ordering::Acquire) {
+            return Err(self.down());
+        }
+        Ok(())
+    }
+
+    /// Keeps the links up and delivers pub/sub messages until shutdown.
+    pub async fn supervise(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        handler: Arc<dyn EngineHandler>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let Some(mut pushes) = self.pushes_rx.lock().take() else {
+            return;
+        };
+        let mut attempt = 0u32;
+        let mut connected_before = false;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let linked = self.cmd.read().is_some() && self.pubsub.read().is_some();
+            let ready = if linked {
+                Ok(())
+            } else {
+                self.connect(&shared)
+                    .await
+                    .map_err(|e| EngineError::Unavailable(e.to_string()))
+            };
+            let channels = self.wanted();
+            let ready = match ready {
+                Ok(()) => {
+                    let names: Vec<String> = channels
+                        .iter()
+                        .map(|c| shared.names.pub_channel(c))
+                        .collect();
+                    self.subscribe_all(&shared, &names).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ready {
+                self.teardown();
+                let pause = backoff(attempt);
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(shard = %self.address, error = %e, ?pause, "redis shard down, reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+            attempt = 0;
+            self.overflow.store(false, Ordering::Release);
+            self.up.store(true, Ordering::Release);
+            if connected_before {
+                RedisCounters::add(&shared.counters.reconnects, 1);
+                tracing::info!(shard = %self.address, channels = channels.len(), "redis shard back, resyncing");
+                handler.resync(Some(&channels));
+            }
+            connected_before = true;
+            let stop = self
+                .run(&shared, handler.as_ref(), &mut pushes, &mut shutdown)
+                .await;
+            self.teardown();
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Delivers messages and probes until a link fails (false) or shutdown (true).
+    async fn run(
+        &self,
+        shared: &Shared,
+        handler: &dyn EngineHandler,
+        pushes: &mut mpsc::Receiver<(u64, PushInfo)>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut probe = tokio::time::interval(shared.config.probe_interval);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return true,
+                push = pushes.recv() => {
+                    let Some((_, info)) = push else { return true };
+                    if matches!(info.kind, PushKind::Message | PushKind::SMessage) {
+                        deliver(shared, handler, info.data);
+                    }
+                    if self.overflow.swap(false, Ordering::AcqRel) {
+                        handler.resync(Some(&self.wanted()));
+                    }
+                }
+                _ = probe.tick() => {
+                    if let Err(e) = self.probe(shared).await {
+                        tracing::warn!(shard = %self.address, error = %e, "redis link probe failed");
+                        return false;
+                    }
+                }
+                _ = self.suspect.notified() => {
+                    if let Err(e) = self.probe(shared).await {
+                        tracing::warn!(shard = %self.address, error = %e, "redis link lost");
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends queued subscribe/unsubscribe requests, batching consecutive ones of a kind.
+    pub async fn batch_requests(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let Some(mut rx) = self.requests_rx.lock().take() else {
+            return;
+        };
+        let max = shared.config.subscribe_batch.max(1);
+        loop {
+            let first = tokio::select! {
+                r = rx.recv() => match r { Some(r) => r, None => return },
+                _ = shutdown.changed() => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let mut subs = Vec::new();
+            let mut unsubs = Vec::new();
+            for r in batch {
+                match r {
+                    SubRequest::Subscribe(c, tx) => {
+                        if !unsubs.is_empty() {
+                            self.unsubscribe_now(&shared, std::mem::take(&mut unsubs))
+                                .await;
+                        }
+                        subs.push((c, tx));
+                    }
+                    SubRequest::Unsubscribe(c) => {
+                        if !subs.is_empty() {
+                            self.subscribe_now(&shared, std::mem::take(&mut subs)).await;
+                        }
+                        unsubs.push(c);
+                    }
+                }
+            }
+            self.subscribe_now(&shared, subs).await;
+            self.unsubscribe_now(&shared, unsubs).await;
+        }
+    }
+
+    async fn subscribe_now(&self, shared: &Shared, subs: Vec<(Arc<str>, Confirm)>) {
+        if subs.is_empty() {
+            return;
+        }
+        let names: Vec<String> = subs
+            .iter()
+            .map(|(c, _)| shared.names.pub_channel(c))
+            .collect();
+        let result = self.subscribe_all(shared, &names).await;
+        for (channel, tx) in subs {
+            if result.is_err() {
+                // Not subscribed: not resubscribed later either.
+                self.unwant(&channel);
+            }
+            let _ = tx.send(result.clone());
+        }
+    }
+
+    async fn unsubscribe_now(&self, shared: &Shared, channels: Vec<Arc<str>>) {
+        if channels.is_empty() {
+            return;
+        }
+        let conn = self.pubsub.read().clone();
+        let Some(mut conn) = conn else { return };
+        let names: Vec<String> = channels
+            .iter()
+            .map(|c| shared.names.pub_channel(c))
+            .collect();
+        // A lost unsubscribe costs only traffic (contract); a reconnect drops it anyway.
+        if let Err(e) = bounded(
+            self,
+            shared.config.command_timeout,
+            conn.unsubscribe(&names),
+        )
+        .await
+        {
+            tracing::debug!(shard = %self.address, error = %e, "unsubscribe failed");
+        }
+    }
+
+    /// Writes queued presence joins/leaves in pipelines and refreshes this node's
+    /// entries every third of the presence ttl.
+    pub async fn write_presence(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let Some(mut rx) = self.presence_rx.lock().take() else {
+            return;
+        };
+        let period = (shared.config.presence_ttl / 3).max(Duration::from_millis(10));
+        let mut refresh = tokio::time::interval(period);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
+        loop {
+            let ops = tokio::select! {
+                op = rx.recv() => {
+                    let Some(op) = op else { return };
+                    let mut ops = vec![op];
+                    while ops.len() < PRESENCE_BATCH {
+                        match rx.try_recv() {
+                            Ok(op) => ops.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    ops
+                }
+                _ = refresh.tick() => {
+                    let joined: Vec<PresenceOp> = self
+                        .joined
+                        .lock()
+                        .iter()
+                        .map(|((c, _), info)| PresenceOp::Join(c.clone(), info.clone()))
+                        .collect();
+                    joined
+                }
+                _ = shutdown.changed() => return,
+            };
+            for chunk in ops.chunks(PRESENCE_BATCH) {
+                let n = chunk.len() as u64;
+                if let Err(e) = self.presence_pipeline(&shared, chunk).await {
+                    RedisCounters::add(&shared.counters.presence_failures, n);
+                    tracing::warn!(shard = %self.address, error = %e, ops = n, "presence write failed");
+                }
+            }
+        }
+    }
+
+    async fn presence_pipeline(
+        &self,
+        shared: &Shared,
+        ops: &[PresenceOp],
+    ) -> Result<(), EngineError> {
+        let ttl_ms = u64::try_from(shared.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        let mut invocations = Vec::new();
+        for op in ops {
+            match op {
+                PresenceOp::Join(channel, info) => {
+                    let keys = shared.names.presence_keys(channel);
+                    let mut inv = scripts::JOIN.prepare_invoke();
+                    inv.key(&keys[0]).key(&keys[1]).key(&keys[2]);
+                    inv.arg(&info.client)
+                        .arg(codec::encode_client(info))
+                        .arg(&info.user)
+                        .arg(ttl_ms);
+                    invocations.push(inv);
+                }
+                PresenceOp::Leave(channel, client) => {
+                    let keys = shared.names.presence_keys(channel);
+                    pipe.hdel(&keys[0], client).ignore();
+                    pipe.hdel(&keys[1], client).ignore();
+                    pipe.zrem(&keys[2], client).ignore();
+                }
+            }
+        }
+        for inv in &invocations {
+            pipe.invoke_script(inv).ignore();
+        }
+        let mut conn = self.command()?;
+        let write = async {
+            match pipe.query_async::<()>(&mut conn).await {
+                // The script cache was emptied (restart, SCRIPT FLUSH): load and retry.
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    scripts::JOIN.prepare_invoke().load_async(&mut conn).await?;
+                    pipe.query_async::<()>(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        bounded(self, shared.config.command_timeout, write).await
+    }
+}
+
+/// Hands one pub/sub message to the handler; undecodable messages are counted and
+/// skipped.
+fn deliver(shared: &Shared, handler: &dyn EngineHandler, data: Vec<Value>) {
+    let mut it = data.into_iter();
+    let (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) = (it.next(), it.next())
+    else {
+        RedisCounters::add(&shared.counters.decode_errors, 1);
+        return;
+    };
+    let Ok(name) = std::str::from_utf8(&name) else {
+        RedisCounters::add(&shared.counters.decode_errors, 1);
+        return;
+    };
+    if name == &*shared.names.control {
+        match codec::decode_control(&payload) {
+            Ok(msg) => handler.control(msg),
+            Err(e) => {
+                RedisCounters::add(&shared.counters.decode_errors, 1);
+                tracing::debug!(error = %e, "undecodable control message skipped");
+            }
+        }
+        return;
+    }
+    let Some(channel) = shared.names.channel_of(name) else {
+        return;
+    };
+    match codec::decode_message(&payload) {
+        Ok(m) => handler.publication(channel, &m.epoch, m.publication),
+        Err(e) => {
+            RedisCounters::add(&shared.counters.decode_errors, 1);
+            tracing::debug!(channel, error = %e, "undecodable publication skipped");
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! The Redis engine against real redis-server processes: two nodes on one Redis.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use starling_core::engine::{Broker, ControlBus, ControlMessage, EngineError, PresenceStore, Step};
+use starling_core::{HistoryPolicy, HistoryQuery};
+use starling_protocol::ClientInfo;
+use starling_redis::{RedisEngine, RedisError};
+use starling_testkit::free_port;
+use starling_testkit::redis::RedisServer;
+
+fn ch(name: &str) -> Arc<str> {
+    name.into()
+}
+
+const KEEP: HistoryPolicy = HistoryPolicy {
+    size: 3,
+    ttl_ms: 0,
+    max_bytes: 0,
+};
+
+fn query(since: Option<u64>, limit: usize, reverse: bool) -> HistoryQuery {
+    HistoryQuery {
+        since,
+        limit,
+        reverse,
+        max_bytes: usize::MAX,
+    }
+}
+
+fn offsets(page: &starling_core::engine::HistoryPage) -> Vec<u64> {
+    page.publications.iter().map(|p| p.offset).collect()
+}
+
+#[tokio::test]
+async fn publish_reaches_the_subscribed_node_with_consecutive_offsets() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let mut b = node(&urls, "b").await;
+    b.engine.subscribe(&ch("chat")).wait().await.unwrap();
+
+    let mut accepted = Vec::new();
+    for i in 0..6 {
+        let publisher = if i % 2 == 0 { &a.engine } else { &b.engine };
+        let r = publisher
+            .publish(request("chat", &format!("m{i}"), 10))
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!(r.receivers, 1, "only node b subscribed");
+        assert!(!r.replayed);
+        accepted.push(r);
+    }
+    let epoch = accepted[0].position.epoch.clone();
+    assert_eq!(epoch.len(), 16);
+    for (i, r) in accepted.iter().enumerate() {
+        assert_eq!(r.position.offset, i as u64 + 1, "consecutive offsets");
+        assert_eq!(r.position.epoch, epoch, "one epoch");
+    }
+    for i in 0..6 {
+        let got = next(&mut b.pubs).await;
+        assert_eq!(got.channel, "chat");
+        assert_eq!(&*got.epoch, &*epoch);
+        assert_eq!(got.publication.offset, i + 1, "in offset order");
+        assert_eq!(&got.publication.data[..], format!("m{i}").as_bytes());
+    }
+    // Subscribing twice is harmless; unsubscribing stops delivery.
+    b.engine.subscribe(&ch("chat")).wait().await.unwrap();
+    b.engine.unsubscribe(&ch("chat"));
+    b.engine.subscribe(&ch("other")).wait().await.unwrap();
+    let r = a
+        .engine
+        .publish(request("chat", "late", 10))
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.receivers, 0,
+        "the unsubscribe went out before the later subscribe"
+    );
+    a.engine
+        .publish(request("other", "x", 10))
+        .wait()
+        .await
+        .unwrap();
+    let got = next(&mut b.pubs).await;
+    assert_eq!(got.channel, "other", "nothing more from chat");
+}
+
+#[tokio::test]
+async fn publisher_info_travels_with_the_publication() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let mut b = node(&urls, "b").await;
+    b.engine.subscribe(&ch("c")).wait().await.unwrap();
+    let info = ClientInfo {
+        user: "u1".into(),
+        client: "c1".into(),
+        conn_info: Some(bytes::Bytes::from_static(b"{}")),
+        chan_info: None,
+    };
+    let mut req = request("c", "hi", 10);
+    req.info = Some(Arc::new(info.clone()));
+    a.engine.publish(req).wait().await.unwrap();
+    let got = next(&mut b.pubs).await;
+    assert_eq!(got.publication.info, Some(info.clone()));
+    let page = a
+        .engine
+        .history(&ch("c"), query(None, 10, false), KEEP)
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(page.publications[0].info, Some(info));
+}
+
+#[tokio::test]
+async fn history_forward_reverse_position_and_completeness() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let c = ch("h");
+
+    let empty = a
+        .engine
+        .history(&c, query(None, 10, false), KEEP)
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(empty.position.offset, 0);
+    assert_eq!(&*empty.position.epoch, "");
+    assert!(empty.publications.is_empty());
+
+    let mut epoch = None;
+    for i in 1..=5 {
+        let mut req = request("h", &format!("m{i}"), 3);
+        req.history = KEEP;
+        epoch = Some(a.engine.publish(req).wait().await.unwrap().position.epoch);
+    }
+    let epoch = epoch.unwrap();
+    let read = |since, limit, reverse| {
+        a.engine
+            .history(&c, query(since, limit, reverse), KEEP)
+            .wait()
+    };
+
+    let page = read(Some(2), 10, false).await.unwrap();
+    assert_eq!(offsets(&page), vec![3, 4, 5]);
+    assert!(page.complete);
+    assert_eq!(page.position.offset, 5);
+    assert_eq!(page.position.epoch, epoch);
+
+    let page = read(Some(1), 10, false).await.unwrap();
+    assert_eq!(offsets(&page), vec![3, 4, 5]);
+    assert!(!page.complete, "offset 2 is no longer kept");
+
+    let page = read(None, 2, false).await.unwrap();
+    assert_eq!(offsets(&page), vec![3, 4]);
+
+    let page = read(Some(5), 10, false).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert!(page.complete, "since is the newest offset");
+
+    let page = read(None, 10, true).await.unwrap();
+    assert_eq!(offsets(&page), vec![5, 4, 3]);
+    let page = read(Some(5), 1, true).await.unwrap();
+    assert_eq!(offsets(&page), vec![4]);
+
+    let page = read(Some(3), 0, false).await.unwrap();
+    assert!(page.publications.is_empty(), "limit 0: position only");
+    assert_eq!(page.position.offset, 5);
+    assert_eq!(page.position.epoch, epoch);
+
+    let mut capped = query(Some(2), 10, false);
+    capped.max_bytes = 1;
+    let page = a.engine.history(&c, capped, KEEP).wait().await.unwrap();
+    assert_eq!(offsets(&page), vec![3], "at least one, then the byte cap");
+
+    let huge = read(Some(u64::MAX), 10, false).await.unwrap();
+    assert!(huge.publications.is_empty());
+    assert!(!huge.complete);
+}
+
+#[tokio::test]
+async fn history_without_size_still_counts_offsets_and_ages_out() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let c = ch("n");
+    for _ in 0..3 {
+        a.engine.publish(request("n", "x", 0)).wait().await.unwrap();
+    }
+    let page = a
+        .engine
+        .history(&c, query(Some(0), 10, false), KEEP)
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(page.position.offset, 3, "offsets assigned without history");
+    assert!(page.publications.is_empty());
+    assert!(!page.complete, "nothing kept to fill the gap");
+
+    // Entries older than the age limit are dropped on read.
+    let aging = HistoryPolicy {
+        size: 10,
+        ttl_ms: 300,
+        max_bytes: 0,
+    };
+    let mut req = request("aging", "old", 10);
+    req.history = aging;
+    a.engine.publish(req).wait().await.unwrap();
+    let c = ch("aging");
+    let first = a
+        .engine
+        .history(&c, query(None, 10, false), aging)
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(offsets(&first), vec![1]);
+    eventually("the entry to age out", || async {
+        let page = a
+            .engine
+            .history(&c, query(None, 10, false), aging)
+            .wait()
+            .await
+            .unwrap();
+        page.publications.is_empty() && page.position.offset == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idempotent_publish_replays_and_detects_conflicts() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let mut b = node(&urls, "b").await;
+    b.engine.subscribe(&ch("i")).wait().await.unwrap();
+
+    let first = a
+        .engine
+        .publish(idempotent("i", "x", "k1", 7))
+        .wait()
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    let again = b
+        .engine
+        .publish(idempotent("i", "x", "k1", 7))
+        .wait()
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.position, first.position);
+    assert_eq!(again.receivers, first.receivers);
+    let conflict = a.engine.publish(idempotent("i", "y", "k1", 8)).wait().await;
+    assert_eq!(conflict, Err(EngineError::IdempotencyConflict));
+    let other = a
+        .engine
+        .publish(idempotent("i", "z", "k2", 7))
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(other.position.offset, 2);
+
+    assert_eq!(next(&mut b.pubs).await.publication.offset, 1);
+    assert_eq!(
+        next(&mut b.pubs).await.publication.offset,
+        2,
+        "the replay published nothing"
+    );
+}
+
+#[tokio::test]
+async fn epoch_changes_after_flushall() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let before = a
+        .engine
+        .publish(request("e", "x", 10))
+        .wait()
+        .await
+        .unwrap();
+    raw(&redis.url(), "FLUSHALL").await;
+    let after = a
+        .engine
+        .publish(request("e", "x", 10))
+        .wait()
+        .await
+        .unwrap();
+    assert_ne!(after.position.epoch, before.position.epoch);
+    assert_eq!(after.position.offset, 1);
+}
+
+async fn restart_and_publish(persistence: bool) -> (u64, bool) {
+    let mut redis = RedisServer::start_with(persistence);
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let before = a
+        .engine
+        .publish(request("e", "x", 10))
+        .wait()
+        .await
+        .unwrap();
+    redis.kill();
+    eventually("the engine to notice", || async { !a.engine.healthy() }).await;
+    let down = a.engine.publish(request("e", "x", 10));
+    assert!(
+        matches!(down, Step::Ready(Err(EngineError::Unavailable(_)))),
+        "a publish while the shard is down fails at once: {down:?}"
+    );
+    redis.restart();
+    eventually("the engine to reconnect", || async { a.engine.healthy() }).await;
+    let after = a
+        .engine
+        .publish(request("e", "x", 10))
+        .wait()
+        .await
+        .unwrap();
+    (
+        after.position.offset,
+        after.position.epoch == before.position.epoch,
+    )
+}
+
+#[tokio::test]
+async fn epoch_changes_after_a_restart_without_persistence() {
+    assert_eq!(restart_and_publish(false).await, (1, false));
+}
+
+#[tokio::test]
+async fn epoch_kept_after_a_crash_with_appendfsync_always() {
+    assert_eq!(restart_and_publish(true).await, (2, true));
+}
+
+#[tokio::test]
+async fn pubsub_reconnects_resubscribes_and_resyncs() {
+    let mut redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let mut b = node(&urls, "b").await;
+    b.engine.subscribe(&ch("r")).wait().await.unwrap();
+    a.engine
+        .publish(request("r", "1", 10))
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(next(&mut b.pubs).await.publication.offset, 1);
+
+    redis.restart();
+    let resynced = next(&mut b.resyncs).await.expect("the shard's channels");
+    assert_eq!(resynced, vec![ch("r")]);
+    // Node a may not have noticed the restart yet: its first tries may fail.
+    let r = publish_eventually(&a.engine, || request("r", "2", 10)).await;
+    assert_eq!(r.receivers, 1, "b resubscribed before it resynced");
+    let got = next(&mut b.pubs).await;
+    assert_eq!(got.publication.offset, 1, "a new epoch after the data loss");
+    assert_eq!(&got.publication.data[..], b"2");
+    assert!(
+        b.engine
+            .counters()
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn presence_joins_leaves_and_expires_with_its_node() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let b = node(&urls, "b").await;
+    let c = ch("p");
+    let client = |user: &str, client: &str| {
+        Arc::new(ClientInfo {
+            user: user.into(),
+            client: client.into(),
+            conn_info: None,
+            chan_info: None,
+        })
+    };
+    a.engine.join(&c, &client("u1", "a1"));
+    a.engine.join(&c, &client("u2", "a2"));
+    b.engine.join(&c, &client("u1", "b1"));
+    eventually("three members", || async {
+        b.engine.stats(&c).wait().await.unwrap() == (3, 2)
+    })
+    .await;
+    let mut members: Vec<String> = a
+        .engine
+        .presence(&c)
+        .wait()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.client)
+        .collect();
+    members.sort();
+    assert_eq!(members, vec!["a1", "a2", "b1"]);
+
+    a.engine.leave(&c, "a2");
+    eventually("a2 to leave", || async {
+        b.engine.stats(&c).wait().await.unwrap() == (2, 1)
+    })
+    .await;
+
+    // Node a dies: its entries expire within the ttl (900 ms); b keeps refreshing its own.
+    a.engine.shutdown();
+    eventually("a's entries to expire", || async {
+        b.engine.stats(&c).wait().await.unwrap() == (1, 1)
+    })
+    .await;
+    // Several ttls later b's entry is still there (refreshed every ttl/3).
+    let start = tokio::time::Instant::now();
+    eventually("three ttls to pass", || async {
+        start.elapsed() > std::time::Duration::from_millis(2700)
+    })
+    .await;
+    let left = b.engine.presence(&c).wait().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].client, "b1");
+}
+
+#[tokio::test]
+async fn control_messages_reach_every_node_including_the_sender() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let mut a = node(&urls, "a").await;
+    let mut hb = config(&urls, "b");
+    hb.heartbeat_interval = std::time::Duration::from_millis(50);
+    let mut b = node_with(hb).await;
+    let msg = ControlMessage::Disconnect {
+        user: "u".into(),
+        code: 3001,
+    };
+    a.engine.send(msg.clone()).wait().await.unwrap();
+    assert_eq!(
+        next_command(&mut a.controls).await,
+        msg,
+        "the sender gets it too"
+    );
+    assert_eq!(next_command(&mut b.controls).await, msg);
+    // b's heartbeats reach a.
+    loop {
+        if let ControlMessage::Heartbeat(info) = next(&mut a.controls).await
+            && info.name == "b"
+        {
+            assert_eq!(info.connections, 1);
+            break;
+        }
+    }
+}
+
+/// The next control message that is not a heartbeat.
+async fn next_command(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<ControlMessage>,
+) -> ControlMessage {
+    loop {
+        match next(rx).await {
+            ControlMessage::Heartbeat(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test]
+async fn connect_fails_clearly_when_a_shard_is_unreachable() {
+    let redis = RedisServer::start();
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let err = RedisEngine::connect(config(&[redis.url(), dead.clone()], "a"))
+        .await
+        .unwrap_err();
+    match err {
+        RedisError::Unreachable { address, .. } => assert_eq!(address, dead),
+        other => panic!("unexpected {other}"),
+    }
+    let bad = RedisEngine::connect(starling_redis::RedisConfig {
+        prefix: "a{b".into(),
+        ..config(&[redis.url()], "a")
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(bad, RedisError::Config(_)));
+}
