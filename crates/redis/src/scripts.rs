@@ -33,6 +33,8 @@ local epoch = redis.call('HGET', meta, 'e')
 if not epoch then
   epoch = ARGV[2]
   redis.call('HSET', meta, 'e', epoch)
+  -- A stream left from a lost incarnation would refuse the new, lower ids.
+  redis.call('DEL', stream)
 end
 local offset = redis.call('HINCRBY', meta, 's', 1)
 local soffset = string.format('%.0f', offset)
@@ -68,7 +70,7 @@ return {0, offset, epoch, receivers}
 
 /// History. KEYS: meta, stream. ARGV: 1 mode (`p` position only, `f` forward, `r`
 /// reverse), 2 start id (`-`, `+` or `<offset>-0`), 3 count, 4 age limit ms (0: none).
-/// Entries older than the age limit are trimmed first. Returns `{epoch, offset, id1,
+/// Entries older than the age limit are trimmed first (at most 4096 per read). Returns `{epoch, offset, id1,
 /// body1, id2, body2, ...}`.
 pub static HISTORY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -84,7 +86,8 @@ local ttl = tonumber(ARGV[4])
 if ttl > 0 then
   local t = redis.call('TIME')
   local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - ttl
-  while true do
+  -- Bounded work per read: a longer backlog of old entries goes on the next reads.
+  for _ = 1, 64 do
     local batch = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 64)
     if #batch == 0 then break end
     local old = {}

@@ -46,11 +46,7 @@ async fn publish_reaches_the_subscribed_node_with_consecutive_offsets() {
     let mut accepted = Vec::new();
     for i in 0..6 {
         let publisher = if i % 2 == 0 { &a.engine } else { &b.engine };
-        let r = publisher
-            .publish(request("chat", &format!("m{i}"), 10))
-            .wait()
-            .await
-            .unwrap();
+        let r = publish(publisher, request("chat", &format!("m{i}"), 10)).await;
         assert_eq!(r.receivers, 1, "only node b subscribed");
         assert!(!r.replayed);
         accepted.push(r);
@@ -72,21 +68,12 @@ async fn publish_reaches_the_subscribed_node_with_consecutive_offsets() {
     b.engine.subscribe(&ch("chat")).wait().await.unwrap();
     b.engine.unsubscribe(&ch("chat"));
     b.engine.subscribe(&ch("other")).wait().await.unwrap();
-    let r = a
-        .engine
-        .publish(request("chat", "late", 10))
-        .wait()
-        .await
-        .unwrap();
+    let r = publish(&a.engine, request("chat", "late", 10)).await;
     assert_eq!(
         r.receivers, 0,
         "the unsubscribe went out before the later subscribe"
     );
-    a.engine
-        .publish(request("other", "x", 10))
-        .wait()
-        .await
-        .unwrap();
+    publish(&a.engine, request("other", "x", 10)).await;
     let got = next(&mut b.pubs).await;
     assert_eq!(got.channel, "other", "nothing more from chat");
 }
@@ -106,7 +93,7 @@ async fn publisher_info_travels_with_the_publication() {
     };
     let mut req = request("c", "hi", 10);
     req.info = Some(Arc::new(info.clone()));
-    a.engine.publish(req).wait().await.unwrap();
+    publish(&a.engine, req).await;
     let got = next(&mut b.pubs).await;
     assert_eq!(got.publication.info, Some(info.clone()));
     let page = a
@@ -139,7 +126,7 @@ async fn history_forward_reverse_position_and_completeness() {
     for i in 1..=5 {
         let mut req = request("h", &format!("m{i}"), 3);
         req.history = KEEP;
-        epoch = Some(a.engine.publish(req).wait().await.unwrap().position.epoch);
+        epoch = Some(publish(&a.engine, req).await.position.epoch);
     }
     let epoch = epoch.unwrap();
     let read = |since, limit, reverse| {
@@ -192,7 +179,7 @@ async fn history_without_size_still_counts_offsets_and_ages_out() {
     let a = node(&urls, "a").await;
     let c = ch("n");
     for _ in 0..3 {
-        a.engine.publish(request("n", "x", 0)).wait().await.unwrap();
+        publish(&a.engine, request("n", "x", 0)).await;
     }
     let page = a
         .engine
@@ -212,7 +199,7 @@ async fn history_without_size_still_counts_offsets_and_ages_out() {
     };
     let mut req = request("aging", "old", 10);
     req.history = aging;
-    a.engine.publish(req).wait().await.unwrap();
+    publish(&a.engine, req).await;
     let c = ch("aging");
     let first = a
         .engine
@@ -241,30 +228,15 @@ async fn idempotent_publish_replays_and_detects_conflicts() {
     let mut b = node(&urls, "b").await;
     b.engine.subscribe(&ch("i")).wait().await.unwrap();
 
-    let first = a
-        .engine
-        .publish(idempotent("i", "x", "k1", 7))
-        .wait()
-        .await
-        .unwrap();
+    let first = publish(&a.engine, idempotent("i", "x", "k1", 7)).await;
     assert!(!first.replayed);
-    let again = b
-        .engine
-        .publish(idempotent("i", "x", "k1", 7))
-        .wait()
-        .await
-        .unwrap();
+    let again = publish(&b.engine, idempotent("i", "x", "k1", 7)).await;
     assert!(again.replayed);
     assert_eq!(again.position, first.position);
     assert_eq!(again.receivers, first.receivers);
     let conflict = a.engine.publish(idempotent("i", "y", "k1", 8)).wait().await;
     assert_eq!(conflict, Err(EngineError::IdempotencyConflict));
-    let other = a
-        .engine
-        .publish(idempotent("i", "z", "k2", 7))
-        .wait()
-        .await
-        .unwrap();
+    let other = publish(&a.engine, idempotent("i", "z", "k2", 7)).await;
     assert_eq!(other.position.offset, 2);
 
     assert_eq!(next(&mut b.pubs).await.publication.offset, 1);
@@ -280,33 +252,77 @@ async fn epoch_changes_after_flushall() {
     let redis = RedisServer::start();
     let urls = [redis.url()];
     let a = node(&urls, "a").await;
-    let before = a
-        .engine
-        .publish(request("e", "x", 10))
-        .wait()
-        .await
-        .unwrap();
-    raw(&redis.url(), "FLUSHALL").await;
-    let after = a
-        .engine
-        .publish(request("e", "x", 10))
-        .wait()
-        .await
-        .unwrap();
+    let before = publish(&a.engine, request("e", "x", 10)).await;
+    raw(&redis.url(), &["FLUSHALL"]).await;
+    let after = publish(&a.engine, request("e", "x", 10)).await;
     assert_ne!(after.position.epoch, before.position.epoch);
     assert_eq!(after.position.offset, 1);
+
+    // Only the meta lost (a partial loss): the stream of the old incarnation goes too.
+    let again = publish(&a.engine, request("e", "y", 10)).await;
+    assert_eq!(again.position.offset, 2);
+    raw(&redis.url(), &["DEL", "starling:{e}:meta"]).await;
+    let fresh = publish(&a.engine, request("e", "z", 10)).await;
+    assert_eq!(fresh.position.offset, 1);
+    assert_ne!(fresh.position.epoch, after.position.epoch);
+    let page = a
+        .engine
+        .history(&ch("e"), query(None, 10, false), KEEP)
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(offsets(&page), vec![1]);
+    assert_eq!(&page.publications[0].data[..], b"z");
+}
+
+#[tokio::test]
+async fn a_killed_pubsub_link_is_reconnected_and_resynced() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let mut b = node(&urls, "b").await;
+    b.engine.subscribe(&ch("k")).wait().await.unwrap();
+    let first = publish(&a.engine, request("k", "1", 10)).await;
+    assert_eq!(next(&mut b.pubs).await.publication.offset, 1);
+
+    // Redis drops every pub/sub link (both nodes'); the data stays.
+    raw(&redis.url(), &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    assert_eq!(next(&mut b.resyncs).await, Some(vec![ch("k")]));
+    let r = publish_eventually(&a.engine, || request("k", "2", 10)).await;
+    assert_eq!(r.position.epoch, first.position.epoch, "nothing was lost");
+    assert_eq!(r.position.offset, 2);
+    assert_eq!(r.receivers, 1);
+    let got = next(&mut b.pubs).await;
+    assert_eq!(got.publication.offset, 2);
+}
+
+#[tokio::test]
+async fn undecodable_messages_are_counted_and_skipped() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let mut b = node(&urls, "b").await;
+    b.engine.subscribe(&ch("g")).wait().await.unwrap();
+    for junk in ["", "1", "x y z", "5 e \x01\x00\x7f"] {
+        raw(&redis.url(), &["PUBLISH", "starling:{g}:pub", junk]).await;
+    }
+    raw(&redis.url(), &["PUBLISH", "starling:control", "junk"]).await;
+    publish(&a.engine, request("g", "ok", 10)).await;
+    let got = next(&mut b.pubs).await;
+    assert_eq!(&got.publication.data[..], b"ok");
+    let errors = b
+        .engine
+        .counters()
+        .decode_errors
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(errors, 5);
 }
 
 async fn restart_and_publish(persistence: bool) -> (u64, bool) {
     let mut redis = RedisServer::start_with(persistence);
     let urls = [redis.url()];
     let a = node(&urls, "a").await;
-    let before = a
-        .engine
-        .publish(request("e", "x", 10))
-        .wait()
-        .await
-        .unwrap();
+    let before = publish(&a.engine, request("e", "x", 10)).await;
     redis.kill();
     eventually("the engine to notice", || async { !a.engine.healthy() }).await;
     let down = a.engine.publish(request("e", "x", 10));
@@ -316,12 +332,7 @@ async fn restart_and_publish(persistence: bool) -> (u64, bool) {
     );
     redis.restart();
     eventually("the engine to reconnect", || async { a.engine.healthy() }).await;
-    let after = a
-        .engine
-        .publish(request("e", "x", 10))
-        .wait()
-        .await
-        .unwrap();
+    let after = publish(&a.engine, request("e", "x", 10)).await;
     (
         after.position.offset,
         after.position.epoch == before.position.epoch,
@@ -345,11 +356,7 @@ async fn pubsub_reconnects_resubscribes_and_resyncs() {
     let a = node(&urls, "a").await;
     let mut b = node(&urls, "b").await;
     b.engine.subscribe(&ch("r")).wait().await.unwrap();
-    a.engine
-        .publish(request("r", "1", 10))
-        .wait()
-        .await
-        .unwrap();
+    publish(&a.engine, request("r", "1", 10)).await;
     assert_eq!(next(&mut b.pubs).await.publication.offset, 1);
 
     redis.restart();

@@ -32,7 +32,7 @@ async fn a_dead_shard_fails_only_its_channels() {
         b.engine.subscribe(&c).wait().await.unwrap();
     }
     for c in &channels {
-        let r = a.engine.publish(request(c, "x", 10)).wait().await.unwrap();
+        let r = publish(&a.engine, request(c, "x", 10)).await;
         assert_eq!(r.receivers, 1);
         assert_eq!(r.position.offset, 1);
         let got = next(&mut b.pubs).await;
@@ -47,12 +47,7 @@ async fn a_dead_shard_fails_only_its_channels() {
         "{down:?}"
     );
     for i in [0, 2] {
-        let r = a
-            .engine
-            .publish(request(&channels[i], "y", 10))
-            .wait()
-            .await
-            .unwrap();
+        let r = publish(&a.engine, request(&channels[i], "y", 10)).await;
         assert_eq!(r.position.offset, 2, "shard {i} unaffected");
         let got = next(&mut b.pubs).await;
         assert_eq!(got.channel, channels[i]);
@@ -63,11 +58,6 @@ async fn a_dead_shard_fails_only_its_channels() {
     let resynced = next(&mut b.resyncs).await.expect("shard 1's channels");
     assert_eq!(resynced, vec![Arc::<str>::from(channels[1].as_str())]);
     eventually("shard 1 back", || async { a.engine.healthy() }).await;
-    let r = a
-        .engine
-        .publish(request(&channels[1], "z", 10))
-        .wait()
-        .await
-        .unwrap();
+    let r = publish(&a.engine, request(&channels[1], "z", 10)).await;
     assert_eq!(r.receivers, 1);
 }

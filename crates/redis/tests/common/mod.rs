@@ -125,6 +125,11 @@ where
     }
 }
 
+/// Publishes, expecting success.
+pub async fn publish(engine: &RedisEngine, request: PublishRequest) -> Accepted {
+    engine.publish(request).wait().await.expect("publish")
+}
+
 /// Publishes until it succeeds (a node that has not noticed a restart yet fails its
 /// first tries), or panics after [`WAIT`].
 pub async fn publish_eventually(
@@ -168,15 +173,16 @@ pub fn idempotent(channel: &str, data: &str, key: &str, fingerprint: u64) -> Pub
     }
 }
 
-/// Runs a raw command on `url`.
-pub async fn raw(url: &str, command: &str) {
+/// Runs a raw command (name and arguments) on `url`.
+pub async fn raw(url: &str, command: &[&str]) -> redis::Value {
     let client = redis::Client::open(url).expect("url");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("raw connection");
-    redis::cmd(command)
-        .query_async::<()>(&mut conn)
-        .await
-        .expect("raw command");
+    let mut cmd = redis::cmd(command[0]);
+    for arg in &command[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(&mut conn).await.expect("raw command")
 }
