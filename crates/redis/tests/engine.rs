@@ -495,3 +495,16 @@ async fn connect_fails_clearly_when_a_shard_is_unreachable() {
     .unwrap_err();
     assert!(matches!(bad, RedisError::Config(_)));
 }
+
+#[tokio::test]
+async fn a_hung_shard_is_detected_by_the_probe() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let mut b = node(&urls, "b").await;
+    b.engine.subscribe(&ch("s")).wait().await.unwrap();
+    // Redis stops answering (the socket stays open): only the probe can tell.
+    raw(&redis.url(), &["CLIENT", "PAUSE", "2500", "ALL"]).await;
+    eventually("the probe to fail", || async { !b.engine.healthy() }).await;
+    assert_eq!(next(&mut b.resyncs).await, Some(vec![ch("s")]));
+    assert!(b.engine.healthy());
+}
