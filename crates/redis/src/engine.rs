@@ -120,11 +120,17 @@ impl RedisEngine {
             config,
         });
         let mut shards = Vec::with_capacity(shared.config.addresses.len());
-        for (i, address) in shared.config.addresses.iter().enumerate() {
-            let shard = Shard::new(i, address, &shared.config)?;
+        if shared.config.cluster {
+            shards.push(Shard::cluster(&shared.config.addresses, &shared.config)?);
+        } else {
+            for (i, address) in shared.config.addresses.iter().enumerate() {
+                shards.push(Shard::single(i, address, &shared.config)?);
+            }
+        }
+        let shards: Vec<Arc<Shard>> = shards.into_iter().map(Arc::new).collect();
+        for shard in &shards {
             shard.connect(&shared).await?;
             shard.mark_up();
-            shards.push(Arc::new(shard));
         }
         let (shutdown, _) = watch::channel(false);
         Ok(Arc::new(Self {
@@ -240,7 +246,8 @@ impl Broker for RedisEngine {
             .arg(millis(self.shared.config.quiet_keep))
             .arg(fingerprint)
             .arg(idem_ttl)
-            .arg(names.pub_channel(channel));
+            .arg(names.pub_channel(channel))
+            .arg(conn.publish_command());
         let timeout = self.timeout();
         Step::Pending(Box::pin(async move {
             let reply: Vec<Value> = bounded(&shard, timeout, inv.invoke_async(&mut conn)).await?;
@@ -495,7 +502,7 @@ impl ControlBus for RedisEngine {
         let payload = codec::encode_control(&message);
         let timeout = self.timeout();
         Step::Pending(Box::pin(async move {
-            let mut publish = redis::cmd("PUBLISH");
+            let mut publish = redis::cmd(conn.publish_command());
             publish.arg(channel).arg(payload);
             bounded(&shard, timeout, publish.query_async::<i64>(&mut conn))
                 .await

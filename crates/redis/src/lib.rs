@@ -93,6 +93,7 @@
 pub mod codec;
 mod engine;
 pub mod hash;
+mod link;
 mod scripts;
 mod shard;
 
@@ -130,6 +131,9 @@ pub struct RedisConfig {
     pub request_queue: usize,
     /// Most channels in one `SUBSCRIBE` command.
     pub subscribe_batch: usize,
+    /// The addresses are seed nodes of one Redis Cluster (sharded pub/sub, slots placed
+    /// by Redis) instead of independent shards.
+    pub cluster: bool,
     /// Presence joins/leaves queued per shard; beyond it they are dropped (counted).
     pub presence_queue: usize,
 }
@@ -149,6 +153,7 @@ impl Default for RedisConfig {
             request_queue: 16_384,
             subscribe_batch: 512,
             presence_queue: 16_384,
+            cluster: false,
         }
     }
 }

@@ -12,7 +12,7 @@ use redis::Script;
 
 /// Publish. KEYS: meta, stream, idempotency key. ARGV: 1 body, 2 epoch for a new stream,
 /// 3 history size, 4 history ttl ms, 5 quiet keep ms, 6 idempotency fingerprint (`""`:
-/// none), 7 idempotency ttl ms, 8 pub/sub channel.
+/// none), 7 idempotency ttl ms, 8 pub/sub channel, 9 `PUBLISH` or `SPUBLISH` (cluster).
 /// Returns `{status, offset, epoch, receivers}`; status 0 published, 1 replayed,
 /// 2 idempotency conflict.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
@@ -58,7 +58,7 @@ else
   redis.call('DEL', stream)
   redis.call('PEXPIRE', meta, keep)
 end
-local receivers = redis.call('PUBLISH', ARGV[8], soffset .. ' ' .. epoch .. ' ' .. ARGV[1])
+local receivers = redis.call(ARGV[9], ARGV[8], soffset .. ' ' .. epoch .. ' ' .. ARGV[1])
 if fp ~= '' then
   redis.call('HSET', idem, 'f', fp, 'o', soffset, 'e', epoch, 'r', receivers)
   redis.call('PEXPIRE', idem, ARGV[7])

@@ -9,13 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, RedisResult, Value};
+use redis::cluster::ClusterClientBuilder;
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionInfo, PushInfo, PushKind, RedisResult, Value,
+};
 use starling_core::engine::{EngineError, EngineHandler};
 use starling_protocol::ClientInfo;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::codec;
+use crate::link::Link;
 use crate::scripts;
 use crate::{RedisConfig, RedisCounters, RedisError};
 
@@ -97,9 +100,9 @@ pub struct Shared {
 pub struct Shard {
     pub index: usize,
     pub address: String,
-    client: Client,
-    cmd: RwLock<Option<MultiplexedConnection>>,
-    pubsub: RwLock<Option<MultiplexedConnection>>,
+    target: Target,
+    cmd: RwLock<Option<Link>>,
+    pubsub: RwLock<Option<Link>>,
     up: AtomicBool,
     /// Channels this node wants from this shard (the set resubscribed after a reconnect).
     channels: Mutex<HashSet<Arc<str>>>,
@@ -119,6 +122,26 @@ pub struct Shard {
     overflow: Arc<AtomicBool>,
     /// Someone saw a link fail: probe now.
     suspect: Arc<Notify>,
+}
+
+/// What a shard connects to.
+enum Target {
+    /// One server.
+    Single(Client),
+    /// The seed nodes of a Redis Cluster.
+    Cluster(Vec<ConnectionInfo>),
+}
+
+/// RESP3 connection settings for `address`: pub/sub messages arrive as pushes on an
+/// ordinary connection.
+fn resp3(address: &str) -> Result<ConnectionInfo, RedisError> {
+    let info = redis::IntoConnectionInfo::into_connection_info(address)
+        .map_err(|e| RedisError::Config(format!("address {address:?}: {e}")))?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    Ok(info.set_redis_settings(settings))
 }
 
 /// Runs `f` within `timeout`; network failures and timeouts are `Unavailable` and make
@@ -179,24 +202,29 @@ fn backoff(attempt: u32) -> Duration {
 
 impl Shard {
     /// A shard for `address`, not connected yet.
-    pub fn new(index: usize, address: &str, config: &RedisConfig) -> Result<Self, RedisError> {
-        let info = redis::IntoConnectionInfo::into_connection_info(address)
+    pub fn single(index: usize, address: &str, config: &RedisConfig) -> Result<Self, RedisError> {
+        let client = Client::open(resp3(address)?)
             .map_err(|e| RedisError::Config(format!("address {address:?}: {e}")))?;
-        // RESP3: pub/sub messages arrive as pushes on an ordinary connection.
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(redis_settings);
-        let client = Client::open(info)
-            .map_err(|e| RedisError::Config(format!("address {address:?}: {e}")))?;
+        Ok(Self::new(index, address.to_owned(), Target::Single(client), config))
+    }
+
+    /// The one shard of a Redis Cluster reached through `seeds`, not connected yet.
+    pub fn cluster(seeds: &[String], config: &RedisConfig) -> Result<Self, RedisError> {
+        let infos = seeds
+            .iter()
+            .map(|a| resp3(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::new(0, seeds.join(","), Target::Cluster(infos), config))
+    }
+
+    fn new(index: usize, address: String, target: Target, config: &RedisConfig) -> Self {
         let (requests, requests_rx) = mpsc::channel(config.request_queue.max(1));
         let (presence, presence_rx) = mpsc::channel(config.presence_queue.max(1));
         let (pushes, pushes_rx) = mpsc::channel(config.pubsub_queue.max(1));
-        Ok(Self {
+        Self {
             index,
-            address: address.to_owned(),
-            client,
+            address,
+            target,
             cmd: RwLock::new(None),
             pubsub: RwLock::new(None),
             up: AtomicBool::new(false),
@@ -212,7 +240,12 @@ impl Shard {
             lost: Arc::new(AtomicU64::new(0)),
             overflow: Arc::new(AtomicBool::new(false)),
             suspect: Arc::new(Notify::new()),
-        })
+        }
+    }
+
+    /// Whether this is a Redis Cluster (which reconnects its nodes by itself).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
     }
 
     /// Whether both links are up.
@@ -221,7 +254,7 @@ impl Shard {
     }
 
     /// The command connection, or `Unavailable` at once while the shard is down.
-    pub fn command(&self) -> Result<MultiplexedConnection, EngineError> {
+    pub fn command(&self) -> Result<Link, EngineError> {
         if !self.is_up() {
             return Err(self.down());
         }
@@ -267,14 +300,6 @@ impl Shard {
             address: self.address.clone(),
             reason,
         };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let mut cmd = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let pushes = self.pushes.clone();
         let lost = self.lost.clone();
@@ -298,19 +323,53 @@ impl Shard {
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
             }
         };
-        let mut pubsub = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config.set_push_sender(sender))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let fail = |e: redis::RedisError| unreachable(e.to_string());
+        let (mut cmd, mut pubsub) = match &self.target {
+            Target::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout));
+                let cmd = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(fail)?;
+                let pubsub = client
+                    .get_multiplexed_async_connection_with_config(&config.set_push_sender(sender))
+                    .await
+                    .map_err(fail)?;
+                (Link::Single(cmd), Link::Single(pubsub))
+            }
+            Target::Cluster(seeds) => {
+                // One retry: the command timeout bounds every call anyway.
+                let builder = || {
+                    ClusterClientBuilder::new(seeds.clone())
+                        .use_protocol(redis::ProtocolVersion::RESP3)
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .retries(1)
+                };
+                let cmd = builder().build().map_err(fail)?;
+                let pubsub = builder().push_sender(sender).build().map_err(fail)?;
+                let cmd = tokio::time::timeout(timeout, cmd.get_async_connection())
+                    .await
+                    .map_err(|_| unreachable("cluster connect timed out".into()))?
+                    .map_err(fail)?;
+                let pubsub = tokio::time::timeout(timeout, pubsub.get_async_connection())
+                    .await
+                    .map_err(|_| unreachable("cluster connect timed out".into()))?
+                    .map_err(fail)?;
+                (Link::Cluster(cmd), Link::Cluster(pubsub))
+            }
+        };
         // Both links must answer before the shard counts as up.
         for conn in [&mut cmd, &mut pubsub] {
-            let pong: RedisResult<String> = redis::cmd("PING").query_async(conn).await;
+            let pong: RedisResult<Value> = redis::cmd("PING").query_async(conn).await;
             pong.map_err(|e| unreachable(e.to_string()))?;
         }
         if self.index == 0 {
             // The control bus rides on shard 0's link from the start.
-            let control = pubsub.subscribe(&*shared.names.control);
+            let names = [shared.names.control.to_string()];
+            let control = pubsub.subscribe(&names);
             tokio::time::timeout(timeout, control)
                 .await
                 .map_err(|_| unreachable("control subscription timed out".into()))?
@@ -354,7 +413,10 @@ impl Shard {
             let ping = async move { redis::cmd("PING").query_async::<Value>(&mut conn).await };
             bounded(self, shared.config.command_timeout, ping).await?;
         }
-        if self.lost.load(Ordering::Acquire) == self.generation.load(Ordering::Acquire) {
+        // A cluster connection reconnects its nodes itself; a single link is dead.
+        if !self.is_cluster()
+            && self.lost.load(Ordering::Acquire) == self.generation.load(Ordering::Acquire)
+        {
             return Err(self.down());
         }
         Ok(())
@@ -441,8 +503,19 @@ impl Shard {
                 _ = shutdown.changed() => return true,
                 push = pushes.recv() => {
                     let Some((_, info)) = push else { return true };
-                    if matches!(info.kind, PushKind::Message | PushKind::SMessage) {
-                        deliver(shared, handler, info.data);
+                    match info.kind {
+                        PushKind::Message | PushKind::SMessage => {
+                            deliver(shared, handler, info.data);
+                        }
+                        PushKind::SUnsubscribe if self.is_cluster() => {
+                            // The server drops sharded subscriptions of a slot that
+                            // moved: a wanted channel must be subscribed again.
+                            if self.unsubscribed_wanted(shared, &info.data) {
+                                self.lost.store(self.generation.load(Ordering::Acquire), Ordering::Release);
+                                self.suspect.notify_one();
+                            }
+                        }
+                        _ => {}
                     }
                     if self.overflow.swap(false, Ordering::AcqRel) {
                         handler.resync(Some(&self.wanted()));
@@ -459,9 +532,36 @@ impl Shard {
                         tracing::warn!(shard = %self.address, error = %e, "redis link lost");
                         return false;
                     }
+                    if self.is_cluster() && self.lost.swap(0, Ordering::AcqRel) != 0 {
+                        // A cluster node's link dropped (or a slot moved) and the cluster
+                        // connection is back: subscribe again to be sure, then resync.
+                        let channels = self.wanted();
+                        let names: Vec<String> =
+                            channels.iter().map(|c| shared.names.pub_channel(c)).collect();
+                        if let Err(e) = self.subscribe_all(shared, &names).await {
+                            tracing::warn!(shard = %self.address, error = %e, "resubscribe failed");
+                            return false;
+                        }
+                        RedisCounters::add(&shared.counters.reconnects, 1);
+                        handler.resync(Some(&channels));
+                    }
                 }
             }
         }
+    }
+
+    /// Whether an unsubscribe push names a channel this node still wants.
+    fn unsubscribed_wanted(&self, shared: &Shared, data: &[Value]) -> bool {
+        let Some(Value::BulkString(name)) = data.first() else {
+            return false;
+        };
+        let Some(channel) = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| shared.names.channel_of(n))
+        else {
+            return false;
+        };
+        self.channels.lock().contains(channel)
     }
 
     /// Sends queued subscribe/unsubscribe requests, batching consecutive ones of a kind.
