@@ -205,7 +205,12 @@ impl Shard {
     pub fn single(index: usize, address: &str, config: &RedisConfig) -> Result<Self, RedisError> {
         let client = Client::open(resp3(address)?)
             .map_err(|e| RedisError::Config(format!("address {address:?}: {e}")))?;
-        Ok(Self::new(index, address.to_owned(), Target::Single(client), config))
+        Ok(Self::new(
+            index,
+            address.to_owned(),
+            Target::Single(client),
+            config,
+        ))
     }
 
     /// The one shard of a Redis Cluster reached through `seeds`, not connected yet.
@@ -214,7 +219,12 @@ impl Shard {
             .iter()
             .map(|a| resp3(a))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::new(0, seeds.join(","), Target::Cluster(infos), config))
+        Ok(Self::new(
+            0,
+            seeds.join(","),
+            Target::Cluster(infos),
+            config,
+        ))
     }
 
     fn new(index: usize, address: String, target: Target, config: &RedisConfig) -> Self {

@@ -9,6 +9,8 @@ use crate::{free_port, wait_listening};
 
 /// The binary the harness runs.
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// The command-line client, used to form clusters.
+pub const REDIS_CLI: &str = "/usr/bin/redis-cli";
 
 /// A `redis-server` process owned by a test; killed (SIGKILL) on drop.
 pub struct RedisServer {
@@ -16,6 +18,7 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     persistence: bool,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -28,6 +31,11 @@ impl RedisServer {
     /// Starts a server; with `persistence` it writes an append-only file synced on every
     /// write (`appendfsync always`), so a SIGKILL loses nothing it acknowledged.
     pub fn start_with(persistence: bool) -> Self {
+        Self::start_args(persistence, &[])
+    }
+
+    /// Starts a server with extra command-line arguments (kept for restarts).
+    pub fn start_args(persistence: bool, extra: &[&str]) -> Self {
         // A port taken between free_port() and the bind shows as a failed start: retry.
         let mut last = String::new();
         for _ in 0..5 {
@@ -36,6 +44,7 @@ impl RedisServer {
                 port: free_port(),
                 dir: tempfile::tempdir().expect("temporary directory for redis-server"),
                 persistence,
+                extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -65,6 +74,7 @@ impl RedisServer {
         if self.persistence {
             cmd.arg("--appendfsync").arg("always");
         }
+        cmd.args(&self.extra);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -152,5 +162,78 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of `redis-server` processes (primaries only), each on a free port.
+pub struct RedisCluster {
+    /// The nodes, in creation order.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `n` (at least 3) cluster-enabled servers, joins them with
+    /// `redis-cli --cluster create` (slots spread evenly, no replicas) and waits until
+    /// every node reports `cluster_state:ok`.
+    pub fn start(n: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                RedisServer::start_args(
+                    false,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let mut create = Command::new(REDIS_CLI);
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port()));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        let start = std::time::Instant::now();
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            loop {
+                let out = Command::new(REDIS_CLI)
+                    .args(["-p", &node.port().to_string(), "cluster", "info"])
+                    .output()
+                    .expect("run redis-cli cluster info");
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < crate::START_WAIT,
+                    "the cluster did not become ok in time"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// `redis://` URLs of every node (seeds for a cluster client).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
     }
 }

@@ -1,0 +1,107 @@
+//! Redis Cluster mode: sharded pub/sub and per-slot scripts on a 3-node cluster.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use starling_core::engine::{Broker, ControlBus, ControlMessage};
+use starling_core::{HistoryPolicy, HistoryQuery};
+use starling_testkit::redis::RedisCluster;
+
+#[tokio::test]
+async fn cluster_mode_publishes_delivers_and_reads_history_across_slots() {
+    let cluster = RedisCluster::start(3);
+    let urls = cluster.urls();
+    let cluster_config = |name: &str| starling_redis::RedisConfig {
+        cluster: true,
+        ..config(&urls, name)
+    };
+    let mut a = node_with(cluster_config("a")).await;
+    let mut b = node_with(cluster_config("b")).await;
+
+    // Channels on many slots (so on every node of the cluster).
+    let channels: Vec<Arc<str>> = (0..12).map(|i| format!("c{i}").into()).collect();
+    for c in &channels {
+        b.engine.subscribe(c).wait().await.unwrap();
+    }
+    for round in 1..=2u64 {
+        for c in &channels {
+            let r = publish(&a.engine, request(c, "x", 10)).await;
+            assert_eq!(r.position.offset, round);
+            assert_eq!(r.receivers, 1, "b subscribed {c}");
+            let got = next(&mut b.pubs).await;
+            assert_eq!(&*got.channel, &**c);
+            assert_eq!(got.publication.offset, round);
+            assert_eq!(got.epoch, &*r.position.epoch);
+        }
+    }
+    let page = a
+        .engine
+        .history(
+            &channels[3],
+            HistoryQuery {
+                since: Some(0),
+                limit: 10,
+                reverse: false,
+                max_bytes: usize::MAX,
+            },
+            HistoryPolicy {
+                size: 10,
+                ttl_ms: 0,
+                max_bytes: 0,
+            },
+        )
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(page.publications.len(), 2);
+    assert!(page.complete);
+
+    let msg = ControlMessage::Leaving { node: "a".into() };
+    a.engine.send(msg.clone()).wait().await.unwrap();
+    for rx in [&mut a.controls, &mut b.controls] {
+        loop {
+            match next(rx).await {
+                ControlMessage::Heartbeat(_) => continue,
+                other => {
+                    assert_eq!(other, msg);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn cluster_mode_resubscribes_and_resyncs_after_a_node_restart() {
+    let mut cluster = RedisCluster::start(3);
+    let urls = cluster.urls();
+    let cluster_config = |name: &str| starling_redis::RedisConfig {
+        cluster: true,
+        ..config(&urls, name)
+    };
+    let a = node_with(cluster_config("a")).await;
+    let mut b = node_with(cluster_config("b")).await;
+    let channels: Vec<Arc<str>> = (0..12).map(|i| format!("c{i}").into()).collect();
+    for c in &channels {
+        b.engine.subscribe(c).wait().await.unwrap();
+    }
+
+    // The node keeps its slots (nodes.conf survives in its directory) but loses its data
+    // and every connection.
+    cluster.nodes[0].restart();
+    cluster.wait_ok();
+    let mut resynced = next(&mut b.resyncs).await.expect("b's channels");
+    resynced.sort();
+    let mut wanted = channels.clone();
+    wanted.sort();
+    assert_eq!(resynced, wanted);
+
+    for c in &channels {
+        let r = publish_eventually(&a.engine, || request(c, "y", 10)).await;
+        assert_eq!(r.receivers, 1, "b subscribed {c} again");
+        let got = next(&mut b.pubs).await;
+        assert_eq!(&*got.channel, &**c);
+    }
+}
