@@ -6,13 +6,13 @@
 //!
 //! # Client library
 //!
-//! It uses `redis` (redis-rs) 1.x with only the `tokio-comp`, `script` and `streams`
-//! features: it is actively released, speaks RESP3 with push messages (so the pub/sub
-//! link is an ordinary multiplexed connection that also answers `PING` while
-//! subscribed, and reports its own disconnection as a push), and sends any command,
-//! including the sharded `SSUBSCRIBE`/`SPUBLISH` of Redis 7 (its cluster client has
-//! `ssubscribe`). `fred`, the other full-featured client, had its last release in
-//! February 2025.
+//! It uses `redis` (redis-rs) 1.x with only the `tokio-comp`, `script`, `streams` and
+//! `cluster-async` features: it is actively released, speaks RESP3 with push messages
+//! (so the pub/sub link is an ordinary multiplexed connection that also answers `PING`
+//! while subscribed, and reports its own disconnection as a push), and its cluster
+//! client has the sharded `SSUBSCRIBE` of Redis 7 (`SPUBLISH` works from a script; the
+//! cluster tests use both). `fred`, the other full-featured client, had its last
+//! release in February 2025.
 //!
 //! # Key layout
 //!
@@ -29,7 +29,7 @@
 //! | `<p>:{<channel>}:presence` | hash | client id -> encoded client info |
 //! | `<p>:{<channel>}:presence:users` | hash | client id -> user id (for distinct-user counts) |
 //! | `<p>:{<channel>}:presence:expiry` | sorted set | client id scored by its expiry (ms) |
-//! | `<p>:control` | pub/sub channel (shard 0) | encoded control messages |
+//! | `<p>:control` | pub/sub channel (shard 0; sharded channel in cluster mode) | encoded control messages |
 //!
 //! # Publish script (one atomic step per channel)
 //!
@@ -83,6 +83,18 @@
 //! With several addresses a channel lives on the shard chosen by jump consistent hash
 //! of its name ([`hash`]): adding a shard at the end of the list moves about 1/N of
 //! the channels. All nodes must list the shards in the same order.
+//!
+//! # Redis Cluster
+//!
+//! With [`RedisConfig::cluster`] the addresses are seed nodes of one Redis Cluster, which
+//! places channels itself (by the slot of the hash tag, so a channel's keys and its
+//! pub/sub channel share a node). Publications go out with `SPUBLISH` and are
+//! subscribed with `SSUBSCRIBE` (grouped by slot), so they stay on the slot's node
+//! instead of being broadcast to the whole cluster. The cluster client reconnects to a
+//! node that dropped by itself; the engine then subscribes its channels again and calls
+//! [`EngineHandler::resync`] for them, and does the same when Redis drops a sharded
+//! subscription because its slot moved. The cluster client queues push messages
+//! unboundedly inside redis-rs before they reach the engine's bounded queue.
 //!
 //! [`Broker`]: starling_core::engine::Broker
 //! [`PresenceStore`]: starling_core::engine::PresenceStore

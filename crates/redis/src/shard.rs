@@ -517,13 +517,13 @@ impl Shard {
                         PushKind::Message | PushKind::SMessage => {
                             deliver(shared, handler, info.data);
                         }
-                        PushKind::SUnsubscribe if self.is_cluster() => {
-                            // The server drops sharded subscriptions of a slot that
-                            // moved: a wanted channel must be subscribed again.
-                            if self.unsubscribed_wanted(shared, &info.data) {
-                                self.lost.store(self.generation.load(Ordering::Acquire), Ordering::Release);
-                                self.suspect.notify_one();
-                            }
+                        // The server drops sharded subscriptions of a slot that moved:
+                        // a wanted channel must be subscribed again.
+                        PushKind::SUnsubscribe
+                            if self.is_cluster() && self.unsubscribed_wanted(shared, &info.data) =>
+                        {
+                            self.lost.store(self.generation.load(Ordering::Acquire), Ordering::Release);
+                            self.suspect.notify_one();
                         }
                         _ => {}
                     }
