@@ -114,31 +114,25 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let (b, rest) = self
             .rest
-            .split_first_chunk::<2>()
+            .split_first_chunk::<N>()
             .ok_or(DecodeError::Truncated)?;
         self.rest = rest;
-        Ok(u16::from_le_bytes(*b))
+        Ok(*b)
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.array().map(u16::from_le_bytes)
     }
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        let (b, rest) = self
-            .rest
-            .split_first_chunk::<4>()
-            .ok_or(DecodeError::Truncated)?;
-        self.rest = rest;
-        Ok(u32::from_le_bytes(*b))
+        self.array().map(u32::from_le_bytes)
     }
 
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        let (b, rest) = self
-            .rest
-            .split_first_chunk::<8>()
-            .ok_or(DecodeError::Truncated)?;
-        self.rest = rest;
-        Ok(u64::from_le_bytes(*b))
+        self.array().map(u64::from_le_bytes)
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {

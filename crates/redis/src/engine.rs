@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::Value;
+use redis::{FromRedisValue, Script, ScriptInvocation, Value};
 use starling_core::engine::{
     Accepted, Broker, ControlBus, ControlMessage, EngineError, EngineHandler, HistoryPage,
     NodeInfo, PresenceStore, PublishRequest, Step,
@@ -215,15 +215,65 @@ impl RedisEngine {
     fn timeout(&self) -> Duration {
         self.shared.config.command_timeout
     }
-}
 
-impl Broker for RedisEngine {
-    fn publish(&self, request: PublishRequest) -> Step<Result<Accepted, EngineError>> {
-        let shard = self.shard(&request.channel).clone();
+    /// Runs `script` on `channel`'s shard within the command timeout; `Unavailable` at
+    /// once while the shard is down.
+    fn run_script<T: FromRedisValue + Send + 'static>(
+        &self,
+        channel: &str,
+        script: ScriptInvocation<'static>,
+    ) -> Step<Result<T, EngineError>> {
+        let shard = self.shard(channel).clone();
         let mut conn = match shard.command() {
             Ok(c) => c,
             Err(e) => return Step::Ready(Err(e)),
         };
+        let timeout = self.timeout();
+        Step::Pending(Box::pin(async move {
+            bounded(&shard, timeout, script.invoke_async(&mut conn)).await
+        }))
+    }
+
+    /// A presence script (`PRESENCE` or `STATS`) invocation for `channel`.
+    fn presence_script(&self, channel: &str, script: &'static Script) -> ScriptInvocation<'static> {
+        let keys = self.shared.names.presence_keys(channel);
+        let mut inv = script.prepare_invoke();
+        inv.key(&keys[0]).key(&keys[1]).key(&keys[2]);
+        inv
+    }
+
+    /// Queues a presence write; a full queue is counted (the refresh repairs a lost
+    /// join within a third of the ttl, a lost leave expires within the ttl).
+    fn queue_presence(&self, channel: &str, op: PresenceOp) {
+        if self.shard(channel).presence.try_send(op).is_err() {
+            RedisCounters::add(&self.shared.counters.presence_failures, 1);
+        }
+    }
+}
+
+/// Reads the publish script's reply.
+fn parse_accepted(reply: &[Value]) -> Result<Accepted, EngineError> {
+    let [status, offset, epoch, receivers] = reply else {
+        return Err(bad_reply("publish"));
+    };
+    let status = as_u64(status).ok_or_else(|| bad_reply("publish"))?;
+    if status == 2 {
+        return Err(EngineError::IdempotencyConflict);
+    }
+    Ok(Accepted {
+        position: StreamPosition {
+            offset: as_u64(offset).ok_or_else(|| bad_reply("publish"))?,
+            epoch: as_string(epoch).ok_or_else(|| bad_reply("publish"))?.into(),
+        },
+        receivers: as_u64(receivers)
+            .and_then(|r| usize::try_from(r).ok())
+            .unwrap_or(0),
+        replayed: status == 1,
+    })
+}
+
+impl Broker for RedisEngine {
+    fn publish(&self, request: PublishRequest) -> Step<Result<Accepted, EngineError>> {
         let names = &self.shared.names;
         let channel = &*request.channel;
         let body = codec::encode_publication(&request.data, request.info.as_deref(), None);
@@ -247,28 +297,9 @@ impl Broker for RedisEngine {
             .arg(fingerprint)
             .arg(idem_ttl)
             .arg(names.pub_channel(channel))
-            .arg(conn.publish_command());
-        let timeout = self.timeout();
-        Step::Pending(Box::pin(async move {
-            let reply: Vec<Value> = bounded(&shard, timeout, inv.invoke_async(&mut conn)).await?;
-            let [status, offset, epoch, receivers] = reply.as_slice() else {
-                return Err(bad_reply("publish"));
-            };
-            let status = as_u64(status).ok_or_else(|| bad_reply("publish"))?;
-            if status == 2 {
-                return Err(EngineError::IdempotencyConflict);
-            }
-            Ok(Accepted {
-                position: StreamPosition {
-                    offset: as_u64(offset).ok_or_else(|| bad_reply("publish"))?,
-                    epoch: as_string(epoch).ok_or_else(|| bad_reply("publish"))?.into(),
-                },
-                receivers: as_u64(receivers)
-                    .and_then(|r| usize::try_from(r).ok())
-                    .unwrap_or(0),
-                replayed: status == 1,
-            })
-        }))
+            .arg(self.shard(channel).publish_command());
+        self.run_script::<Vec<Value>>(channel, inv)
+            .map(|reply| parse_accepted(&reply?))
     }
 
     fn subscribe(&self, channel: &Arc<str>) -> Step<Result<(), EngineError>> {
@@ -325,11 +356,6 @@ impl Broker for RedisEngine {
         query: HistoryQuery,
         policy: HistoryPolicy,
     ) -> Step<Result<HistoryPage, EngineError>> {
-        let shard = self.shard(channel).clone();
-        let mut conn = match shard.command() {
-            Ok(c) => c,
-            Err(e) => return Step::Ready(Err(e)),
-        };
         let names = &self.shared.names;
         // Mode and start id; a start beyond the id range reads the position only.
         let (mode, start) = if query.limit == 0 {
@@ -359,135 +385,101 @@ impl Broker for RedisEngine {
             .arg(start)
             .arg(count)
             .arg(policy.ttl_ms);
-        let timeout = self.timeout();
         let counters = self.shared.counters.clone();
-        Step::Pending(Box::pin(async move {
-            let reply: Vec<Value> = bounded(&shard, timeout, inv.invoke_async(&mut conn)).await?;
-            let (head, entries) = reply
-                .split_at_checked(2)
-                .ok_or_else(|| bad_reply("history"))?;
-            let epoch = as_string(&head[0]).ok_or_else(|| bad_reply("history"))?;
-            let offset = as_u64(&head[1]).ok_or_else(|| bad_reply("history"))?;
-            let mut publications = Vec::new();
-            let mut first_offset = None;
-            let mut bytes = 0usize;
-            for pair in entries.chunks_exact(2) {
-                let Some(o) = entry_offset(&pair[0]) else {
-                    RedisCounters::add(&counters.decode_errors, 1);
-                    continue;
-                };
-                first_offset.get_or_insert(o);
-                let decoded = as_bytes(&pair[1])
-                    .ok_or(codec::DecodeError::Truncated)
-                    .and_then(|b| codec::decode_publication(b, o));
-                let p: Publication = match decoded {
-                    Ok(p) => p,
-                    Err(_) => {
-                        // A hole now: the page must not claim to be complete past it.
+        self.run_script::<Vec<Value>>(channel, inv)
+            .map(move |reply| {
+                let reply = reply?;
+                let (head, entries) = reply
+                    .split_at_checked(2)
+                    .ok_or_else(|| bad_reply("history"))?;
+                let epoch = as_string(&head[0]).ok_or_else(|| bad_reply("history"))?;
+                let offset = as_u64(&head[1]).ok_or_else(|| bad_reply("history"))?;
+                let mut publications = Vec::new();
+                let mut first_offset = None;
+                let mut bytes = 0usize;
+                for pair in entries.chunks_exact(2) {
+                    let Some(o) = entry_offset(&pair[0]) else {
                         RedisCounters::add(&counters.decode_errors, 1);
+                        continue;
+                    };
+                    let decoded = as_bytes(&pair[1])
+                        .ok_or(codec::DecodeError::Truncated)
+                        .and_then(|b| codec::decode_publication(b, o));
+                    let p: Publication = match decoded {
+                        Ok(p) => p,
+                        Err(_) => {
+                            // A hole now: the page must not claim to be complete past it.
+                            RedisCounters::add(&counters.decode_errors, 1);
+                            break;
+                        }
+                    };
+                    first_offset.get_or_insert(o);
+                    bytes = bytes.saturating_add(History::wire_bytes(&p));
+                    if bytes > query.max_bytes && !publications.is_empty() {
                         break;
                     }
-                };
-                bytes = bytes.saturating_add(History::wire_bytes(&p));
-                if bytes > query.max_bytes && !publications.is_empty() {
-                    break;
+                    publications.push(p);
                 }
-                publications.push(p);
-            }
-            let complete = if mode == "p" {
-                query.since.map_or(offset == 0, |s| s == offset)
-            } else if query.reverse {
-                // Newest first: complete when it starts right before `since` (or at the
-                // newest offset), or there is nothing before it.
-                let expected = query
-                    .since
-                    .map_or(offset, |s| s.saturating_sub(1).min(offset));
-                expected == 0 || first_offset == Some(expected)
-            } else {
-                let since = query.since.unwrap_or(0);
-                since == offset || first_offset == since.checked_add(1)
-            };
-            Ok(HistoryPage {
-                publications,
-                position: StreamPosition {
-                    offset,
-                    epoch: epoch.into(),
-                },
-                complete,
+                let complete = if mode == "p" {
+                    query.since.map_or(offset == 0, |s| s == offset)
+                } else if query.reverse {
+                    // Newest first: complete when it starts right before `since` (or at the
+                    // newest offset), or there is nothing before it.
+                    let expected = query
+                        .since
+                        .map_or(offset, |s| s.saturating_sub(1).min(offset));
+                    expected == 0 || first_offset == Some(expected)
+                } else {
+                    let since = query.since.unwrap_or(0);
+                    since == offset || first_offset == since.checked_add(1)
+                };
+                Ok(HistoryPage {
+                    publications,
+                    position: StreamPosition {
+                        offset,
+                        epoch: epoch.into(),
+                    },
+                    complete,
+                })
             })
-        }))
     }
 }
 
 impl PresenceStore for RedisEngine {
     fn join(&self, channel: &Arc<str>, info: &Arc<ClientInfo>) {
-        let shard = self.shard(channel);
-        shard.remember(channel, info);
-        if shard
-            .presence
-            .try_send(PresenceOp::Join(channel.clone(), info.clone()))
-            .is_err()
-        {
-            // The refresh writes it within a third of the ttl.
-            RedisCounters::add(&self.shared.counters.presence_failures, 1);
-        }
+        self.shard(channel).remember(channel, info);
+        self.queue_presence(channel, PresenceOp::Join(channel.clone(), info.clone()));
     }
 
     fn leave(&self, channel: &Arc<str>, client: &str) {
-        let shard = self.shard(channel);
-        shard.forget(channel, client);
-        if shard
-            .presence
-            .try_send(PresenceOp::Leave(channel.clone(), client.to_owned()))
-            .is_err()
-        {
-            // Not refreshed any more: gone within the ttl.
-            RedisCounters::add(&self.shared.counters.presence_failures, 1);
-        }
+        self.shard(channel).forget(channel, client);
+        self.queue_presence(
+            channel,
+            PresenceOp::Leave(channel.clone(), client.to_owned()),
+        );
     }
 
     fn presence(&self, channel: &Arc<str>) -> Step<Result<Vec<ClientInfo>, EngineError>> {
-        let shard = self.shard(channel).clone();
-        let mut conn = match shard.command() {
-            Ok(c) => c,
-            Err(e) => return Step::Ready(Err(e)),
-        };
-        let keys = self.shared.names.presence_keys(channel);
-        let mut inv = scripts::PRESENCE.prepare_invoke();
-        inv.key(&keys[0]).key(&keys[1]).key(&keys[2]);
-        let timeout = self.timeout();
+        let inv = self.presence_script(channel, &scripts::PRESENCE);
         let counters = self.shared.counters.clone();
-        Step::Pending(Box::pin(async move {
-            let values: Vec<Vec<u8>> =
-                bounded(&shard, timeout, inv.invoke_async(&mut conn)).await?;
-            Ok(values
-                .iter()
-                .filter_map(|v| match codec::decode_client(v) {
-                    Ok(info) => Some(info),
-                    Err(_) => {
-                        RedisCounters::add(&counters.decode_errors, 1);
-                        None
-                    }
-                })
-                .collect())
-        }))
+        self.run_script::<Vec<Vec<u8>>>(channel, inv)
+            .map(move |values| {
+                Ok(values?
+                    .iter()
+                    .filter_map(|v| match codec::decode_client(v) {
+                        Ok(info) => Some(info),
+                        Err(_) => {
+                            RedisCounters::add(&counters.decode_errors, 1);
+                            None
+                        }
+                    })
+                    .collect())
+            })
     }
 
     fn stats(&self, channel: &Arc<str>) -> Step<Result<(usize, usize), EngineError>> {
-        let shard = self.shard(channel).clone();
-        let mut conn = match shard.command() {
-            Ok(c) => c,
-            Err(e) => return Step::Ready(Err(e)),
-        };
-        let keys = self.shared.names.presence_keys(channel);
-        let mut inv = scripts::STATS.prepare_invoke();
-        inv.key(&keys[0]).key(&keys[1]).key(&keys[2]);
-        let timeout = self.timeout();
-        Step::Pending(Box::pin(async move {
-            let (clients, users): (usize, usize) =
-                bounded(&shard, timeout, inv.invoke_async(&mut conn)).await?;
-            Ok((clients, users))
-        }))
+        let inv = self.presence_script(channel, &scripts::STATS);
+        self.run_script(channel, inv)
     }
 }
 
@@ -502,7 +494,7 @@ impl ControlBus for RedisEngine {
         let payload = codec::encode_control(&message);
         let timeout = self.timeout();
         Step::Pending(Box::pin(async move {
-            let mut publish = redis::cmd(conn.publish_command());
+            let mut publish = redis::cmd(shard.publish_command());
             publish.arg(channel).arg(payload);
             bounded(&shard, timeout, publish.query_async::<i64>(&mut conn))
                 .await

@@ -49,14 +49,6 @@ impl ConnectionLike for Link {
 }
 
 impl Link {
-    /// The publish command for this kind of link.
-    pub fn publish_command(&self) -> &'static str {
-        match self {
-            Link::Single(_) => "PUBLISH",
-            Link::Cluster(_) => "SPUBLISH",
-        }
-    }
-
     /// Subscribes `names` (one command per slot on a cluster: a sharded subscribe may
     /// not cross slots).
     pub async fn subscribe(&mut self, names: &[String]) -> RedisResult<()> {

@@ -253,6 +253,15 @@ impl Shard {
         }
     }
 
+    /// The publish command: sharded on a cluster.
+    pub fn publish_command(&self) -> &'static str {
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     /// Whether this is a Redis Cluster (which reconnects its nodes by itself).
     pub fn is_cluster(&self) -> bool {
         matches!(self.target, Target::Cluster(_))

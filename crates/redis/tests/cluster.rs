@@ -5,8 +5,8 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use starling_core::HistoryPolicy;
 use starling_core::engine::{Broker, ControlBus, ControlMessage};
-use starling_core::{HistoryPolicy, HistoryQuery};
 use starling_testkit::redis::RedisCluster;
 
 #[tokio::test]
@@ -36,25 +36,12 @@ async fn cluster_mode_publishes_delivers_and_reads_history_across_slots() {
             assert_eq!(got.epoch, &*r.position.epoch);
         }
     }
-    let page = a
-        .engine
-        .history(
-            &channels[3],
-            HistoryQuery {
-                since: Some(0),
-                limit: 10,
-                reverse: false,
-                max_bytes: usize::MAX,
-            },
-            HistoryPolicy {
-                size: 10,
-                ttl_ms: 0,
-                max_bytes: 0,
-            },
-        )
-        .wait()
-        .await
-        .unwrap();
+    let policy = HistoryPolicy {
+        size: 10,
+        ttl_ms: 0,
+        max_bytes: 0,
+    };
+    let page = read_history(&a.engine, &channels[3], Some(0), 10, false, policy).await;
     assert_eq!(page.publications.len(), 2);
     assert!(page.complete);
 

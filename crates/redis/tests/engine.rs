@@ -38,10 +38,7 @@ fn offsets(page: &starling_core::engine::HistoryPage) -> Vec<u64> {
 #[tokio::test]
 async fn publish_reaches_the_subscribed_node_with_consecutive_offsets() {
     let redis = RedisServer::start();
-    let urls = [redis.url()];
-    let a = node(&urls, "a").await;
-    let mut b = node(&urls, "b").await;
-    b.engine.subscribe(&ch("chat")).wait().await.unwrap();
+    let (a, mut b) = pair(&redis, "chat").await;
 
     let mut accepted = Vec::new();
     for i in 0..6 {
@@ -81,10 +78,7 @@ async fn publish_reaches_the_subscribed_node_with_consecutive_offsets() {
 #[tokio::test]
 async fn publisher_info_travels_with_the_publication() {
     let redis = RedisServer::start();
-    let urls = [redis.url()];
-    let a = node(&urls, "a").await;
-    let mut b = node(&urls, "b").await;
-    b.engine.subscribe(&ch("c")).wait().await.unwrap();
+    let (a, mut b) = pair(&redis, "c").await;
     let info = ClientInfo {
         user: "u1".into(),
         client: "c1".into(),
@@ -96,12 +90,7 @@ async fn publisher_info_travels_with_the_publication() {
     publish(&a.engine, req).await;
     let got = next(&mut b.pubs).await;
     assert_eq!(got.publication.info, Some(info.clone()));
-    let page = a
-        .engine
-        .history(&ch("c"), query(None, 10, false), KEEP)
-        .wait()
-        .await
-        .unwrap();
+    let page = read_history(&a.engine, "c", None, 10, false, KEEP).await;
     assert_eq!(page.publications[0].info, Some(info));
 }
 
@@ -112,12 +101,7 @@ async fn history_forward_reverse_position_and_completeness() {
     let a = node(&urls, "a").await;
     let c = ch("h");
 
-    let empty = a
-        .engine
-        .history(&c, query(None, 10, false), KEEP)
-        .wait()
-        .await
-        .unwrap();
+    let empty = read_history(&a.engine, &c, None, 10, false, KEEP).await;
     assert_eq!(empty.position.offset, 0);
     assert_eq!(&*empty.position.epoch, "");
     assert!(empty.publications.is_empty());
@@ -129,35 +113,31 @@ async fn history_forward_reverse_position_and_completeness() {
         epoch = Some(publish(&a.engine, req).await.position.epoch);
     }
     let epoch = epoch.unwrap();
-    let read = |since, limit, reverse| {
-        a.engine
-            .history(&c, query(since, limit, reverse), KEEP)
-            .wait()
-    };
+    let read = |since, limit, reverse| read_history(&a.engine, &c, since, limit, reverse, KEEP);
 
-    let page = read(Some(2), 10, false).await.unwrap();
+    let page = read(Some(2), 10, false).await;
     assert_eq!(offsets(&page), vec![3, 4, 5]);
     assert!(page.complete);
     assert_eq!(page.position.offset, 5);
     assert_eq!(page.position.epoch, epoch);
 
-    let page = read(Some(1), 10, false).await.unwrap();
+    let page = read(Some(1), 10, false).await;
     assert_eq!(offsets(&page), vec![3, 4, 5]);
     assert!(!page.complete, "offset 2 is no longer kept");
 
-    let page = read(None, 2, false).await.unwrap();
+    let page = read(None, 2, false).await;
     assert_eq!(offsets(&page), vec![3, 4]);
 
-    let page = read(Some(5), 10, false).await.unwrap();
+    let page = read(Some(5), 10, false).await;
     assert!(page.publications.is_empty());
     assert!(page.complete, "since is the newest offset");
 
-    let page = read(None, 10, true).await.unwrap();
+    let page = read(None, 10, true).await;
     assert_eq!(offsets(&page), vec![5, 4, 3]);
-    let page = read(Some(5), 1, true).await.unwrap();
+    let page = read(Some(5), 1, true).await;
     assert_eq!(offsets(&page), vec![4]);
 
-    let page = read(Some(3), 0, false).await.unwrap();
+    let page = read(Some(3), 0, false).await;
     assert!(page.publications.is_empty(), "limit 0: position only");
     assert_eq!(page.position.offset, 5);
     assert_eq!(page.position.epoch, epoch);
@@ -167,7 +147,7 @@ async fn history_forward_reverse_position_and_completeness() {
     let page = a.engine.history(&c, capped, KEEP).wait().await.unwrap();
     assert_eq!(offsets(&page), vec![3], "at least one, then the byte cap");
 
-    let huge = read(Some(u64::MAX), 10, false).await.unwrap();
+    let huge = read(Some(u64::MAX), 10, false).await;
     assert!(huge.publications.is_empty());
     assert!(!huge.complete);
 }
@@ -181,12 +161,7 @@ async fn history_without_size_still_counts_offsets_and_ages_out() {
     for _ in 0..3 {
         publish(&a.engine, request("n", "x", 0)).await;
     }
-    let page = a
-        .engine
-        .history(&c, query(Some(0), 10, false), KEEP)
-        .wait()
-        .await
-        .unwrap();
+    let page = read_history(&a.engine, &c, Some(0), 10, false, KEEP).await;
     assert_eq!(page.position.offset, 3, "offsets assigned without history");
     assert!(page.publications.is_empty());
     assert!(!page.complete, "nothing kept to fill the gap");
@@ -201,20 +176,10 @@ async fn history_without_size_still_counts_offsets_and_ages_out() {
     req.history = aging;
     publish(&a.engine, req).await;
     let c = ch("aging");
-    let first = a
-        .engine
-        .history(&c, query(None, 10, false), aging)
-        .wait()
-        .await
-        .unwrap();
+    let first = read_history(&a.engine, &c, None, 10, false, aging).await;
     assert_eq!(offsets(&first), vec![1]);
     eventually("the entry to age out", || async {
-        let page = a
-            .engine
-            .history(&c, query(None, 10, false), aging)
-            .wait()
-            .await
-            .unwrap();
+        let page = read_history(&a.engine, &c, None, 10, false, aging).await;
         page.publications.is_empty() && page.position.offset == 1
     })
     .await;
@@ -223,10 +188,7 @@ async fn history_without_size_still_counts_offsets_and_ages_out() {
 #[tokio::test]
 async fn idempotent_publish_replays_and_detects_conflicts() {
     let redis = RedisServer::start();
-    let urls = [redis.url()];
-    let a = node(&urls, "a").await;
-    let mut b = node(&urls, "b").await;
-    b.engine.subscribe(&ch("i")).wait().await.unwrap();
+    let (a, mut b) = pair(&redis, "i").await;
 
     let first = publish(&a.engine, idempotent("i", "x", "k1", 7)).await;
     assert!(!first.replayed);
@@ -265,12 +227,7 @@ async fn epoch_changes_after_flushall() {
     let fresh = publish(&a.engine, request("e", "z", 10)).await;
     assert_eq!(fresh.position.offset, 1);
     assert_ne!(fresh.position.epoch, after.position.epoch);
-    let page = a
-        .engine
-        .history(&ch("e"), query(None, 10, false), KEEP)
-        .wait()
-        .await
-        .unwrap();
+    let page = read_history(&a.engine, "e", None, 10, false, KEEP).await;
     assert_eq!(offsets(&page), vec![1]);
     assert_eq!(&page.publications[0].data[..], b"z");
 }
@@ -278,10 +235,7 @@ async fn epoch_changes_after_flushall() {
 #[tokio::test]
 async fn a_killed_pubsub_link_is_reconnected_and_resynced() {
     let redis = RedisServer::start();
-    let urls = [redis.url()];
-    let a = node(&urls, "a").await;
-    let mut b = node(&urls, "b").await;
-    b.engine.subscribe(&ch("k")).wait().await.unwrap();
+    let (a, mut b) = pair(&redis, "k").await;
     let first = publish(&a.engine, request("k", "1", 10)).await;
     assert_eq!(next(&mut b.pubs).await.publication.offset, 1);
 
@@ -299,10 +253,7 @@ async fn a_killed_pubsub_link_is_reconnected_and_resynced() {
 #[tokio::test]
 async fn undecodable_messages_are_counted_and_skipped() {
     let redis = RedisServer::start();
-    let urls = [redis.url()];
-    let a = node(&urls, "a").await;
-    let mut b = node(&urls, "b").await;
-    b.engine.subscribe(&ch("g")).wait().await.unwrap();
+    let (a, mut b) = pair(&redis, "g").await;
     for junk in ["", "1", "x y z", "5 e \x01\x00\x7f"] {
         raw(&redis.url(), &["PUBLISH", "starling:{g}:pub", junk]).await;
     }
@@ -352,10 +303,7 @@ async fn epoch_kept_after_a_crash_with_appendfsync_always() {
 #[tokio::test]
 async fn pubsub_reconnects_resubscribes_and_resyncs() {
     let mut redis = RedisServer::start();
-    let urls = [redis.url()];
-    let a = node(&urls, "a").await;
-    let mut b = node(&urls, "b").await;
-    b.engine.subscribe(&ch("r")).wait().await.unwrap();
+    let (a, mut b) = pair(&redis, "r").await;
     publish(&a.engine, request("r", "1", 10)).await;
     assert_eq!(next(&mut b.pubs).await.publication.offset, 1);
 

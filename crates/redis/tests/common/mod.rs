@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use starling_core::HistoryPolicy;
+use starling_core::engine::HistoryPage;
 use starling_core::engine::{
     Accepted, Broker, ControlMessage, EngineHandler, Idempotency, NodeInfo, PublishRequest,
 };
+use starling_core::{HistoryPolicy, HistoryQuery};
 use starling_protocol::Publication;
 use starling_redis::{RedisConfig, RedisEngine};
+use starling_testkit::redis::RedisServer;
 use tokio::sync::mpsc;
 
 /// Upper bound of any wait for an event: a failure, not a synchronisation.
@@ -104,6 +106,19 @@ pub async fn node_with(config: RedisConfig) -> Node {
     }
 }
 
+/// Two nodes on `redis`; the second subscribed to `channel`.
+pub async fn pair(redis: &RedisServer, channel: &str) -> (Node, Node) {
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let b = node(&urls, "b").await;
+    b.engine
+        .subscribe(&channel.into())
+        .wait()
+        .await
+        .expect("subscribe");
+    (a, b)
+}
+
 /// The next item, or a panic after [`WAIT`].
 pub async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
     tokio::time::timeout(WAIT, rx.recv())
@@ -128,6 +143,28 @@ where
 /// Publishes, expecting success.
 pub async fn publish(engine: &RedisEngine, request: PublishRequest) -> Accepted {
     engine.publish(request).wait().await.expect("publish")
+}
+
+/// Reads history, expecting success.
+pub async fn read_history(
+    engine: &RedisEngine,
+    channel: &str,
+    since: Option<u64>,
+    limit: usize,
+    reverse: bool,
+    policy: HistoryPolicy,
+) -> HistoryPage {
+    let query = HistoryQuery {
+        since,
+        limit,
+        reverse,
+        max_bytes: usize::MAX,
+    };
+    engine
+        .history(&channel.into(), query, policy)
+        .wait()
+        .await
+        .expect("history")
 }
 
 /// Publishes until it succeeds (a node that has not noticed a restart yet fails its
