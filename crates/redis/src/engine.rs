@@ -2,7 +2,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::{FromRedisValue, Script, ScriptInvocation, Value};
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::codec;
 use crate::hash::shard_of;
 use crate::scripts;
-use crate::shard::{Names, PresenceOp, Shard, Shared, SubRequest, bounded};
+use crate::shard::{KeyWrite, Names, Shard, Shared, SubRequest, bounded};
 use crate::{RedisConfig, RedisCounters, RedisError};
 
 /// Gives the node's counts for its heartbeats.
@@ -33,6 +33,7 @@ pub struct RedisEngine {
     shared: Arc<Shared>,
     shards: Vec<Arc<Shard>>,
     shutdown: watch::Sender<bool>,
+    started: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisEngine {
@@ -137,6 +138,7 @@ impl RedisEngine {
             shared,
             shards,
             shutdown,
+            started: AtomicBool::new(false),
         }))
     }
 
@@ -145,6 +147,9 @@ impl RedisEngine {
     /// `node_info()` every [`RedisConfig::heartbeat_interval`]. Call once, inside a tokio
     /// runtime; later calls do nothing.
     pub fn start(self: &Arc<Self>, handler: Arc<dyn EngineHandler>, node_info: NodeInfoProvider) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
         for shard in &self.shards {
             let rx = || self.shutdown.subscribe();
             tokio::spawn(
@@ -153,7 +158,7 @@ impl RedisEngine {
                     .supervise(self.shared.clone(), handler.clone(), rx()),
             );
             tokio::spawn(shard.clone().batch_requests(self.shared.clone(), rx()));
-            tokio::spawn(shard.clone().write_presence(self.shared.clone(), rx()));
+            tokio::spawn(shard.clone().write_keys(self.shared.clone(), rx()));
         }
         let engine = Arc::downgrade(self);
         let mut shutdown = self.shutdown.subscribe();
@@ -244,8 +249,8 @@ impl RedisEngine {
 
     /// Queues a presence write; a full queue is counted (the refresh repairs a lost
     /// join within a third of the ttl, a lost leave expires within the ttl).
-    fn queue_presence(&self, channel: &str, op: PresenceOp) {
-        if self.shard(channel).presence.try_send(op).is_err() {
+    fn queue_presence(&self, channel: &str, op: KeyWrite) {
+        if self.shard(channel).writes.try_send(op).is_err() {
             RedisCounters::add(&self.shared.counters.presence_failures, 1);
         }
     }
@@ -448,15 +453,12 @@ impl Broker for RedisEngine {
 impl PresenceStore for RedisEngine {
     fn join(&self, channel: &Arc<str>, info: &Arc<ClientInfo>) {
         self.shard(channel).remember(channel, info);
-        self.queue_presence(channel, PresenceOp::Join(channel.clone(), info.clone()));
+        self.queue_presence(channel, KeyWrite::Join(channel.clone(), info.clone()));
     }
 
     fn leave(&self, channel: &Arc<str>, client: &str) {
         self.shard(channel).forget(channel, client);
-        self.queue_presence(
-            channel,
-            PresenceOp::Leave(channel.clone(), client.to_owned()),
-        );
+        self.queue_presence(channel, KeyWrite::Leave(channel.clone(), client.to_owned()));
     }
 
     fn presence(&self, channel: &Arc<str>) -> Step<Result<Vec<ClientInfo>, EngineError>> {

@@ -41,6 +41,9 @@
 //!    the stream expires after the history ttl and the meta after max(ttl, 300 s quiet
 //!    keep) (neither expires when the ttl is 0). No history: the stream is deleted, the
 //!    meta still counts offsets (so nodes see gaps) and expires after the quiet keep.
+//!    While any node subscribes the channel it extends the meta's expiry (`PEXPIRE ..
+//!    GT`, every third of the quiet keep), so a quiet channel with subscribers keeps
+//!    its epoch; one nobody watched starts a new epoch after the quiet keep.
 //! 5. `PUBLISH <p>:{<channel>}:pub <offset> <epoch> <body>`.
 //! 6. The idempotency result is stored; the script returns offset, epoch and the
 //!    `PUBLISH` count (the nodes that subscribed the channel).
@@ -134,7 +137,8 @@ pub struct RedisConfig {
     /// How often a heartbeat goes out on the control bus.
     pub heartbeat_interval: Duration,
     /// How long a channel's meta (epoch and offset) outlives its last publication when
-    /// its history ttl is shorter.
+    /// its history ttl is shorter; a channel that some node subscribes is kept alive
+    /// (every third of this) however quiet it is.
     pub quiet_keep: Duration,
     /// Pub/sub messages buffered per shard between the socket and the delivering task;
     /// beyond it messages are dropped (counted) and the shard's channels resynced.
@@ -146,7 +150,8 @@ pub struct RedisConfig {
     /// The addresses are seed nodes of one Redis Cluster (sharded pub/sub, slots placed
     /// by Redis) instead of independent shards.
     pub cluster: bool,
-    /// Presence joins/leaves queued per shard; beyond it they are dropped (counted).
+    /// Background key writes (presence joins/leaves and refreshes, epoch keep-alives)
+    /// queued per shard; beyond it they are dropped (counted as presence failures).
     pub presence_queue: usize,
 }
 

@@ -1,7 +1,7 @@
 //! One Redis server: its two links, their supervision, the subscribe batcher and the
 //! presence writer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use starling_protocol::ClientInfo;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::codec;
-use crate::link::Link;
+use crate::link::{self, Link};
 use crate::scripts;
 use crate::{RedisConfig, RedisCounters, RedisError};
 
@@ -42,10 +42,15 @@ pub enum SubRequest {
     Unsubscribe(Arc<str>),
 }
 
-/// A presence write, queued so that joins and leaves of one shard apply in order.
-pub enum PresenceOp {
+/// A background key write, queued so that writes of one shard apply in order.
+pub enum KeyWrite {
+    /// Add or refresh a presence entry.
     Join(Arc<str>, Arc<ClientInfo>),
+    /// Remove a presence entry.
     Leave(Arc<str>, String),
+    /// Extend the channel meta's expiry to the quiet keep (never shorten it): a channel
+    /// some node subscribes keeps its epoch however quiet it is.
+    KeepEpoch(Arc<str>),
 }
 
 /// Names of keys and pub/sub channels.
@@ -110,8 +115,8 @@ pub struct Shard {
     joined: Mutex<Joined>,
     pub requests: mpsc::Sender<SubRequest>,
     requests_rx: Mutex<Option<mpsc::Receiver<SubRequest>>>,
-    pub presence: mpsc::Sender<PresenceOp>,
-    presence_rx: Mutex<Option<mpsc::Receiver<PresenceOp>>>,
+    pub writes: mpsc::Sender<KeyWrite>,
+    writes_rx: Mutex<Option<mpsc::Receiver<KeyWrite>>>,
     pushes: mpsc::Sender<(u64, PushInfo)>,
     pushes_rx: Mutex<Option<mpsc::Receiver<(u64, PushInfo)>>>,
     /// Incremented per pub/sub connection, so a stale link's disconnection is ignored.
@@ -229,7 +234,7 @@ impl Shard {
 
     fn new(index: usize, address: String, target: Target, config: &RedisConfig) -> Self {
         let (requests, requests_rx) = mpsc::channel(config.request_queue.max(1));
-        let (presence, presence_rx) = mpsc::channel(config.presence_queue.max(1));
+        let (writes, writes_rx) = mpsc::channel(config.presence_queue.max(1));
         let (pushes, pushes_rx) = mpsc::channel(config.pubsub_queue.max(1));
         Self {
             index,
@@ -242,8 +247,8 @@ impl Shard {
             joined: Mutex::new(HashMap::new()),
             requests,
             requests_rx: Mutex::new(Some(requests_rx)),
-            presence,
-            presence_rx: Mutex::new(Some(presence_rx)),
+            writes,
+            writes_rx: Mutex::new(Some(writes_rx)),
             pushes,
             pushes_rx: Mutex::new(Some(pushes_rx)),
             generation: AtomicU64::new(0),
@@ -518,26 +523,12 @@ impl Shard {
         probe.tick().await;
         loop {
             tokio::select! {
+                // Link checks first: a flood of messages must not starve them.
                 biased;
                 _ = shutdown.changed() => return true,
-                push = pushes.recv() => {
-                    let Some((_, info)) = push else { return true };
-                    match info.kind {
-                        PushKind::Message | PushKind::SMessage => {
-                            deliver(shared, handler, info.data);
-                        }
-                        // The server drops sharded subscriptions of a slot that moved:
-                        // a wanted channel must be subscribed again.
-                        PushKind::SUnsubscribe
-                            if self.is_cluster() && self.unsubscribed_wanted(shared, &info.data) =>
-                        {
-                            self.lost.store(self.generation.load(Ordering::Acquire), Ordering::Release);
-                            self.suspect.notify_one();
-                        }
-                        _ => {}
-                    }
-                    if self.overflow.swap(false, Ordering::AcqRel) {
-                        handler.resync(Some(&self.wanted()));
+                _ = self.suspect.notified() => {
+                    if !self.recheck(shared, handler).await {
+                        return false;
                     }
                 }
                 _ = probe.tick() => {
@@ -546,27 +537,56 @@ impl Shard {
                         return false;
                     }
                 }
-                _ = self.suspect.notified() => {
-                    if let Err(e) = self.probe(shared).await {
-                        tracing::warn!(shard = %self.address, error = %e, "redis link lost");
-                        return false;
-                    }
-                    if self.is_cluster() && self.lost.swap(0, Ordering::AcqRel) != 0 {
-                        // A cluster node's link dropped (or a slot moved) and the cluster
-                        // connection is back: subscribe again to be sure, then resync.
-                        let channels = self.wanted();
-                        let names: Vec<String> =
-                            channels.iter().map(|c| shared.names.pub_channel(c)).collect();
-                        if let Err(e) = self.subscribe_all(shared, &names).await {
-                            tracing::warn!(shard = %self.address, error = %e, "resubscribe failed");
-                            return false;
-                        }
-                        RedisCounters::add(&shared.counters.reconnects, 1);
-                        handler.resync(Some(&channels));
-                    }
+                push = pushes.recv() => {
+                    let Some((_, info)) = push else { return true };
+                    self.on_push(shared, handler, info);
                 }
             }
         }
+    }
+
+    /// Handles one push message from the pub/sub link.
+    fn on_push(&self, shared: &Shared, handler: &dyn EngineHandler, info: PushInfo) {
+        match info.kind {
+            PushKind::Message | PushKind::SMessage => deliver(shared, handler, info.data),
+            // The server drops sharded subscriptions of a slot that moved: a wanted
+            // channel must be subscribed again.
+            PushKind::SUnsubscribe
+                if self.is_cluster() && self.unsubscribed_wanted(shared, &info.data) =>
+            {
+                self.lost
+                    .store(self.generation.load(Ordering::Acquire), Ordering::Release);
+                self.suspect.notify_one();
+            }
+            _ => {}
+        }
+        if self.overflow.swap(false, Ordering::AcqRel) {
+            handler.resync(Some(&self.wanted()));
+        }
+    }
+
+    /// After a suspected failure: whether the links still work. A cluster connection
+    /// that lost a node (or a slot) and is back gets its channels subscribed again and
+    /// resynced.
+    async fn recheck(&self, shared: &Shared, handler: &dyn EngineHandler) -> bool {
+        if let Err(e) = self.probe(shared).await {
+            tracing::warn!(shard = %self.address, error = %e, "redis link lost");
+            return false;
+        }
+        if self.is_cluster() && self.lost.swap(0, Ordering::AcqRel) != 0 {
+            let channels = self.wanted();
+            let names: Vec<String> = channels
+                .iter()
+                .map(|c| shared.names.pub_channel(c))
+                .collect();
+            if let Err(e) = self.subscribe_all(shared, &names).await {
+                tracing::warn!(shard = %self.address, error = %e, "resubscribe failed");
+                return false;
+            }
+            RedisCounters::add(&shared.counters.reconnects, 1);
+            handler.resync(Some(&channels));
+        }
+        true
     }
 
     /// Whether an unsubscribe push names a channel this node still wants.
@@ -669,20 +689,27 @@ impl Shard {
         }
     }
 
-    /// Writes queued presence joins/leaves in pipelines and refreshes this node's
-    /// entries every third of the presence ttl.
-    pub async fn write_presence(
+    /// Writes queued presence joins/leaves in pipelines, refreshes this node's presence
+    /// entries every third of the presence ttl and the metas of its channels every
+    /// third of the quiet keep.
+    pub async fn write_keys(
         self: Arc<Self>,
         shared: Arc<Shared>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let Some(mut rx) = self.presence_rx.lock().take() else {
+        let Some(mut rx) = self.writes_rx.lock().take() else {
             return;
         };
-        let period = (shared.config.presence_ttl / 3).max(Duration::from_millis(10));
-        let mut refresh = tokio::time::interval(period);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        refresh.tick().await;
+        let every = |ttl: Duration| {
+            let mut t = tokio::time::interval_at(
+                tokio::time::Instant::now() + ttl / 3,
+                (ttl / 3).max(Duration::from_millis(10)),
+            );
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        };
+        let mut refresh = every(shared.config.presence_ttl);
+        let mut keep = every(shared.config.quiet_keep);
         loop {
             let ops = tokio::select! {
                 op = rx.recv() => {
@@ -697,37 +724,45 @@ impl Shard {
                     ops
                 }
                 _ = refresh.tick() => {
-                    let joined: Vec<PresenceOp> = self
+                    let joined: Vec<KeyWrite> = self
                         .joined
                         .lock()
                         .iter()
-                        .map(|((c, _), info)| PresenceOp::Join(c.clone(), info.clone()))
+                        .map(|((c, _), info)| KeyWrite::Join(c.clone(), info.clone()))
                         .collect();
                     joined
                 }
+                _ = keep.tick() => self.wanted().into_iter().map(KeyWrite::KeepEpoch).collect(),
                 _ = shutdown.changed() => return,
             };
             for chunk in ops.chunks(PRESENCE_BATCH) {
                 let n = chunk.len() as u64;
-                if let Err(e) = self.presence_pipeline(&shared, chunk).await {
+                if let Err(e) = self.write_pipeline(&shared, chunk).await {
                     RedisCounters::add(&shared.counters.presence_failures, n);
-                    tracing::warn!(shard = %self.address, error = %e, ops = n, "presence write failed");
+                    tracing::warn!(shard = %self.address, error = %e, ops = n, "key writes failed");
                 }
             }
         }
     }
 
-    async fn presence_pipeline(
-        &self,
-        shared: &Shared,
-        ops: &[PresenceOp],
-    ) -> Result<(), EngineError> {
+    /// Writes `ops` in order, in one pipeline (on a cluster: one per slot, concurrently,
+    /// as a pipeline may not cross slots).
+    async fn write_pipeline(&self, shared: &Shared, ops: &[KeyWrite]) -> Result<(), EngineError> {
         let ttl_ms = u64::try_from(shared.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut pipe = redis::pipe();
-        let mut invocations = Vec::new();
+        let keep_ms = u64::try_from(shared.config.quiet_keep.as_millis()).unwrap_or(u64::MAX);
+        let mut pipes: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
         for op in ops {
+            let channel = match op {
+                KeyWrite::Join(c, _) | KeyWrite::Leave(c, _) | KeyWrite::KeepEpoch(c) => c,
+            };
+            let slot = if self.is_cluster() {
+                link::slot(channel.as_bytes())
+            } else {
+                0
+            };
+            let pipe = pipes.entry(slot).or_default();
             match op {
-                PresenceOp::Join(channel, info) => {
+                KeyWrite::Join(channel, info) => {
                     let keys = shared.names.presence_keys(channel);
                     let mut inv = scripts::JOIN.prepare_invoke();
                     inv.key(&keys[0]).key(&keys[1]).key(&keys[2]);
@@ -735,33 +770,57 @@ impl Shard {
                         .arg(codec::encode_client(info))
                         .arg(&info.user)
                         .arg(ttl_ms);
-                    invocations.push(inv);
+                    pipe.invoke_script(&inv).ignore();
                 }
-                PresenceOp::Leave(channel, client) => {
+                KeyWrite::Leave(channel, client) => {
                     let keys = shared.names.presence_keys(channel);
                     pipe.hdel(&keys[0], client).ignore();
                     pipe.hdel(&keys[1], client).ignore();
                     pipe.zrem(&keys[2], client).ignore();
                 }
-            }
-        }
-        for inv in &invocations {
-            pipe.invoke_script(inv).ignore();
-        }
-        let mut conn = self.command()?;
-        let write = async {
-            match pipe.query_async::<()>(&mut conn).await {
-                // The script cache was emptied (restart, SCRIPT FLUSH): load and retry.
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    scripts::JOIN.prepare_invoke().load_async(&mut conn).await?;
-                    pipe.query_async::<()>(&mut conn).await
+                KeyWrite::KeepEpoch(channel) => {
+                    pipe.cmd("PEXPIRE")
+                        .arg(shared.names.key(channel, "meta"))
+                        .arg(keep_ms)
+                        .arg("GT")
+                        .ignore();
                 }
-                other => other,
             }
+        }
+        let conn = self.command()?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for pipe in pipes.into_values() {
+            let mut conn = conn.clone();
+            tasks.spawn(async move {
+                match pipe.query_async::<()>(&mut conn).await {
+                    // The script cache was emptied (restart, SCRIPT FLUSH): load, retry.
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        scripts::JOIN.prepare_invoke().load_async(&mut conn).await?;
+                        pipe.query_async::<()>(&mut conn).await
+                    }
+                    other => other,
+                }
+            });
+        }
+        // Dropping the set on a timeout aborts what is left.
+        let all = async move {
+            let mut result = Ok(());
+            while let Some(done) = tasks.join_next().await {
+                let done = done.unwrap_or_else(|e| {
+                    Err(redis::RedisError::from(std::io::Error::other(
+                        e.to_string(),
+                    )))
+                });
+                if result.is_ok() {
+                    result = done;
+                }
+            }
+            result
         };
-        bounded(self, shared.config.command_timeout, write).await
+        bounded(self, shared.config.command_timeout, all).await
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use common::*;
 use starling_core::HistoryPolicy;
-use starling_core::engine::{Broker, ControlBus, ControlMessage};
+use starling_core::engine::{Broker, ControlBus, ControlMessage, PresenceStore};
+use starling_protocol::ClientInfo;
 use starling_testkit::redis::RedisCluster;
 
 #[tokio::test]
@@ -44,6 +45,23 @@ async fn cluster_mode_publishes_delivers_and_reads_history_across_slots() {
     let page = read_history(&a.engine, &channels[3], Some(0), 10, false, policy).await;
     assert_eq!(page.publications.len(), 2);
     assert!(page.complete);
+
+    // Presence writes are pipelined across slots.
+    for (i, c) in channels.iter().enumerate() {
+        let info = ClientInfo {
+            user: format!("u{}", i % 2),
+            client: format!("client{i}"),
+            conn_info: None,
+            chan_info: None,
+        };
+        a.engine.join(c, &Arc::new(info));
+    }
+    for c in &channels {
+        eventually("presence on every slot", || async {
+            b.engine.stats(c).wait().await.unwrap() == (1, 1)
+        })
+        .await;
+    }
 
     let msg = ControlMessage::Leaving { node: "a".into() };
     a.engine.send(msg.clone()).wait().await.unwrap();

@@ -365,10 +365,24 @@ async fn presence_joins_leaves_and_expires_with_its_node() {
     })
     .await;
 
+    // Writes apply in order: a join at once followed by its leave leaves nothing.
+    let q = ch("q");
+    a.engine.join(&q, &client("u9", "gone"));
+    a.engine.leave(&q, "gone");
+    a.engine.join(&q, &client("u9", "stays"));
+    eventually("the later join", || async {
+        b.engine.stats(&q).wait().await.unwrap() != (0, 0)
+    })
+    .await;
+    let members = b.engine.presence(&q).wait().await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].client, "stays");
+
     // Node a dies: its entries expire within the ttl (900 ms); b keeps refreshing its own.
     a.engine.shutdown();
     eventually("a's entries to expire", || async {
         b.engine.stats(&c).wait().await.unwrap() == (1, 1)
+            && b.engine.stats(&q).wait().await.unwrap() == (0, 0)
     })
     .await;
     // Several ttls later b's entry is still there (refreshed every ttl/3).
@@ -455,4 +469,30 @@ async fn a_hung_shard_is_detected_by_the_probe() {
     eventually("the probe to fail", || async { !b.engine.healthy() }).await;
     assert_eq!(next(&mut b.resyncs).await, Some(vec![ch("s")]));
     assert!(b.engine.healthy());
+}
+
+#[tokio::test]
+async fn a_subscribed_quiet_channel_keeps_its_epoch() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let short_keep = |name: &str| starling_redis::RedisConfig {
+        quiet_keep: std::time::Duration::from_millis(600),
+        ..config(&urls, name)
+    };
+    let a = node_with(short_keep("a")).await;
+    let b = node_with(short_keep("b")).await;
+    b.engine.subscribe(&ch("kept")).wait().await.unwrap();
+    let kept = publish(&a.engine, request("kept", "1", 0)).await;
+    let gone = publish(&a.engine, request("gone", "1", 0)).await;
+    // Without history the metas expire after the quiet keep, unless someone subscribes.
+    eventually("the unwatched meta to expire", || async {
+        raw(&redis.url(), &["EXISTS", "starling:{gone}:meta"]).await == redis::Value::Int(0)
+    })
+    .await;
+    let kept_again = publish(&a.engine, request("kept", "2", 0)).await;
+    assert_eq!(kept_again.position.epoch, kept.position.epoch);
+    assert_eq!(kept_again.position.offset, 2);
+    let gone_again = publish(&a.engine, request("gone", "2", 0)).await;
+    assert_ne!(gone_again.position.epoch, gone.position.epoch);
+    assert_eq!(gone_again.position.offset, 1);
 }
