@@ -195,6 +195,9 @@ impl RedisEngine {
     /// this node expire after the presence ttl.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        for shard in &self.shards {
+            shard.teardown();
+        }
     }
 
     /// What the engine counted.

@@ -117,8 +117,8 @@ use std::time::Duration;
 
 pub use engine::{NodeInfoProvider, RedisEngine};
 
-/// How the engine reaches Redis.
-#[derive(Debug, Clone)]
+/// How the engine reaches Redis. Its `Debug` output hides credentials in addresses.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// One `redis://host:port[/db]` address per shard; every node lists them in the
     /// same order.
@@ -153,6 +153,27 @@ pub struct RedisConfig {
     /// Background key writes (presence joins/leaves and refreshes, epoch keep-alives)
     /// queued per shard; beyond it they are dropped (counted as presence failures).
     pub presence_queue: usize,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addresses: Vec<String> = self.addresses.iter().map(|a| shard::redact(a)).collect();
+        f.debug_struct("RedisConfig")
+            .field("addresses", &addresses)
+            .field("prefix", &self.prefix)
+            .field("node", &self.node)
+            .field("command_timeout", &self.command_timeout)
+            .field("presence_ttl", &self.presence_ttl)
+            .field("probe_interval", &self.probe_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("quiet_keep", &self.quiet_keep)
+            .field("pubsub_queue", &self.pubsub_queue)
+            .field("request_queue", &self.request_queue)
+            .field("subscribe_batch", &self.subscribe_batch)
+            .field("presence_queue", &self.presence_queue)
+            .field("cluster", &self.cluster)
+            .finish()
+    }
 }
 
 impl Default for RedisConfig {

@@ -141,12 +141,25 @@ enum Target {
 /// ordinary connection.
 fn resp3(address: &str) -> Result<ConnectionInfo, RedisError> {
     let info = redis::IntoConnectionInfo::into_connection_info(address)
-        .map_err(|e| RedisError::Config(format!("address {address:?}: {e}")))?;
+        .map_err(|e| RedisError::Config(format!("address {}: {e}", redact(address))))?;
     let settings = info
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
     Ok(info.set_redis_settings(settings))
+}
+
+/// `address` without its credentials (`redis://user:secret@host` becomes
+/// `redis://***@host`), for logs and error messages.
+pub fn redact(address: &str) -> String {
+    let Some((scheme, rest)) = address.split_once("://") else {
+        return address.to_owned();
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => address.to_owned(),
+    }
 }
 
 /// Runs `f` within `timeout`; network failures and timeouts are `Unavailable` and make
@@ -209,10 +222,10 @@ impl Shard {
     /// A shard for `address`, not connected yet.
     pub fn single(index: usize, address: &str, config: &RedisConfig) -> Result<Self, RedisError> {
         let client = Client::open(resp3(address)?)
-            .map_err(|e| RedisError::Config(format!("address {address:?}: {e}")))?;
+            .map_err(|e| RedisError::Config(format!("address {}: {e}", redact(address))))?;
         Ok(Self::new(
             index,
-            address.to_owned(),
+            redact(address),
             Target::Single(client),
             config,
         ))
@@ -224,9 +237,10 @@ impl Shard {
             .iter()
             .map(|a| resp3(a))
             .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = seeds.iter().map(|a| redact(a)).collect();
         Ok(Self::new(
             0,
-            seeds.join(","),
+            names.join(","),
             Target::Cluster(infos),
             config,
         ))
@@ -409,7 +423,8 @@ impl Shard {
         self.up.store(true, Ordering::Release);
     }
 
-    fn teardown(&self) {
+    /// Marks the shard down and drops its links.
+    pub fn teardown(&self) {
         self.up.store(false, Ordering::Release);
         *self.cmd.write() = None;
         *self.pubsub.write() = None;
@@ -463,12 +478,20 @@ impl Shard {
                 return;
             }
             let linked = self.cmd.read().is_some() && self.pubsub.read().is_some();
+            // Bounded as a whole: a server that accepts but never answers must not
+            // hold the loop.
+            let limit = shared.config.command_timeout.saturating_mul(3);
             let ready = if linked {
                 Ok(())
             } else {
-                self.connect(&shared)
-                    .await
-                    .map_err(|e| EngineError::Unavailable(e.to_string()))
+                match tokio::time::timeout(limit, self.connect(&shared)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(EngineError::Unavailable(e.to_string())),
+                    Err(_) => Err(EngineError::Unavailable(format!(
+                        "redis shard {} did not connect in {limit:?}",
+                        self.address
+                    ))),
+                }
             };
             let channels = self.wanted();
             let ready = match ready {
@@ -856,5 +879,33 @@ fn deliver(shared: &Shared, handler: &dyn EngineHandler, data: Vec<Value>) {
             RedisCounters::add(&shared.counters.decode_errors, 1);
             tracing::debug!(channel, error = %e, "undecodable publication skipped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(redact("redis://127.0.0.1:6380"), "redis://127.0.0.1:6380");
+        assert_eq!(redact("redis://:s3cret@host:1/0"), "redis://***@host:1/0");
+        assert_eq!(redact("redis://u:p@ss@host"), "redis://***@host");
+        assert_eq!(redact("redis://host/a@b"), "redis://host/a@b");
+        assert_eq!(redact("nonsense"), "nonsense");
+        let config = RedisConfig {
+            addresses: vec!["redis://:s3cret@host:1".into()],
+            ..RedisConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        let names = Names::new("p");
+        assert_eq!(names.key("a:b", "meta"), "p:{a:b}:meta");
+        assert_eq!(names.channel_of(&names.pub_channel("a}b")), Some("a}b"));
+        assert_eq!(names.channel_of("q:{a}:pub"), None);
+        assert_eq!(names.channel_of("p:{a}:stream"), None);
     }
 }
