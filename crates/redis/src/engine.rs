@@ -226,16 +226,20 @@ impl RedisEngine {
 
     /// Runs `script` on `channel`'s shard within the command timeout; `Unavailable` at
     /// once while the shard is down.
+    /// `finish` adds the arguments that depend on the server the command goes to (its
+    /// incarnation, see [`crate::RestartEpochs`]).
     fn run_script<T: FromRedisValue + Send + 'static>(
         &self,
         channel: &str,
-        script: ScriptInvocation<'static>,
+        mut script: ScriptInvocation<'static>,
+        finish: impl FnOnce(&mut ScriptInvocation<'static>, &str),
     ) -> Step<Result<T, EngineError>> {
         let shard = self.shard(channel).clone();
-        let mut conn = match shard.command() {
+        let (mut conn, incarnation) = match shard.command() {
             Ok(c) => c,
             Err(e) => return Step::Ready(Err(e)),
         };
+        finish(&mut script, &incarnation);
         let timeout = self.timeout();
         Step::Pending(Box::pin(async move {
             bounded(&shard, timeout, script.invoke_async(&mut conn)).await
@@ -306,8 +310,10 @@ impl Broker for RedisEngine {
             .arg(idem_ttl)
             .arg(names.pub_channel(channel))
             .arg(self.shard(channel).publish_command());
-        self.run_script::<Vec<Value>>(channel, inv)
-            .map(|reply| parse_accepted(&reply?))
+        self.run_script::<Vec<Value>>(channel, inv, |inv, incarnation| {
+            inv.arg(incarnation);
+        })
+        .map(|reply| parse_accepted(&reply?))
     }
 
     fn subscribe(&self, channel: &Arc<str>) -> Step<Result<(), EngineError>> {
@@ -394,62 +400,65 @@ impl Broker for RedisEngine {
             .arg(count)
             .arg(policy.ttl_ms);
         let counters = self.shared.counters.clone();
-        self.run_script::<Vec<Value>>(channel, inv)
-            .map(move |reply| {
-                let reply = reply?;
-                let (head, entries) = reply
-                    .split_at_checked(2)
-                    .ok_or_else(|| bad_reply("history"))?;
-                let epoch = as_string(&head[0]).ok_or_else(|| bad_reply("history"))?;
-                let offset = as_u64(&head[1]).ok_or_else(|| bad_reply("history"))?;
-                let mut publications = Vec::new();
-                let mut first_offset = None;
-                let mut bytes = 0usize;
-                for pair in entries.chunks_exact(2) {
-                    let Some(o) = entry_offset(&pair[0]) else {
+        let keep = millis(self.shared.config.quiet_keep);
+        self.run_script::<Vec<Value>>(channel, inv, move |inv, incarnation| {
+            inv.arg(incarnation).arg(new_epoch()).arg(keep);
+        })
+        .map(move |reply| {
+            let reply = reply?;
+            let (head, entries) = reply
+                .split_at_checked(2)
+                .ok_or_else(|| bad_reply("history"))?;
+            let epoch = as_string(&head[0]).ok_or_else(|| bad_reply("history"))?;
+            let offset = as_u64(&head[1]).ok_or_else(|| bad_reply("history"))?;
+            let mut publications = Vec::new();
+            let mut first_offset = None;
+            let mut bytes = 0usize;
+            for pair in entries.chunks_exact(2) {
+                let Some(o) = entry_offset(&pair[0]) else {
+                    RedisCounters::add(&counters.decode_errors, 1);
+                    continue;
+                };
+                let decoded = as_bytes(&pair[1])
+                    .ok_or(codec::DecodeError::Truncated)
+                    .and_then(|b| codec::decode_publication(b, o));
+                let p: Publication = match decoded {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // A hole now: the page must not claim to be complete past it.
                         RedisCounters::add(&counters.decode_errors, 1);
-                        continue;
-                    };
-                    let decoded = as_bytes(&pair[1])
-                        .ok_or(codec::DecodeError::Truncated)
-                        .and_then(|b| codec::decode_publication(b, o));
-                    let p: Publication = match decoded {
-                        Ok(p) => p,
-                        Err(_) => {
-                            // A hole now: the page must not claim to be complete past it.
-                            RedisCounters::add(&counters.decode_errors, 1);
-                            break;
-                        }
-                    };
-                    first_offset.get_or_insert(o);
-                    bytes = bytes.saturating_add(History::wire_bytes(&p));
-                    if bytes > query.max_bytes && !publications.is_empty() {
                         break;
                     }
-                    publications.push(p);
-                }
-                let complete = if mode == "p" {
-                    query.since.map_or(offset == 0, |s| s == offset)
-                } else if query.reverse {
-                    // Newest first: complete when it starts right before `since` (or at the
-                    // newest offset), or there is nothing before it.
-                    let expected = query
-                        .since
-                        .map_or(offset, |s| s.saturating_sub(1).min(offset));
-                    expected == 0 || first_offset == Some(expected)
-                } else {
-                    let since = query.since.unwrap_or(0);
-                    since == offset || first_offset == since.checked_add(1)
                 };
-                Ok(HistoryPage {
-                    publications,
-                    position: StreamPosition {
-                        offset,
-                        epoch: epoch.into(),
-                    },
-                    complete,
-                })
+                first_offset.get_or_insert(o);
+                bytes = bytes.saturating_add(History::wire_bytes(&p));
+                if bytes > query.max_bytes && !publications.is_empty() {
+                    break;
+                }
+                publications.push(p);
+            }
+            let complete = if mode == "p" {
+                query.since.map_or(offset == 0, |s| s == offset)
+            } else if query.reverse {
+                // Newest first: complete when it starts right before `since` (or at the
+                // newest offset), or there is nothing before it.
+                let expected = query
+                    .since
+                    .map_or(offset, |s| s.saturating_sub(1).min(offset));
+                expected == 0 || first_offset == Some(expected)
+            } else {
+                let since = query.since.unwrap_or(0);
+                since == offset || first_offset == since.checked_add(1)
+            };
+            Ok(HistoryPage {
+                publications,
+                position: StreamPosition {
+                    offset,
+                    epoch: epoch.into(),
+                },
+                complete,
             })
+        })
     }
 }
 
@@ -467,7 +476,7 @@ impl PresenceStore for RedisEngine {
     fn presence(&self, channel: &Arc<str>) -> Step<Result<Vec<ClientInfo>, EngineError>> {
         let inv = self.presence_script(channel, &scripts::PRESENCE);
         let counters = self.shared.counters.clone();
-        self.run_script::<Vec<Vec<u8>>>(channel, inv)
+        self.run_script::<Vec<Vec<u8>>>(channel, inv, |_, _| {})
             .map(move |values| {
                 Ok(values?
                     .iter()
@@ -484,14 +493,14 @@ impl PresenceStore for RedisEngine {
 
     fn stats(&self, channel: &Arc<str>) -> Step<Result<(usize, usize), EngineError>> {
         let inv = self.presence_script(channel, &scripts::STATS);
-        self.run_script(channel, inv)
+        self.run_script(channel, inv, |_, _| {})
     }
 }
 
 impl ControlBus for RedisEngine {
     fn send(&self, message: ControlMessage) -> Step<Result<(), EngineError>> {
         let shard = self.shards[0].clone();
-        let mut conn = match shard.command() {
+        let (mut conn, _) = match shard.command() {
             Ok(c) => c,
             Err(e) => return Step::Ready(Err(e)),
         };

@@ -54,22 +54,26 @@
 //! # Durability and the epoch rule
 //!
 //! The epoch lives in the same hash as the offset, so whatever Redis loses, it loses
-//! both or neither of the newest offset and its epoch, with one exception named below.
+//! both or neither of them. What it can lose depends on its persistence:
 //! - **No persistence, or a `FLUSHALL`**: the meta is gone, the next publish creates a
 //!   new epoch; nodes and clients holding the old epoch see the change and recover.
 //! - **AOF with `appendfsync always`**: every write the script made is on disk before
-//!   Redis answers, so a restart loses nothing that was acknowledged; the epoch stays.
+//!   Redis answers, so a restart loses nothing that was acknowledged; the epoch stays
+//!   (tested: SIGKILL and restart keep epoch and offsets).
 //! - **AOF with `appendfsync everysec`** (or RDB snapshots): a crash may lose the last
-//!   second. If the meta key itself is lost, the epoch rule holds (new epoch). If the
-//!   meta survives at an older offset (it existed before the lost second), offsets
-//!   already handed out are **reused** under the same epoch: the engine cannot detect
-//!   this from Redis' data alone. A node that holds a higher offset than the stream's
-//!   position for the same epoch does see it (the hub's position check after
-//!   [`EngineHandler::resync`]), but a node that was not connected cannot. Use
-//!   `appendfsync always` when recovery must be exact.
-//! - **Replicas**: a failover to a replica that missed the tail has the same problem as
-//!   `everysec`; `WAIT 1 <ms>` after the publish (not done here) narrows it to a
-//!   replica that acknowledged. Redis gives no stronger guarantee.
+//!   second, and the meta may come back at an *older* offset under the same epoch, so
+//!   offsets already handed out would be handed out again. The meta's own data cannot
+//!   show this; the server's `run_id` can: every meta records the `run_id` of the
+//!   server that wrote it, and with [`RestartEpochs::Auto`] (the default) a server that
+//!   does not report `appendfsync always` gives every stream written by an earlier run
+//!   a new epoch at its first publish or history read (offset 0, history dropped).
+//!   The cost: every restart starts new epochs (clients re-sync instead of recovering).
+//! - **Replicas and failover**: a promoted replica has another `run_id`, so
+//!   [`RestartEpochs::Always`] catches a failover that dropped a tail the same way.
+//!   `WAIT` after the publish (not done here) would only narrow the window; Redis
+//!   replication gives no stronger guarantee.
+//! - **Redis Cluster**: commands spread over nodes, the engine cannot name the server
+//!   a script runs on: only a lost meta starts a new epoch; use `appendfsync always`.
 //!
 //! # Links and failure
 //!
@@ -147,6 +151,9 @@ pub struct RedisConfig {
     pub request_queue: usize,
     /// Most channels in one `SUBSCRIBE` command.
     pub subscribe_batch: usize,
+    /// When a channel's stream gets a new epoch because the Redis server restarted or
+    /// failed over (see [`RestartEpochs`]).
+    pub restart_epochs: RestartEpochs,
     /// The addresses are seed nodes of one Redis Cluster (sharded pub/sub, slots placed
     /// by Redis) instead of independent shards.
     pub cluster: bool,
@@ -171,6 +178,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("request_queue", &self.request_queue)
             .field("subscribe_batch", &self.subscribe_batch)
             .field("presence_queue", &self.presence_queue)
+            .field("restart_epochs", &self.restart_epochs)
             .field("cluster", &self.cluster)
             .finish()
     }
@@ -191,9 +199,33 @@ impl Default for RedisConfig {
             request_queue: 16_384,
             subscribe_batch: 512,
             presence_queue: 16_384,
+            restart_epochs: RestartEpochs::Auto,
             cluster: false,
         }
     }
+}
+
+/// Whether a stream written before a Redis server (re)started gets a new epoch.
+///
+/// Redis restarted from an append-only file synced every second, or a replica promoted
+/// after a failover, may hold a channel's meta at an older offset than it acknowledged:
+/// offsets would be handed out again under the same epoch. To rule that out, every
+/// channel meta records the `run_id` of the server that wrote it (new at every start,
+/// different on every replica); the first publish or history read on a server with
+/// another `run_id` starts a new epoch (offset 0, history dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartEpochs {
+    /// New epochs after a restart unless the server reports `appendonly yes` and
+    /// `appendfsync always` (nothing acknowledged is lost; a failover to a lagging
+    /// replica is then not caught). When `CONFIG` is disabled: as `Always`.
+    #[default]
+    Auto,
+    /// New epochs after every restart or failover (safe with any persistence or
+    /// replication).
+    Always,
+    /// Never for restarts (only a lost meta starts a new epoch): for a server whose
+    /// restarts lose nothing and that never fails over.
+    Never,
 }
 
 /// Why the engine could not start.

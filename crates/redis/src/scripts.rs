@@ -12,7 +12,9 @@ use redis::Script;
 
 /// Publish. KEYS: meta, stream, idempotency key. ARGV: 1 body, 2 epoch for a new stream,
 /// 3 history size, 4 history ttl ms, 5 quiet keep ms, 6 idempotency fingerprint (`""`:
-/// none), 7 idempotency ttl ms, 8 pub/sub channel, 9 `PUBLISH` or `SPUBLISH` (cluster).
+/// none), 7 idempotency ttl ms, 8 pub/sub channel, 9 `PUBLISH` or `SPUBLISH` (cluster),
+/// 10 the server's incarnation (see `RestartEpochs`): `c:<run_id>` checked against the
+/// meta's, `n:<run_id>` only recorded, `""` neither.
 /// Returns `{status, offset, epoch, receivers}`; status 0 published, 1 replayed,
 /// 2 idempotency conflict.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
@@ -30,9 +32,16 @@ if fp ~= '' then
   end
 end
 local epoch = redis.call('HGET', meta, 'e')
+local check, run = string.sub(ARGV[10], 1, 1), string.sub(ARGV[10], 3)
+if epoch and check == 'c' and redis.call('HGET', meta, 'r') ~= run then
+  -- Written by an earlier server run that may have lost its tail: a new incarnation.
+  epoch = false
+  redis.call('DEL', meta)
+end
 if not epoch then
   epoch = ARGV[2]
   redis.call('HSET', meta, 'e', epoch)
+  if run ~= '' then redis.call('HSET', meta, 'r', run) end
   -- A stream left from a lost incarnation would refuse the new, lower ids.
   redis.call('DEL', stream)
 end
@@ -69,15 +78,26 @@ return {0, offset, epoch, receivers}
 });
 
 /// History. KEYS: meta, stream. ARGV: 1 mode (`p` position only, `f` forward, `r`
-/// reverse), 2 start id (`-`, `+` or `<offset>-0`), 3 count, 4 age limit ms (0: none).
+/// reverse), 2 start id (`-`, `+` or `<offset>-0`), 3 count, 4 age limit ms (0: none),
+/// 5 the server's incarnation (as for publish), 6 epoch for a new incarnation,
+/// 7 quiet keep ms. A stream written by an earlier server run gets a new epoch here
+/// already (offset 0, history dropped), so no reader sees a position that may regress.
 /// Entries older than the age limit are trimmed first (at most 4096 per read). Returns `{epoch, offset, id1,
 /// body1, id2, body2, ...}`.
 pub static HISTORY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local pos = redis.call('HMGET', KEYS[1], 'e', 's')
+local pos = redis.call('HMGET', KEYS[1], 'e', 's', 'r')
 local epoch = pos[1] or ''
 local offset = tonumber(pos[2] or '0')
+local check, run = string.sub(ARGV[5], 1, 1), string.sub(ARGV[5], 3)
+if epoch ~= '' and check == 'c' and pos[3] ~= run then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  epoch = ARGV[6]
+  offset = 0
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0, 'r', run)
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+end
 local out = {epoch, offset}
 if ARGV[1] == 'p' or epoch == '' then
   return out

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use crate::codec;
 use crate::link::{self, Link};
 use crate::scripts;
-use crate::{RedisConfig, RedisCounters, RedisError};
+use crate::{RedisConfig, RedisCounters, RedisError, RestartEpochs};
 
 /// Longest pause between reconnect attempts.
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
@@ -106,7 +106,9 @@ pub struct Shard {
     pub index: usize,
     pub address: String,
     target: Target,
-    cmd: RwLock<Option<Link>>,
+    /// The command link and the incarnation to pass to scripts (see `incarnation`),
+    /// read together so they always belong to the same server.
+    cmd: RwLock<Option<(Link, Arc<str>)>>,
     pubsub: RwLock<Option<Link>>,
     up: AtomicBool,
     /// Channels this node wants from this shard (the set resubscribed after a reconnect).
@@ -147,6 +149,39 @@ fn resp3(address: &str) -> Result<ConnectionInfo, RedisError> {
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
     Ok(info.set_redis_settings(settings))
+}
+
+/// The incarnation a server's scripts get (see [`RestartEpochs`]): its `run_id` (new at
+/// every start, different on a replica), `c:` prefixed when metas written by another
+/// run must start a new epoch, `n:` when it is only recorded (restarts lose nothing).
+/// Every node records the `run_id`, so nodes that disagree on the rule cannot make
+/// epochs flap.
+async fn incarnation(conn: &mut Link, rule: RestartEpochs) -> RedisResult<String> {
+    let durable = match rule {
+        RestartEpochs::Never => true,
+        RestartEpochs::Always => false,
+        RestartEpochs::Auto => {
+            // CONFIG may be disabled (managed Redis): then assume the worst.
+            let get = |name: &str| {
+                let mut cmd = redis::cmd("CONFIG");
+                cmd.arg("GET").arg(name);
+                cmd
+            };
+            let aof: RedisResult<HashMap<String, String>> =
+                get("appendonly").query_async(conn).await;
+            let fsync: RedisResult<HashMap<String, String>> =
+                get("appendfsync").query_async(conn).await;
+            matches!((aof, fsync), (Ok(a), Ok(f))
+                if a.get("appendonly").is_some_and(|v| v == "yes")
+                    && f.get("appendfsync").is_some_and(|v| v == "always"))
+        }
+    };
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    let check = if durable { "n" } else { "c" };
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|id| format!("{check}:{}", id.trim()))
+        .ok_or_else(|| redis::RedisError::from(std::io::Error::other("INFO server has no run_id")))
 }
 
 /// `address` without its credentials (`redis://user:secret@host` becomes
@@ -292,7 +327,7 @@ impl Shard {
     }
 
     /// The command connection, or `Unavailable` at once while the shard is down.
-    pub fn command(&self) -> Result<Link, EngineError> {
+    pub fn command(&self) -> Result<(Link, Arc<str>), EngineError> {
         if !self.is_up() {
             return Err(self.down());
         }
@@ -413,7 +448,14 @@ impl Shard {
                 .map_err(|_| unreachable("control subscription timed out".into()))?
                 .map_err(|e| unreachable(e.to_string()))?;
         }
-        *self.cmd.write() = Some(cmd);
+        let incarnation = match &cmd {
+            Link::Single(_) => incarnation(&mut cmd, shared.config.restart_epochs)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?,
+            // A cluster connection spreads commands over nodes: no one server identity.
+            Link::Cluster(_) => String::new(),
+        };
+        *self.cmd.write() = Some((cmd, incarnation.into()));
         *self.pubsub.write() = Some(pubsub);
         Ok(())
     }
@@ -444,7 +486,10 @@ impl Shard {
 
     /// PINGs both links.
     async fn probe(&self, shared: &Shared) -> Result<(), EngineError> {
-        let links = [self.cmd.read().clone(), self.pubsub.read().clone()];
+        let links = [
+            self.cmd.read().as_ref().map(|(link, _)| link.clone()),
+            self.pubsub.read().clone(),
+        ];
         for conn in links {
             let Some(mut conn) = conn else {
                 return Err(self.down());
@@ -810,7 +855,7 @@ impl Shard {
                 }
             }
         }
-        let conn = self.command()?;
+        let (conn, _) = self.command()?;
         let mut tasks = tokio::task::JoinSet::new();
         for pipe in pipes.into_values() {
             let mut conn = conn.clone();

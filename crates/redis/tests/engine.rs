@@ -496,3 +496,47 @@ async fn a_subscribed_quiet_channel_keeps_its_epoch() {
     assert_ne!(gone_again.position.epoch, gone.position.epoch);
     assert_eq!(gone_again.position.offset, 1);
 }
+
+/// Publishes, stops Redis gracefully (everything written reaches the append-only file,
+/// synced every second), restarts it and reads the position then publishes again.
+async fn everysec_restart(rule: starling_redis::RestartEpochs) -> (bool, u64, u64) {
+    let mut redis =
+        RedisServer::start_args(false, &["--appendonly", "yes", "--appendfsync", "everysec"]);
+    let urls = [redis.url()];
+    let a = node_with(starling_redis::RedisConfig {
+        restart_epochs: rule,
+        ..config(&urls, "a")
+    })
+    .await;
+    let before = publish(&a.engine, request("e", "x", 10)).await;
+    publish(&a.engine, request("e", "x", 10)).await;
+    redis.stop();
+    eventually("the engine to notice", || async { !a.engine.healthy() }).await;
+    redis.restart();
+    eventually("the engine to reconnect", || async { a.engine.healthy() }).await;
+    let page = read_history(&a.engine, "e", Some(0), 10, false, KEEP).await;
+    let after = publish(&a.engine, request("e", "x", 10)).await;
+    assert_eq!(after.position.epoch, page.position.epoch);
+    (
+        after.position.epoch == before.position.epoch,
+        page.position.offset,
+        after.position.offset,
+    )
+}
+
+#[tokio::test]
+async fn a_restart_that_may_have_lost_data_starts_new_epochs() {
+    // The data survived here, but everysec cannot promise it: new epoch, offsets anew.
+    assert_eq!(
+        everysec_restart(starling_redis::RestartEpochs::Auto).await,
+        (false, 0, 1)
+    );
+}
+
+#[tokio::test]
+async fn restart_epochs_never_keeps_what_survived() {
+    assert_eq!(
+        everysec_restart(starling_redis::RestartEpochs::Never).await,
+        (true, 2, 3)
+    );
+}
