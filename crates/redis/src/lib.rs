@@ -4,6 +4,29 @@
 //! [`RedisEngine`] implements the core's engine seam ([`Broker`], [`PresenceStore`],
 //! [`ControlBus`]) over one or more Redis servers ("shards").
 //!
+//! # Wiring
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use starling_core::engine::{Broker, ControlBus, EngineHandler, NodeInfo, PresenceStore};
+//! use starling_redis::{RedisConfig, RedisEngine};
+//!
+//! # async fn wire(handler: Arc<dyn EngineHandler>) -> Result<(), starling_redis::RedisError> {
+//! let engine = RedisEngine::connect(RedisConfig {
+//!     addresses: vec!["redis://127.0.0.1:6380".into()],
+//!     node: "node-1".into(),
+//!     ..RedisConfig::default()
+//! })
+//! .await?; // fails when a shard is unreachable
+//! engine.start(handler, Arc::new(NodeInfo::default)); // heartbeats carry NodeInfo
+//! let broker: Arc<dyn Broker> = engine.clone();
+//! let presence: Arc<dyn PresenceStore> = engine.clone();
+//! let control: Arc<dyn ControlBus> = engine.clone();
+//! assert!(engine.healthy()); // for /ready
+//! engine.shutdown();
+//! # Ok(()) }
+//! ```
+//!
 //! # Client library
 //!
 //! It uses `redis` (redis-rs) 1.x with only the `tokio-comp`, `script`, `streams` and

@@ -540,3 +540,26 @@ async fn restart_epochs_never_keeps_what_survived() {
         (true, 2, 3)
     );
 }
+
+#[tokio::test]
+async fn concurrent_subscribes_are_batched() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let b = node(&urls, "b").await;
+    let pending: Vec<_> = (0..2000)
+        .map(|i| b.engine.subscribe(&ch(&format!("many{i}"))))
+        .collect();
+    for step in pending {
+        step.wait().await.unwrap();
+    }
+    let stats = raw(&redis.url(), &["INFO", "commandstats"]).await;
+    let info: String = redis::from_redis_value(stats).expect("INFO text");
+    let calls: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_subscribe:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("subscribe calls in INFO commandstats");
+    // Requests queue up while a SUBSCRIBE is in flight and go out together (up to 512).
+    assert!(calls < 200, "{calls} SUBSCRIBE commands for 2000 channels");
+}
