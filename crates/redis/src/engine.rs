@@ -110,9 +110,16 @@ impl RedisEngine {
         if config.node.is_empty() {
             return Err(RedisError::Config("the node name is empty".into()));
         }
-        if config.command_timeout.is_zero() || config.probe_interval.is_zero() {
+        let durations = [
+            config.command_timeout,
+            config.probe_interval,
+            config.presence_ttl,
+            config.heartbeat_interval,
+            config.quiet_keep,
+        ];
+        if durations.iter().any(Duration::is_zero) {
             return Err(RedisError::Config(
-                "command_timeout and probe_interval must be positive".into(),
+                "timeouts, intervals, the presence ttl and the quiet keep must be positive".into(),
             ));
         }
         let shared = Arc::new(Shared {
