@@ -563,3 +563,34 @@ async fn concurrent_subscribes_are_batched() {
     // Requests queue up while a SUBSCRIBE is in flight and go out together (up to 512).
     assert!(calls < 200, "{calls} SUBSCRIBE commands for 2000 channels");
 }
+
+// Two workers: the delivering task blocks on the gate while the test goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_delivery_queue_drops_and_resyncs() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let a = node(&urls, "a").await;
+    let mut b = node_with(starling_redis::RedisConfig {
+        pubsub_queue: 4,
+        ..config(&urls, "b")
+    })
+    .await;
+    b.engine.subscribe(&ch("f")).wait().await.unwrap();
+    let resume = stall(&b);
+    for i in 0..50 {
+        publish(&a.engine, request("f", &i.to_string(), 10)).await;
+    }
+    eventually("messages to be dropped", || async {
+        b.engine
+            .counters()
+            .dropped_messages
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    })
+    .await;
+    resume();
+    assert_eq!(next(&mut b.resyncs).await, Some(vec![ch("f")]));
+    // What was queued arrived in order; the rest the hub heals from history.
+    let first = next(&mut b.pubs).await.publication.offset;
+    assert_eq!(first, 1);
+}

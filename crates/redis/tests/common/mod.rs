@@ -29,6 +29,8 @@ pub struct Got {
 }
 
 struct Recorder {
+    /// Held by a test to stall delivery (the engine's task blocks on it).
+    gate: Arc<std::sync::Mutex<()>>,
     pubs: mpsc::UnboundedSender<Got>,
     resyncs: mpsc::UnboundedSender<Option<Vec<Arc<str>>>>,
     controls: mpsc::UnboundedSender<ControlMessage>,
@@ -36,6 +38,7 @@ struct Recorder {
 
 impl EngineHandler for Recorder {
     fn publication(&self, channel: &str, epoch: &str, publication: Publication) {
+        drop(self.gate.lock());
         let _ = self.pubs.send(Got {
             channel: channel.to_owned(),
             epoch: epoch.to_owned(),
@@ -55,9 +58,29 @@ impl EngineHandler for Recorder {
 /// One node: its engine and what its handler received.
 pub struct Node {
     pub engine: Arc<RedisEngine>,
+    /// Lock it to stall this node's deliveries.
+    pub gate: Arc<std::sync::Mutex<()>>,
     pub pubs: mpsc::UnboundedReceiver<Got>,
     pub resyncs: mpsc::UnboundedReceiver<Option<Vec<Arc<str>>>>,
     pub controls: mpsc::UnboundedReceiver<ControlMessage>,
+}
+
+/// Stalls `node`'s deliveries until the returned function is called: a thread holds
+/// the gate (a test must not hold a lock across its awaits).
+pub fn stall(node: &Node) -> impl FnOnce() {
+    let gate = node.gate.clone();
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _guard = gate.lock().expect("gate");
+        held_tx.send(()).expect("signal");
+        let _ = hold.recv();
+    });
+    held.recv().expect("the gate is held");
+    move || {
+        let _ = release.send(());
+        holder.join().expect("holder thread");
+    }
 }
 
 /// The test configuration: short timeouts so that fault tests finish quickly.
@@ -85,8 +108,10 @@ pub async fn node_with(config: RedisConfig) -> Node {
     let (pubs, pubs_rx) = mpsc::unbounded_channel();
     let (resyncs, resyncs_rx) = mpsc::unbounded_channel();
     let (controls, controls_rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(std::sync::Mutex::new(()));
     engine.start(
         Arc::new(Recorder {
+            gate: gate.clone(),
             pubs,
             resyncs,
             controls,
@@ -100,6 +125,7 @@ pub async fn node_with(config: RedisConfig) -> Node {
     );
     Node {
         engine,
+        gate,
         pubs: pubs_rx,
         resyncs: resyncs_rx,
         controls: controls_rx,
