@@ -1,5 +1,5 @@
-//! One Redis server: its two links, their supervision, the subscribe batcher and the
-//! presence writer.
+//! One Redis server (or one Redis Cluster): its two links, their supervision, the
+//! subscribe batcher and the background key writer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -25,8 +25,8 @@ use crate::{RedisConfig, RedisCounters, RedisError, RestartEpochs};
 /// Longest pause between reconnect attempts.
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
-/// Presence operations sent in one pipeline.
-const PRESENCE_BATCH: usize = 256;
+/// Background key writes sent in one pipeline.
+const WRITE_BATCH: usize = 256;
 
 /// Where a subscribe's confirmation goes.
 pub type Confirm = oneshot::Sender<Result<(), EngineError>>;
@@ -56,11 +56,14 @@ pub enum KeyWrite {
 /// Names of keys and pub/sub channels.
 #[derive(Debug, Clone)]
 pub struct Names {
+    /// The key prefix.
     pub prefix: Arc<str>,
+    /// The control bus channel.
     pub control: Arc<str>,
 }
 
 impl Names {
+    /// Names under `prefix`.
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.into(),
@@ -85,6 +88,7 @@ impl Names {
             .strip_suffix("}:pub")
     }
 
+    /// The presence keys of `channel`: info hash, users hash, expiry sorted set.
     pub fn presence_keys(&self, channel: &str) -> [String; 3] {
         [
             self.key(channel, "presence"),
@@ -96,14 +100,19 @@ impl Names {
 
 /// Settings every shard task reads.
 pub struct Shared {
+    /// The configuration.
     pub config: RedisConfig,
+    /// Key and channel names.
     pub names: Names,
+    /// What the engine counts.
     pub counters: Arc<RedisCounters>,
 }
 
-/// One Redis server.
+/// One Redis server (or one Redis Cluster).
 pub struct Shard {
+    /// Position in the address list.
     pub index: usize,
+    /// The address without credentials, for messages.
     pub address: String,
     target: Target,
     /// The command link and the incarnation to pass to scripts (see `incarnation`),
@@ -115,12 +124,14 @@ pub struct Shard {
     channels: Mutex<HashSet<Arc<str>>>,
     /// Presence entries this node joined here: refreshed until left.
     joined: Mutex<Joined>,
+    /// Subscribe/unsubscribe requests for the batcher.
     pub requests: mpsc::Sender<SubRequest>,
     requests_rx: Mutex<Option<mpsc::Receiver<SubRequest>>>,
+    /// Background key writes for the writer.
     pub writes: mpsc::Sender<KeyWrite>,
     writes_rx: Mutex<Option<mpsc::Receiver<KeyWrite>>>,
-    pushes: mpsc::Sender<(u64, PushInfo)>,
-    pushes_rx: Mutex<Option<mpsc::Receiver<(u64, PushInfo)>>>,
+    pushes: mpsc::Sender<PushInfo>,
+    pushes_rx: Mutex<Option<mpsc::Receiver<PushInfo>>>,
     /// Incremented per pub/sub connection, so a stale link's disconnection is ignored.
     generation: AtomicU64,
     /// The generation whose link reported its loss.
@@ -386,7 +397,7 @@ impl Shard {
                 suspect.notify_one();
                 return Ok(());
             }
-            match pushes.try_send((generation, info)) {
+            match pushes.try_send(info) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     RedisCounters::add(&counters.dropped_messages, 1);
@@ -583,7 +594,7 @@ impl Shard {
         &self,
         shared: &Shared,
         handler: &dyn EngineHandler,
-        pushes: &mut mpsc::Receiver<(u64, PushInfo)>,
+        pushes: &mut mpsc::Receiver<PushInfo>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let mut probe = tokio::time::interval(shared.config.probe_interval);
@@ -606,7 +617,7 @@ impl Shard {
                     }
                 }
                 push = pushes.recv() => {
-                    let Some((_, info)) = push else { return true };
+                    let Some(info) = push else { return true };
                     self.on_push(shared, handler, info);
                 }
             }
@@ -783,7 +794,7 @@ impl Shard {
                 op = rx.recv() => {
                     let Some(op) = op else { return };
                     let mut ops = vec![op];
-                    while ops.len() < PRESENCE_BATCH {
+                    while ops.len() < WRITE_BATCH {
                         match rx.try_recv() {
                             Ok(op) => ops.push(op),
                             Err(_) => break,
@@ -803,7 +814,7 @@ impl Shard {
                 _ = keep.tick() => self.wanted().into_iter().map(KeyWrite::KeepEpoch).collect(),
                 _ = shutdown.changed() => return,
             };
-            for chunk in ops.chunks(PRESENCE_BATCH) {
+            for chunk in ops.chunks(WRITE_BATCH) {
                 let n = chunk.len() as u64;
                 if let Err(e) = self.write_pipeline(&shared, chunk).await {
                     RedisCounters::add(&shared.counters.presence_failures, n);
