@@ -126,6 +126,18 @@
 //! subscription because its slot moved. The cluster client queues push messages
 //! unboundedly inside redis-rs before they reach the engine's bounded queue.
 //!
+//! # Limits
+//!
+//! - History is bounded by count (`MAXLEN`, exact) and age (trimmed on read, at most
+//!   4096 old entries per read; the stream also expires after the age limit); the
+//!   policy's byte cap is not applied in Redis. A read asks for at most 10 000 entries.
+//! - A history age limit of 0 keeps the stream and its meta forever (no expiry).
+//! - Publication tags are encoded and decoded, but [`PublishRequest`] carries none.
+//! - In cluster mode a channel name must not be empty (its keys would hash apart).
+//! - The per-shard queues are bounded ([`RedisConfig`]); redis-rs queues internally
+//!   without bound only in cluster mode (see above).
+//!
+//! [`PublishRequest`]: starling_core::engine::PublishRequest
 //! [`Broker`]: starling_core::engine::Broker
 //! [`PresenceStore`]: starling_core::engine::PresenceStore
 //! [`ControlBus`]: starling_core::engine::ControlBus
