@@ -110,3 +110,88 @@ async fn cluster_mode_resubscribes_and_resyncs_after_a_node_restart() {
         assert_eq!(&*got.channel, &**c);
     }
 }
+
+/// The node (id, port) that owns `slot`, from `CLUSTER NODES`.
+async fn owner(url: &str, slot: u16) -> (String, u16) {
+    let nodes: String = redis::from_redis_value(raw(url, &["CLUSTER", "NODES"]).await).unwrap();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let owns = fields.iter().skip(8).any(|range| {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            match (lo.parse::<u16>(), hi.parse::<u16>()) {
+                (Ok(lo), Ok(hi)) => (lo..=hi).contains(&slot),
+                _ => false,
+            }
+        });
+        if owns {
+            let port = fields[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap();
+            return (fields[0].to_owned(), port);
+        }
+    }
+    panic!("no owner of slot {slot}");
+}
+
+#[tokio::test]
+async fn cluster_mode_follows_a_slot_that_moves() {
+    let cluster = RedisCluster::start(3);
+    let urls = cluster.urls();
+    let cluster_config = |name: &str| starling_redis::RedisConfig {
+        cluster: true,
+        ..config(&urls, name)
+    };
+    let a = node_with(cluster_config("a")).await;
+    let mut b = node_with(cluster_config("b")).await;
+    let c: Arc<str> = "moving".into();
+    b.engine.subscribe(&c).wait().await.unwrap();
+    let first = publish(&a.engine, request(&c, "1", 10)).await;
+    assert_eq!(next(&mut b.pubs).await.publication.offset, 1);
+
+    // Move the channel's slot (with its keys) to another node.
+    let slot: u16 = match raw(&urls[0], &["CLUSTER", "KEYSLOT", "moving"]).await {
+        redis::Value::Int(s) => u16::try_from(s).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let (from_id, from_port) = owner(&urls[0], slot).await;
+    let to = cluster
+        .nodes
+        .iter()
+        .find(|n| n.port() != from_port)
+        .unwrap();
+    let to_id: String =
+        redis::from_redis_value(raw(&to.url(), &["CLUSTER", "MYID"]).await).unwrap();
+    let from_url = format!("redis://127.0.0.1:{from_port}");
+    let s = slot.to_string();
+    raw(
+        &to.url(),
+        &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id],
+    )
+    .await;
+    raw(&from_url, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]).await;
+    let keys: Vec<String> =
+        redis::from_redis_value(raw(&from_url, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]).await)
+            .unwrap();
+    assert!(!keys.is_empty());
+    let port = to.port().to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+    migrate.extend(keys.iter().map(String::as_str));
+    raw(&from_url, &migrate).await;
+    for node in &cluster.nodes {
+        raw(&node.url(), &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]).await;
+    }
+
+    // The old owner drops the sharded subscription; b subscribes again and resyncs.
+    assert_eq!(next(&mut b.resyncs).await, Some(vec![c.clone()]));
+    let r = publish_eventually(&a.engine, || request(&c, "2", 10)).await;
+    assert_eq!(
+        r.position.epoch, first.position.epoch,
+        "the keys moved along"
+    );
+    assert_eq!(r.position.offset, 2);
+    assert_eq!(r.receivers, 1, "b listens on the new owner");
+    let got = next(&mut b.pubs).await;
+    assert_eq!(got.publication.offset, 2);
+}
