@@ -10,16 +10,22 @@ use starling_core::engine::{Broker, ControlBus, ControlMessage, PresenceStore};
 use starling_protocol::ClientInfo;
 use starling_testkit::redis::RedisCluster;
 
+/// A node (engine) in cluster mode on `cluster`.
+async fn cluster_node(cluster: &RedisCluster, name: &str) -> Node {
+    node_with(starling_redis::RedisConfig {
+        cluster: true,
+        ..config(&cluster.urls(), name)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn cluster_mode_publishes_delivers_and_reads_history_across_slots() {
     let cluster = RedisCluster::start(3);
-    let urls = cluster.urls();
-    let cluster_config = |name: &str| starling_redis::RedisConfig {
-        cluster: true,
-        ..config(&urls, name)
-    };
-    let mut a = node_with(cluster_config("a")).await;
-    let mut b = node_with(cluster_config("b")).await;
+    let (mut a, mut b) = (
+        cluster_node(&cluster, "a").await,
+        cluster_node(&cluster, "b").await,
+    );
 
     // Channels on many slots (so on every node of the cluster).
     let channels: Vec<Arc<str>> = (0..12).map(|i| format!("c{i}").into()).collect();
@@ -81,13 +87,10 @@ async fn cluster_mode_publishes_delivers_and_reads_history_across_slots() {
 #[tokio::test]
 async fn cluster_mode_resubscribes_and_resyncs_after_a_node_restart() {
     let mut cluster = RedisCluster::start(3);
-    let urls = cluster.urls();
-    let cluster_config = |name: &str| starling_redis::RedisConfig {
-        cluster: true,
-        ..config(&urls, name)
-    };
-    let a = node_with(cluster_config("a")).await;
-    let mut b = node_with(cluster_config("b")).await;
+    let (a, mut b) = (
+        cluster_node(&cluster, "a").await,
+        cluster_node(&cluster, "b").await,
+    );
     let channels: Vec<Arc<str>> = (0..12).map(|i| format!("c{i}").into()).collect();
     for c in &channels {
         b.engine.subscribe(c).wait().await.unwrap();
@@ -139,12 +142,10 @@ async fn owner(url: &str, slot: u16) -> (String, u16) {
 async fn cluster_mode_follows_a_slot_that_moves() {
     let cluster = RedisCluster::start(3);
     let urls = cluster.urls();
-    let cluster_config = |name: &str| starling_redis::RedisConfig {
-        cluster: true,
-        ..config(&urls, name)
-    };
-    let a = node_with(cluster_config("a")).await;
-    let mut b = node_with(cluster_config("b")).await;
+    let (a, mut b) = (
+        cluster_node(&cluster, "a").await,
+        cluster_node(&cluster, "b").await,
+    );
     let c: Arc<str> = "moving".into();
     b.engine.subscribe(&c).wait().await.unwrap();
     let first = publish(&a.engine, request(&c, "1", 10)).await;
