@@ -128,6 +128,7 @@
 //!
 //! # Limits
 //!
+//! - Needs Redis 7.0 or newer (RESP3, `PEXPIRE .. GT`, sharded pub/sub).
 //! - History is bounded by count (`MAXLEN`, exact) and age (trimmed on read, at most
 //!   4096 old entries per read; the stream also expires after the age limit); the
 //!   policy's byte cap is not applied in Redis. A read asks for at most 10 000 entries.
