@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use parking_lot::Mutex;
 use starling_core::engine::{ControlMessage, EngineHandler, NodeInfo};
 use starling_core::{Cluster, ControlSink};
@@ -32,6 +33,8 @@ pub trait ClusterEngine: Send + Sync + 'static {
     fn health(&self) -> Result<(), String>;
     /// Stops the engine's tasks (at shutdown, after the node left the cluster).
     fn shutdown(&self);
+    /// The engine's own counters for `/metrics`: name, help, value.
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)>;
 }
 
 /// The nodes of the cluster, as their heartbeats tell, and this node's questions to
@@ -198,12 +201,95 @@ pub async fn connect(
     config: &crate::config::Config,
     node: &str,
 ) -> anyhow::Result<Option<Arc<dyn ClusterEngine>>> {
-    match config.cluster.engine.as_str() {
-        "redis" => {
-            let _ = node;
-            anyhow::bail!("the redis engine is not available in this build")
+    if config.cluster.engine != "redis" {
+        return Ok(None);
+    }
+    let r = &config.redis;
+    let settings = starling_redis::RedisConfig {
+        addresses: r.addresses.clone(),
+        prefix: r.prefix.clone(),
+        node: node.to_string(),
+        command_timeout: Duration::from_millis(r.command_timeout_ms),
+        presence_ttl: Duration::from_secs(config.cluster.presence_ttl_secs),
+        probe_interval: Duration::from_secs(r.probe_interval_secs),
+        heartbeat_interval: Duration::from_secs(config.cluster.heartbeat_secs),
+        cluster: r.cluster,
+        restart_epochs: match r.restart_epochs.as_str() {
+            "always" => starling_redis::RestartEpochs::Always,
+            "never" => starling_redis::RestartEpochs::Never,
+            _ => starling_redis::RestartEpochs::Auto,
+        },
+        ..starling_redis::RedisConfig::default()
+    };
+    let engine = starling_redis::RedisEngine::connect(settings)
+        .await
+        .context("connecting to Redis (cluster.engine = \"redis\", redis.addresses)")?;
+    info!(
+        shards = r.addresses.len(),
+        cluster = r.cluster,
+        "joined the cluster through Redis"
+    );
+    Ok(Some(Arc::new(Redis(engine))))
+}
+
+/// The Redis engine as the server runs it.
+struct Redis(Arc<starling_redis::RedisEngine>);
+
+impl ClusterEngine for Redis {
+    fn parts(&self) -> Cluster {
+        Cluster {
+            broker: self.0.clone(),
+            presence: self.0.clone(),
+            control: self.0.clone(),
         }
-        _ => Ok(None),
+    }
+
+    fn start(&self, handler: Arc<dyn EngineHandler>, info: InfoFn) {
+        self.0.start(handler, info);
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if self.0.healthy() {
+            Ok(())
+        } else {
+            Err("a Redis shard is unreachable (the node reconnects with backoff)".into())
+        }
+    }
+
+    fn shutdown(&self) {
+        self.0.shutdown();
+    }
+
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = self.0.counters();
+        vec![
+            (
+                "starling_redis_decode_errors_total",
+                "Messages from Redis that did not decode (skipped).",
+                c.decode_errors.load(Relaxed),
+            ),
+            (
+                "starling_redis_dropped_messages_total",
+                "Pub/sub messages dropped on a full delivery queue (their channels are resynced).",
+                c.dropped_messages.load(Relaxed),
+            ),
+            (
+                "starling_redis_presence_failures_total",
+                "Presence writes that failed or were dropped.",
+                c.presence_failures.load(Relaxed),
+            ),
+            (
+                "starling_redis_reconnects_total",
+                "Reconnects of a shard's links.",
+                c.reconnects.load(Relaxed),
+            ),
+            (
+                "starling_redis_heartbeat_failures_total",
+                "Heartbeats that could not be sent.",
+                c.heartbeat_failures.load(Relaxed),
+            ),
+        ]
     }
 }
 

@@ -122,8 +122,15 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Milliseconds a Redis command may take before the call fails as unavailable.
     pub command_timeout_ms: u64,
-    /// Seconds between liveness probes of each pub/sub connection.
+    /// Seconds between liveness probes (`PING`) of each Redis connection.
     pub probe_interval_secs: u64,
+    /// The addresses are seed nodes of one Redis Cluster (sharded pub/sub, Redis >= 7)
+    /// instead of independent shards.
+    pub cluster: bool,
+    /// When a Redis restart starts new epochs: `auto` (unless Redis reports
+    /// `appendfsync always`, which loses nothing acknowledged), `always` (also catches a
+    /// failover to a lagging replica), `never`.
+    pub restart_epochs: String,
 }
 
 impl Default for RedisConfig {
@@ -132,7 +139,9 @@ impl Default for RedisConfig {
             addresses: vec!["redis://127.0.0.1:6379".into()],
             prefix: "starling".into(),
             command_timeout_ms: 2000,
-            probe_interval_secs: 5,
+            probe_interval_secs: 1,
+            cluster: false,
+            restart_epochs: "auto".into(),
         }
     }
 }
@@ -610,6 +619,20 @@ impl Config {
                     return Err(ConfigError::Invalid(
                         "cluster.heartbeat_secs must be positive and below cluster.node_timeout_secs"
                             .into(),
+                    ));
+                }
+                if !matches!(
+                    self.redis.restart_epochs.as_str(),
+                    "auto" | "always" | "never"
+                ) {
+                    return Err(ConfigError::Invalid(format!(
+                        "redis.restart_epochs must be `auto`, `always` or `never`, not `{}`",
+                        self.redis.restart_epochs
+                    )));
+                }
+                if self.redis.probe_interval_secs == 0 {
+                    return Err(ConfigError::Invalid(
+                        "redis.probe_interval_secs must be positive".into(),
                     ));
                 }
                 if self.cluster.presence_ttl_secs == 0 || self.redis.command_timeout_ms == 0 {

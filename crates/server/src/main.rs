@@ -67,6 +67,7 @@ current values. The keys:
   cluster.engine cluster.position_check_secs cluster.heartbeat_secs cluster.node_timeout_secs
   cluster.presence_ttl_secs
   redis.addresses redis.prefix redis.command_timeout_ms redis.probe_interval_secs
+  redis.cluster redis.restart_epochs
 Each is explained in docs/OPERATIONS.md.";
 
 /// Every setting also has a dotted key usable in the config file, as an environment

@@ -290,6 +290,9 @@ pub fn render(state: &AppState) -> String {
             "Live nodes of the cluster, as their heartbeats tell (this one included).",
             state.nodes.live().len() as u64,
         );
+        for (name, help, value) in engine.counters() {
+            line(&mut out, name, "counter", help, value);
+        }
     }
     if let Some(journal) = &state.journal {
         let s = journal.log().stats();

@@ -5,6 +5,7 @@
 pub mod haproxy;
 pub mod nginx;
 pub mod proxy;
+pub mod redis;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
