@@ -472,10 +472,39 @@ mod tests {
                 code: 3000,
             },
             ControlMessage::Leaving { node: "n".into() },
+            ControlMessage::ChannelsQuery {
+                id: 7,
+                from: "a".into(),
+                pattern: Some("chat".into()),
+            },
+            ControlMessage::ChannelsQuery {
+                id: 8,
+                from: "a".into(),
+                pattern: None,
+            },
+            ControlMessage::Channels {
+                id: 7,
+                to: "a".into(),
+                node: "b".into(),
+                channels: vec![("chat:1".into(), 3), ("chat:2".into(), 1)],
+            },
         ] {
             assert_eq!(decode_control(&encode_control(&m)).unwrap(), m);
         }
         assert_eq!(decode_client(&encode_client(&info())).unwrap(), info());
+        for join in [true, false] {
+            assert_eq!(
+                decode_incoming(&encode_join_leave(join, &info())).unwrap(),
+                Incoming::JoinLeave(join, info())
+            );
+        }
+        // A publication is still a publication.
+        let body = encode_publication(b"x", None, None);
+        let mut msg = b"3 ep ".to_vec();
+        msg.extend_from_slice(&body);
+        assert!(
+            matches!(decode_incoming(&msg), Ok(Incoming::Publication(m)) if m.publication.offset == 3)
+        );
     }
 
     #[test]
@@ -493,6 +522,7 @@ mod tests {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_message(&bytes);
+            let _ = decode_incoming(&bytes);
             let _ = decode_publication(&bytes, 1);
             let _ = decode_client(&bytes);
             let _ = decode_control(&bytes);

@@ -328,6 +328,52 @@ impl Client {
         }
     }
 
+    /// [`Client::call`] for a connection that may go away: `None` when it closes or
+    /// fails first (or nothing comes within [`WAIT`]).
+    pub async fn try_call(&mut self, method: &str, params: Value) -> Option<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut cmd = serde_json::Map::new();
+        cmd.insert("id".into(), id.into());
+        cmd.insert(method.into(), params);
+        let text = Value::Object(cmd).to_string();
+        self.ws.send(Message::text(text)).await.ok()?;
+        loop {
+            let msg = self.try_next_json().await?;
+            if msg.get("id").and_then(Value::as_u64) == Some(u64::from(id)) {
+                return Some(msg);
+            }
+        }
+    }
+
+    /// The offset of the next publication, `None` when the connection closes or fails
+    /// first (or nothing comes within [`WAIT`]).
+    pub async fn try_next_publication(&mut self) -> Option<u64> {
+        loop {
+            let msg = self.try_next_json().await?;
+            if let Some(p) = msg.get("push").and_then(|p| p.get("pub")) {
+                return p["offset"].as_u64();
+            }
+        }
+    }
+
+    async fn try_next_json(&mut self) -> Option<Value> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match frame {
+                Message::Text(t) => {
+                    let line = t.lines().find(|l| !l.trim().is_empty())?;
+                    return serde_json::from_str(line).ok();
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                _ => return None,
+            }
+        }
+    }
+
     /// Next publication push on any channel: `(channel, pub object)`.
     pub async fn next_publication(&mut self) -> (String, Value) {
         loop {

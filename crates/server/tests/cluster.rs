@@ -1,0 +1,520 @@
+//! Many nodes as one system: real `starling` processes sharing real `redis-server`
+//! processes (each test starts its own on free ports, so it can kill and restart them),
+//! and a real haproxy in front where clients must move between nodes.
+//!
+//! Publications cross nodes in offset order; history, recovery, presence, `info`,
+//! `channels` and `disconnect` answer for the whole cluster; a node killed under load,
+//! a Redis restart with and without persistence, a node silently cut off from Redis and
+//! a shard restart lose no acknowledged publication for recovering clients, and never
+//! hand them wrong data.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{API_KEY, Client, Server, WAIT, api_at, token};
+use serde_json::{Value, json};
+use starling_testkit::haproxy::Haproxy;
+use starling_testkit::proxy::Proxy;
+use starling_testkit::redis::{RedisCluster, RedisServer};
+use starling_testkit::{Balance, Balancer};
+
+/// Settings every cluster node of these tests shares: a history namespace with presence
+/// and join/leave, quick heartbeats and probes, no per-address limits (clients come
+/// through one proxy address).
+const NODE: &[&str] = &[
+    "--dev",
+    "--set",
+    "namespaces.chat.history_size=10000",
+    "--set",
+    "namespaces.chat.history_ttl_secs=600",
+    "--set",
+    "namespaces.chat.presence=true",
+    "--set",
+    "namespaces.chat.join_leave=true",
+    "--set",
+    "cluster.heartbeat_secs=1",
+    "--set",
+    "cluster.node_timeout_secs=3",
+    "--set",
+    "cluster.position_check_secs=1",
+    "--set",
+    "redis.probe_interval_secs=1",
+    "--set",
+    "redis.command_timeout_ms=1000",
+    "--set",
+    "server.max_connections_per_ip=0",
+    "--set",
+    "server.admission_rate_per_ip=0",
+    "--set",
+    "client.command_rate=0",
+];
+
+/// A node named `name` joined to Redis at `urls` (one per shard).
+fn node(name: &str, urls: &[String], extra: &[&str]) -> Server {
+    let name = format!("server.name={name}");
+    let mut args: Vec<&str> = NODE.to_vec();
+    args.extend(["--set", &name]);
+    for url in urls {
+        args.extend(["--redis", url]);
+    }
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// Three nodes `a`, `b`, `c` on Redis at `urls`.
+fn three(urls: &[String], extra: &[&str]) -> Vec<Server> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|n| node(n, urls, extra))
+        .collect()
+}
+
+async fn publish(addr: SocketAddr, channel: &str, data: Value) -> (u16, Value) {
+    let body = json!({"channel": channel, "data": data}).to_string();
+    api_at(addr, "publish", &body, Some(API_KEY)).await
+}
+
+/// Publishes and asserts success; returns the offset.
+async fn published(addr: SocketAddr, channel: &str, data: Value) -> u64 {
+    let (status, body) = publish(addr, channel, data).await;
+    assert_eq!(status, 200, "publish: {body}");
+    body["result"]["offset"].as_u64().expect("offset")
+}
+
+/// Connects anonymously (dev mode) and subscribes; returns the client and the reply.
+async fn subscriber(
+    server: &Server,
+    channel: &str,
+    recover: Option<(u64, &str)>,
+) -> (Client, Value) {
+    let (mut c, _) = Client::connect(server, None).await;
+    let reply = subscribe(&mut c, channel, recover).await;
+    (c, reply)
+}
+
+async fn subscribe(c: &mut Client, channel: &str, recover: Option<(u64, &str)>) -> Value {
+    let mut params = json!({"channel": channel});
+    if let Some((offset, epoch)) = recover {
+        params["recover"] = true.into();
+        params["offset"] = offset.into();
+        params["epoch"] = epoch.into();
+    }
+    let reply = c.call("subscribe", params).await;
+    assert!(
+        reply.get("subscribe").is_some(),
+        "subscribe failed: {reply}"
+    );
+    reply["subscribe"].clone()
+}
+
+/// The offsets of the next `n` publications `c` receives on any channel.
+async fn offsets(c: &mut Client, n: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let (_, p) = c.next_publication().await;
+        out.push(p["offset"].as_u64().expect("offset"));
+    }
+    out
+}
+
+/// Polls `check` (an API read) until it holds, within [`WAIT`]: the cluster's views
+/// (heartbeats, presence) converge within their stated bounds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Value>>,
+{
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < WAIT {
+        match check().await {
+            None => return,
+            Some(seen) => last = Some(seen),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {WAIT:?}; last seen: {last:?}");
+}
+
+#[tokio::test]
+async fn publications_reach_every_node_in_one_order() {
+    let redis = RedisServer::start();
+    let nodes = three(&[redis.url()], &[]);
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(subscriber(n, "chat:room", None).await.0);
+    }
+    // Through every node's API, and through a client on node a.
+    for i in 0..9u64 {
+        let offset = published(nodes[(i % 3) as usize].addr, "chat:room", json!({"i": i})).await;
+        assert_eq!(offset, i + 1);
+    }
+    let (mut writer, _) = Client::connect(&nodes[0], None).await;
+    let reply = writer
+        .call("publish", json!({"channel": "chat:room", "data": {"i": 9}}))
+        .await;
+    assert_eq!(reply["publish"]["offset"], 10, "{reply}");
+    for c in &mut clients {
+        assert_eq!(offsets(c, 10).await, (1..=10).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn history_and_recovery_cross_nodes() {
+    let redis = RedisServer::start();
+    let nodes = three(&[redis.url()], &[]);
+    let (first, reply) = subscriber(&nodes[1], "chat:log", None).await;
+    let epoch = reply["epoch"].as_str().expect("epoch").to_string();
+    assert!(
+        !epoch.is_empty(),
+        "a subscriber learns the epoch before any publication"
+    );
+    drop(first);
+    for i in 1..=5 {
+        published(nodes[0].addr, "chat:log", json!({"n": i})).await;
+    }
+    // Back on another node: the missed publications come in the reply.
+    let (mut back, reply) = subscriber(&nodes[2], "chat:log", Some((0, &epoch))).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let got: Vec<u64> = reply["publications"]
+        .as_array()
+        .expect("publications")
+        .iter()
+        .map(|p| p["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(got, [1, 2, 3, 4, 5]);
+    published(nodes[1].addr, "chat:log", json!({"n": 6})).await;
+    assert_eq!(offsets(&mut back, 1).await, [6]);
+    // The history API of any node reads the one stream.
+    let (status, body) = nodes[1]
+        .api("history", json!({"channel": "chat:log", "limit": 10}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["offset"], 6);
+    assert_eq!(body["result"]["epoch"], epoch.as_str());
+    assert_eq!(
+        body["result"]["publications"].as_array().map(Vec::len),
+        Some(6)
+    );
+    // A position from another epoch is refused plainly, never answered.
+    let (_, reply) = subscriber(&nodes[0], "chat:log", Some((3, "not-the-epoch"))).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+}
+
+#[tokio::test]
+async fn presence_info_channels_and_disconnect_span_the_cluster() {
+    let redis = RedisServer::start();
+    let nodes = three(&[redis.url()], &["--token-hmac-secret", common::SECRET]);
+    let t1 = token(json!({"sub": "u1"}));
+    let t2 = token(json!({"sub": "u2"}));
+    let (mut c1, _) = Client::connect(&nodes[0], Some(&t1)).await;
+    let (mut c2, _) = Client::connect(&nodes[1], Some(&t2)).await;
+    subscribe(&mut c1, "chat:p", None).await;
+    subscribe(&mut c2, "chat:p", None).await;
+    // c1 on node a hears c2 join on node b.
+    loop {
+        let msg = c1.next_json().await;
+        if let Some(join) = msg.get("push").and_then(|p| p.get("join")) {
+            assert_eq!(join["info"]["user"], "u2");
+            break;
+        }
+    }
+    let (status, body) = nodes[2].api("presence", json!({"channel": "chat:p"})).await;
+    assert_eq!(status, 200, "{body}");
+    let users: BTreeSet<String> = body["result"]["clients"]
+        .as_object()
+        .expect("clients")
+        .values()
+        .map(|c| c["user"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(users, BTreeSet::from(["u1".to_string(), "u2".to_string()]));
+    let stats = c1
+        .call("presence_stats", json!({"channel": "chat:p"}))
+        .await;
+    assert_eq!(stats["presence_stats"]["num_clients"], 2, "{stats}");
+    // Every node shows up in `info` once its heartbeat arrived.
+    eventually("three nodes in info", || async {
+        let (_, body) = nodes[0].api("info", json!({})).await;
+        let names: Vec<&str> = body["result"]["nodes"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["name"].as_str())
+            .collect();
+        (names != ["a", "b", "c"]).then(|| body.clone())
+    })
+    .await;
+    let (status, body) = nodes[2].api("channels", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["result"]["channels"]["chat:p"]["num_clients"], 2,
+        "{body}"
+    );
+    // A disconnect through node a closes u2's connection on node b.
+    let (status, body) = nodes[0].api("disconnect", json!({"user": "u2"})).await;
+    assert_eq!(status, 200, "{body}");
+    let close = c2.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4503);
+}
+
+/// A reader behind the balancer: subscribes with recovery, and whenever its node goes
+/// away reconnects through the balancer and recovers from its last offset. Returns the
+/// offsets it saw, in order, once it saw `last`.
+async fn resilient_reader(
+    balancer: SocketAddr,
+    channel: &str,
+    epoch: String,
+    last: u64,
+) -> Vec<u64> {
+    let url = format!("ws://{balancer}/connection/websocket");
+    let mut seen: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.last() != Some(&last) {
+        assert!(
+            Instant::now() < deadline,
+            "reader stuck at {:?}",
+            seen.last()
+        );
+        let Ok(Ok((ws, _))) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url.as_str())).await
+        else {
+            continue;
+        };
+        let mut c = Client { ws, next_id: 1 };
+        let from = seen.last().copied().unwrap_or(0);
+        if !c
+            .try_call("connect", json!({}))
+            .await
+            .is_some_and(|r| r.get("connect").is_some())
+        {
+            continue;
+        }
+        let params = json!({"channel": channel, "recover": true, "offset": from, "epoch": epoch});
+        let Some(reply) = c.try_call("subscribe", params).await else {
+            continue;
+        };
+        let Some(sub) = reply.get("subscribe") else {
+            continue;
+        };
+        assert_eq!(sub["recovered"], true, "recovery must succeed: {reply}");
+        for p in sub["publications"].as_array().into_iter().flatten() {
+            seen.push(p["offset"].as_u64().expect("offset"));
+        }
+        while seen.last() != Some(&last) {
+            match c.try_next_publication().await {
+                Some(offset) => seen.push(offset),
+                None => break,
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_killed_node_loses_no_acknowledged_publication() {
+    let redis = RedisServer::start();
+    let mut nodes = three(&[redis.url()], &[]);
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let balancer = Haproxy::start(&addrs, Balance::RoundRobin);
+    let (probe, reply) = subscriber(&nodes[0], "chat:steady", None).await;
+    let epoch = reply["epoch"].as_str().expect("epoch").to_string();
+    drop(probe);
+    const TOTAL: u64 = 600;
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let epoch = epoch.clone();
+            tokio::spawn(resilient_reader(
+                balancer.addr(),
+                "chat:steady",
+                epoch,
+                TOTAL,
+            ))
+        })
+        .collect();
+    // A steady publisher on node a (which survives); node b dies a third of the way.
+    let publisher_addr = nodes[0].addr;
+    for i in 1..=TOTAL {
+        let offset = published(publisher_addr, "chat:steady", json!({"i": i})).await;
+        assert_eq!(offset, i);
+        if i == TOTAL / 3 {
+            nodes[1].kill();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for reader in readers {
+        let seen = reader.await.expect("reader");
+        assert_eq!(
+            seen,
+            (1..=TOTAL).collect::<Vec<_>>(),
+            "every publication once, in order"
+        );
+    }
+    drop(balancer);
+}
+
+#[tokio::test]
+async fn redis_restarted_with_persistence_keeps_every_acknowledged_publication() {
+    let mut redis = RedisServer::start_with(true);
+    let nodes = three(&[redis.url()], &[]);
+    let (c, reply) = subscriber(&nodes[1], "chat:durable", None).await;
+    let epoch = reply["epoch"].as_str().expect("epoch").to_string();
+    drop(c);
+    let mut acknowledged = 0;
+    for i in 1..=20 {
+        acknowledged = published(nodes[0].addr, "chat:durable", json!({"i": i})).await;
+    }
+    redis.kill();
+    // While Redis is away: a clear, temporary refusal, never a silent success.
+    let (status, body) = publish(nodes[0].addr, "chat:durable", json!({"lost": true})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], 116, "{body}");
+    let (ready, _) = nodes[0].get("/ready").await;
+    assert_eq!(ready, 503);
+    redis.restart();
+    eventually("publishing works again", || async {
+        let (status, body) = publish(nodes[2].addr, "chat:durable", json!({"back": true})).await;
+        (status != 200).then_some(body)
+    })
+    .await;
+    let (_, reply) = subscriber(&nodes[2], "chat:durable", Some((0, &epoch))).await;
+    assert_eq!(reply["recovered"], true, "the epoch survived: {reply}");
+    assert_eq!(reply["epoch"], epoch.as_str());
+    let got: Vec<u64> = reply["publications"]
+        .as_array()
+        .expect("publications")
+        .iter()
+        .map(|p| p["offset"].as_u64().expect("offset"))
+        .collect();
+    assert!(got.len() as u64 > acknowledged);
+    assert_eq!(
+        got[..acknowledged as usize],
+        (1..=acknowledged).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn redis_restarted_without_persistence_starts_a_new_epoch() {
+    let mut redis = RedisServer::start_with(false);
+    let nodes = three(&[redis.url()], &[]);
+    let (mut live, reply) = subscriber(&nodes[1], "chat:volatile", None).await;
+    let epoch = reply["epoch"].as_str().expect("epoch").to_string();
+    for i in 1..=5 {
+        published(nodes[0].addr, "chat:volatile", json!({"i": i})).await;
+    }
+    assert_eq!(offsets(&mut live, 5).await, [1, 2, 3, 4, 5]);
+    redis.kill();
+    redis.restart();
+    eventually("publishing works again", || async {
+        let (status, body) = publish(nodes[0].addr, "chat:volatile", json!({"new": true})).await;
+        (status != 200).then_some(body)
+    })
+    .await;
+    // The live subscriber is told (4006) rather than fed offsets of another stream.
+    let close = live.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4006);
+    // A recovering client learns plainly that its position is gone.
+    let (_, reply) = subscriber(&nodes[2], "chat:volatile", Some((5, &epoch))).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(reply["epoch"], epoch.as_str());
+}
+
+#[tokio::test]
+async fn a_node_silently_cut_off_from_redis_is_detected_and_heals() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.addr());
+    let via_proxy = format!("redis://{}", proxy.addr());
+    let a = node("a", &[redis.url()], &[]);
+    let b = node("b", &[via_proxy], &[]);
+    let (mut reader, _) = subscriber(&b, "chat:cut", None).await;
+    published(a.addr, "chat:cut", json!({"i": 1})).await;
+    assert_eq!(offsets(&mut reader, 1).await, [1]);
+    // Bytes vanish; connections stay open: only the probe can tell.
+    proxy.blackhole();
+    let cut_at = Instant::now();
+    for i in 2..=4 {
+        published(a.addr, "chat:cut", json!({"i": i})).await;
+    }
+    eventually("node b reports its broker link down", || async {
+        let (status, body) = b.get("/ready").await;
+        (status != 503).then(|| Value::String(body))
+    })
+    .await;
+    let detected = cut_at.elapsed();
+    // Stated bound: probe interval (1 s) + command timeout (1 s), with slack.
+    assert!(
+        detected < Duration::from_secs(5),
+        "detected after {detected:?}"
+    );
+    proxy.restore();
+    // Back: the node reconnects, resubscribes and heals the hole in order.
+    assert_eq!(offsets(&mut reader, 3).await, [2, 3, 4]);
+    published(a.addr, "chat:cut", json!({"i": 5})).await;
+    assert_eq!(offsets(&mut reader, 1).await, [5]);
+}
+
+#[tokio::test]
+async fn three_shards_a_restarted_shard_affects_only_its_channels() {
+    let mut shards: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(true)).collect();
+    let urls: Vec<String> = shards.iter().map(RedisServer::url).collect();
+    let nodes = three(&urls, &[]);
+    // Channels spread over the shards; each gets publications and a cross-node reader.
+    let channels: Vec<String> = (0..12).map(|i| format!("chat:s{i}")).collect();
+    let mut epochs = Vec::new();
+    for ch in &channels {
+        let (c, reply) = subscriber(&nodes[1], ch, None).await;
+        epochs.push(reply["epoch"].as_str().expect("epoch").to_string());
+        drop(c);
+        for i in 1..=3 {
+            published(nodes[0].addr, ch, json!({"i": i})).await;
+        }
+    }
+    shards[0].kill();
+    let mut failed = 0;
+    for ch in &channels {
+        let (status, _) = publish(nodes[2].addr, ch, json!({"during": true})).await;
+        if status != 200 {
+            assert_eq!(status, 503);
+            failed += 1;
+        }
+    }
+    assert!(
+        failed > 0 && failed < channels.len(),
+        "only the dead shard's channels fail: {failed}"
+    );
+    shards[0].restart();
+    for (ch, epoch) in channels.iter().zip(&epochs) {
+        eventually("the shard is back", || async {
+            let (status, body) = publish(nodes[0].addr, ch, json!({"after": true})).await;
+            (status != 200).then_some(body)
+        })
+        .await;
+        let (_, reply) = subscriber(&nodes[2], ch, Some((0, epoch))).await;
+        assert_eq!(reply["recovered"], true, "{ch}: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn a_redis_cluster_carries_the_same_guarantees() {
+    let cluster = RedisCluster::start(3);
+    let urls = cluster.urls();
+    let nodes = three(&urls, &["--set", "redis.cluster=true"]);
+    let mut readers = Vec::new();
+    for n in &nodes {
+        readers.push(subscriber(n, "chat:rc", None).await);
+    }
+    let epoch = readers[0].1["epoch"].as_str().expect("epoch").to_string();
+    for i in 1..=6u64 {
+        assert_eq!(
+            published(nodes[(i % 3) as usize].addr, "chat:rc", json!({"i": i})).await,
+            i
+        );
+    }
+    for (c, _) in &mut readers {
+        assert_eq!(offsets(c, 6).await, [1, 2, 3, 4, 5, 6]);
+    }
+    let (_, reply) = subscriber(&nodes[1], "chat:rc", Some((2, &epoch))).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["publications"].as_array().map(Vec::len), Some(4));
+}
