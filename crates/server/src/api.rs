@@ -906,10 +906,12 @@ pub async fn info(State(state): State<Arc<AppState>>, req: Request) -> ApiResult
     let (_in_flight, _): (_, InfoRequest) = authorized(&state, req).await?;
     let h = state.hub.counters();
     let nodes: Vec<Value> = if state.node.cluster().is_some() {
-        state
-            .nodes
-            .live()
-            .into_iter()
+        // This node's own entry is read now, not taken from its last heartbeat.
+        let mut live = state.nodes.live();
+        live.retain(|n| n.name != state.name);
+        live.push(crate::cluster::node_info(&state));
+        live.sort_by(|a, b| a.name.cmp(&b.name));
+        live.into_iter()
             .map(|n| {
                 json!({
                     "name": n.name,

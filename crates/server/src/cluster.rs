@@ -94,13 +94,15 @@ impl Nodes {
         }
     }
 
-    /// Records a heartbeat.
-    pub fn heartbeat(&self, info: NodeInfo) {
+    /// Records a heartbeat; true when it comes from a node not known before.
+    pub fn heartbeat(&self, info: NodeInfo) -> bool {
         let mut seen = self.seen.lock();
-        if !seen.contains_key(&info.name) {
+        let new = !seen.contains_key(&info.name);
+        if new {
             info!(node = %info.name, "node joined the cluster");
         }
         seen.insert(info.name.clone(), (info, Instant::now()));
+        new
     }
 
     /// A node said it leaves.
@@ -149,7 +151,24 @@ pub fn control_sink(state: Weak<AppState>) -> ControlSink {
             return;
         };
         match message {
-            ControlMessage::Heartbeat(info) => state.nodes.heartbeat(info),
+            ControlMessage::Heartbeat(info) => {
+                let from_other = info.name != state.name;
+                if state.nodes.heartbeat(info)
+                    && from_other
+                    && let Some(cluster) = state.node.cluster()
+                {
+                    // A newcomer learns every node within one round trip, not one
+                    // heartbeat period: each answers its first heartbeat with its own.
+                    let send = cluster
+                        .control
+                        .send(ControlMessage::Heartbeat(node_info(&state)));
+                    tokio::spawn(async move {
+                        if let Err(e) = send.wait().await {
+                            debug!("heartbeat answer not sent: {e}");
+                        }
+                    });
+                }
+            }
             ControlMessage::Leaving { node } => state.nodes.leaving(&node),
             ControlMessage::ChannelsQuery { id, from, pattern } => {
                 let channels = state
