@@ -293,11 +293,8 @@ async fn resilient_reader(
         };
         let mut c = Client { ws, next_id: 1 };
         let from = seen.last().copied().unwrap_or(0);
-        if !c
-            .try_call("connect", json!({}))
-            .await
-            .is_some_and(|r| r.get("connect").is_some())
-        {
+        let connected = c.try_call("connect", json!({})).await;
+        if connected.is_none_or(|r| r.get("connect").is_none()) {
             continue;
         }
         let params = json!({"channel": channel, "recover": true, "offset": from, "epoch": epoch});
@@ -467,7 +464,7 @@ async fn a_node_silently_cut_off_from_redis_is_detected_and_heals() {
     }
     eventually("node b reports its broker link down", || async {
         let (status, body) = b.get("/ready").await;
-        (status != 503).then(|| Value::String(body))
+        (status != 503).then_some(Value::String(body))
     })
     .await;
     let detected = cut_at.elapsed();
