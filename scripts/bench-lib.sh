@@ -1,0 +1,124 @@
+# Shared helpers of the benchmark scripts (scripts/bench.sh, scripts/cluster-bench.sh,
+# bench/peers/*.sh): sourced, not run. Expects BIN (directory of the starling
+# binaries), LOGDIR, QUIET_WAIT and QUIET_LOAD to be set by the caller.
+
+say() { printf '== %s\n' "$*"; }
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# Waits (bounded) for a quiet machine; says how quiet it got.
+wait_quiet() {
+    local waited=0
+    while awk -v l="$(load1)" -v q="$QUIET_LOAD" 'BEGIN { exit !(l >= q) }'; do
+        if [[ $waited -ge $QUIET_WAIT ]]; then
+            say "load average $(load1) after ${waited} s of waiting: measuring anyway (shared)"
+            return
+        fi
+        sleep 10
+        waited=$((waited + 10))
+    done
+    say "load average $(load1) (quiet; waited ${waited} s)"
+}
+
+# Server settings this build knows (an unknown key stops the server at start).
+has_setting() { "$BIN/starling" config 2>/dev/null | grep -qE "^$1 = "; }
+
+# A fresh message-log directory (the default configuration keeps a log), or none
+# when STORAGE_DIR is set and empty.
+storage_set() {
+    if [[ -n "${STORAGE_DIR+x}" && -z "$STORAGE_DIR" ]]; then
+        echo "--set=storage.dir="
+    else
+        echo "--set=storage.dir=${STORAGE_DIR:-$LOGDIR/data.$RANDOM$RANDOM}"
+    fi
+}
+
+# --set options that let one WebSocket connection publish at any rate.
+publisher_sets() {
+    if has_setting command_rate; then
+        echo "--set=client.command_rate=1000000 --set=client.command_burst=1000000"
+    fi
+}
+
+# --set options that turn off the per-address and per-connection fairness limits of
+# builds that have them (the load generators connect thousands of clients from a few
+# 127.0.0.x addresses). The history byte budgets stay on: they are a cost to measure,
+# not a limit on what one client may do.
+fairness_sets() {
+    local key
+    for key in server.max_connections_per_ip server.admission_rate_per_ip client.channel_creation_rate; do
+        if has_setting "${key#*.}"; then echo "--set=$key=0"; fi
+    done
+}
+
+# A TCP port free on 127.0.0.1 right now (for servers that cannot take port 0).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits (up to 10 s) until 127.0.0.1:PORT accepts connections.
+wait_port() {
+    local port=$1 _
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$port" >&2
+    return 1
+}
+
+# VmRSS of PID in KiB.
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# Raises the open-files soft limit and, as root, the kernel's backlog and port range.
+tune_kernel() {
+    say "open-files limit: soft $(ulimit -Sn), hard $(ulimit -Hn); raising soft to hard"
+    ulimit -n "$(ulimit -Hn)"
+    if [[ $(id -u) -ne 0 ]]; then
+        say "not root: kernel settings left as they are"
+        return
+    fi
+    raise() { # key min
+        local cur
+        cur=$(sysctl -n "$1" 2>/dev/null | awk '{print $1}') || return 0
+        if [[ -n "$cur" && "$cur" -lt "$2" ]]; then
+            if sysctl -qw "$1=$2" 2>/dev/null; then
+                say "root: set $1=$2 (was $cur; runtime only)"
+            else
+                say "root: could not set $1 (stays $cur)"
+            fi
+        fi
+    }
+    raise net.core.somaxconn 8192
+    raise net.ipv4.tcp_max_syn_backlog 8192
+    local range
+    range=$(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr -s '\t ' ' ') || range=""
+    if [[ -n "$range" && "${range%% *}" -gt 10000 ]]; then
+        if sysctl -qw net.ipv4.ip_local_port_range="10000 65000" 2>/dev/null; then
+            say "root: set net.ipv4.ip_local_port_range=10000 65000 (was $range; runtime only)"
+        fi
+    fi
+}
+
+# Builds the release binaries unless BIN_DIR names prebuilt ones.
+build_binaries() {
+    if [[ -n "${BIN_DIR:-}" ]]; then
+        say "binaries from $BIN_DIR (not built)"
+    else
+        say "building release binaries"
+        (cd "$ROOT" && cargo build --release -q -p starling -p starling-bench)
+    fi
+}
+
+# Stops PID: TERM, up to 10 s, then KILL.
+stop_pid() {
+    local pid=$1 _
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
