@@ -41,8 +41,9 @@ pub enum Stage {
 /// (scripts/cluster-bench.sh does), each spreading its connections over the nodes.
 #[derive(Debug, Args)]
 pub struct IdleArgs {
-    /// WebSocket endpoint of a node. Repeat it for several nodes: connection i goes
-    /// to node i mod N (round-robin) and the figures are also given per node.
+    /// WebSocket endpoint of a node. Repeat it for several nodes: connection
+    /// first+i goes to node (first+i) mod N (round-robin) and the figures are also
+    /// given per node.
     #[arg(long = "url", default_value = "ws://127.0.0.1:8000/connection/websocket")]
     pub urls: Vec<String>,
     /// Connections to open.
@@ -148,7 +149,9 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     for i in 0..args.connections {
         let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
-        let node = i % targets.len();
+        // Counted from --first, so that several processes together stay balanced.
+        let n = args.first.saturating_add(i);
+        let node = n % targets.len();
         let target = targets[node].clone();
         let gate = gate.clone();
         let ready = ready.clone();
@@ -159,7 +162,6 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         let stop = stop_rx.clone();
         let stage = args.stage;
         let channels = args.channels_per_conn;
-        let n = args.first.saturating_add(i);
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await?;
             let setup =
