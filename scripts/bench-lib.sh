@@ -122,3 +122,63 @@ stop_pid() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
+
+# Processes a script started and must stop (servers, Redis, benches): track_pid
+# PID adds one, stop_started stops them all (the scripts' EXIT trap).
+STARTED=()
+track_pid() { STARTED+=("$1"); }
+stop_started() {
+    local pid
+    for pid in ${STARTED[@]+"${STARTED[@]}"}; do
+        stop_pid "$pid"
+    done
+    STARTED=()
+}
+
+# start_redis: one Redis server on a free port (never 6379), in a directory under
+# LOGDIR, without persistence; appends its URL to REDIS_URLS.
+REDIS_URLS=()
+start_redis() {
+    local port dir pid
+    port=$(free_port)
+    dir=$(mktemp -d "$LOGDIR/redis.XXXXXX")
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+        --logfile "$dir/redis.log" --daemonize no &
+    pid=$!
+    track_pid "$pid"
+    wait_port "$port"
+    REDIS_URLS+=("redis://127.0.0.1:$port")
+    say "redis pid $pid on 127.0.0.1:$port"
+}
+
+loud_warning() {
+    say "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    say "!!! WARNING: $*"
+    say "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+}
+
+# The bench, bounded in time, its command line printed first.
+bench() {
+    say "starling-bench $*"
+    timeout --signal=INT --kill-after=10 $((TIMEOUT + 60)) "$BIN/starling-bench" "$@"
+}
+
+# need CMD...: stops the script if a command is missing.
+need() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null || { echo "$c is not installed" >&2; exit 1; }
+    done
+}
+
+# wait_line FILE REGEX [PID]: waits (up to 10 s) for a line of FILE matching REGEX;
+# fails early if PID exits.
+wait_line() {
+    local _
+    for _ in $(seq 1 100); do
+        grep -qE "$2" "$1" 2>/dev/null && return 0
+        if [[ -n "${3:-}" ]] && ! kill -0 "$3" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    return 1
+}

@@ -93,10 +93,6 @@ start_server() {
     exit 1
 }
 
-bench() {
-    timeout --signal=INT --kill-after=10 $((TIMEOUT + 60)) "$BIN/starling-bench" "$@"
-}
-
 url() { echo "ws://127.0.0.1:$SERVER_PORT/connection/websocket"; }
 
 run_idle() {

@@ -53,34 +53,11 @@ QUIET_LOAD=${QUIET_LOAD:-0.7}
 # shellcheck source=scripts/bench-lib.sh
 source "$ROOT/scripts/bench-lib.sh"
 
-STARTED=()     # every pid this script started (stopped by the trap)
 NODE_PIDS=()   # the current cluster's nodes
 NODE_PORTS=()
-REDIS_URLS=()  # the current cluster's Redis shards
 CLUSTERED=0    # 1 when the nodes share a Redis engine
-
-cleanup() {
-    local pid
-    for pid in ${STARTED[@]+"${STARTED[@]}"}; do
-        stop_pid "$pid"
-    done
-    STARTED=()
-}
-trap cleanup EXIT
+trap stop_started EXIT
 trap 'exit 130' INT TERM
-
-# start_redis: one Redis server on a free port; appends its URL to REDIS_URLS.
-start_redis() {
-    local port dir
-    port=$(free_port)
-    dir=$(mktemp -d "$LOGDIR/redis.XXXXXX")
-    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-        --logfile "$dir/redis.log" --daemonize no &
-    STARTED+=($!)
-    wait_port "$port"
-    REDIS_URLS+=("redis://127.0.0.1:$port")
-    say "redis pid $! on 127.0.0.1:$port"
-}
 
 # start_node NAME [serve options...]: one Starling node on a free port; sets
 # NODE_PID and NODE_PORT; returns 1 if it exits before listening.
@@ -95,7 +72,7 @@ start_node() {
         --set log.level=warn --set client.command_rate=0 --set server.admission_rate=0 \
         --set client.max_subscriptions=0 $(fairness_sets) $(storage_set) "$@" >"$log" 2>&1 &
     NODE_PID=$!
-    STARTED+=("$NODE_PID")
+    track_pid "$NODE_PID"
     for _ in $(seq 1 100); do
         if grep -q '^starling listening on http://' "$log" 2>/dev/null; then
             NODE_PORT=$(sed -nE '1s#^starling listening on http://127\.0\.0\.1:([0-9]+).*#\1#p' "$log")
@@ -113,12 +90,6 @@ start_node() {
 
 supports_redis() {
     [[ "${INDEPENDENT:-0}" != 1 ]] && "$BIN/starling" serve --help 2>/dev/null | grep -q -- '--redis'
-}
-
-loud_warning() {
-    say "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
-    say "!!! WARNING: $*"
-    say "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
 }
 
 # start_cluster N SHARDS: N nodes sharing SHARDS Redis servers (or independent nodes
@@ -157,14 +128,9 @@ start_cluster() {
 }
 
 stop_cluster() {
-    cleanup
+    stop_started
     NODE_PIDS=() NODE_PORTS=() REDIS_URLS=()
     say "load average at the end: $(load1)"
-}
-
-bench() {
-    say "starling-bench $*"
-    timeout --signal=INT --kill-after=10 $((TIMEOUT + 60)) "$BIN/starling-bench" "$@"
 }
 
 ws_urls() {
@@ -232,7 +198,7 @@ run_held() {
             --hold-secs $((TIMEOUT + 30)) --ready-file "${ready[k]}" --json \
             >"$LOGDIR/held.$k.json" 2>"$LOGDIR/held.$k.err" &
         pids+=($!)
-        STARTED+=($!)
+        track_pid $!
     done
     # Every process has set its connections up (or given up), bounded.
     local waited=0 all
@@ -277,7 +243,7 @@ main() {
     say "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
     tune_kernel
     build_binaries
-    command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
+    need redis-server curl python3
     say "note: the nodes, Redis and the bench share this machine's cores"
     for w in "${what[@]}"; do
         case "$w" in
