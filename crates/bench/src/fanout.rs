@@ -49,7 +49,10 @@ pub struct FanoutArgs {
     /// subscriber i connects to node i mod N (round-robin) and the figures are also
     /// given per node. Peers: `ws://HOST:PORT/socket.io/?EIO=4&transport=websocket`
     /// (socketio), `ws://HOST:PORT/` (nats).
-    #[arg(long = "url", default_value = "ws://127.0.0.1:8000/connection/websocket")]
+    #[arg(
+        long = "url",
+        default_value = "ws://127.0.0.1:8000/connection/websocket"
+    )]
     pub urls: Vec<String>,
     /// The node that publishes: `http://HOST:PORT` (its HTTP API, or its WebSocket
     /// endpoint with --via ws and for nats); default: the first --url. Repeat it to
@@ -432,7 +435,11 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         let node_span = span_until(last_delivery(Some(k)));
         let node_lat = Percentiles::of(&shared.nodes[k].latencies.merged());
         let node_ready = shared.nodes[k].ready.load(Ordering::Relaxed);
-        let role = if publishes[k] { "publisher's node" } else { "other node" };
+        let role = if publishes[k] {
+            "publisher's node"
+        } else {
+            "other node"
+        };
         if targets.len() > 1 {
             say!(
                 "node {k} {} ({role}): {node_ready} subscribed, {node_deliveries} deliveries, {:.0}/s, latency (µs) p50 {} p99 {} p99.9 {} max {}",
@@ -553,7 +560,9 @@ impl Subscriber {
             }
         };
         self.shared.ready.fetch_add(1, Ordering::Relaxed);
-        self.shared.nodes[node].ready.fetch_add(1, Ordering::Relaxed);
+        self.shared.nodes[node]
+            .ready
+            .fetch_add(1, Ordering::Relaxed);
         drop(permit);
 
         let op = self.protocol.opcode();
@@ -844,7 +853,11 @@ impl Publisher {
             anyhow::Ok(())
         };
         let confirmed = tokio::time::timeout_at(self.deadline, confirm).await;
-        let accepted = if matches!(confirmed, Ok(Ok(()))) { sent } else { 0 };
+        let accepted = if matches!(confirmed, Ok(Ok(()))) {
+            sent
+        } else {
+            0
+        };
         Ok(PubReport {
             sent,
             accepted,

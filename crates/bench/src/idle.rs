@@ -16,8 +16,8 @@ use crate::client::{
     Target, WsClient, connect_command, reply_error, source_addrs, subscribe_command, tcp_connect,
 };
 use crate::frame::Event;
-use crate::server::{metric, rss_bytes, settled_rss};
 use crate::report::{Progress, Rate, say};
+use crate::server::{metric, rss_bytes, settled_rss};
 use crate::stats::bytes_and_kib;
 
 /// How far each connection goes (for the memory breakdown).
@@ -44,7 +44,10 @@ pub struct IdleArgs {
     /// WebSocket endpoint of a node. Repeat it for several nodes: connection
     /// first+i goes to node (first+i) mod N (round-robin) and the figures are also
     /// given per node.
-    #[arg(long = "url", default_value = "ws://127.0.0.1:8000/connection/websocket")]
+    #[arg(
+        long = "url",
+        default_value = "ws://127.0.0.1:8000/connection/websocket"
+    )]
     pub urls: Vec<String>,
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]

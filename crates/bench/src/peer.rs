@@ -183,7 +183,12 @@ impl Session {
     }
 
     fn feed_socketio(&mut self, payload: &[u8], seen: &mut Vec<Seen>) -> Result<(), PeerError> {
-        let text = |p: &[u8]| String::from_utf8_lossy(p).chars().take(120).collect::<String>();
+        let text = |p: &[u8]| {
+            String::from_utf8_lossy(p)
+                .chars()
+                .take(120)
+                .collect::<String>()
+        };
         match payload {
             // engine.io open: then connect to the default namespace.
             [b'0', ..] if !self.connect_sent => {
@@ -283,8 +288,7 @@ impl Session {
     pub fn publish_message(&self, id: u32, data: &str) -> Vec<u8> {
         match self.protocol {
             Protocol::Nats => {
-                let mut out =
-                    format!("PUB {} {}\r\n", self.channel, data.len()).into_bytes();
+                let mut out = format!("PUB {} {}\r\n", self.channel, data.len()).into_bytes();
                 out.extend_from_slice(data.as_bytes());
                 out.extend_from_slice(b"\r\n");
                 out
@@ -351,13 +355,11 @@ mod tests {
         let mut s = Session::new(Protocol::Socketio, "room:1", true);
         let mut seen = Vec::new();
         assert!(s.take_outbox().is_empty());
-        s.feed(br#"0{"sid":"a","pingInterval":25000}"#, &mut seen).unwrap();
+        s.feed(br#"0{"sid":"a","pingInterval":25000}"#, &mut seen)
+            .unwrap();
         assert_eq!(s.take_outbox(), vec![b"40".to_vec()]);
         s.feed(br#"40{"sid":"b"}"#, &mut seen).unwrap();
-        assert_eq!(
-            s.take_outbox(),
-            vec![br#"421["join","room:1"]"#.to_vec()]
-        );
+        assert_eq!(s.take_outbox(), vec![br#"421["join","room:1"]"#.to_vec()]);
         assert!(!s.ready());
         s.feed(br#"431["ok"]"#, &mut seen).unwrap();
         assert!(s.ready());
@@ -379,7 +381,8 @@ mod tests {
     fn nats_handshake_and_split_messages() {
         let mut s = Session::new(Protocol::Nats, "fanout.1", true);
         let mut seen = Vec::new();
-        s.feed(b"INFO {\"server_id\":\"x\"}\r\n", &mut seen).unwrap();
+        s.feed(b"INFO {\"server_id\":\"x\"}\r\n", &mut seen)
+            .unwrap();
         let out = s.take_outbox();
         assert_eq!(out.len(), 1);
         let text = String::from_utf8(out[0].clone()).unwrap();
@@ -403,8 +406,17 @@ mod tests {
         let two = format!("{msg}MSG fanout.1 1 reply.x {}\r\n{body}\r\n", body.len());
         s.feed(two.as_bytes(), &mut seen).unwrap();
         assert_eq!(seen.len(), 3);
-        assert_eq!(seen[2], Seen { order: 3, ts: Some(99) });
-        assert!(s.feed(b"-ERR 'Authorization Violation'\r\n", &mut seen).is_err());
+        assert_eq!(
+            seen[2],
+            Seen {
+                order: 3,
+                ts: Some(99)
+            }
+        );
+        assert!(
+            s.feed(b"-ERR 'Authorization Violation'\r\n", &mut seen)
+                .is_err()
+        );
         let publish = s.publish_message(1, "abc");
         assert_eq!(publish, b"PUB fanout.1 3\r\nabc\r\n".to_vec());
     }
