@@ -1,6 +1,26 @@
 # Shared helpers of the benchmark scripts (scripts/bench.sh, scripts/cluster-bench.sh,
-# bench/peers/*.sh): sourced, not run. Expects BIN (directory of the starling
-# binaries), LOGDIR, QUIET_WAIT and QUIET_LOAD to be set by the caller.
+# bench/peers/*.sh): sourced, not run. Expects ROOT, BIN (directory of the starling
+# binaries), LOGDIR, QUIET_WAIT and QUIET_LOAD to be set by the caller (or by
+# cluster_settings).
+
+# cluster_settings NAME: the settings of the multi-node fan-out scripts, from the
+# environment or their defaults, and a fresh log directory NAME.XXXXXX; stops every
+# started process on exit.
+cluster_settings() {
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+    NODES=${NODES:-3}
+    SUBS=${SUBS:-9000}
+    MESSAGES=${MESSAGES:-1000}
+    RATE=${RATE:-100}
+    SIZE=${SIZE:-100}
+    TIMEOUT=${TIMEOUT:-120}
+    BIN=${BIN_DIR:-$CARGO_TARGET_DIR/release}
+    LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+    QUIET_WAIT=${QUIET_WAIT:-600}
+    QUIET_LOAD=${QUIET_LOAD:-0.7}
+    trap stop_started EXIT
+    trap 'exit 130' INT TERM
+}
 
 say() { printf '== %s\n' "$*"; }
 
@@ -161,6 +181,17 @@ loud_warning() {
 bench() {
     say "starling-bench $*"
     timeout --signal=INT --kill-after=10 $((TIMEOUT + 60)) "$BIN/starling-bench" "$@"
+}
+
+# fanout_json LABEL ARGS...: the fan-out run with the SUBS/MESSAGES/RATE/SIZE/TIMEOUT
+# settings and ARGS (nodes, publisher, protocol); human-readable figures on the
+# terminal, the JSON ones in LOGDIR/fanout.LABEL.json.
+fanout_json() {
+    local label=$1
+    shift
+    bench fanout "$@" --subscribers "$SUBS" --messages "$MESSAGES" --rate "$RATE" \
+        --size "$SIZE" --timeout "$TIMEOUT" --json >"$LOGDIR/fanout.$label.json"
+    say "figures as JSON: $LOGDIR/fanout.$label.json"
 }
 
 # need CMD...: stops the script if a command is missing.

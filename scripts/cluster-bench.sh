@@ -35,29 +35,17 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-NODES=${NODES:-3}
-SUBS=${SUBS:-9000}
-MESSAGES=${MESSAGES:-1000}
-RATE=${RATE:-100}
-SIZE=${SIZE:-100}
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
+cluster_settings starling-cluster-bench
 VIA=${VIA:-http}
 HELD=${HELD:-57000}
 HELD_PROCS=${HELD_PROCS:-3}
 SHARDS=${SHARDS:-3}
-TIMEOUT=${TIMEOUT:-120}
-BIN=${BIN_DIR:-$CARGO_TARGET_DIR/release}
-LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/starling-cluster-bench.XXXXXX")
-QUIET_WAIT=${QUIET_WAIT:-600}
-QUIET_LOAD=${QUIET_LOAD:-0.7}
-# shellcheck source=scripts/bench-lib.sh
-source "$ROOT/scripts/bench-lib.sh"
 
 NODE_PIDS=()   # the current cluster's nodes
 NODE_PORTS=()
 CLUSTERED=0    # 1 when the nodes share a Redis engine
-trap stop_started EXIT
-trap 'exit 130' INT TERM
 
 # start_node NAME [serve options...]: one Starling node on a free port; sets
 # NODE_PID and NODE_PORT; returns 1 if it exits before listening.
@@ -70,7 +58,8 @@ start_node() {
     # shellcheck disable=SC2046
     "$BIN/starling" serve --dev --listen 127.0.0.1:0 \
         --set log.level=warn --set client.command_rate=0 --set server.admission_rate=0 \
-        --set client.max_subscriptions=0 $(fairness_sets) $(storage_set) "$@" >"$log" 2>&1 &
+        --set client.max_subscriptions=0 --set "server.name=bench-$name" $(fairness_sets) \
+        $(storage_set) "$@" >"$log" 2>&1 &
     NODE_PID=$!
     track_pid "$NODE_PID"
     for _ in $(seq 1 100); do
@@ -149,11 +138,7 @@ fanout_run() {
         for p in "${NODE_PORTS[@]}"; do publish+=(--publish-url "http://127.0.0.1:$p"); done
     fi
     say "fanout ($label): $SUBS subscribers over ${#NODE_PORTS[@]} node(s), $MESSAGES publications at $RATE/s via $VIA"
-    # shellcheck disable=SC2046
-    bench fanout "${urls[@]}" "${publish[@]}" --via "$VIA" --subscribers "$SUBS" \
-        --messages "$MESSAGES" --rate "$RATE" --size "$SIZE" --timeout "$TIMEOUT" \
-        --json >"$LOGDIR/fanout.$label.json"
-    say "figures as JSON: $LOGDIR/fanout.$label.json"
+    fanout_json "$label" "${urls[@]}" "${publish[@]}" --via "$VIA"
 }
 
 run_fanout() {
@@ -213,7 +198,10 @@ run_held() {
         sleep 0.1
         waited=$((waited + 1))
     done
-    for f in "${ready[@]}"; do say "held: $(basename "$f"): $(cat "$f" 2>/dev/null || echo "not ready") (ready failed)"; done
+    for k in "${!ready[@]}"; do
+        read -r r f < <(cat "${ready[k]}" 2>/dev/null || echo "? ?")
+        say "held: bench process $k: $r connections ready, $f failed"
+    done
     # Each node's RSS once it stops growing: 3 reads 500 ms apart within 64 KiB, at most 30 s.
     local k2 rss last stable tries
     for k in "${!NODE_PIDS[@]}"; do

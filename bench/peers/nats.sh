@@ -17,22 +17,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-NODES=${NODES:-3}
-SUBS=${SUBS:-9000}
-MESSAGES=${MESSAGES:-1000}
-RATE=${RATE:-100}
-SIZE=${SIZE:-100}
-TIMEOUT=${TIMEOUT:-120}
-SETTLE_MS=${SETTLE_MS:-1000}
-BIN=${BIN_DIR:-$CARGO_TARGET_DIR/release}
-LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/peer-nats.XXXXXX")
-QUIET_WAIT=${QUIET_WAIT:-600}
-QUIET_LOAD=${QUIET_LOAD:-0.7}
 # shellcheck source=scripts/bench-lib.sh
 source "$ROOT/scripts/bench-lib.sh"
-trap stop_started EXIT
-trap 'exit 130' INT TERM
+cluster_settings peer-nats
+SETTLE_MS=${SETTLE_MS:-1000}
 NATS_SERVER=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
 
 WS_PORTS=()
@@ -85,10 +73,8 @@ start_nodes() {
 run() {
     local urls=() p
     for p in "${WS_PORTS[@]}"; do urls+=(--url "ws://127.0.0.1:$p/"); done
-    bench fanout --protocol nats "${urls[@]}" --publish-url "ws://127.0.0.1:${WS_PORTS[0]}/" \
-        --subscribers "$SUBS" --messages "$MESSAGES" --rate "$RATE" --size "$SIZE" \
-        --settle-ms "$SETTLE_MS" --timeout "$TIMEOUT" --json >"$LOGDIR/fanout.$1.json"
-    say "figures as JSON: $LOGDIR/fanout.$1.json"
+    fanout_json "$1" --protocol nats "${urls[@]}" \
+        --publish-url "ws://127.0.0.1:${WS_PORTS[0]}/" --settle-ms "$SETTLE_MS"
 }
 
 main() {

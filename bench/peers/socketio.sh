@@ -17,21 +17,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERE="$ROOT/bench/peers/socketio"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-NODES=${NODES:-3}
-SUBS=${SUBS:-9000}
-MESSAGES=${MESSAGES:-1000}
-RATE=${RATE:-100}
-SIZE=${SIZE:-100}
-TIMEOUT=${TIMEOUT:-120}
-BIN=${BIN_DIR:-$CARGO_TARGET_DIR/release}
-LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/peer-socketio.XXXXXX")
-QUIET_WAIT=${QUIET_WAIT:-600}
-QUIET_LOAD=${QUIET_LOAD:-0.7}
 # shellcheck source=scripts/bench-lib.sh
 source "$ROOT/scripts/bench-lib.sh"
-trap stop_started EXIT
-trap 'exit 130' INT TERM
+cluster_settings peer-socketio
 
 PORTS=()
 
@@ -58,10 +46,8 @@ start_nodes() {
 run() {
     local urls=() p
     for p in "${PORTS[@]}"; do urls+=(--url "ws://127.0.0.1:$p/socket.io/?EIO=4&transport=websocket"); done
-    bench fanout --protocol socketio "${urls[@]}" --publish-url "http://127.0.0.1:${PORTS[0]}" \
-        --subscribers "$SUBS" --messages "$MESSAGES" --rate "$RATE" --size "$SIZE" \
-        --timeout "$TIMEOUT" --json >"$LOGDIR/fanout.$1.json"
-    say "figures as JSON: $LOGDIR/fanout.$1.json"
+    fanout_json "$1" --protocol socketio "${urls[@]}" \
+        --publish-url "http://127.0.0.1:${PORTS[0]}"
 }
 
 main() {
