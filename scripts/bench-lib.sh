@@ -177,9 +177,10 @@ loud_warning() {
     say "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
 }
 
-# The bench, bounded in time, its command line printed first.
+# The bench, bounded in time, its command line printed first (on stderr, so that a
+# caller may keep stdout for the bench's JSON).
 bench() {
-    say "starling-bench $*"
+    say "starling-bench $*" >&2
     timeout --signal=INT --kill-after=10 $((TIMEOUT + 60)) "$BIN/starling-bench" "$@"
 }
 
