@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers of the benchmark scripts (scripts/bench.sh, scripts/cluster-bench.sh,
 # bench/peers/*.sh): sourced, not run. Expects ROOT, BIN (directory of the starling
 # binaries), LOGDIR, QUIET_WAIT and QUIET_LOAD to be set by the caller (or by
