@@ -9,7 +9,9 @@
 #   fanout: SUBS subscribers spread round-robin over the NODES nodes, publications
 #           through node A's HTTP API (POST /api/publish): deliveries/s and latency
 #           p50/p99 overall and per node (node A's subscribers are same-node, the
-#           others cross-node); then the same run on 1 node for comparison.
+#           others cross-node); then the same run on 1 node on Redis (the engine's
+#           cost alone; only when the cluster ran) and on 1 node with the memory
+#           engine, for comparison.
 #   held:   HELD subscribed idle connections over the NODES nodes, opened by
 #           HELD_PROCS bench processes (one process holds at most ~19,900
 #           connections: the open-files limit is 20,000 per process); each node's RSS
@@ -81,13 +83,14 @@ supports_redis() {
     [[ "${INDEPENDENT:-0}" != 1 ]] && "$BIN/starling" serve --help 2>/dev/null | grep -q -- '--redis'
 }
 
-# start_cluster N SHARDS: N nodes sharing SHARDS Redis servers (or independent nodes
-# when this build cannot); sets NODE_PIDS, NODE_PORTS, CLUSTERED.
+# start_cluster N SHARDS [serve options...]: N nodes sharing SHARDS Redis servers
+# (SHARDS 0: the memory engine; independent nodes, with a loud warning, when this
+# build cannot join a cluster); sets NODE_PIDS, NODE_PORTS, CLUSTERED.
 start_cluster() {
     local n=$1 shards=$2 k redis_args=()
     wait_quiet
     NODE_PIDS=() NODE_PORTS=() REDIS_URLS=() CLUSTERED=0
-    if [[ $n -gt 1 ]] && supports_redis; then
+    if [[ $shards -gt 0 ]] && supports_redis; then
         for ((k = 0; k < shards; k++)); do start_redis; done
         for url in "${REDIS_URLS[@]}"; do redis_args+=(--redis "$url"); done
         if start_node A "${redis_args[@]}" "${@:3}"; then
@@ -95,10 +98,10 @@ start_cluster() {
         else
             loud_warning "this build of starling has --redis but a node could not start with it (see above)"
         fi
-    elif [[ $n -gt 1 ]]; then
+    elif [[ $shards -gt 0 && $n -gt 1 ]]; then
         loud_warning "this build of starling has no --redis (or INDEPENDENT=1)"
     fi
-    if [[ $n -gt 1 && $CLUSTERED -eq 0 ]]; then
+    if [[ $shards -gt 0 && $n -gt 1 && $CLUSTERED -eq 0 ]]; then
         loud_warning "starting $n INDEPENDENT nodes (memory engine each): a publication reaches only its own node's subscribers; the per-node figures below are not cross-node figures"
         redis_args=()
     fi
@@ -144,8 +147,16 @@ fanout_run() {
 run_fanout() {
     # shellcheck disable=SC2046
     start_cluster "$NODES" 1 $(publisher_sets)
+    local clustered=$CLUSTERED
     fanout_run "${NODES}-nodes"
     stop_cluster
+    if [[ $clustered -eq 1 ]]; then
+        # The engine's own cost without crossing nodes: 1 node on Redis.
+        # shellcheck disable=SC2046
+        start_cluster 1 1 $(publisher_sets)
+        fanout_run "1-node-redis"
+        stop_cluster
+    fi
     # shellcheck disable=SC2046
     start_cluster 1 0 $(publisher_sets)
     fanout_run "1-node"
@@ -216,8 +227,12 @@ run_held() {
         conns=$(curl -s --max-time 10 "http://127.0.0.1:${NODE_PORTS[k]}/metrics" \
             | awk '$1 == "starling_connections" { print $2 }')
         k2=$(( rss - before[k] ))
+        printf '{"node":%d,"port":%d,"starling_connections":%s,"rss_kib_before":%d,"rss_kib_after":%d,"settled":%s}\n' \
+            "$k" "${NODE_PORTS[k]}" "${conns:-null}" "${before[k]}" "$rss" \
+            "$([[ $stable -ge 3 ]] && echo true || echo false)" >>"$LOGDIR/held.nodes.json"
         say "node $k (127.0.0.1:${NODE_PORTS[k]}): starling_connections ${conns:-?}, RSS ${before[k]} KiB at 0 -> $rss KiB$([[ $stable -lt 3 ]] && echo ' (still growing)'), delta $k2 KiB$( [[ -n "$conns" && "${conns%.*}" -gt 0 ]] && awk -v d="$k2" -v c="${conns%.*}" 'BEGIN { printf ", %.2f KiB per connection", d / c }')"
     done
+    say "figures as JSON lines: $LOGDIR/held.nodes.json (nodes), $LOGDIR/held.N.json (bench processes)"
     for pid in "${pids[@]}"; do stop_pid "$pid"; done
     for ((k = 0; k < HELD_PROCS; k++)); do
         say "bench process $k: $(grep -E 'connections ready|failure|warning' "$LOGDIR/held.$k.err" | tr '\n' ' ')"
