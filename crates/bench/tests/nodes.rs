@@ -78,6 +78,26 @@ fn bench_json(args: &[String]) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
+/// The body of `GET path` on 127.0.0.1:port ("" on any failure: the caller retries).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut response = String::new();
+    if stream.write_all(request.as_bytes()).is_err()
+        || stream.read_to_string(&mut response).is_err()
+    {
+        return String::new();
+    }
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -227,16 +247,7 @@ fn nats_protocol_across_two_routed_servers() {
     let start = std::time::Instant::now();
     for port in monitors {
         loop {
-            let routez = Command::new("curl")
-                .args([
-                    "-s",
-                    "--max-time",
-                    "2",
-                    &format!("http://127.0.0.1:{port}/routez"),
-                ])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
+            let routez = http_get(port, "/routez");
             if serde_json::from_str::<Value>(&routez)
                 .is_ok_and(|v| v["num_routes"].as_u64() == Some(1))
             {
