@@ -51,68 +51,17 @@ SERVER_PID=""
 SERVER_PORT=""
 QUIET_WAIT=${QUIET_WAIT:-600}
 QUIET_LOAD=${QUIET_LOAD:-0.7}
-
-say() { printf '== %s\n' "$*"; }
-
-load1() { cut -d' ' -f1 /proc/loadavg; }
-
-# Waits (bounded) for a quiet machine; says how quiet it got.
-wait_quiet() {
-    local waited=0
-    while awk -v l="$(load1)" -v q="$QUIET_LOAD" 'BEGIN { exit !(l >= q) }'; do
-        if [[ $waited -ge $QUIET_WAIT ]]; then
-            say "load average $(load1) after ${waited} s of waiting: measuring anyway (shared)"
-            return
-        fi
-        sleep 10
-        waited=$((waited + 10))
-    done
-    say "load average $(load1) (quiet; waited ${waited} s)"
-}
-
-# Server settings this build knows (an unknown key stops the server at start).
-has_setting() { "$BIN/starling" config 2>/dev/null | grep -qE "^$1 = "; }
-
-storage_set() {
-    if [[ -n "${STORAGE_DIR+x}" && -z "$STORAGE_DIR" ]]; then
-        echo "--set=storage.dir="
-    else
-        echo "--set=storage.dir=${STORAGE_DIR:-$LOGDIR/data.$RANDOM$RANDOM}"
-    fi
-}
-
-# --set options that let one WebSocket connection publish at any rate.
-publisher_sets() {
-    if has_setting command_rate; then
-        echo "--set=client.command_rate=1000000 --set=client.command_burst=1000000"
-    fi
-}
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
 
 stop_server() {
     if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
+        stop_pid "$SERVER_PID"
         say "load average at the end: $(load1)"
     fi
     SERVER_PID=""
 }
 trap stop_server EXIT
-
-# --set options that turn off the per-address and per-connection fairness limits of
-# builds that have them (the load generators connect thousands of clients from a few
-# 127.0.0.x addresses). The history byte budgets stay on: they are a cost to measure,
-# not a limit on what one client may do.
-fairness_sets() {
-    local key
-    for key in server.max_connections_per_ip server.admission_rate_per_ip client.channel_creation_rate; do
-        if has_setting "${key#*.}"; then echo "--set=$key=0"; fi
-    done
-}
 
 # start_server [ENV=VALUE...] -- [--set k=v...]
 # The flood limits (command rate, admission pacing, subscriptions, per-address shares,
@@ -144,38 +93,7 @@ start_server() {
     exit 1
 }
 
-bench() {
-    timeout --signal=INT --kill-after=10 $((TIMEOUT + 60)) "$BIN/starling-bench" "$@"
-}
-
 url() { echo "ws://127.0.0.1:$SERVER_PORT/connection/websocket"; }
-
-tune_kernel() {
-    if [[ $(id -u) -ne 0 ]]; then
-        say "not root: kernel settings left as they are"
-        return
-    fi
-    raise() { # key min
-        local cur
-        cur=$(sysctl -n "$1" 2>/dev/null | awk '{print $1}') || return 0
-        if [[ -n "$cur" && "$cur" -lt "$2" ]]; then
-            if sysctl -qw "$1=$2" 2>/dev/null; then
-                say "root: set $1=$2 (was $cur; runtime only)"
-            else
-                say "root: could not set $1 (stays $cur)"
-            fi
-        fi
-    }
-    raise net.core.somaxconn 8192
-    raise net.ipv4.tcp_max_syn_backlog 8192
-    local range
-    range=$(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr -s '\t ' ' ') || range=""
-    if [[ -n "$range" && "${range%% *}" -gt 10000 ]]; then
-        if sysctl -qw net.ipv4.ip_local_port_range="10000 65000" 2>/dev/null; then
-            say "root: set net.ipv4.ip_local_port_range=10000 65000 (was $range; runtime only)"
-        fi
-    fi
-}
 
 run_idle() {
     start_server --
@@ -288,15 +206,8 @@ main() {
     local what=("$@")
     [[ ${#what[@]} -eq 0 ]] && what=(all)
     say "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
-    say "open-files limit: soft $(ulimit -Sn), hard $(ulimit -Hn); raising soft to hard"
-    ulimit -n "$(ulimit -Hn)"
     tune_kernel
-    if [[ -n "${BIN_DIR:-}" ]]; then
-        say "binaries from $BIN_DIR (not built)"
-    else
-        say "building release binaries"
-        (cd "$ROOT" && cargo build --release -q -p starling -p starling-bench)
-    fi
+    build_binaries
     say "note: the server and the bench share this machine's cores"
     for w in "${what[@]}"; do
         case "$w" in

@@ -65,6 +65,21 @@ impl Target {
         Ok(Target { host, addr, path })
     }
 
+    /// Resolves `http://host:port[/path]` or `ws://host:port[/path]` (a node's HTTP API
+    /// or WebSocket endpoint); without a path, `default_path` is used.
+    pub async fn resolve_node(url: &str, default_path: &str) -> anyhow::Result<Target> {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("ws://"))
+            .with_context(|| format!("only http:// and ws:// URLs are supported, got {url}"))?;
+        let with_path = if rest.contains('/') {
+            format!("ws://{rest}")
+        } else {
+            format!("ws://{rest}{default_path}")
+        };
+        Self::resolve(&with_path).await
+    }
+
     /// `host:port` of the server's HTTP side (same listener).
     pub fn http_addr(&self) -> SocketAddr {
         self.addr
@@ -130,14 +145,33 @@ pub struct WsClient {
 impl WsClient {
     /// TCP connect (from `source`), then the HTTP upgrade with `starling.json`.
     pub async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<WsClient> {
+        Self::connect_as(target, source, Some("starling.json")).await
+    }
+
+    /// TCP connect (from `source`), then the HTTP upgrade asking for `subprotocol`
+    /// (none for the peers' protocols, which do not negotiate one).
+    pub async fn connect_as(
+        target: &Target,
+        source: Option<IpAddr>,
+        subprotocol: Option<&str>,
+    ) -> anyhow::Result<WsClient> {
         let stream = tcp_connect(target, source)
             .await
             .with_context(|| format!("connecting to {} from {source:?}", target.addr))?;
-        Self::upgrade(stream, target).await
+        Self::upgrade_as(stream, target, subprotocol).await
     }
 
-    /// Performs the opening handshake on an open TCP stream.
-    pub async fn upgrade(mut stream: TcpStream, target: &Target) -> anyhow::Result<WsClient> {
+    /// Performs the opening handshake on an open TCP stream (`starling.json`).
+    pub async fn upgrade(stream: TcpStream, target: &Target) -> anyhow::Result<WsClient> {
+        Self::upgrade_as(stream, target, Some("starling.json")).await
+    }
+
+    /// Performs the opening handshake, asking for `subprotocol` when given.
+    pub async fn upgrade_as(
+        mut stream: TcpStream,
+        target: &Target,
+        subprotocol: Option<&str>,
+    ) -> anyhow::Result<WsClient> {
         let mut rand = SEED.fetch_add(0x6D2B_79F5, Ordering::Relaxed) | 1;
         let mut nonce = [0u8; 16];
         for chunk in nonce.chunks_mut(4) {
@@ -146,11 +180,13 @@ impl WsClient {
         let key = starling_protocol::b64_encode(&nonce);
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: starling.json\r\n\r\n",
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
             target.path,
             target.host,
-            target.addr.port()
+            target.addr.port(),
+            subprotocol
+                .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+                .unwrap_or_default()
         );
         stream.write_all(request.as_bytes()).await?;
         let mut buf = BytesMut::with_capacity(1024);

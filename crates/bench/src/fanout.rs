@@ -1,5 +1,10 @@
 //! `fanout`: N subscribers of one channel, one publisher; deliveries per second,
-//! order, and end-to-end latency.
+//! order, and end-to-end latency, overall and per node when the subscribers are
+//! spread over several nodes of a cluster (`--url` repeated), so that the latency of
+//! deliveries that crossed nodes shows next to that of same-node ones.
+//!
+//! The same workload runs against the peers (`--protocol socketio|nats`): the bench
+//! then speaks their client protocol, and publishes through their own path.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -9,22 +14,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
+use serde_json::json;
 use starling_protocol::{
-    Command, Encoding, Method, PublishRequest, Push, ReplyBody, ServerMessage,
-    decode_server_messages,
+    Command, Encoding, Method, PublishRequest, ServerMessage, decode_server_messages,
 };
 use starling_websocket::OpCode;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{
-    HttpConn, Target, WsClient, connect_command, source_addrs, subscribe_command, wait_until,
-};
+use crate::client::{HttpConn, Target, WsClient, connect_command, source_addrs};
 use crate::frame::Event;
+use crate::peer::{Protocol, Seen, Session, handshake};
+use crate::report::{Progress, Rate, percentiles_json, say};
 use crate::server::{metrics_text, nonzero_lines};
-use crate::stats::{
-    LatencyShards, OrderCheck, Percentiles, now_us, parse_payload, payload, per_second,
-};
+use crate::stats::{LatencyShards, OrderCheck, Percentiles, now_us, payload, per_second};
 
 /// How the publisher publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,11 +39,33 @@ pub enum Via {
 }
 
 /// Arguments of `fanout`.
+///
+/// One process holds at most ~19,900 connections (one descriptor each under the
+/// 20,000 open-files limit): for more, run several `fanout` or `idle` processes
+/// (scripts/cluster-bench.sh does).
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
-    /// WebSocket endpoint.
-    #[arg(long, default_value = "ws://127.0.0.1:8000/connection/websocket")]
-    pub url: String,
+    /// WebSocket endpoint of a node. Repeat it for several nodes of a cluster:
+    /// subscriber i connects to node i mod N (round-robin) and the figures are also
+    /// given per node. Peers: `ws://HOST:PORT/socket.io/?EIO=4&transport=websocket`
+    /// (socketio), `ws://HOST:PORT/` (nats).
+    #[arg(
+        long = "url",
+        default_value = "ws://127.0.0.1:8000/connection/websocket"
+    )]
+    pub urls: Vec<String>,
+    /// The node that publishes: `http://HOST:PORT` (its HTTP API, or its WebSocket
+    /// endpoint with --via ws and for nats); default: the first --url. Repeat it to
+    /// send every publication through each of them: only for independent nodes that
+    /// share no engine (then each subscriber gets it from its own node); with a
+    /// cluster give one, or subscribers get every publication once per publisher.
+    #[arg(long = "publish-url")]
+    pub publish_urls: Vec<String>,
+    /// Client protocol of the servers: starling, socketio (engine.io v4; publishes
+    /// with `POST /publish` on the publish node, see bench/peers/socketio) or nats
+    /// (publishes with `PUB` over the publish node's WebSocket).
+    #[arg(long, value_enum, default_value_t = Protocol::Starling)]
+    pub protocol: Protocol,
     /// Subscribers of the channel.
     #[arg(long, default_value_t = 10_000)]
     pub subscribers: usize,
@@ -56,24 +81,36 @@ pub struct FanoutArgs {
     /// Approximate size of each publication's data, in bytes.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
-    /// Publish through a WebSocket or the HTTP API.
+    /// Starling: publish through a WebSocket or the HTTP API (the peers have one way
+    /// each, see --protocol).
     #[arg(long, value_enum, default_value_t = Via::Ws)]
     pub via: Via,
     /// HTTP API key (for --via http).
     #[arg(long, default_value = "dev-api-key")]
     pub api_key: String,
-    /// Channel name (default: a fresh `fanout:<pid>`).
+    /// Channel name, Socket.IO room or NATS subject (default: `fanout:<pid>`, or
+    /// `fanout.<pid>` for nats).
     #[arg(long)]
     pub channel: Option<String>,
-    /// Source addresses 127.0.0.2.. to spread connections over (loopback targets).
+    /// Source addresses 127.0.0.2.. to spread connections over (loopback targets),
+    /// so that ephemeral ports never run out.
     #[arg(long, default_value_t = 16)]
     pub source_ips: u8,
     /// Connections being set up at the same time.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Milliseconds to wait between the last subscription and the first publication
+    /// (subscription interest travels between a cluster's nodes asynchronously in
+    /// NATS routes, for example).
+    #[arg(long, default_value_t = 0)]
+    pub settle_ms: u64,
     /// Give up (and report missing deliveries) after this many seconds in total.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Print the final figures as one JSON object on stdout; the human-readable lines
+    /// go to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How a subscriber's run ended.
@@ -85,13 +122,22 @@ enum End {
 }
 
 struct SubResult {
+    node: usize,
     check: OrderCheck,
     last_delivery_us: u64,
     end: End,
 }
 
-struct Shared {
+/// The figures of one node's subscribers.
+struct NodeStats {
     latencies: LatencyShards,
+    ready: AtomicUsize,
+}
+
+struct Shared {
+    nodes: Vec<NodeStats>,
+    /// Samples since the last progress line.
+    recent: LatencyShards,
     ready: AtomicUsize,
     setup_failed: AtomicUsize,
     /// Sum of deliveries so far (progress display).
@@ -100,19 +146,50 @@ struct Shared {
 
 /// Runs the measurement and prints the figures.
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    if args.json {
+        crate::report::human_to_stderr();
+    }
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
-    let target = Arc::new(Target::resolve(&args.url).await?);
-    let sources = source_addrs(&target, args.source_ips);
+    let mut targets = Vec::with_capacity(args.urls.len());
+    for url in &args.urls {
+        targets.push(Arc::new(Target::resolve(url).await?));
+    }
+    let Some(first) = targets.first().cloned() else {
+        bail!("give at least one --url");
+    };
+    let mut publish_targets = Vec::new();
+    for url in &args.publish_urls {
+        publish_targets.push(Arc::new(Target::resolve_node(url, &first.path).await?));
+    }
+    if publish_targets.is_empty() {
+        publish_targets.push(first.clone());
+    }
+    // A node publishes when one of the publish URLs points at its listener.
+    let publishes: Vec<bool> = targets
+        .iter()
+        .map(|t| publish_targets.iter().any(|p| p.addr == t.addr))
+        .collect();
+    let sources = source_addrs(&first, args.source_ips);
     let channel: Arc<str> = args
         .channel
         .clone()
-        .unwrap_or_else(|| format!("fanout:{}", std::process::id()))
+        .unwrap_or_else(|| match args.protocol {
+            Protocol::Nats => format!("fanout.{}", std::process::id()),
+            _ => format!("fanout:{}", std::process::id()),
+        })
         .into();
     let expected_per_sub = args.messages;
-    println!(
-        "fanout: {} subscribers on {channel}, {} publications of ~{} B, {}, via {:?}",
+    let how = match args.protocol {
+        Protocol::Starling => format!("{:?}", args.via).to_lowercase(),
+        Protocol::Socketio => "http POST /publish".into(),
+        Protocol::Nats => "nats PUB".into(),
+    };
+    say!(
+        "fanout ({:?}): {} subscribers on {channel} over {} node(s), {} publications of ~{} B, {}, via {how} to {}",
+        args.protocol,
         args.subscribers,
+        targets.len(),
         args.messages,
         args.size,
         if args.burst {
@@ -120,115 +197,149 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         } else {
             format!("{} /s", args.rate)
         },
-        args.via
+        publish_targets
+            .iter()
+            .map(|t| t.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let shared = Arc::new(Shared {
-        latencies: LatencyShards::new(64),
+        nodes: targets
+            .iter()
+            .map(|_| NodeStats {
+                latencies: LatencyShards::new(16),
+                ready: AtomicUsize::new(0),
+            })
+            .collect(),
+        recent: LatencyShards::new(16),
         ready: AtomicUsize::new(0),
         setup_failed: AtomicUsize::new(0),
         delivered: AtomicU64::new(0),
     });
+    let progress = {
+        let shared = shared.clone();
+        let total = args.subscribers;
+        let mut rate = Rate::default();
+        Progress::start(move |secs| {
+            let delivered = shared.delivered.load(Ordering::Relaxed);
+            let now = Percentiles::of(&shared.recent.take());
+            format!(
+                "[{secs:6.1} s] {} of {total} subscribed, {} failed | {delivered} deliveries, {:.0}/s now | p99 now {:.1} ms",
+                shared.ready.load(Ordering::Relaxed),
+                shared.setup_failed.load(Ordering::Relaxed),
+                rate.update(delivered),
+                now.p99 as f64 / 1000.0
+            )
+        })
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut subs: JoinSet<SubResult> = JoinSet::new();
     for i in 0..args.subscribers {
         let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
-        let (target, gate, shared, stop, channel) = (
-            target.clone(),
-            gate.clone(),
-            shared.clone(),
-            stop_rx.clone(),
-            channel.clone(),
-        );
-        subs.spawn(async move {
-            subscriber(
-                i,
-                target,
-                source,
-                channel,
-                gate,
-                shared,
-                stop,
-                expected_per_sub,
-                deadline,
-            )
-            .await
-        });
+        let node = i % targets.len();
+        let sub = Subscriber {
+            i,
+            node,
+            protocol: args.protocol,
+            target: targets[node].clone(),
+            source,
+            channel: channel.clone(),
+            shared: shared.clone(),
+            expected: expected_per_sub,
+            deadline,
+        };
+        let (gate, stop) = (gate.clone(), stop_rx.clone());
+        subs.spawn(async move { sub.run(gate, stop).await });
     }
 
     // All subscribed (or failed), bounded.
-    let counts = || {
-        (
+    let all_in = loop {
+        let (r, f) = (
             shared.ready.load(Ordering::Relaxed),
             shared.setup_failed.load(Ordering::Relaxed),
-        )
+        );
+        if r + f >= args.subscribers {
+            break true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let all_in = wait_until(
-        deadline,
-        || {
-            let (r, f) = counts();
-            r + f >= args.subscribers
-        },
-        || {
-            let (r, f) = counts();
-            format!(
-                "{r} subscribed, {f} failed ({:.1} s)",
-                started.elapsed().as_secs_f64()
-            )
-        },
-    )
-    .await;
-    if !all_in {
-        let (r, f) = counts();
-        println!("timeout while subscribing: {r} ready, {f} failed");
-    }
     let subscribed = shared.ready.load(Ordering::Relaxed);
-    println!(
-        "{subscribed} subscribed, {} failed, in {:.2} s",
-        shared.setup_failed.load(Ordering::Relaxed),
+    let setup_failed = shared.setup_failed.load(Ordering::Relaxed);
+    if !all_in {
+        say!("timeout while subscribing: {subscribed} ready, {setup_failed} failed");
+    }
+    say!(
+        "{subscribed} subscribed, {setup_failed} failed, in {:.2} s",
         started.elapsed().as_secs_f64()
     );
     if subscribed == 0 {
         let _ = stop_tx.send(true);
         bail!("no subscriber could subscribe");
     }
+    if args.settle_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
+    }
 
-    // Publish.
-    let publisher = Publisher {
-        target: target.clone(),
-        channel: channel.clone(),
-        messages: args.messages,
-        rate: (!args.burst).then_some(args.rate),
-        size: args.size,
-        api_key: args.api_key.clone(),
-        deadline,
-    };
+    // Publish: one publisher per publish URL, all at once.
     let first_publish_us = now_us();
-    let pub_report = match args.via {
-        Via::Ws => publisher.via_ws().await,
-        Via::Http => publisher.via_http().await,
-    };
-    let publish_done_us = now_us();
-    let pub_report = match pub_report {
-        Ok(r) => r,
-        Err(e) => {
-            println!("publisher failed: {e:#}");
-            PubReport::default()
+    let mut publishers = JoinSet::new();
+    for target in &publish_targets {
+        let publisher = Publisher {
+            target: target.clone(),
+            channel: channel.clone(),
+            messages: args.messages,
+            rate: (!args.burst).then_some(args.rate),
+            size: args.size,
+            api_key: args.api_key.clone(),
+            deadline,
+        };
+        let (protocol, via) = (args.protocol, args.via);
+        publishers.spawn(async move {
+            let report = match (protocol, via) {
+                (Protocol::Starling, Via::Ws) => publisher.via_ws().await,
+                (Protocol::Starling, Via::Http) => publisher.via_http().await,
+                (Protocol::Socketio, _) => publisher.via_socketio_http().await,
+                (Protocol::Nats, _) => publisher.via_nats().await,
+            };
+            (publisher.target.addr, report)
+        });
+    }
+    let mut pub_reports = Vec::new();
+    while let Some(joined) = publishers.join_next().await {
+        match joined {
+            Ok((addr, Ok(r))) => pub_reports.push((addr, r)),
+            Ok((addr, Err(e))) => {
+                say!("publisher to {addr} failed: {e:#}");
+                pub_reports.push((addr, PubReport::default()));
+            }
+            Err(e) => say!("publisher task failed: {e}"),
         }
-    };
+    }
+    let publish_done_us = now_us();
+    // Each subscriber hears from one publisher (its node's, or the cluster's only one).
+    let accepted = pub_reports
+        .iter()
+        .map(|(_, r)| r.accepted)
+        .min()
+        .unwrap_or(0);
+    let sent: u64 = pub_reports.iter().map(|(_, r)| r.sent).sum();
+    let refused: u64 = pub_reports.iter().map(|(_, r)| r.refused).sum();
 
     // Wait for deliveries: every subscriber completes, or the deadline passes.
     let mut results = Vec::with_capacity(args.subscribers);
-    let mut last_print = Instant::now();
     loop {
         tokio::select! {
             joined = subs.join_next() => match joined {
                 Some(Ok(r)) => results.push(r),
-                Some(Err(e)) => println!("subscriber task failed: {e}"),
+                Some(Err(e)) => say!("subscriber task failed: {e}"),
                 None => break,
             },
             () = tokio::time::sleep_until(deadline) => {
-                println!("timeout: telling {} unfinished subscribers to stop", subs.len());
+                say!("timeout: telling {} unfinished subscribers to stop", subs.len());
                 let _ = stop_tx.send(true);
                 let grace = tokio::time::Instant::now() + Duration::from_secs(5);
                 while let Ok(Some(joined)) = tokio::time::timeout_at(grace, subs.join_next()).await {
@@ -239,21 +350,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                 subs.abort_all();
                 break;
             }
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-        if last_print.elapsed() >= Duration::from_secs(2) {
-            println!(
-                "  {} deliveries, {} subscribers done",
-                shared.delivered.load(Ordering::Relaxed),
-                results.len()
-            );
-            last_print = Instant::now();
         }
     }
     let _ = stop_tx.send(true);
+    drop(progress);
 
     // Aggregate.
-    let expected = subscribed as u64 * pub_report.accepted;
+    let expected = subscribed as u64 * accepted;
     let deliveries: u64 = results.iter().map(|r| r.check.received).sum();
     let gaps: u64 = results.iter().map(|r| r.check.missing_in_gaps).sum();
     let out_of_order: u64 = results.iter().map(|r| r.check.out_of_order).sum();
@@ -273,175 +376,266 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
-    let last_delivery_us = results
-        .iter()
-        .map(|r| r.last_delivery_us)
-        .max()
-        .unwrap_or(0);
-    let span = Duration::from_micros(last_delivery_us.saturating_sub(first_publish_us));
-    let publish_span = Duration::from_micros(publish_done_us - first_publish_us);
-    let lat = Percentiles::of(&shared.latencies.merged());
+    let last_delivery = |node: Option<usize>| {
+        results
+            .iter()
+            .filter(|r| node.is_none_or(|n| r.node == n))
+            .map(|r| r.last_delivery_us)
+            .max()
+            .unwrap_or(0)
+    };
+    let span_until = |last_us: u64| Duration::from_micros(last_us.saturating_sub(first_publish_us));
+    let span = span_until(last_delivery(None));
+    let publish_span = Duration::from_micros(publish_done_us.saturating_sub(first_publish_us));
+    let mut all_latencies = crate::stats::new_histogram();
+    for n in &shared.nodes {
+        all_latencies
+            .add(n.latencies.merged())
+            .context("merging histograms")?;
+    }
+    let lat = Percentiles::of(&all_latencies);
 
-    println!("--- fanout result ---");
-    println!(
-        "publications:         {} sent, {} acknowledged, {} refused ({:.0} publications/s over {:.3} s)",
-        pub_report.sent,
-        pub_report.accepted,
-        pub_report.refused,
-        per_second(pub_report.sent, publish_span),
+    say!("--- fanout result ---");
+    say!(
+        "publications:         {sent} sent, {accepted} acknowledged (each publisher), {refused} refused ({:.0} publications/s over {:.3} s)",
+        per_second(sent, publish_span),
         publish_span.as_secs_f64()
     );
-    println!(
+    say!(
         "subscribers:          {subscribed} subscribed, {complete} got everything, {stopped} stopped at the timeout, {} failed",
         failures.len()
     );
-    println!(
+    say!(
         "deliveries:           {deliveries} of {expected} expected, {} missing",
         expected.saturating_sub(deliveries)
     );
-    println!(
+    say!(
         "order:                {gaps} lost in gaps, {out_of_order} out of order ({unclean} subscribers affected)"
     );
-    println!(
+    say!(
         "duration:             {:.3} s (first publish to last delivery)",
         span.as_secs_f64()
     );
-    println!("deliveries/s:         {:.0}", per_second(deliveries, span));
-    println!(
+    say!("deliveries/s:         {:.0}", per_second(deliveries, span));
+    say!(
         "latency (µs):         p50 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
-        lat.p50, lat.p99, lat.p999, lat.max, lat.count
+        lat.p50,
+        lat.p99,
+        lat.p999,
+        lat.max,
+        lat.count
     );
+    let mut nodes_json = Vec::new();
+    for (k, target) in targets.iter().enumerate() {
+        let node_deliveries: u64 = results
+            .iter()
+            .filter(|r| r.node == k)
+            .map(|r| r.check.received)
+            .sum();
+        let node_span = span_until(last_delivery(Some(k)));
+        let node_lat = Percentiles::of(&shared.nodes[k].latencies.merged());
+        let node_ready = shared.nodes[k].ready.load(Ordering::Relaxed);
+        let role = if publishes[k] {
+            "publisher's node"
+        } else {
+            "other node"
+        };
+        if targets.len() > 1 {
+            say!(
+                "node {k} {} ({role}): {node_ready} subscribed, {node_deliveries} deliveries, {:.0}/s, latency (µs) p50 {} p99 {} p99.9 {} max {}",
+                target.addr,
+                per_second(node_deliveries, node_span),
+                node_lat.p50,
+                node_lat.p99,
+                node_lat.p999,
+                node_lat.max
+            );
+        }
+        nodes_json.push(json!({
+            "url": args.urls[k],
+            "publishes": publishes[k],
+            "subscribed": node_ready,
+            "deliveries": node_deliveries,
+            "deliveries_per_s": per_second(node_deliveries, node_span).round(),
+            "latency_us": percentiles_json(&node_lat),
+        }));
+    }
     if !failures.is_empty() {
         failures.sort_unstable();
         failures.dedup();
         for f in failures.iter().take(5) {
-            println!("  subscriber failure: {f}");
+            say!("  subscriber failure: {f}");
         }
     }
-    if let Ok(text) = metrics_text(target.http_addr()).await {
-        for line in nonzero_lines(
-            &text,
-            &[
-                "starling_slow_consumers",
-                "starling_errors_total",
-                "starling_connections ",
-            ],
-        ) {
-            println!("server: {line}");
+    if args.protocol == Protocol::Starling {
+        for target in &targets {
+            if let Ok(text) = metrics_text(target.http_addr()).await {
+                for line in nonzero_lines(
+                    &text,
+                    &[
+                        "starling_slow_consumers",
+                        "starling_errors_total",
+                        "starling_connections ",
+                    ],
+                ) {
+                    say!("server {}: {line}", target.addr);
+                }
+            }
         }
+    }
+    if args.json {
+        let doc = json!({
+            "scenario": "fanout",
+            "protocol": format!("{:?}", args.protocol).to_lowercase(),
+            "channel": &*channel,
+            "subscribers": args.subscribers,
+            "subscribed": subscribed,
+            "setup_failed": setup_failed,
+            "complete": complete,
+            "stopped": stopped,
+            "failed": failures.len(),
+            "publish_urls": publish_targets.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>(),
+            "publications": {"sent": sent, "accepted": accepted, "refused": refused,
+                             "per_s": per_second(sent, publish_span).round()},
+            "expected": expected,
+            "deliveries": deliveries,
+            "missing": expected.saturating_sub(deliveries),
+            "gaps": gaps,
+            "out_of_order": out_of_order,
+            "duration_s": span.as_secs_f64(),
+            "deliveries_per_s": per_second(deliveries, span).round(),
+            "latency_us": percentiles_json(&lat),
+            "nodes": nodes_json,
+        });
+        println!("{doc}");
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn subscriber(
+/// One subscriber: where it connects and what it records into.
+struct Subscriber {
     i: usize,
+    node: usize,
+    protocol: Protocol,
     target: Arc<Target>,
     source: Option<IpAddr>,
     channel: Arc<str>,
-    gate: Arc<Semaphore>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
     expected: u64,
     deadline: tokio::time::Instant,
-) -> SubResult {
-    let failed = |e: String| SubResult {
-        check: OrderCheck::default(),
-        last_delivery_us: 0,
-        end: End::Failed(e),
-    };
-    let permit = gate.acquire_owned().await.expect("semaphore open");
-    let setup = async {
-        let mut client = WsClient::connect(&target, source).await?;
-        let replies = client
-            .request(&[connect_command(), subscribe_command(2, &channel)])
-            .await?;
-        let offset = match replies.get(1) {
-            Some(ServerMessage::Reply(r)) => match &r.body {
-                Ok(ReplyBody::Subscribe(s)) => s.offset,
-                Ok(other) => bail!("unexpected reply {}", other.name()),
-                Err(e) => bail!("subscribe refused: {e}"),
-            },
-            _ => bail!("no subscribe reply"),
-        };
-        anyhow::Ok((client, offset))
-    };
-    let (mut client, offset) = match tokio::time::timeout_at(deadline, setup).await {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            shared.setup_failed.fetch_add(1, Ordering::Relaxed);
-            return failed(format!("setup: {e:#}"));
-        }
-        Err(_) => {
-            shared.setup_failed.fetch_add(1, Ordering::Relaxed);
-            return failed("setup: timed out".into());
-        }
-    };
-    shared.ready.fetch_add(1, Ordering::Relaxed);
-    drop(permit);
+}
 
-    let mut check = OrderCheck::after(offset);
-    let mut last_delivery_us = 0;
-    let mut batch: Vec<u64> = Vec::with_capacity(64);
-    let end = loop {
-        if check.received >= expected {
-            break End::Complete;
-        }
-        let event = tokio::select! {
-            biased;
-            e = client.reader.next_event() => e,
-            () = crate::idle::stopped(&mut stop) => break End::Stopped,
+impl Subscriber {
+    async fn run(self, gate: Arc<Semaphore>, mut stop: watch::Receiver<bool>) -> SubResult {
+        let node = self.node;
+        let failed = |e: String| SubResult {
+            node,
+            check: OrderCheck::default(),
+            last_delivery_us: 0,
+            end: End::Failed(e),
         };
-        // Handle this event and everything already buffered behind it.
-        let mut next = Some(event);
-        let mut outcome: Option<End> = None;
-        while let Some(event) = next.take() {
-            match event {
-                Ok(Event::Text(p)) => match decode_server_messages(Encoding::Json, &p) {
-                    Ok(msgs) => {
-                        for msg in msgs {
-                            if let ServerMessage::Push(Push::Publication { publication, .. }) = msg
-                            {
-                                let now = now_us();
-                                check.observe(publication.offset);
-                                last_delivery_us = now;
-                                if let Some((_, ts)) = parse_payload(&publication.data) {
-                                    batch.push(now.saturating_sub(ts));
-                                }
+        let Ok(permit) = gate.acquire_owned().await else {
+            return failed("setup: gate closed".into());
+        };
+        let mut session = Session::new(self.protocol, &self.channel, true);
+        let setup = async {
+            let mut client =
+                WsClient::connect_as(&self.target, self.source, self.protocol.subprotocol())
+                    .await?;
+            let limit = self
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now());
+            handshake(&mut client, &mut session, limit).await?;
+            anyhow::Ok(client)
+        };
+        let mut client = match tokio::time::timeout_at(self.deadline, setup).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.shared.setup_failed.fetch_add(1, Ordering::Relaxed);
+                return failed(format!("setup: {e:#}"));
+            }
+            Err(_) => {
+                self.shared.setup_failed.fetch_add(1, Ordering::Relaxed);
+                return failed("setup: timed out".into());
+            }
+        };
+        self.shared.ready.fetch_add(1, Ordering::Relaxed);
+        self.shared.nodes[node]
+            .ready
+            .fetch_add(1, Ordering::Relaxed);
+        drop(permit);
+
+        let op = self.protocol.opcode();
+        let mut check = OrderCheck::after(session.baseline());
+        let mut last_delivery_us = 0;
+        let mut seen: Vec<Seen> = Vec::with_capacity(64);
+        let mut batch: Vec<u64> = Vec::with_capacity(64);
+        let end = loop {
+            if check.received >= self.expected {
+                break End::Complete;
+            }
+            let event = tokio::select! {
+                biased;
+                e = client.reader.next_event() => e,
+                () = crate::idle::stopped(&mut stop) => break End::Stopped,
+            };
+            // Handle this event and everything already buffered behind it.
+            let mut next = Some(event);
+            let mut outcome: Option<End> = None;
+            while let Some(event) = next.take() {
+                match event {
+                    Ok(Event::Text(p) | Event::Binary(p)) => {
+                        if let Err(e) = session.feed(&p, &mut seen) {
+                            outcome = Some(End::Failed(e.to_string()));
+                        }
+                        for out in session.take_outbox() {
+                            if let Err(e) = client.writer.send(op, &out).await {
+                                outcome = Some(End::Failed(format!("answer: {e}")));
                             }
                         }
                     }
-                    Err(e) => outcome = Some(End::Failed(format!("bad frame: {e}"))),
-                },
-                Ok(Event::Ping(p)) => {
-                    if let Err(e) = client.writer.send(OpCode::Pong, &p).await {
-                        outcome = Some(End::Failed(format!("pong: {e}")));
+                    Ok(Event::Ping(p)) => {
+                        if let Err(e) = client.writer.send(OpCode::Pong, &p).await {
+                            outcome = Some(End::Failed(format!("pong: {e}")));
+                        }
+                    }
+                    Ok(Event::Close(code, reason)) => {
+                        outcome = Some(End::Failed(format!("closed by server: {code:?} {reason}")));
+                    }
+                    Ok(Event::Pong) => {}
+                    Err(e) => outcome = Some(End::Failed(format!("{e:#}"))),
+                }
+                if outcome.is_some() {
+                    break;
+                }
+                next = client.reader.buffered_event().transpose();
+            }
+            if !seen.is_empty() {
+                let now = now_us();
+                last_delivery_us = now;
+                for s in seen.drain(..) {
+                    check.observe(s.order);
+                    if let Some(ts) = s.ts {
+                        batch.push(now.saturating_sub(ts));
                     }
                 }
-                Ok(Event::Close(code, reason)) => {
-                    outcome = Some(End::Failed(format!("closed by server: {code:?} {reason}")));
-                }
-                Ok(Event::Binary(_) | Event::Pong) => {}
-                Err(e) => outcome = Some(End::Failed(format!("{e:#}"))),
             }
-            if outcome.is_some() {
-                break;
+            self.shared.nodes[node].latencies.record(self.i, &batch);
+            self.shared.recent.record(self.i, &batch);
+            self.shared
+                .delivered
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.clear();
+            if let Some(end) = outcome {
+                break end;
             }
-            next = client.reader.buffered_event().transpose();
+        };
+        SubResult {
+            node,
+            check,
+            last_delivery_us,
+            end,
         }
-        shared.latencies.record(i, &batch);
-        shared
-            .delivered
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        batch.clear();
-        if let Some(end) = outcome {
-            break end;
-        }
-    };
-    SubResult {
-        check,
-        last_delivery_us,
-        end,
     }
 }
 
@@ -499,7 +693,7 @@ impl Publisher {
                                 Ok(_) => report.accepted += 1,
                                 Err(e) => {
                                     if report.refused < 3 {
-                                        println!("publish refused: {e}");
+                                        say!("publish refused: {e}");
                                     }
                                     report.refused += 1;
                                 }
@@ -542,28 +736,48 @@ impl Publisher {
         Ok(report)
     }
 
+    /// Starling's `POST /api/publish` with the API key.
     pub(crate) async fn via_http(&self) -> anyhow::Result<PubReport> {
+        let auth = format!("apikey {}", self.api_key);
+        let channel = serde_json::to_string(&*self.channel)?;
+        self.http_loop("/api/publish", Some(&auth), |data| {
+            format!("{{\"channel\":{channel},\"data\":{data}}}")
+        })
+        .await
+    }
+
+    /// The Socket.IO peer's `POST /publish` (bench/peers/socketio/server.js), which
+    /// emits the data to the room.
+    pub(crate) async fn via_socketio_http(&self) -> anyhow::Result<PubReport> {
+        let room = serde_json::to_string(&*self.channel)?;
+        self.http_loop("/publish", None, |data| {
+            format!("{{\"room\":{room},\"data\":{data}}}")
+        })
+        .await
+    }
+
+    /// One request at a time on a keep-alive connection, at the rate.
+    async fn http_loop(
+        &self,
+        path: &str,
+        auth: Option<&str>,
+        body: impl Fn(&str) -> String,
+    ) -> anyhow::Result<PubReport> {
         let addr = self.target.http_addr();
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let mut http = HttpConn::default();
-        let auth = format!("apikey {}", self.api_key);
-        let headers = [
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/json"),
-        ];
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(auth) = auth {
+            headers.push(("Authorization", auth));
+        }
         let start = tokio::time::Instant::now();
         let mut report = PubReport::default();
         while report.sent < self.messages {
             let due = self.due(start, report.sent);
             tokio::time::sleep_until(due).await;
-            let data = payload(report.sent + 1, now_us(), self.size);
-            let body = format!(
-                "{{\"channel\":{},\"data\":{data}}}",
-                serde_json::to_string(&*self.channel)?
-            );
-            let exchange =
-                http.exchange(&mut stream, addr, "/api/publish", &headers, body.as_bytes());
+            let body = body(&payload(report.sent + 1, now_us(), self.size));
+            let exchange = http.exchange(&mut stream, addr, path, &headers, body.as_bytes());
             let (status, body) = tokio::time::timeout_at(self.deadline, exchange)
                 .await
                 .context("publish timed out")??;
@@ -572,7 +786,7 @@ impl Publisher {
                 report.accepted += 1;
             } else {
                 if report.refused < 3 {
-                    println!(
+                    say!(
                         "publish refused: HTTP {status} {}",
                         String::from_utf8_lossy(&body)
                     );
@@ -581,5 +795,73 @@ impl Publisher {
             }
         }
         Ok(report)
+    }
+
+    /// NATS `PUB` over the publish node's WebSocket; a final `PING` whose `PONG`
+    /// confirms that the server processed every `PUB` before it.
+    pub(crate) async fn via_nats(&self) -> anyhow::Result<PubReport> {
+        let source = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let mut client =
+            WsClient::connect_as(&self.target, Some(source), Protocol::Nats.subprotocol()).await?;
+        let mut session = Session::new(Protocol::Nats, &self.channel, false);
+        let limit = self
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        handshake(&mut client, &mut session, limit).await?;
+        let WsClient {
+            mut reader,
+            mut writer,
+        } = client;
+        let op = Protocol::Nats.opcode();
+        let start = tokio::time::Instant::now();
+        let mut sent = 0u64;
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        while sent < self.messages && tokio::time::Instant::now() < self.deadline {
+            // Answer the server's pings while waiting for the next publication.
+            tokio::select! {
+                () = tokio::time::sleep_until(self.due(start, sent)) => {}
+                event = reader.next_event() => {
+                    if let Event::Text(p) | Event::Binary(p) = event? {
+                        session.feed(&p, &mut seen)?;
+                        for answer in session.take_outbox() {
+                            writer.send(op, &answer).await?;
+                        }
+                    }
+                    continue;
+                }
+            }
+            out.clear();
+            let now = tokio::time::Instant::now();
+            let mut n = 0;
+            while sent < self.messages && n < 64 && self.due(start, sent) <= now {
+                sent += 1;
+                n += 1;
+                let data = payload(sent, now_us(), self.size);
+                out.extend_from_slice(&session.publish_message(0, &data));
+            }
+            writer.send(op, &out).await?;
+        }
+        let pongs_before = session.pongs;
+        writer.send(op, b"PING\r\n").await?;
+        let confirm = async {
+            while session.pongs == pongs_before {
+                if let Event::Text(p) | Event::Binary(p) = reader.next_event().await? {
+                    session.feed(&p, &mut seen)?;
+                }
+            }
+            anyhow::Ok(())
+        };
+        let confirmed = tokio::time::timeout_at(self.deadline, confirm).await;
+        let accepted = if matches!(confirmed, Ok(Ok(()))) {
+            sent
+        } else {
+            0
+        };
+        Ok(PubReport {
+            sent,
+            accepted,
+            refused: 0,
+        })
     }
 }

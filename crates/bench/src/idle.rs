@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use serde_json::json;
 use starling_websocket::OpCode;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -15,6 +16,7 @@ use crate::client::{
     Target, WsClient, connect_command, reply_error, source_addrs, subscribe_command, tcp_connect,
 };
 use crate::frame::Event;
+use crate::report::{Progress, Rate, say};
 use crate::server::{metric, rss_bytes, settled_rss};
 use crate::stats::bytes_and_kib;
 
@@ -33,17 +35,32 @@ pub enum Stage {
 }
 
 /// Arguments of `idle`.
+///
+/// One process holds at most ~19,900 connections (one descriptor each under the
+/// 20,000 open-files limit): for more, run several processes with different --first
+/// (scripts/cluster-bench.sh does), each spreading its connections over the nodes.
 #[derive(Debug, Args)]
 pub struct IdleArgs {
-    /// WebSocket endpoint.
-    #[arg(long, default_value = "ws://127.0.0.1:8000/connection/websocket")]
-    pub url: String,
+    /// WebSocket endpoint of a node. Repeat it for several nodes: connection
+    /// first+i goes to node (first+i) mod N (round-robin) and the figures are also
+    /// given per node.
+    #[arg(
+        long = "url",
+        default_value = "ws://127.0.0.1:8000/connection/websocket"
+    )]
+    pub urls: Vec<String>,
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
-    /// PID of the server (its RSS is read from /proc/PID/status).
-    #[arg(long)]
-    pub server_pid: u32,
+    /// Number of the first connection (channel names `idle:<first+i>`), so that
+    /// several bench processes use distinct channels.
+    #[arg(long, default_value_t = 0)]
+    pub first: usize,
+    /// PID of the server, whose RSS is read from /proc/PID/status; repeat it in the
+    /// order of --url for several nodes. Without it, no memory figures (a script that
+    /// runs several bench processes reads the nodes' RSS itself).
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
     /// Own channels per connection (`idle:<i>`, `idle:<i>.<j>`); every connection
     /// also subscribes to the shared `idle:all`.
     #[arg(long, default_value_t = 1)]
@@ -51,7 +68,8 @@ pub struct IdleArgs {
     /// How far each connection goes.
     #[arg(long, value_enum, default_value_t = Stage::Subscribe)]
     pub stage: Stage,
-    /// Source addresses 127.0.0.2.. to spread connections over (loopback targets).
+    /// Source addresses 127.0.0.2.. to spread connections over (loopback targets),
+    /// so that ephemeral ports never run out.
     #[arg(long, default_value_t = 16)]
     pub source_ips: u8,
     /// Connections being set up at the same time.
@@ -60,23 +78,51 @@ pub struct IdleArgs {
     /// Stop (and report what happened) after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Once every connection is set up, write "<ready> <failed>" to this file (a
+    /// script running several processes waits for all their files).
+    #[arg(long)]
+    pub ready_file: Option<std::path::PathBuf>,
+    /// Keep the connections open this many seconds after the figures (while a
+    /// script reads the servers' memory), then close them.
+    #[arg(long, default_value_t = 0)]
+    pub hold_secs: u64,
+    /// Print the final figures as one JSON object on stdout; the human-readable lines
+    /// go to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs the measurement and prints the figures.
 pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
+    if args.json {
+        crate::report::human_to_stderr();
+    }
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
-    let target = Arc::new(Target::resolve(&args.url).await?);
-    let sources = source_addrs(&target, args.source_ips);
-    let rss_before = rss_bytes(args.server_pid)?;
-    println!(
-        "server pid {}: RSS with 0 connections: {}",
-        args.server_pid,
-        bytes_and_kib(rss_before as i64)
-    );
-    println!(
-        "opening {} connections (stage {:?}, {} own channel(s) + idle:all each, {} source IPs)",
+    let mut targets = Vec::with_capacity(args.urls.len());
+    for url in &args.urls {
+        targets.push(Arc::new(Target::resolve(url).await?));
+    }
+    let Some(first) = targets.first().cloned() else {
+        bail!("give at least one --url");
+    };
+    if !args.server_pids.is_empty() && args.server_pids.len() != targets.len() {
+        bail!("give one --server-pid per --url, or none");
+    }
+    let sources = source_addrs(&first, args.source_ips);
+    let mut rss_before = Vec::new();
+    for &pid in &args.server_pids {
+        let rss = rss_bytes(pid)?;
+        say!(
+            "server pid {pid}: RSS with 0 connections: {}",
+            bytes_and_kib(rss as i64)
+        );
+        rss_before.push(rss);
+    }
+    say!(
+        "opening {} connections over {} node(s) (stage {:?}, {} own channel(s) + idle:all each, {} source IPs)",
         args.connections,
+        targets.len(),
         args.stage,
         args.channels_per_conn,
         sources.len()
@@ -86,29 +132,52 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let dropped = Arc::new(AtomicUsize::new(0));
+    let node_ready: Arc<Vec<AtomicUsize>> =
+        Arc::new(targets.iter().map(|_| AtomicUsize::new(0)).collect());
+    let node_dropped: Arc<Vec<AtomicUsize>> =
+        Arc::new(targets.iter().map(|_| AtomicUsize::new(0)).collect());
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let progress = {
+        let (ready, failed, total) = (ready.clone(), failed.clone(), args.connections);
+        let mut rate = Rate::default();
+        Progress::start(move |secs| {
+            let r = ready.load(Ordering::Relaxed);
+            format!(
+                "[{secs:6.1} s] {r} of {total} connections ready, {} failed, {:.0} connections/s now",
+                failed.load(Ordering::Relaxed),
+                rate.update(r as u64)
+            )
+        })
+    };
     let mut tasks = JoinSet::new();
     for i in 0..args.connections {
         let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
-        let target = target.clone();
+        // Counted from --first, so that several processes together stay balanced.
+        let n = args.first.saturating_add(i);
+        let node = n % targets.len();
+        let target = targets[node].clone();
         let gate = gate.clone();
         let ready = ready.clone();
         let failed = failed.clone();
         let dropped = dropped.clone();
+        let node_ready = node_ready.clone();
+        let node_dropped = node_dropped.clone();
         let stop = stop_rx.clone();
         let stage = args.stage;
         let channels = args.channels_per_conn;
         tasks.spawn(async move {
-            let permit = gate.acquire_owned().await.expect("semaphore open");
+            let permit = gate.acquire_owned().await?;
             let setup =
-                tokio::time::timeout_at(deadline, setup(i, &target, source, stage, channels));
+                tokio::time::timeout_at(deadline, setup(n, &target, source, stage, channels));
             match setup.await {
                 Ok(Ok(conn)) => {
                     ready.fetch_add(1, Ordering::Relaxed);
+                    node_ready[node].fetch_add(1, Ordering::Relaxed);
                     drop(permit);
                     let held = hold(conn, stop).await;
                     if held.is_err() {
                         dropped.fetch_add(1, Ordering::Relaxed);
+                        node_dropped[node].fetch_add(1, Ordering::Relaxed);
                     }
                     held
                 }
@@ -131,39 +200,39 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             failed.load(Ordering::Relaxed),
         )
     };
-    let all_in = crate::client::wait_until(
-        deadline,
-        || {
-            let (r, f) = counts();
-            r + f >= args.connections
-        },
-        || {
-            let (r, f) = counts();
-            format!(
-                "{r} ready, {f} failed ({:.1} s)",
-                started.elapsed().as_secs_f64()
-            )
-        },
-    )
-    .await;
+    let all_in = loop {
+        let (r, f) = counts();
+        if r + f >= args.connections {
+            break true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(progress);
     if !all_in {
         let (r, f) = counts();
-        println!("timeout: {r} ready, {f} failed of {}", args.connections);
+        say!("timeout: {r} ready, {f} failed of {}", args.connections);
     }
     let setup_time = started.elapsed();
     let ready_n = ready.load(Ordering::Relaxed);
     let failed_n = failed.load(Ordering::Relaxed);
-    println!(
+    say!(
         "{ready_n} connections ready, {failed_n} failed, in {:.2} s",
         setup_time.as_secs_f64()
     );
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, format!("{ready_n} {failed_n}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     // Report the first few failures.
     if failed_n > 0 {
         let mut shown = 0;
         while shown < 5 {
             match tokio::time::timeout(Duration::from_millis(200), tasks.join_next()).await {
                 Ok(Some(Ok(Err(e)))) => {
-                    println!("  failure: {e:#}");
+                    say!("  failure: {e:#}");
                     shown += 1;
                 }
                 Ok(Some(_)) => {}
@@ -172,64 +241,99 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         }
     }
 
-    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let (rss_after, settled) = settled_rss(
-        args.server_pid,
-        64 * 1024,
-        remaining.min(Duration::from_secs(30)),
-    )
-    .await?;
+    let mut rss_after = Vec::new();
+    for &pid in &args.server_pids {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        rss_after.push(settled_rss(pid, 64 * 1024, remaining.min(Duration::from_secs(30))).await?);
+    }
     let lost = dropped.load(Ordering::Relaxed);
-    let still_open = args.connections - failed.load(Ordering::Relaxed) - lost;
+    let still_open = ready_n.saturating_sub(lost);
     if lost > 0 {
-        println!("warning: {lost} connections were closed by the server while idle");
+        say!("warning: {lost} connections were closed by the server while idle");
     }
-    let delta = rss_after as i64 - rss_before as i64;
-    let metrics_addr = target.http_addr();
-    let conns = metric(metrics_addr, "starling_connections")
-        .await
-        .ok()
-        .flatten();
-    let subs = metric(metrics_addr, "starling_subscriptions")
-        .await
-        .ok()
-        .flatten();
-    let chans = metric(metrics_addr, "starling_channels")
-        .await
-        .ok()
-        .flatten();
 
-    println!("--- idle result ---");
-    println!("stage:                    {:?}", args.stage);
-    println!("connections held:         {still_open}");
-    println!(
-        "server RSS, 0 conns:      {}",
-        bytes_and_kib(rss_before as i64)
-    );
-    println!(
-        "server RSS, {still_open} conns: {}{}",
-        bytes_and_kib(rss_after as i64),
-        if settled {
-            ""
-        } else {
-            " (still growing when the wait ended)"
-        }
-    );
-    println!("RSS delta:                {}", bytes_and_kib(delta));
-    if still_open > 0 {
-        println!(
-            "RSS delta / connection:   {}",
-            bytes_and_kib(delta / still_open as i64)
-        );
-    }
+    say!("--- idle result ---");
+    say!("stage:                    {:?}", args.stage);
+    say!("connections held:         {still_open}");
     let show = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v}"));
-    println!(
-        "server metrics:           starling_connections {}, starling_subscriptions {}, starling_channels {}",
-        show(conns),
-        show(subs),
-        show(chans)
-    );
+    let mut nodes_json = Vec::new();
+    for (k, target) in targets.iter().enumerate() {
+        let held = node_ready[k]
+            .load(Ordering::Relaxed)
+            .saturating_sub(node_dropped[k].load(Ordering::Relaxed));
+        let addr = target.http_addr();
+        let conns = metric(addr, "starling_connections").await.ok().flatten();
+        let subs = metric(addr, "starling_subscriptions").await.ok().flatten();
+        let chans = metric(addr, "starling_channels").await.ok().flatten();
+        let prefix = if targets.len() > 1 {
+            format!("node {k} {}: ", target.addr)
+        } else {
+            String::new()
+        };
+        if targets.len() > 1 {
+            say!("{prefix}{held} connections held by this process");
+        }
+        let mut node = json!({
+            "url": args.urls[k],
+            "held": held,
+            "server_connections": conns,
+            "server_subscriptions": subs,
+            "server_channels": chans,
+        });
+        if let (Some(&before), Some(&(after, settled))) = (rss_before.get(k), rss_after.get(k)) {
+            let delta = after as i64 - before as i64;
+            say!(
+                "{prefix}server RSS, 0 conns:      {}",
+                bytes_and_kib(before as i64)
+            );
+            say!(
+                "{prefix}server RSS, {held} conns: {}{}",
+                bytes_and_kib(after as i64),
+                if settled {
+                    ""
+                } else {
+                    " (still growing when the wait ended)"
+                }
+            );
+            say!("{prefix}RSS delta:                {}", bytes_and_kib(delta));
+            if held > 0 {
+                say!(
+                    "{prefix}RSS delta / connection:   {}",
+                    bytes_and_kib(delta / held as i64)
+                );
+            }
+            node["rss_before"] = json!(before);
+            node["rss_after"] = json!(after);
+            node["rss_settled"] = json!(settled);
+            node["rss_delta_per_connection"] = json!(delta.checked_div(held as i64));
+        }
+        say!(
+            "{prefix}server metrics:           starling_connections {}, starling_subscriptions {}, starling_channels {}",
+            show(conns),
+            show(subs),
+            show(chans)
+        );
+        nodes_json.push(node);
+    }
+    if args.json {
+        let doc = json!({
+            "scenario": "idle",
+            "stage": format!("{:?}", args.stage).to_lowercase(),
+            "connections": args.connections,
+            "ready": ready_n,
+            "failed": failed_n,
+            "dropped": lost,
+            "held": still_open,
+            "setup_s": setup_time.as_secs_f64(),
+            "nodes": nodes_json,
+        });
+        println!("{doc}");
+    }
 
+    if args.hold_secs > 0 {
+        say!("holding the connections for {} s", args.hold_secs);
+        tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while tasks.join_next().await.is_some() {}

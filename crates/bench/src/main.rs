@@ -19,7 +19,9 @@ mod client;
 mod fanout;
 mod frame;
 mod idle;
+mod peer;
 mod publish;
+mod report;
 mod server;
 mod slow;
 mod stats;
@@ -41,8 +43,22 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Server memory per idle subscribed connection.
+    ///
+    /// Connections may be spread over several nodes (--url repeated). One process
+    /// holds at most ~19,900 connections (one descriptor each; the open-files limit is
+    /// 20,000 per process), and each source address has its own ephemeral ports
+    /// (--source-ips): for more, run several processes with distinct --first, e.g.
+    /// 57,000 connections over 3 nodes = 3 processes of 19,000 (scripts/cluster-bench.sh
+    /// held).
     Idle(idle::IdleArgs),
     /// Fan-out throughput and latency to the subscribers of one channel.
+    ///
+    /// Subscribers may be spread over several nodes of a cluster (--url repeated); the
+    /// figures are then also given per node, the publisher's node (same-node
+    /// deliveries) next to the others (cross-node). --protocol runs the same workload
+    /// against Socket.IO or NATS (bench/peers). One process holds at most ~19,900
+    /// connections (the open-files limit is 20,000 per process): for more, run
+    /// several processes.
     Fanout(fanout::FanoutArgs),
     /// N clients drop at once and reconnect; observers measure ping latency meanwhile.
     Churn(churn::ChurnArgs),

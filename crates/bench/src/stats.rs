@@ -49,6 +49,18 @@ impl LatencyShards {
         }
     }
 
+    /// All shards merged, and the shards emptied (the samples since the last call:
+    /// the live progress line's current percentiles).
+    pub fn take(&self) -> Histogram<u64> {
+        let mut all = new_histogram();
+        for s in &self.shards {
+            let mut h = s.lock().expect("histogram lock");
+            all.add(&*h).expect("same bounds");
+            h.reset();
+        }
+        all
+    }
+
     /// All shards merged.
     pub fn merged(&self) -> Histogram<u64> {
         let mut all = new_histogram();
@@ -330,6 +342,10 @@ mod tests {
         assert!(p.p999 >= 49_950 && p.p999 <= 50_050, "p999 {}", p.p999);
         assert!(p.max >= 1_999_000, "max {}", p.max);
         assert_eq!(Percentiles::of(&new_histogram()), Percentiles::default());
+        let taken = LatencyShards::new(2);
+        taken.record(1, &[5, 6]);
+        assert_eq!(taken.take().len(), 2);
+        assert_eq!(taken.take().len(), 0);
         // Zero and huge values are clamped, not lost.
         shards.record(0, &[0, u64::MAX]);
         assert_eq!(shards.merged().len(), 1_002);
