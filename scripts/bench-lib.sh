@@ -15,6 +15,7 @@ cluster_settings() {
     RATE=${RATE:-100}
     SIZE=${SIZE:-100}
     TIMEOUT=${TIMEOUT:-120}
+    HTTP_CONNECTIONS=${HTTP_CONNECTIONS:-8}
     BIN=${BIN_DIR:-$CARGO_TARGET_DIR/release}
     LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
     QUIET_WAIT=${QUIET_WAIT:-600}
@@ -192,7 +193,8 @@ fanout_json() {
     local label=$1
     shift
     bench fanout "$@" --subscribers "$SUBS" --messages "$MESSAGES" --rate "$RATE" \
-        --size "$SIZE" --timeout "$TIMEOUT" --json >"$LOGDIR/fanout.$label.json"
+        --size "$SIZE" --timeout "$TIMEOUT" --http-connections "$HTTP_CONNECTIONS" \
+        --json >"$LOGDIR/fanout.$label.json"
     say "figures as JSON: $LOGDIR/fanout.$label.json"
 }
 

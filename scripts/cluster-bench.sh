@@ -20,7 +20,9 @@
 #           independent Redis servers (`--redis` once per shard).
 #
 # Environment: NODES (3), SUBS (9000), MESSAGES (1000), RATE (100 /s), SIZE (100 B),
-# VIA (http; or ws: the publisher's WebSocket on node A), HELD (57000),
+# VIA (http; or ws: the publisher's WebSocket on node A), HTTP_CONNECTIONS (8: HTTP
+# publishing connections at once, as a backend's pool; with 1 each publication waits
+# for the previous reply), HELD (57000),
 # HELD_PROCS (3), SHARDS (3), TIMEOUT (120 s per bench run), CARGO_TARGET_DIR,
 # BIN_DIR (take starling and starling-bench from there and build nothing),
 # QUIET_WAIT (600 s), QUIET_LOAD (0.7), STORAGE_DIR ("" turns the message log off),

@@ -10,6 +10,7 @@
 #   bench/peers/socketio.sh
 #
 # Environment: NODES (3), SUBS (9000), MESSAGES (1000), RATE (100 /s), SIZE (100 B),
+# HTTP_CONNECTIONS (8: publishing connections at once),
 # TIMEOUT (120 s per bench run), BIN_DIR / CARGO_TARGET_DIR (starling-bench),
 # QUIET_WAIT (600 s), QUIET_LOAD (0.7).
 # Bounded in time; the trap stops every process it started.

@@ -88,6 +88,12 @@ pub struct FanoutArgs {
     /// HTTP API key (for --via http).
     #[arg(long, default_value = "dev-api-key")]
     pub api_key: String,
+    /// HTTP publishing (--via http, socketio): keep-alive connections publishing at
+    /// once, each taking the next due publication, as a backend's connection pool
+    /// does. With 1, each publication waits for the previous one's reply, which bounds
+    /// the rate by the reply latency under load.
+    #[arg(long, default_value_t = 1)]
+    pub http_connections: usize,
     /// Channel name, Socket.IO room or NATS subject (default: `fanout:<pid>`, or
     /// `fanout.<pid>` for nats).
     #[arg(long)]
@@ -295,6 +301,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             rate: (!args.burst).then_some(args.rate),
             size: args.size,
             api_key: args.api_key.clone(),
+            http_connections: args.http_connections.max(1),
             deadline,
         };
         let (protocol, via) = (args.protocol, args.via);
@@ -656,6 +663,8 @@ pub(crate) struct Publisher {
     pub(crate) rate: Option<f64>,
     pub(crate) size: usize,
     pub(crate) api_key: String,
+    /// HTTP connections publishing at once.
+    pub(crate) http_connections: usize,
     pub(crate) deadline: tokio::time::Instant,
 }
 
@@ -756,12 +765,35 @@ impl Publisher {
         .await
     }
 
-    /// One request at a time on a keep-alive connection, at the rate.
+    /// `http_connections` keep-alive connections, one request at a time each, taking
+    /// the next due publication in turn, at the rate.
     async fn http_loop(
         &self,
         path: &str,
         auth: Option<&str>,
-        body: impl Fn(&str) -> String,
+        body: impl Fn(&str) -> String + Send + Sync,
+    ) -> anyhow::Result<PubReport> {
+        let next = std::sync::atomic::AtomicU64::new(0);
+        let start = tokio::time::Instant::now();
+        let one = |_| self.http_connection(path, auth, &body, &next, start);
+        let reports = futures_util::future::join_all((0..self.http_connections).map(one)).await;
+        let mut total = PubReport::default();
+        for report in reports {
+            let report = report?;
+            total.sent += report.sent;
+            total.accepted += report.accepted;
+            total.refused += report.refused;
+        }
+        Ok(total)
+    }
+
+    async fn http_connection(
+        &self,
+        path: &str,
+        auth: Option<&str>,
+        body: &(impl Fn(&str) -> String + Send + Sync),
+        next: &std::sync::atomic::AtomicU64,
+        start: tokio::time::Instant,
     ) -> anyhow::Result<PubReport> {
         let addr = self.target.http_addr();
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
@@ -771,12 +803,14 @@ impl Publisher {
         if let Some(auth) = auth {
             headers.push(("Authorization", auth));
         }
-        let start = tokio::time::Instant::now();
         let mut report = PubReport::default();
-        while report.sent < self.messages {
-            let due = self.due(start, report.sent);
-            tokio::time::sleep_until(due).await;
-            let body = body(&payload(report.sent + 1, now_us(), self.size));
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= self.messages {
+                break;
+            }
+            tokio::time::sleep_until(self.due(start, i)).await;
+            let body = body(&payload(i + 1, now_us(), self.size));
             let exchange = http.exchange(&mut stream, addr, path, &headers, body.as_bytes());
             let (status, body) = tokio::time::timeout_at(self.deadline, exchange)
                 .await

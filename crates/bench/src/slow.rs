@@ -253,6 +253,7 @@ pub async fn run(args: SlowArgs) -> anyhow::Result<()> {
         rate: Some(args.rate),
         size: args.size,
         api_key: String::new(),
+        http_connections: 1,
         deadline,
     };
     let report = publisher.via_ws().await;
