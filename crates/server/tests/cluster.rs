@@ -407,7 +407,7 @@ async fn a_rolling_restart_of_every_node_loses_no_acknowledged_publication() {
         tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             let mut i = 0u64;
-            while !restarted.load(std::sync::atomic::Ordering::SeqCst) || i % 100 != 0 {
+            while !restarted.load(std::sync::atomic::Ordering::SeqCst) || !i.is_multiple_of(100) {
                 i += 1;
                 let body = json!({"channel": "chat:rolling", "data": {"i": i}, "idempotency_key": format!("p{i}")});
                 let start = Instant::now();
