@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{API_KEY, Client, Server, WAIT, api_at, token};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use starling_testkit::haproxy::Haproxy;
 use starling_testkit::proxy::Proxy;
@@ -137,6 +138,18 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{what} did not happen within {WAIT:?}; last seen: {last:?}");
+}
+
+/// Waits until every node reports all its Redis links up (`/ready` 200): publishing can
+/// work again before a shard's pub/sub link is back, and subscribing needs that link.
+async fn all_ready(nodes: &[Server]) {
+    for n in nodes {
+        eventually("the node's Redis links are back", || async {
+            let (status, body) = n.get("/ready").await;
+            (status != 200).then_some(Value::String(body))
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -504,6 +517,7 @@ async fn redis_stopped_for_5_s_under_load_loses_no_acknowledged_publication() {
     redis.restart();
     let (acknowledged, refused) = publisher.await.expect("publisher");
     assert!(refused > 0, "the outage was seen");
+    all_ready(&nodes).await;
     let last = *acknowledged.last().expect("publications after the outage");
     // The live subscriber got every publication once, in order (holes healed).
     assert_eq!(
@@ -524,27 +538,80 @@ async fn redis_stopped_for_5_s_under_load_loses_no_acknowledged_publication() {
 }
 
 #[tokio::test]
-async fn redis_restarted_without_persistence_starts_a_new_epoch() {
+async fn redis_stopped_for_5_s_without_persistence_starts_a_new_epoch() {
     let mut redis = RedisServer::start_with(false);
     let nodes = three(&[redis.url()], &[]);
     let (mut live, reply) = subscriber(&nodes[1], "chat:volatile", None).await;
     let epoch = reply["epoch"].as_str().expect("epoch").to_string();
-    for i in 1..=5 {
-        published(nodes[0].addr, "chat:volatile", json!({"i": i})).await;
-    }
-    assert_eq!(offsets(&mut live, 5).await, [1, 2, 3, 4, 5]);
+    // A steady publisher before, during and after a 5 s outage.
+    let publisher = {
+        let addr = nodes[0].addr;
+        tokio::spawn(async move {
+            let (mut acknowledged, mut refused) = (0u64, 0u64);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(8) {
+                let (status, body) = publish(addr, "chat:volatile", json!({"t": 1})).await;
+                match status {
+                    200 => acknowledged += 1,
+                    _ => {
+                        assert_eq!(
+                            (status, &body["error"]["code"]),
+                            (503, &json!(116)),
+                            "{body}"
+                        );
+                        refused += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (acknowledged, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     redis.kill();
+    tokio::time::sleep(Duration::from_millis(5000)).await;
     redis.restart();
-    eventually("publishing works again", || async {
-        let (status, body) = publish(nodes[0].addr, "chat:volatile", json!({"new": true})).await;
-        (status != 200).then_some(body)
-    })
-    .await;
-    // The live subscriber is told (4006) rather than fed offsets of another stream.
-    let close = live.expect_close().await.expect("close frame");
-    assert_eq!(u16::from(close.code), 4006);
+    let (acknowledged, refused) = publisher.await.expect("publisher");
+    assert!(
+        acknowledged > 0 && refused > 0,
+        "{acknowledged} acknowledged, {refused} refused"
+    );
+    // The live subscriber got the old stream in order, then is told (4006) rather than
+    // fed offsets of another stream.
+    let mut seen = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(WAIT, live.ws.next())
+            .await
+            .expect("in time");
+        match msg {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                let v: Value =
+                    serde_json::from_str(t.lines().next().unwrap_or("{}")).expect("json");
+                if let Some(o) = v["push"]["pub"]["offset"].as_u64() {
+                    seen.push(o);
+                }
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(4006));
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("connection ended without a close frame: {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=seen.len() as u64).collect::<Vec<_>>(),
+        "in order, no hole"
+    );
+    all_ready(&nodes).await;
     // A recovering client learns plainly that its position is gone.
-    let (_, reply) = subscriber(&nodes[2], "chat:volatile", Some((5, &epoch))).await;
+    let (_, reply) = subscriber(
+        &nodes[2],
+        "chat:volatile",
+        Some((seen.len() as u64, &epoch)),
+    )
+    .await;
     assert_ne!(reply["recovered"], true, "{reply}");
     assert_ne!(reply["epoch"], epoch.as_str());
 }
@@ -613,6 +680,7 @@ async fn three_shards_a_restarted_shard_affects_only_its_channels() {
         "only the dead shard's channels fail: {failed}"
     );
     shards[0].restart();
+    all_ready(&nodes).await;
     for (ch, epoch) in channels.iter().zip(&epochs) {
         eventually("the shard is back", || async {
             let (status, body) = publish(nodes[0].addr, ch, json!({"after": true})).await;
