@@ -140,7 +140,13 @@ impl Node {
             history: publish.options.history,
             idempotency: publish.idempotency,
         };
-        cluster.broker.publish(request).map(|result| {
+        let counters = self.hub.counters().clone();
+        cluster.broker.publish(request).map(move |result| {
+            if result.as_ref().is_ok_and(|a| !a.replayed) {
+                counters
+                    .publications
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             result
                 .map(|accepted| Published {
                     position: accepted.position,

@@ -142,6 +142,13 @@ async fn publications_cross_nodes_in_one_order() {
         let from = if i % 2 == 0 { &a } else { &b };
         assert_eq!(publish(from, "c", &format!("m{i}"), options).await, i + 1);
     }
+    // Each node counts the publications made through it.
+    let made = |n: &TestNode| {
+        n.counters
+            .publications
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!((made(&a), made(&b)), (5, 5));
     for outbox in [&sa.outbox, &sb.outbox] {
         let mut seen = Vec::new();
         collect(outbox, &mut seen, 11).await;
