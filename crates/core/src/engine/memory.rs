@@ -52,6 +52,26 @@ struct Inner {
     epochs: u64,
 }
 
+impl Inner {
+    /// `channel`'s stream, created with a fresh epoch when missing.
+    fn stream(&mut self, channel: &str) -> &mut Stream {
+        // The stored key when the stream exists (a reference count, no allocation).
+        let key = match self.streams.get_key_value(channel) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(channel),
+        };
+        let epochs = &mut self.epochs;
+        self.streams.entry(key).or_insert_with(|| {
+            *epochs += 1;
+            let epoch = format!("m{:x}{:x}", *epochs, now_ms());
+            Stream {
+                epoch: Arc::from(epoch.as_str()),
+                ..Stream::default()
+            }
+        })
+    }
+}
+
 /// Streams, presence and control shared by the nodes of one process.
 ///
 /// Lock order: `inner`, then the hubs' locks (a delivery); `interest` is taken alone
@@ -217,15 +237,7 @@ impl MemoryLink {
         let mut guard = self.broker.inner.lock();
         let inner = &mut *guard;
         self.check_link(inner)?;
-        let fresh_epoch = format!("m{:x}{:x}", inner.epochs, now_ms());
-        inner.epochs += 1;
-        let stream = inner
-            .streams
-            .entry(request.channel.clone())
-            .or_insert_with(|| Stream {
-                epoch: Arc::from(fresh_epoch.as_str()),
-                ..Stream::default()
-            });
+        let stream = inner.stream(&request.channel);
         if let Some(key) = &request.idempotency
             && let Some((fingerprint, accepted)) = stream.keys.get(&key.key)
         {
@@ -282,17 +294,9 @@ impl MemoryLink {
         let mut guard = self.broker.inner.lock();
         let inner = &mut *guard;
         self.check_link(inner)?;
-        let fresh_epoch = format!("m{:x}{:x}", inner.epochs, now_ms());
-        inner.epochs += 1;
         // A read creates the stream's epoch: a subscriber learns the epoch that later
         // publications belong to, even before the first one.
-        let stream = inner
-            .streams
-            .entry(Arc::from(channel))
-            .or_insert_with(|| Stream {
-                epoch: Arc::from(fresh_epoch.as_str()),
-                ..Stream::default()
-            });
+        let stream = inner.stream(channel);
         stream.history.evict(now_ms(), policy);
         let position = StreamPosition {
             offset: stream.offset,

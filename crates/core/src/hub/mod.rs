@@ -144,6 +144,24 @@ enum NotCreated {
     CreationLimit,
 }
 
+impl From<NotCreated> for SubscribeError {
+    fn from(e: NotCreated) -> Self {
+        match e {
+            NotCreated::ChannelLimit => SubscribeError::ChannelLimit,
+            NotCreated::CreationLimit => SubscribeError::CreationLimit,
+        }
+    }
+}
+
+impl From<NotCreated> for PublishError {
+    fn from(e: NotCreated) -> Self {
+        match e {
+            NotCreated::ChannelLimit => PublishError::ChannelLimit,
+            NotCreated::CreationLimit => PublishError::CreationLimit,
+        }
+    }
+}
+
 /// What a subscriber asked to recover: everything after this position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoverFrom {
@@ -469,12 +487,8 @@ impl Hub {
         first: impl FnOnce(&Joined) -> Option<Bytes>,
     ) -> Result<(Arc<str>, Joined), SubscribeError> {
         let mut shard = self.shard(channel).lock();
-        let (name, entry) = self
-            .get_or_create(&mut shard, channel, options, self.max_channels, may_create)
-            .map_err(|e| match e {
-                NotCreated::ChannelLimit => SubscribeError::ChannelLimit,
-                NotCreated::CreationLimit => SubscribeError::CreationLimit,
-            })?;
+        let (name, entry) =
+            self.get_or_create(&mut shard, channel, options, self.max_channels, may_create)?;
         let mut state = entry.state.lock();
         drop(shard);
         if state.subscribers.contains_key(&subscriber.key) {
@@ -680,14 +694,7 @@ impl Hub {
         let entry = if options.history.enabled() {
             let created =
                 self.get_or_create(&mut shard, channel, options, self.max_channels, may_create);
-            Some(
-                created
-                    .map_err(|e| match e {
-                        NotCreated::ChannelLimit => PublishError::ChannelLimit,
-                        NotCreated::CreationLimit => PublishError::CreationLimit,
-                    })?
-                    .1,
-            )
+            Some(created?.1)
         } else {
             shard.get(channel).cloned()
         };

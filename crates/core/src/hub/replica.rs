@@ -25,8 +25,8 @@ use starling_protocol::Publication;
 use starling_protocol::codes;
 
 use super::{
-    Channel, ChannelOptions, ChannelState, Hub, Joined, NotCreated, RecoverFrom, SubscribeError,
-    Subscriber, now_ms,
+    Channel, ChannelOptions, ChannelState, Hub, Joined, RecoverFrom, SubscribeError, Subscriber,
+    now_ms,
 };
 use crate::engine::HistoryPage;
 use crate::history::HistoryError;
@@ -133,12 +133,8 @@ impl Hub {
         may_create: &mut dyn FnMut() -> bool,
     ) -> Result<(JoinTicket, bool), SubscribeError> {
         let mut shard = self.shard(channel).lock();
-        let (name, entry) = self
-            .get_or_create(&mut shard, channel, options, self.max_channels, may_create)
-            .map_err(|e| match e {
-                NotCreated::ChannelLimit => SubscribeError::ChannelLimit,
-                NotCreated::CreationLimit => SubscribeError::CreationLimit,
-            })?;
+        let (name, entry) =
+            self.get_or_create(&mut shard, channel, options, self.max_channels, may_create)?;
         let mut state = entry.state.lock();
         drop(shard);
         let replica = state.replica.get_or_insert_with(Box::default);
@@ -378,17 +374,8 @@ impl Hub {
             return Delivery::Done;
         }
         let now = now_ms();
-        if *state.epoch != *epoch {
-            if state.epoch.is_empty() && state.offset == 0 {
-                // The stream did not exist at the first read: this is its start.
-                state.epoch = Arc::from(epoch);
-            } else {
-                // The stream restarted (the broker lost it): the subscribers' positions
-                // mean nothing in the new epoch.
-                self.counters.stream_resets.fetch_add(1, Ordering::Relaxed);
-                self.lose(state);
-                return Delivery::Done;
-            }
+        if !self.same_stream(state, epoch) {
+            return Delivery::Done;
         }
         if publication.offset <= state.offset {
             return Delivery::Done;
@@ -480,20 +467,15 @@ impl Hub {
         };
         let mut guard = entry.state.lock();
         let state = &mut *guard;
-        let Some(replica) = state.replica.as_mut() else {
-            return Delivery::Done;
-        };
-        if !replica.synced || replica.healing || state.gone {
+        let live = state
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.synced && !r.healing);
+        if !live || state.gone {
             return Delivery::Done;
         }
-        if *state.epoch != *epoch {
-            if state.epoch.is_empty() && state.offset == 0 {
-                state.epoch = Arc::from(epoch);
-            } else {
-                self.counters.stream_resets.fetch_add(1, Ordering::Relaxed);
-                self.lose(state);
-                return Delivery::Done;
-            }
+        if !self.same_stream(state, epoch) {
+            return Delivery::Done;
         }
         if offset <= state.offset {
             return Delivery::Done;
@@ -504,11 +486,30 @@ impl Hub {
             state.offset = offset;
             return Delivery::Done;
         }
-        replica.healing = true;
+        if let Some(replica) = state.replica.as_mut() {
+            replica.healing = true;
+        }
         Delivery::Heal {
             channel: entry_name(channel),
             after: state.offset,
         }
+    }
+
+    /// Whether `epoch` is the replica's stream. A replica that never saw an epoch adopts
+    /// it (the stream did not exist at the first read: this is its start); another
+    /// epoch means the broker restarted the stream, and the subscribers' positions mean
+    /// nothing in it: the replica is lost.
+    fn same_stream(&self, state: &mut ChannelState, epoch: &str) -> bool {
+        if *state.epoch == *epoch {
+            return true;
+        }
+        if state.epoch.is_empty() && state.offset == 0 {
+            state.epoch = Arc::from(epoch);
+            return true;
+        }
+        self.counters.stream_resets.fetch_add(1, Ordering::Relaxed);
+        self.lose(state);
+        false
     }
 
     /// The replica lost its stream's order: disconnect the subscribers (4006, so they
