@@ -29,5 +29,5 @@ pub use namespace::{
     Namespaces, validate_channel_name,
 };
 pub use node::{Cluster, ControlSink, FirstFrame, Node, NodeHandler, Publish};
-pub use outbox::{Outbox, PushOutcome};
+pub use outbox::{DirectWrite, Outbox, PushOutcome};
 pub use registry::Registry;

@@ -4,18 +4,31 @@
 //! connection's task drains its outbox with vectored writes. A push that would exceed the
 //! byte limit marks the outbox for disconnection as a slow consumer instead of growing.
 //!
+//! A frame pushed while the queue is empty goes straight into the socket when it takes it
+//! (see [`DirectWrite`]): the fan-out loop writes to every subscriber that keeps up, and
+//! only the rest wait for their connection's task (no task wake-up, no second pass over
+//! the subscribers, the way uWebSockets corks).
+//!
 //! The connection's own control frames are not refused (the close handshake depends on
 //! them) but are bounded: pongs coalesce beyond [`MAX_PENDING_PONGS`] unsent ones (only
 //! the newest ping needs an answer, RFC 6455 5.5.3), and every other control frame is
 //! sent at most once per connection or once per keepalive interval.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use parking_lot::Mutex;
 use std::task::{Context, Poll, Waker};
 
 use starling_protocol::codes::{self, DisconnectCode};
+
+/// A connection's socket, written to without blocking by whoever pushes a frame to an
+/// empty outbox (the fan-out loop, usually on another thread).
+pub trait DirectWrite: Send + Sync + std::fmt::Debug {
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing. Never blocks.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+}
 
 /// Frames waiting to be written to one connection.
 #[derive(Debug)]
@@ -30,9 +43,110 @@ pub struct Outbox {
 /// ping, as Autobahn 2.10 and 2.11 expect.)
 pub const MAX_PENDING_PONGS: u8 = 16;
 
+/// The queued frames. Most of the time a connection has nothing or one frame queued
+/// (one publication between two writes): that case holds the frame inline, so a
+/// delivery to an idle connection allocates no queue (and frees none after the write).
+#[derive(Debug, Default)]
+enum Frames {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(VecDeque<Bytes>),
+}
+
+impl Frames {
+    fn is_empty(&self) -> bool {
+        matches!(self, Frames::Empty)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Frames::Empty => 0,
+            Frames::One(_) => 1,
+            Frames::Many(q) => q.len(),
+        }
+    }
+
+    fn push_back(&mut self, frame: Bytes) {
+        match self {
+            Frames::Empty => *self = Frames::One(frame),
+            Frames::One(_) => {
+                let Frames::One(first) = std::mem::take(self) else {
+                    return;
+                };
+                let mut q = VecDeque::with_capacity(4);
+                q.push_back(first);
+                q.push_back(frame);
+                *self = Frames::Many(q);
+            }
+            Frames::Many(q) => q.push_back(frame),
+        }
+    }
+
+    fn front_mut(&mut self) -> Option<&mut Bytes> {
+        match self {
+            Frames::Empty => None,
+            Frames::One(f) => Some(f),
+            Frames::Many(q) => q.front_mut(),
+        }
+    }
+
+    /// Removes the front frame; an emptied queue gives its memory back (idle connections
+    /// should cost little; a busy one pays one small allocation per burst).
+    fn pop_front(&mut self) {
+        match self {
+            Frames::Empty => {}
+            Frames::One(_) => *self = Frames::Empty,
+            Frames::Many(q) => {
+                q.pop_front();
+                if q.is_empty() {
+                    *self = Frames::Empty;
+                }
+            }
+        }
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut Bytes> {
+        match self {
+            Frames::Empty => None,
+            Frames::One(f) => (index == 0).then_some(f),
+            Frames::Many(q) => q.get_mut(index),
+        }
+    }
+
+    /// The first `max` frames, as slices for one vectored write.
+    fn slices<'a>(&'a self, out: &mut [std::io::IoSlice<'a>]) -> usize {
+        match self {
+            Frames::Empty => 0,
+            Frames::One(f) => match out.first_mut() {
+                Some(slot) => {
+                    *slot = std::io::IoSlice::new(f);
+                    1
+                }
+                None => 0,
+            },
+            Frames::Many(q) => {
+                let mut n = 0;
+                for (slot, frame) in out.iter_mut().zip(q.iter()) {
+                    *slot = std::io::IoSlice::new(frame);
+                    n += 1;
+                }
+                n
+            }
+        }
+    }
+}
+
+/// Direct writes wake the connection's task to report their bytes once this many have
+/// accumulated (see [`Outbox::take_direct_bytes`]).
+pub const DIRECT_REPORT_BYTES: u64 = 64 * 1024;
+
+/// Most frames one vectored write takes (the slices live on the stack).
+pub const MAX_WRITE_FRAMES: usize = 64;
+
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: Frames,
     bytes: usize,
     /// Frames ever removed from the front (wrapping): `frames[i]` is frame number
     /// `head + i`.
@@ -47,6 +161,12 @@ struct State {
     /// The connection task, waiting for frames (a waker slot instead of a `Notify`: the
     /// task polls it directly and keeps no waiter future in its state).
     waker: Option<Waker>,
+    /// The socket, while frames may be written to it directly (see [`Outbox::attach`]).
+    direct: Option<Arc<dyn DirectWrite>>,
+    /// Set once the WebSocket close frame is queued: no data frame may follow it.
+    sealed: bool,
+    /// Bytes written directly since the last [`Outbox::take_direct_bytes`].
+    direct_bytes: u64,
 }
 
 impl State {
@@ -63,6 +183,8 @@ pub enum PushOutcome {
     Queued,
     /// The queue was full: the outbox is now marked for a slow-consumer disconnect.
     Overflow,
+    /// The frame went straight into the socket (it was wholly written).
+    Written,
     /// The outbox is already closing; the frame was dropped.
     Closed,
     /// The queue was full and the frame was dropped (lossy subscriptions).
@@ -88,24 +210,62 @@ impl Outbox {
     /// Queues a frame. Never blocks on the socket. A frame that does not fit marks the
     /// outbox for a slow-consumer disconnect.
     pub fn push(&self, frame: Bytes) -> PushOutcome {
-        self.enqueue(frame, false)
+        self.enqueue(frame, false, true)
+    }
+
+    /// Queues a frame for the connection's task to write, never writing it directly
+    /// (another thread will: the big sweeps share their writes among threads).
+    pub fn push_queued(&self, frame: Bytes) -> PushOutcome {
+        self.enqueue(frame, false, false)
+    }
+
+    /// [`Outbox::push_lossy`], never writing directly (as [`Outbox::push_queued`]).
+    pub fn push_lossy_queued(&self, frame: Bytes) -> PushOutcome {
+        self.enqueue(frame, true, false)
     }
 
     /// Queues a frame of a lossy subscription: when the queue is full the frame is
     /// dropped instead of cutting the connection, so the client skips ahead to newer
     /// publications once it catches up.
     pub fn push_lossy(&self, frame: Bytes) -> PushOutcome {
-        self.enqueue(frame, true)
+        self.enqueue(frame, true, true)
     }
 
-    fn enqueue(&self, frame: Bytes, lossy: bool) -> PushOutcome {
+    fn enqueue(&self, frame: Bytes, lossy: bool, direct: bool) -> PushOutcome {
         if frame.is_empty() {
             // An empty frame would look like pending output that never drains.
             return PushOutcome::Queued;
         }
         let mut state = self.state.lock();
-        if state.disconnect.is_some() {
+        if state.disconnect.is_some() || state.sealed {
             return PushOutcome::Closed;
+        }
+        let mut frame = frame;
+        if direct
+            && state.frames.is_empty()
+            && let Some(socket) = &state.direct
+        {
+            // Nothing waits before it, so order holds; the lock keeps the connection's
+            // task from writing meanwhile.
+            match socket.try_write(&frame) {
+                Ok(n) if n >= frame.len() => {
+                    state.direct_bytes += n as u64;
+                    if state.direct_bytes >= DIRECT_REPORT_BYTES {
+                        // Let the task report them (metrics) even if it has nothing to do.
+                        let waker = state.wake();
+                        drop(state);
+                        wake(waker);
+                    }
+                    return PushOutcome::Written;
+                }
+                Ok(n) => {
+                    state.direct_bytes += n as u64;
+                    frame.advance(n);
+                }
+                // WouldBlock, or an error the task will meet on its own write and close
+                // the connection for: queue it like any frame.
+                Err(_) => {}
+            }
         }
         if state.bytes + frame.len() > self.max_bytes {
             if lossy {
@@ -150,9 +310,12 @@ impl Outbox {
         if state.pongs >= MAX_PENDING_PONGS {
             let index = state.newest_pong.wrapping_sub(state.head) as usize;
             // Never the front frame: it may be written partly already.
-            if index > 0 && index < state.frames.len() {
-                let old = std::mem::replace(&mut state.frames[index], frame);
-                state.bytes = state.bytes - old.len() + state.frames[index].len();
+            if index > 0
+                && let Some(slot) = state.frames.get_mut(index)
+            {
+                let new_len = frame.len();
+                let old = std::mem::replace(slot, frame);
+                state.bytes = state.bytes - old.len() + new_len;
                 return true;
             }
         }
@@ -167,6 +330,40 @@ impl Outbox {
         drop(state);
         wake(waker);
         false
+    }
+
+    /// Lets pushes write to `socket` directly while nothing is queued. The caller keeps
+    /// the socket open until [`Outbox::detach`] returns.
+    pub fn attach(&self, socket: Arc<dyn DirectWrite>) {
+        let mut state = self.state.lock();
+        if !state.sealed {
+            state.direct = Some(socket);
+        }
+    }
+
+    /// Stops direct writes and gives the socket back; once this returns, no push writes
+    /// to it any more.
+    pub fn detach(&self) -> Option<Arc<dyn DirectWrite>> {
+        self.state.lock().direct.take()
+    }
+
+    /// Queues the connection's WebSocket close frame: after it nothing but control
+    /// frames of the closing handshake is queued (data pushes are dropped as
+    /// [`PushOutcome::Closed`]) and nothing is written directly.
+    pub fn push_close(&self, frame: Bytes) {
+        {
+            let mut state = self.state.lock();
+            state.sealed = true;
+            state.direct = None;
+        }
+        self.push_control(frame);
+    }
+
+    /// Bytes written directly to the socket since the last call (for metrics: the
+    /// connection's task reports them when it runs, at the latest once
+    /// [`DIRECT_REPORT_BYTES`] accumulated).
+    pub fn take_direct_bytes(&self) -> u64 {
+        std::mem::take(&mut self.state.lock().direct_bytes)
     }
 
     /// Asks the connection to send `disconnect` and close. The first request wins.
@@ -226,14 +423,11 @@ impl Outbox {
         if state.frames.is_empty() {
             return Ok(0);
         }
-        // A small fixed array would avoid this allocation; writes are rare compared with
-        // idle time, and the Vec is freed at once.
-        let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(max.min(state.frames.len()));
-        for frame in state.frames.iter().take(max) {
-            slices.push(std::io::IoSlice::new(frame));
-        }
-        let written = write(&slices)?;
-        drop(slices);
+        let mut slices = [std::io::IoSlice::new(&[]); MAX_WRITE_FRAMES];
+        let n = state
+            .frames
+            .slices(&mut slices[..max.clamp(1, MAX_WRITE_FRAMES)]);
+        let written = write(&slices[..n])?;
         let mut left = written;
         state.bytes -= written;
         while left > 0 {
@@ -252,11 +446,6 @@ impl Outbox {
                 front.advance(left);
                 left = 0;
             }
-        }
-        if state.frames.is_empty() && state.frames.capacity() > 0 {
-            // Idle connections should cost little: give the queue's memory back as soon
-            // as it drains (a busy connection pays one small allocation per burst).
-            state.frames = VecDeque::new();
         }
         Ok(written)
     }
@@ -301,6 +490,110 @@ mod tests {
         assert_eq!(outbox.queued_bytes(), 3);
         assert_eq!(drain(&outbox, 100), b"rld");
         assert!(!outbox.has_frames());
+    }
+
+    /// A socket that takes up to `room` bytes, then would block.
+    #[derive(Debug, Default)]
+    struct FakeSocket {
+        written: Mutex<Vec<u8>>,
+        room: Mutex<usize>,
+    }
+
+    impl DirectWrite for FakeSocket {
+        fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut room = self.room.lock();
+            if *room == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(*room);
+            *room -= n;
+            self.written.lock().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+    }
+
+    /// An outbox of 100 bytes attached to a socket with `room` bytes of room.
+    fn attached(room: usize) -> (Outbox, Arc<FakeSocket>) {
+        let outbox = Outbox::new(100);
+        let socket = Arc::new(FakeSocket::default());
+        *socket.room.lock() = room;
+        outbox.attach(socket.clone());
+        (outbox, socket)
+    }
+
+    #[test]
+    fn pushes_to_an_empty_queue_go_straight_into_the_socket() {
+        let (outbox, socket) = attached(8);
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"one")),
+            PushOutcome::Written
+        );
+        // The socket's room runs out: the next frame waits in the queue, and so does
+        // what follows it even when the socket has room again (order).
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"two-2")),
+            PushOutcome::Written
+        );
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"three")),
+            PushOutcome::Queued
+        );
+        assert_eq!(socket.written.lock().as_slice(), b"onetwo-2");
+        *socket.room.lock() = 100;
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"four")),
+            PushOutcome::Queued
+        );
+        assert_eq!(drain(&outbox, 100), b"threefour");
+        assert_eq!(outbox.take_direct_bytes(), 8);
+        assert_eq!(outbox.take_direct_bytes(), 0);
+        // Empty again: direct writes resume.
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"five")),
+            PushOutcome::Written
+        );
+        // Detached: nothing reaches the socket any more.
+        assert!(outbox.detach().is_some());
+        assert_eq!(outbox.push(Bytes::from_static(b"six")), PushOutcome::Queued);
+        assert_eq!(socket.written.lock().as_slice(), b"onetwo-2five");
+    }
+
+    #[test]
+    fn a_partial_direct_write_keeps_the_rest_of_the_frame_first() {
+        let (outbox, socket) = attached(2);
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"hello")),
+            PushOutcome::Queued
+        );
+        assert_eq!(outbox.queued_bytes(), 3);
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"world")),
+            PushOutcome::Queued
+        );
+        assert_eq!(drain(&outbox, 100), b"lloworld");
+        assert_eq!(outbox.take_direct_bytes(), 2);
+    }
+
+    #[test]
+    fn nothing_follows_the_close_frame() {
+        let (outbox, socket) = attached(100);
+        outbox.push_close(Bytes::from_static(b"CLOSE"));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"data")),
+            PushOutcome::Closed
+        );
+        assert_eq!(
+            outbox.push_lossy(Bytes::from_static(b"data")),
+            PushOutcome::Closed
+        );
+        assert!(
+            socket.written.lock().is_empty(),
+            "the close frame is queued, not direct"
+        );
+        assert_eq!(drain(&outbox, 100), b"CLOSE");
+        // Attaching after the close does not reopen direct writes.
+        outbox.attach(socket.clone());
+        assert!(outbox.detach().is_none());
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +60,11 @@ pub fn system_clock() -> Clock {
             .unwrap_or(0)
     })
 }
+
+/// How long the writer waits for more records after a batch before it writes the next
+/// one, while records keep coming. Non-durable records reach the OS at most this much
+/// later than with a wake-up per record; durable ones wake the writer at once.
+pub const LINGER: Duration = Duration::from_millis(1);
 
 /// Configuration of a [`Log`].
 #[derive(Clone)]
@@ -258,6 +263,11 @@ pub(crate) struct Shared {
     pub(crate) dropped_records: AtomicU64,
     refused_failed: AtomicU64,
     refused_busy: AtomicU64,
+    /// Set by the writer before it sleeps with nothing queued: the next append wakes it.
+    /// While it is busy (it took records on its last turn) it lingers for
+    /// [`LINGER`] instead, and appenders do not wake it: one wake-up per batch instead
+    /// of one per record (a futex call and a context switch each).
+    pub(crate) sleeping: AtomicBool,
 }
 
 impl Shared {
@@ -305,6 +315,9 @@ pub(crate) enum Cmd {
 pub struct Log {
     tx: SyncSender<Cmd>,
     shared: Arc<Shared>,
+    /// The writer thread, to wake it (it never blocks on the queue: see
+    /// [`Shared::sleeping`]).
+    writer: std::thread::Thread,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Holds the directory's advisory lock for the log's lifetime.
     _lock: File,
@@ -358,6 +371,7 @@ impl Log {
             Log {
                 tx,
                 shared,
+                writer: thread.thread().clone(),
                 thread: Mutex::new(Some(thread)),
                 _lock: lock,
             },
@@ -385,8 +399,17 @@ impl Log {
         }
         let (cmd, rx) = Self::command(record, durable)?;
         match self.tx.try_send(cmd) {
-            Ok(()) => Ok(rx),
+            Ok(()) => {
+                // A durable record is waited for: write it now. Others wait for the
+                // writer's next turn unless it sleeps with nothing to do.
+                fence(Ordering::SeqCst);
+                if durable || self.shared.sleeping.swap(false, Ordering::SeqCst) {
+                    self.writer.unpark();
+                }
+                Ok(rx)
+            }
             Err(TrySendError::Full(_)) => {
+                self.writer.unpark();
                 self.shared.refused_busy.fetch_add(1, Ordering::Relaxed);
                 Err(LogError::Busy)
             }
@@ -405,7 +428,7 @@ impl Log {
             return Err(err);
         }
         let (cmd, rx) = Self::command(record, durable)?;
-        self.tx.send(cmd).map_err(|_| self.gone())?;
+        self.send(cmd).map_err(|_| self.gone())?;
         Ok(rx)
     }
 
@@ -435,7 +458,7 @@ impl Log {
     /// back if all is well). Do not call it from an async task without `spawn_blocking`.
     pub fn close(&self) -> Result<bool, LogError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.tx.send(Cmd::Close(tx)).map_err(|_| self.gone())?;
+        self.send(Cmd::Close(tx)).map_err(|_| self.gone())?;
         rx.recv().map_err(|_| self.gone())?
     }
 
@@ -476,8 +499,17 @@ impl Log {
         make: impl FnOnce(SyncSender<Result<(), LogError>>) -> Cmd,
     ) -> Result<(), LogError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.tx.send(make(tx)).map_err(|_| self.gone())?;
+        self.send(make(tx)).map_err(|_| self.gone())?;
         rx.recv().map_err(|_| self.gone())?
+    }
+
+    /// Queues a command, waiting for room, and wakes the writer to act on it now. It is
+    /// woken before too: a full queue only drains when the writer runs.
+    fn send(&self, cmd: Cmd) -> Result<(), mpsc::SendError<Cmd>> {
+        self.writer.unpark();
+        let sent = self.tx.send(cmd);
+        self.writer.unpark();
+        sent
     }
 
     fn gone(&self) -> LogError {
@@ -488,7 +520,7 @@ impl Log {
     /// with a real I/O error (as if the descriptor had been closed under it).
     #[cfg(test)]
     pub(crate) fn break_file(&self) {
-        let _ = self.tx.send(Cmd::BreakFile);
+        let _ = self.send(Cmd::BreakFile);
     }
 
     /// Test hook: returns once the writer has stopped with an empty queue; it stays
@@ -497,7 +529,7 @@ impl Log {
     pub(crate) fn stall(&self) -> SyncSender<()> {
         let (release, until) = mpsc::sync_channel(1);
         let (started, stopped) = mpsc::sync_channel(1);
-        let _ = self.tx.send(Cmd::Stall(started, until));
+        let _ = self.send(Cmd::Stall(started, until));
         let _ = stopped.recv();
         release
     }
@@ -505,7 +537,7 @@ impl Log {
     /// Test hook: every write fails (like a full disk) until called with `false`.
     #[cfg(test)]
     pub(crate) fn fail_writes(&self, on: bool) {
-        let _ = self.tx.send(Cmd::FailWrites(on));
+        let _ = self.send(Cmd::FailWrites(on));
     }
 }
 
@@ -514,7 +546,7 @@ impl Drop for Log {
     /// the `CLEAN` marker when no record was lost (as [`Log::close`]).
     fn drop(&mut self) {
         // A send error means the writer already exited; nothing to flush then.
-        let _ = self.tx.send(Cmd::Shutdown);
+        let _ = self.send(Cmd::Shutdown);
         if let Some(thread) = self.thread.lock().take()
             && thread.join().is_err()
         {

@@ -6,8 +6,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::atomic::{Ordering, fence};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -141,6 +141,9 @@ impl Writer {
         let mut last_retention = Instant::now();
         let mut waiters: Vec<Waiter> = Vec::new();
         let mut replies: Vec<Reply> = Vec::new();
+        // Whether the last turn took anything: then the writer lingers for more instead of
+        // announcing that it sleeps.
+        let mut took = false;
         loop {
             let since = if self.dirty {
                 last_sync
@@ -156,11 +159,14 @@ impl Writer {
             }
             let mut shutdown = false;
             let mut closes = Vec::new();
+            let lingering = took;
+            took = false;
             let mut retention_asked = false;
-            match rx.recv_timeout(wait) {
+            match self.next_command(&rx, wait, lingering) {
                 Ok(cmd) => {
                     let mut next = Some(cmd);
                     let mut taken = 0;
+                    took = true;
                     while let Some(cmd) = next.take() {
                         taken += 1;
                         match cmd {
@@ -189,8 +195,8 @@ impl Writer {
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => shutdown = true,
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => shutdown = true,
             }
 
             let must_sync = !waiters.is_empty()
@@ -245,6 +251,38 @@ impl Writer {
             // end: discard it instead.
             let _ = self.file.into_parts();
         }
+    }
+
+    /// The next command: at once if one is queued; otherwise, after a busy turn, after
+    /// [`LINGER`](crate::LINGER) (appenders do not wake a lingering writer unless a record
+    /// is durable); otherwise after sleeping until woken or `wait` passes. The writer never
+    /// blocks on the queue itself, so an append never pays for waking it unless it sleeps.
+    fn next_command(
+        &self,
+        rx: &Receiver<Cmd>,
+        wait: Duration,
+        lingering: bool,
+    ) -> Result<Cmd, TryRecvError> {
+        match rx.try_recv() {
+            Err(TryRecvError::Empty) => {}
+            got => return got,
+        }
+        if lingering {
+            std::thread::park_timeout(crate::LINGER.min(wait));
+            return rx.try_recv();
+        }
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        // An append that queued before seeing the flag did not wake us: look again.
+        match rx.try_recv() {
+            Err(TryRecvError::Empty) => std::thread::park_timeout(wait),
+            got => {
+                self.shared.sleeping.store(false, Ordering::SeqCst);
+                return got;
+            }
+        }
+        self.shared.sleeping.store(false, Ordering::SeqCst);
+        rx.try_recv()
     }
 
     /// Writes the `CLEAN` marker if everything appended is fsynced and no record was

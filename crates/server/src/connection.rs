@@ -14,7 +14,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use starling_core::{FrameFormat, Outbox};
+use starling_core::{DirectWrite, FrameFormat, Outbox};
 use starling_protocol::Push;
 use starling_protocol::codes::{self, DisconnectCode};
 use starling_websocket::{
@@ -64,7 +64,13 @@ pub struct Negotiated {
 pub async fn run(stream: TcpStream, leftover: Bytes, negotiated: Negotiated, state: Arc<AppState>) {
     let mut driver = Driver::new(negotiated, state);
     let key = driver.key;
-    let finish = driver.serve(&stream, leftover).await;
+    // Shared with the outbox, so that a push to an empty queue (the fan-out loop) writes
+    // straight into the socket.
+    let socket = Arc::new(Socket(stream));
+    driver.outbox.attach(socket.clone());
+    let finish = driver.serve(&socket.0, leftover).await;
+    // Once detached, no push writes to the socket any more: this task owns it again.
+    driver.outbox.detach();
     debug!(
         key,
         graceful = matches!(finish, Ok(Finish::Graceful)),
@@ -72,11 +78,25 @@ pub async fn run(stream: TcpStream, leftover: Bytes, negotiated: Negotiated, sta
     );
     match finish {
         // Boxed: its buffer would otherwise sit in every idle connection's task.
-        Ok(Finish::Graceful) => Box::pin(close_tcp(stream)).await,
+        Ok(Finish::Graceful) => {
+            if let Ok(Socket(stream)) = Arc::try_unwrap(socket) {
+                Box::pin(close_tcp(stream)).await;
+            }
+        }
         Ok(Finish::PeerGone) => {}
         Err(e) => debug!(key, "connection ended: {e}"),
     }
     // The driver's `Drop` leaves the channels and the registry, also on a panic.
+}
+
+/// The connection's socket, shared between its task and its outbox's direct writes.
+#[derive(Debug)]
+struct Socket(TcpStream);
+
+impl DirectWrite for Socket {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(buf)
+    }
 }
 
 /// Deadlines of one connection; the earliest arms the single timer.
@@ -414,6 +434,8 @@ impl Driver {
         let result = self.ws.receive_events(data, &mut |e| events.push(e));
         for event in events {
             match event {
+                // The answer to the peer's close: no data frame may follow it.
+                Event::Send(frame) if is_close_frame(&frame) => self.outbox.push_close(frame),
                 Event::Send(frame) => self.outbox.push_control(frame),
                 // Bounded: beyond a few unsent pongs, the newest replaces the last.
                 Event::Pong(frame) => {
@@ -436,7 +458,7 @@ impl Driver {
             debug!("protocol error: {err}");
             self.state.metrics.error(u32::from(err.close_code().0));
             let frame = self.ws.fail(&err);
-            self.outbox.push_control(frame);
+            self.outbox.push_close(frame);
             self.timers.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
         }
     }
@@ -486,12 +508,16 @@ impl Driver {
             self.outbox.push_control(push);
         }
         let frame = self.ws.close(CloseCode(disconnect.code), disconnect.reason);
-        self.outbox.push_control(frame);
+        self.outbox.push_close(frame);
         self.timers.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
     }
 
     /// Writes as much of the outbox as the socket takes now.
     fn flush(&mut self, stream: &TcpStream) -> std::io::Result<()> {
+        let direct = self.outbox.take_direct_bytes();
+        if direct > 0 {
+            crate::metrics::Metrics::add(&self.state.metrics.bytes_written, direct);
+        }
         loop {
             match self
                 .outbox
@@ -509,11 +535,18 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // (Also on a panic: the socket must not outlive the task through the outbox.)
+        self.outbox.detach();
         if let Role::Client(session) = &mut self.role {
             session.close();
         }
         self.state.registry.remove(self.key);
     }
+}
+
+/// Whether an encoded frame (from the WebSocket layer, unmasked) is a close frame.
+fn is_close_frame(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 0x0F == 0x8)
 }
 
 /// `at + d`, or a deadline decades away when that does not fit: a token's `exp` near

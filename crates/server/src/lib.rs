@@ -15,4 +15,5 @@ pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod session;
+pub mod subscriptions;
 pub mod upgrade;

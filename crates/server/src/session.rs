@@ -30,6 +30,7 @@ use crate::app::AppState;
 use crate::auth::AuthError;
 use crate::encoder::WireEncoder;
 use crate::limits::Limit;
+use crate::subscriptions::Subscriptions;
 
 /// The authenticated side of a session.
 #[derive(Debug)]
@@ -49,7 +50,7 @@ pub struct Session {
     outbox: Arc<Outbox>,
     format: FrameFormat,
     identity: Option<Identity>,
-    subscriptions: HashSet<Arc<str>>,
+    subscriptions: Subscriptions,
     /// Command budget (`client.command_rate`); `None` when unlimited.
     commands: Option<ConnectionBucket>,
     /// Channel-creation budget (`client.channel_creation_rate`); `None` when unlimited.
@@ -161,7 +162,7 @@ impl Session {
             outbox,
             format,
             identity: None,
-            subscriptions: HashSet::new(),
+            subscriptions: Subscriptions::default(),
             commands,
             creations,
             pending: None,

@@ -23,7 +23,9 @@ use crate::journal::{DurableAck, Journal, JournalError};
 use crate::metrics::HubCounters;
 use crate::outbox::{Outbox, PushOutcome};
 use crate::presence::UserCounts;
+use members::Members;
 
+mod members;
 mod replica;
 pub use replica::{Delivery, JoinOutcome, JoinTicket};
 
@@ -37,6 +39,15 @@ pub struct FrameFormat(pub u8);
 
 /// Upper bound on distinct frame formats (sizes the per-publication frame cache).
 pub const MAX_FORMATS: usize = 32;
+
+/// What one sweep over a channel's subscribers queued, cut or dropped.
+#[derive(Default)]
+struct Tally {
+    queued: usize,
+    bytes: u64,
+    slow: u64,
+    dropped: u64,
+}
 
 /// Turns pushes into complete WebSocket frames, once per format.
 pub trait FrameEncoder: Send + Sync + 'static {
@@ -231,7 +242,7 @@ struct ChannelState {
     epoch: Arc<str>,
     offset: u64,
     options: ChannelOptions,
-    subscribers: HashMap<ClientKey, Subscriber>,
+    subscribers: Members,
     /// Subscriptions per user id, kept on subscribe and unsubscribe so that
     /// `presence_stats` is O(1).
     users: UserCounts,
@@ -253,7 +264,7 @@ impl ChannelState {
             epoch: new_epoch(),
             offset: 0,
             options,
-            subscribers: HashMap::new(),
+            subscribers: Members::default(),
             users: UserCounts::default(),
             presence: None,
             history: History::default(),
@@ -274,12 +285,12 @@ impl ChannelState {
     fn add_member(&mut self, subscriber: Subscriber) {
         self.users.add(&subscriber.info.user);
         self.presence = None;
-        self.subscribers.insert(subscriber.key, subscriber);
+        self.subscribers.insert(subscriber);
     }
 
     /// Removes a subscriber and uncounts its user.
     fn remove_member(&mut self, key: ClientKey) -> Option<Subscriber> {
-        let removed = self.subscribers.remove(&key)?;
+        let removed = self.subscribers.remove(key)?;
         self.users.remove(&removed.info.user);
         self.presence = None;
         Some(removed)
@@ -333,7 +344,15 @@ pub struct Hub {
     broker: Option<Arc<dyn Broker>>,
     /// How long a replica channel stays after its last subscriber left.
     linger_ms: u64,
+    /// Threads that write to sockets (the runtime's workers): a big channel's sweep
+    /// writes this thread's share of the subscribers itself and leaves the rest to their
+    /// connections' tasks, which the other workers run meanwhile.
+    sweepers: usize,
 }
+
+/// Sweeps up to this many subscribers are written by the publishing thread alone: waking
+/// other threads costs more than the writes.
+const SMALL_SWEEP: usize = 16;
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -368,7 +387,15 @@ impl Hub {
             max_history_bytes: u64::MAX,
             broker: None,
             linger_ms: replica::LINGER_MS,
+            sweepers: 1,
         }
+    }
+
+    /// Shares big sweeps among `threads` threads (the runtime's workers; default 1: the
+    /// publishing thread writes to every subscriber that keeps up).
+    pub fn with_sweepers(mut self, threads: usize) -> Self {
+        self.sweepers = threads.max(1);
+        self
     }
 
     /// Keeps a replica channel (and the node's broker subscription) `ms` milliseconds
@@ -491,7 +518,7 @@ impl Hub {
             self.get_or_create(&mut shard, channel, options, self.max_channels, may_create)?;
         let mut state = entry.state.lock();
         drop(shard);
-        if state.subscribers.contains_key(&subscriber.key) {
+        if state.subscribers.contains_key(subscriber.key) {
             return Err(SubscribeError::AlreadySubscribed);
         }
         // The namespace may have changed since the channel was created.
@@ -598,16 +625,12 @@ impl Hub {
         state.offset = publication.offset;
         state.active_ms = now;
         let lossy = state.options.lossy;
-        let mut frames: [Option<Bytes>; MAX_FORMATS] = Default::default();
-        let mut delivered = 0;
-        for sub in state.subscribers.values() {
-            let slot = &mut frames[usize::from(sub.format.0) % MAX_FORMATS];
-            let frame = slot
-                .get_or_insert_with(|| self.encoder.publication(channel, &publication, sub.format));
-            if self.queue(sub, frame.clone(), lossy) {
-                delivered += 1;
-            }
-        }
+        let mut tally = Tally::default();
+        self.send_all(state, lossy, &mut tally, None, |format| {
+            self.encoder.publication(channel, &publication, format)
+        });
+        let delivered = tally.queued;
+        self.count(tally);
         let policy = state.options.history;
         if policy.enabled() {
             self.keep(state, now, publication, policy);
@@ -618,42 +641,88 @@ impl Hub {
     /// Queues a join (or leave) of `info` to the channel's subscribers, except the one
     /// it is about.
     fn announce(&self, channel: &str, state: &ChannelState, join: bool, info: &ClientInfo) {
+        let mut tally = Tally::default();
+        self.send_all(
+            state,
+            state.options.lossy,
+            &mut tally,
+            Some(&info.client),
+            |format| self.encoder.join_leave(channel, join, info, format),
+        );
+        self.count(tally);
+    }
+
+    /// Queues one frame per format (made by `encode`, once per format) to every
+    /// subscriber of a channel. In a big channel the subscribers beyond this thread's
+    /// share are queued first and their tasks woken, so that the other workers write to
+    /// them while this thread writes its share directly (see [`Outbox::push`]). The
+    /// connection `skip` (a join's own client) gets nothing.
+    fn send_all(
+        &self,
+        state: &ChannelState,
+        lossy: bool,
+        tally: &mut Tally,
+        skip: Option<&str>,
+        encode: impl Fn(FrameFormat) -> Bytes,
+    ) {
         let mut frames: [Option<Bytes>; MAX_FORMATS] = Default::default();
-        for sub in state.subscribers.values() {
-            if sub.info.client == info.client {
-                continue;
+        let n = state.subscribers.len();
+        let own = if n <= SMALL_SWEEP {
+            n
+        } else {
+            n / self.sweepers
+        };
+        let mut each = |sub: &Subscriber, direct: bool| {
+            if skip.is_some_and(|client| sub.info.client == client) {
+                return;
             }
             let slot = &mut frames[usize::from(sub.format.0) % MAX_FORMATS];
-            let frame = slot
-                .get_or_insert_with(|| self.encoder.join_leave(channel, join, info, sub.format));
-            self.queue(sub, frame.clone(), state.options.lossy);
+            let frame = slot.get_or_insert_with(|| encode(sub.format));
+            self.queue(sub, frame.clone(), lossy, direct, tally);
+        };
+        for sub in state.subscribers.values().skip(own) {
+            each(sub, false);
+        }
+        for sub in state.subscribers.values().take(own) {
+            each(sub, true);
         }
     }
 
-    fn queue(&self, sub: &Subscriber, frame: Bytes, lossy: bool) -> bool {
+    /// Queues `frame` to one subscriber, counting the outcome in `tally` (the node's
+    /// counters are shared by every core: they are updated once per sweep, not once per
+    /// subscriber).
+    fn queue(&self, sub: &Subscriber, frame: Bytes, lossy: bool, direct: bool, tally: &mut Tally) {
         let len = frame.len();
-        let outcome = if lossy {
-            sub.outbox.push_lossy(frame)
-        } else {
-            sub.outbox.push(frame)
+        let outcome = match (lossy, direct) {
+            (false, true) => sub.outbox.push(frame),
+            (true, true) => sub.outbox.push_lossy(frame),
+            (false, false) => sub.outbox.push_queued(frame),
+            (true, false) => sub.outbox.push_lossy_queued(frame),
         };
         match outcome {
-            PushOutcome::Queued => {
-                self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .bytes_out
-                    .fetch_add(len as u64, Ordering::Relaxed);
-                true
+            PushOutcome::Queued | PushOutcome::Written => {
+                tally.queued += 1;
+                tally.bytes += len as u64;
             }
-            PushOutcome::Overflow => {
-                self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            PushOutcome::Dropped => {
-                self.counters.lossy_drops.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            PushOutcome::Closed => false,
+            PushOutcome::Overflow => tally.slow += 1,
+            PushOutcome::Dropped => tally.dropped += 1,
+            PushOutcome::Closed => {}
+        }
+    }
+
+    /// Adds a sweep's tally to the node's counters.
+    fn count(&self, tally: Tally) {
+        let c = &self.counters;
+        if tally.queued > 0 {
+            c.messages_out
+                .fetch_add(tally.queued as u64, Ordering::Relaxed);
+            c.bytes_out.fetch_add(tally.bytes, Ordering::Relaxed);
+        }
+        if tally.slow > 0 {
+            c.slow_consumers.fetch_add(tally.slow, Ordering::Relaxed);
+        }
+        if tally.dropped > 0 {
+            c.lossy_drops.fetch_add(tally.dropped, Ordering::Relaxed);
         }
     }
 
@@ -1070,16 +1139,19 @@ mod tests {
 
     fn take(outbox: &Outbox) -> Vec<String> {
         let mut all = Vec::new();
-        outbox
-            .write_with::<()>(usize::MAX, |slices| {
-                let mut n = 0;
-                for s in slices {
-                    all.push(String::from_utf8_lossy(s).into_owned());
-                    n += s.len();
-                }
-                Ok(n)
-            })
-            .expect("drain");
+        // One vectored write takes at most MAX_WRITE_FRAMES frames.
+        while outbox.has_frames() {
+            outbox
+                .write_with::<()>(usize::MAX, |slices| {
+                    let mut n = 0;
+                    for s in slices {
+                        all.push(String::from_utf8_lossy(s).into_owned());
+                        n += s.len();
+                    }
+                    Ok(n)
+                })
+                .expect("drain");
+        }
         all
     }
 

@@ -169,7 +169,7 @@ impl Hub {
         let entry = ticket.entry.clone();
         let mut guard = entry.state.lock();
         let state = &mut *guard;
-        if state.subscribers.contains_key(&subscriber.key) {
+        if state.subscribers.contains_key(subscriber.key) {
             return Err(SubscribeError::AlreadySubscribed);
         }
         state.options = options;

@@ -52,15 +52,18 @@ pub fn subscriber(key: ClientKey) -> Subscriber {
 /// Everything queued to `outbox`, drained.
 pub fn frames(outbox: &Outbox) -> Vec<String> {
     let mut all = Vec::new();
-    outbox
-        .write_with::<()>(usize::MAX, |slices| {
-            let mut n = 0;
-            for s in slices {
-                all.push(String::from_utf8_lossy(s).into_owned());
-                n += s.len();
-            }
-            Ok(n)
-        })
-        .expect("drain");
+    // One vectored write takes at most MAX_WRITE_FRAMES frames.
+    while outbox.has_frames() {
+        outbox
+            .write_with::<()>(usize::MAX, |slices| {
+                let mut n = 0;
+                for s in slices {
+                    all.push(String::from_utf8_lossy(s).into_owned());
+                    n += s.len();
+                }
+                Ok(n)
+            })
+            .expect("drain");
+    }
     all
 }
