@@ -144,3 +144,42 @@ fn warn_fd_limit(cmd: &Cmd) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn fanout_and_users_take_plot_and_server_pids() {
+        let cli = Cli::try_parse_from([
+            "starling-bench",
+            "fanout",
+            "--plot",
+            "f.svg",
+            "--server-pid",
+            "7",
+            "--json",
+        ])
+        .unwrap();
+        let Cmd::Fanout(a) = cli.command else {
+            panic!("not fanout")
+        };
+        assert_eq!(a.plot.as_deref(), Some(std::path::Path::new("f.svg")));
+        assert_eq!(a.server_pids, vec![7]);
+        let cli =
+            Cli::try_parse_from(["starling-bench", "--threads", "2", "users", "--users", "5"])
+                .unwrap();
+        assert_eq!(cli.threads, Some(2));
+        let Cmd::Users(a) = cli.command else {
+            panic!("not users")
+        };
+        assert_eq!(a.users, 5);
+        assert!(Cli::try_parse_from(["starling-bench", "users", "--plot"]).is_err());
+    }
+}
