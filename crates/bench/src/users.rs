@@ -229,6 +229,8 @@ impl Schedule for Spread<'_> {
 /// Counters shared by the user tasks and the progress line.
 struct Shared {
     latencies: LatencyShards,
+    /// Each node's users' samples (a cluster: `--url` repeated).
+    nodes: Vec<LatencyShards>,
     /// Samples since the last progress line.
     recent: LatencyShards,
     /// Samples since the last timeline point.
@@ -302,6 +304,7 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
 
     let shared = Arc::new(Shared {
         latencies: LatencyShards::new(16),
+        nodes: targets.iter().map(|_| LatencyShards::new(4)).collect(),
         recent: LatencyShards::new(16),
         timeline: Arc::new(LatencyShards::new(16)),
         ready: AtomicUsize::new(0),
@@ -339,6 +342,7 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
     for i in 0..args.users {
         let user = User {
             i,
+            node: i % targets.len(),
             protocol: args.protocol,
             target: targets[i % targets.len()].clone(),
             source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
@@ -487,6 +491,8 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
     let mut expected = 0u64;
     let (mut delivered, mut missing, mut extra) = (0u64, 0u64, 0u64);
     let mut failures = ErrorTally::default();
+    // Per node: (subscribed, expected, delivered).
+    let mut per_node = vec![(0usize, 0u64, 0u64); targets.len()];
     for r in &results {
         if let Some(f) = &r.failure {
             failures.add(f);
@@ -495,6 +501,8 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
             continue;
         }
         let want = expected_of(r.user);
+        let node = &mut per_node[r.user % targets.len()];
+        *node = (node.0 + 1, node.1 + want, node.2 + r.received);
         expected += want;
         delivered += r.received;
         missing += want.saturating_sub(r.received);
@@ -558,8 +566,39 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
         latency: lat,
         server_cpu: cpu_total,
     };
+    let mut rows = Vec::new();
+    let mut nodes_json = Vec::new();
+    for (k, target) in targets.iter().enumerate() {
+        let (node_subscribed, node_expected, node_delivered) = per_node[k];
+        let node_lat = Percentiles::of(&shared.nodes[k].merged());
+        // A server's CPU goes with its node when a PID is given per --url, in order.
+        let node_cpu = (server_cpu.len() == targets.len())
+            .then(|| server_cpu[k].1.map(|(_, pct)| pct))
+            .flatten();
+        rows.push(RunRow {
+            what: format!("node {k} {}", target.addr),
+            subscribed: node_subscribed,
+            publish_per_s,
+            delivered: node_delivered,
+            expected: node_expected,
+            delivered_per_s: per_second(node_delivered, run_span),
+            latency: node_lat,
+            server_cpu: node_cpu,
+        });
+        nodes_json.push(json!({
+            "url": args.urls[k],
+            "subscribed": node_subscribed,
+            "expected": node_expected,
+            "delivered": node_delivered,
+            "latency_us": percentiles_json(&node_lat),
+        }));
+    }
+    if targets.len() == 1 {
+        rows.clear();
+    }
+    rows.push(row);
     say!("");
-    for line in run_table(&[row]).render().lines() {
+    for line in run_table(&rows).render().lines() {
         say!("{line}");
     }
     if let Some(path) = &args.plot {
@@ -596,6 +635,7 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
             "loss": if expected > 0 { missing as f64 / expected as f64 } else { 0.0 },
             "run_s": run_span.as_secs_f64(),
             "latency_us": percentiles_json(&lat),
+            "nodes": nodes_json,
             "server_cpu": server_cpu.iter().map(|(pid, c)| json!({
                 "pid": pid,
                 "cpu_s": c.map(|(s, _)| s),
@@ -612,6 +652,8 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
 /// One user: its connection and channels.
 struct User {
     i: usize,
+    /// Index of its node in `--url`.
+    node: usize,
     protocol: Protocol,
     target: Arc<Target>,
     source: Option<IpAddr>,
@@ -672,6 +714,7 @@ impl User {
                 );
                 for shards in [
                     &self.shared.latencies,
+                    &self.shared.nodes[self.node],
                     &self.shared.recent,
                     &*self.shared.timeline,
                 ] {
