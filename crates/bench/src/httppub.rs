@@ -83,7 +83,9 @@ pub trait Schedule: Sync {
 }
 
 /// Publishes `schedule` to `addrs` (connection `c` goes to `addrs[c % len]`) on
-/// `connections` keep-alive connections until the schedule ends or `deadline`.
+/// `connections` keep-alive connections until the schedule ends or `deadline`. A
+/// connection that fails is reported and ends; the others go on. Fails only when
+/// every connection failed.
 pub async fn publish(
     addrs: &[SocketAddr],
     path: &str,
@@ -106,12 +108,29 @@ pub async fn publish(
     };
     let reports = futures_util::future::join_all((0..connections.max(1)).map(one)).await;
     let mut total = PubReport::default();
+    let mut last_error = None;
+    let mut ok = 0;
     for report in reports {
-        total.add(&report?);
+        match report {
+            (r, None) => {
+                total.add(&r);
+                ok += 1;
+            }
+            // What it sent before it failed still counts.
+            (r, Some(e)) => {
+                total.add(&r);
+                say!("publishing connection failed: {e:#}");
+                last_error = Some(e);
+            }
+        }
     }
-    Ok(total)
+    match last_error {
+        Some(e) if ok == 0 => Err(e),
+        _ => Ok(total),
+    }
 }
 
+/// One connection's loop: what it got done, and the error that ended it, if any.
 async fn connection(
     addr: SocketAddr,
     path: &str,
@@ -119,45 +138,50 @@ async fn connection(
     deadline: tokio::time::Instant,
     next: &AtomicU64,
     schedule: &impl Schedule,
-) -> anyhow::Result<PubReport> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_nodelay(true)?;
-    let mut http = HttpConn::default();
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(auth) = auth {
-        headers.push(("Authorization", auth));
-    }
+) -> (PubReport, Option<anyhow::Error>) {
     let mut report = PubReport::default();
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(due) = schedule.due(i) else { break };
-        if due >= deadline {
-            break;
-        }
-        tokio::time::sleep_until(due).await;
-        let body = schedule.body(i);
-        let exchange = http.exchange(&mut stream, addr, path, &headers, body.as_bytes());
-        let (status, body) = tokio::time::timeout_at(deadline, exchange)
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
             .await
-            .context("publish timed out")??;
-        report.sent += 1;
-        let accepted = status == 200;
-        schedule.outcome(i, accepted);
-        if accepted {
-            report.accepted += 1;
-        } else {
-            if report.refused < 3 {
-                say!(
-                    "publish refused: HTTP {status} {}",
-                    String::from_utf8_lossy(&body)
-                );
-            }
-            report.refused += 1;
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut http = HttpConn::default();
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(auth) = auth {
+            headers.push(("Authorization", auth));
         }
-    }
-    Ok(report)
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(due) = schedule.due(i) else { break };
+            if due >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(due).await;
+            let body = schedule.body(i);
+            // Sent once it leaves, whether or not a reply comes back.
+            report.sent += 1;
+            let exchange = http.exchange(&mut stream, addr, path, &headers, body.as_bytes());
+            let (status, body) = tokio::time::timeout_at(deadline, exchange)
+                .await
+                .context("publish timed out")??;
+            let accepted = status == 200;
+            schedule.outcome(i, accepted);
+            if accepted {
+                report.accepted += 1;
+            } else {
+                if report.refused < 3 {
+                    say!(
+                        "publish refused: HTTP {status} {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+                report.refused += 1;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let result = work.await;
+    (report, result.err())
 }
 
 #[cfg(test)]

@@ -159,26 +159,32 @@ struct Spread<'a> {
 }
 
 impl<'a> Spread<'a> {
+    /// The personal channels' publications (`group` false: `--users` channels at
+    /// `--rate`) or the group channels' (`--group-rate`), for `--duration`.
     fn new(
         channels: &'a Channels,
         group: bool,
-        count: usize,
-        per_channel_rate: f64,
-        seconds: u64,
-        args: (&UsersArgs, HttpApi, &'a AtomicU64),
+        args: &UsersArgs,
+        api: HttpApi,
+        sent: &'a AtomicU64,
     ) -> Spread<'a> {
-        let per_s = count as f64 * per_channel_rate.max(0.0);
+        let (count, rate) = if group {
+            (channels.groups(args.users), args.group_rate)
+        } else {
+            (args.users, args.rate)
+        };
+        let per_s = count as f64 * rate.max(0.0);
         Spread {
             channels,
             group,
             count: count.max(1),
             per_s,
-            total: schedule_total(per_s, seconds),
+            total: schedule_total(per_s, args.duration),
             start: tokio::time::Instant::now(),
-            api: args.1,
-            size: args.0.size,
+            api,
+            size: args.size,
             accepted: (0..count).map(|_| AtomicU32::new(0)).collect(),
-            sent: args.2,
+            sent,
         }
     }
 
@@ -386,22 +392,8 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
     let publish_deadline = tokio::time::Instant::now()
         + Duration::from_secs(args.duration)
         + Duration::from_secs(args.drain.max(5));
-    let personal = Spread::new(
-        &channels,
-        false,
-        args.users,
-        args.rate,
-        args.duration,
-        (&args, api, &shared.sent),
-    );
-    let group = Spread::new(
-        &channels,
-        true,
-        groups,
-        args.group_rate,
-        args.duration,
-        (&args, api, &shared.sent),
-    );
+    let personal = Spread::new(&channels, false, &args, api, &shared.sent);
+    let group = Spread::new(&channels, true, &args, api, &shared.sent);
     let auth = api.api_key.then(|| format!("apikey {}", args.api_key));
     // The group channels get their own few connections (their rate is small).
     let group_connections = if group.total > 0 {
@@ -819,10 +811,26 @@ mod tests {
     #[test]
     fn a_spread_names_channels_in_turn_and_counts_acceptances() {
         let c = Channels::new(Protocol::Starling, "p", 2);
-        let a = Cli::try_parse_from(["users", "--size", "60"]).unwrap().args;
+        let a = Cli::try_parse_from([
+            "users",
+            "--size",
+            "60",
+            "--users",
+            "3",
+            "--group-size",
+            "2",
+            "--rate",
+            "2",
+            "--group-rate",
+            "1",
+            "--duration",
+            "2",
+        ])
+        .unwrap()
+        .args;
         let sent = AtomicU64::new(0);
         let api = HttpApi::of(Protocol::Starling).unwrap();
-        let s = Spread::new(&c, false, 3, 2.0, 2, (&a, api, &sent));
+        let s = Spread::new(&c, false, &a, api, &sent);
         assert_eq!((s.total, s.per_s), (12, 6.0));
         assert!(s.due(11).is_some());
         assert!(s.due(12).is_none());
@@ -842,7 +850,12 @@ mod tests {
             .map(|a| a.load(Ordering::Relaxed))
             .collect();
         assert_eq!(counts, vec![0, 2, 0]);
-        let g = Spread::new(&c, true, 2, 1.0, 1, (&a, api, &sent));
+        let g = Spread::new(&c, true, &a, api, &sent);
+        assert_eq!(
+            (g.count, g.total),
+            (2, 4),
+            "2 groups of 2 (3 users), 1/s, 2 s"
+        );
         let body: serde_json::Value = serde_json::from_str(&g.body(1)).unwrap();
         assert_eq!(body["channel"], "p:g:1");
     }
