@@ -62,6 +62,78 @@ impl CpuMark {
     }
 }
 
+/// What one process used over a run: CPU seconds and percent of one core, or `None`
+/// when its `/proc` entry could not be read (at the start or the end).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcCpu {
+    /// The process.
+    pub pid: u32,
+    /// `(CPU seconds, percent of one core)`.
+    pub used: Option<(f64, f64)>,
+}
+
+/// The CPU time of the server processes (`--server-pid`) from the start of a run.
+#[derive(Debug, Clone)]
+pub struct CpuWatch(Vec<(u32, Option<CpuMark>)>);
+
+impl CpuWatch {
+    /// Marks the start for each of `pids`.
+    pub fn start(pids: &[u32]) -> CpuWatch {
+        CpuWatch(
+            pids.iter()
+                .map(|&pid| (pid, CpuMark::now(pid).ok()))
+                .collect(),
+        )
+    }
+
+    /// What each process used since the start.
+    pub fn finish(&self) -> Vec<ProcCpu> {
+        self.0
+            .iter()
+            .map(|(pid, mark)| ProcCpu {
+                pid: *pid,
+                used: mark.and_then(|m| m.since().ok()),
+            })
+            .collect()
+    }
+}
+
+/// The processes' percentages added up (a cluster's servers in all); `None` when there
+/// are none or one could not be read.
+pub fn total_percent(procs: &[ProcCpu]) -> Option<f64> {
+    if procs.is_empty() {
+        return None;
+    }
+    procs.iter().map(|p| p.used.map(|(_, pct)| pct)).sum()
+}
+
+/// One human-readable line per process.
+pub fn lines(procs: &[ProcCpu]) -> Vec<String> {
+    procs
+        .iter()
+        .map(|p| match p.used {
+            Some((secs, pct)) => {
+                format!("server {} CPU: {secs:.2} s = {pct:.0} % of one core", p.pid)
+            }
+            None => format!("server {} CPU: could not read /proc/{}/stat", p.pid, p.pid),
+        })
+        .collect()
+}
+
+/// The processes as a JSON array (`pid`, `cpu_s`, `percent_of_core`).
+pub fn procs_json(procs: &[ProcCpu]) -> serde_json::Value {
+    procs
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "pid": p.pid,
+                "cpu_s": p.used.map(|(s, _)| s),
+                "percent_of_core": p.used.map(|(_, pct)| pct),
+            })
+        })
+        .collect()
+}
+
 /// CPU seconds over a wall-clock interval, as a percentage of one core.
 pub fn percent_of_core(cpu_s: f64, over: Duration) -> f64 {
     let wall = over.as_secs_f64();
@@ -86,6 +158,38 @@ mod tests {
         assert_eq!(parse_stat_cpu_s("no parenthesis"), None);
         assert!(cpu_seconds(std::process::id()).is_ok());
         assert!(matches!(cpu_seconds(u32::MAX), Err(CpuError::Read(..))));
+    }
+
+    #[test]
+    fn several_processes() {
+        let procs = [
+            ProcCpu {
+                pid: 1,
+                used: Some((1.0, 50.0)),
+            },
+            ProcCpu {
+                pid: 2,
+                used: Some((0.5, 25.0)),
+            },
+        ];
+        assert_eq!(total_percent(&procs), Some(75.0));
+        assert_eq!(total_percent(&[]), None);
+        let unread = [procs[0], ProcCpu { pid: 3, used: None }];
+        assert_eq!(total_percent(&unread), None);
+        assert_eq!(
+            lines(&unread),
+            vec![
+                "server 1 CPU: 1.00 s = 50 % of one core",
+                "server 3 CPU: could not read /proc/3/stat"
+            ]
+        );
+        let json = procs_json(&unread);
+        assert_eq!(json[0]["percent_of_core"], 50.0);
+        assert!(json[1]["cpu_s"].is_null());
+        let watch = CpuWatch::start(&[std::process::id(), u32::MAX]);
+        let done = watch.finish();
+        assert!(done[0].used.is_some());
+        assert_eq!(done[1].used, None);
     }
 
     #[test]

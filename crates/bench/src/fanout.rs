@@ -303,11 +303,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
 
     // Publish: one publisher per publish URL, all at once.
-    let cpu_marks: Vec<(u32, Option<crate::cpu::CpuMark>)> = args
-        .server_pids
-        .iter()
-        .map(|&pid| (pid, crate::cpu::CpuMark::now(pid).ok()))
-        .collect();
+    let cpu_watch = crate::cpu::CpuWatch::start(&args.server_pids);
     let sampler = crate::timeline::Sampler::start(shared.timeline.clone());
     let first_publish_us = now_us();
     let mut publishers = JoinSet::new();
@@ -378,10 +374,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
-    let server_cpu: Vec<(u32, Option<(f64, f64)>)> = cpu_marks
-        .iter()
-        .map(|(pid, mark)| (*pid, mark.and_then(|m| m.since().ok())))
-        .collect();
+    let server_cpu = cpu_watch.finish();
     let points = sampler.finish().await;
     drop(progress);
 
@@ -524,17 +517,9 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             }
         }
     }
-    for (pid, cpu) in &server_cpu {
-        match cpu {
-            Some((secs, pct)) => say!("server {pid} CPU: {secs:.2} s = {pct:.0} % of one core"),
-            None => say!("server {pid} CPU: could not read /proc/{pid}/stat"),
-        }
+    for line in crate::cpu::lines(&server_cpu) {
+        say!("{line}");
     }
-    let cpu_total = server_cpu
-        .iter()
-        .map(|(_, c)| c.map(|(_, pct)| pct))
-        .sum::<Option<f64>>()
-        .filter(|_| !server_cpu.is_empty());
     let all_row = RunRow {
         what: "all".into(),
         subscribed,
@@ -543,7 +528,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         expected,
         delivered_per_s: per_second(deliveries, span),
         latency: lat,
-        server_cpu: cpu_total,
+        server_cpu: crate::cpu::total_percent(&server_cpu),
     };
     if targets.len() == 1 {
         table_rows.clear();
@@ -590,11 +575,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             "deliveries_per_s": per_second(deliveries, span).round(),
             "latency_us": percentiles_json(&lat),
             "nodes": nodes_json,
-            "server_cpu": server_cpu.iter().map(|(pid, c)| json!({
-                "pid": pid,
-                "cpu_s": c.map(|(s, _)| s),
-                "percent_of_core": c.map(|(_, p)| p),
-            })).collect::<Vec<_>>(),
+            "server_cpu": crate::cpu::procs_json(&server_cpu),
             "timeline": crate::timeline::points_json(&points),
         });
         println!("{doc}");

@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::client::{Target, source_addrs};
-use crate::cpu::CpuMark;
+use crate::cpu::{CpuMark, CpuWatch};
 use crate::httppub::{HttpApi, PubReport, Schedule};
 use crate::peer::{Protocol, Seen, Session};
 use crate::report::{Progress, Rate, percentiles_json, say};
@@ -381,11 +381,7 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
     }
 
     // Publish for D seconds, measuring the servers' CPU and our own meanwhile.
-    let cpu_marks: Vec<(u32, Option<CpuMark>)> = args
-        .server_pids
-        .iter()
-        .map(|&pid| (pid, CpuMark::now(pid).ok()))
-        .collect();
+    let cpu_watch = CpuWatch::start(&args.server_pids);
     let own_cpu = CpuMark::now(std::process::id()).ok();
     let sampler = Sampler::start(shared.timeline.clone());
     let publish_started = Instant::now();
@@ -461,10 +457,7 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let run_span = publish_started.elapsed();
-    let server_cpu: Vec<(u32, Option<(f64, f64)>)> = cpu_marks
-        .iter()
-        .map(|(pid, mark)| (*pid, mark.and_then(|m| m.since().ok())))
-        .collect();
+    let server_cpu = cpu_watch.finish();
     let own = own_cpu.and_then(|m| m.since().ok());
     let _ = stop_tx.send(true);
     let mut results = Vec::with_capacity(args.users);
@@ -502,11 +495,6 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
     }
     let lat = Percentiles::of(&shared.latencies.merged());
     let publish_per_s = per_second(published.sent, publish_span);
-    let cpu_total: Option<f64> = server_cpu
-        .iter()
-        .map(|(_, c)| c.map(|(_, pct)| pct))
-        .sum::<Option<f64>>()
-        .filter(|_| !server_cpu.is_empty());
 
     say!("--- users result ---");
     say!(
@@ -530,14 +518,8 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
         lat.max as f64 / 1000.0,
         lat.count
     );
-    for (pid, cpu) in &server_cpu {
-        match cpu {
-            Some((secs, pct)) => say!(
-                "server {pid} CPU: {secs:.2} s over {:.2} s = {pct:.0} % of one core",
-                run_span.as_secs_f64()
-            ),
-            None => say!("server {pid} CPU: could not read /proc/{pid}/stat"),
-        }
+    for line in crate::cpu::lines(&server_cpu) {
+        say!("{line}");
     }
     if let Some((secs, pct)) = own {
         say!("bench CPU:      {secs:.2} s = {pct:.0} % of one core");
@@ -556,7 +538,7 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
         expected,
         delivered_per_s: per_second(delivered, run_span),
         latency: lat,
-        server_cpu: cpu_total,
+        server_cpu: crate::cpu::total_percent(&server_cpu),
     };
     let mut rows = Vec::new();
     let mut nodes_json = Vec::new();
@@ -565,7 +547,7 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
         let node_lat = Percentiles::of(&shared.nodes[k].merged());
         // A server's CPU goes with its node when a PID is given per --url, in order.
         let node_cpu = (server_cpu.len() == targets.len())
-            .then(|| server_cpu[k].1.map(|(_, pct)| pct))
+            .then(|| server_cpu[k].used.map(|(_, pct)| pct))
             .flatten();
         rows.push(RunRow {
             what: format!("node {k} {}", target.addr),
@@ -628,11 +610,7 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
             "run_s": run_span.as_secs_f64(),
             "latency_us": percentiles_json(&lat),
             "nodes": nodes_json,
-            "server_cpu": server_cpu.iter().map(|(pid, c)| json!({
-                "pid": pid,
-                "cpu_s": c.map(|(s, _)| s),
-                "percent_of_core": c.map(|(_, p)| p),
-            })).collect::<Vec<_>>(),
+            "server_cpu": crate::cpu::procs_json(&server_cpu),
             "bench_cpu_percent_of_core": own.map(|(_, p)| p),
             "timeline": points_json(&points),
         });
