@@ -272,19 +272,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
 
     // All subscribed (or failed), bounded.
-    let all_in = loop {
-        let (r, f) = (
-            shared.ready.load(Ordering::Relaxed),
-            shared.setup_failed.load(Ordering::Relaxed),
-        );
-        if r + f >= args.subscribers {
-            break true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let all_in = crate::sub::wait_set_up(
+        &shared.ready,
+        &shared.setup_failed,
+        args.subscribers,
+        deadline,
+    )
+    .await;
     let subscribed = shared.ready.load(Ordering::Relaxed);
     let setup_failed = shared.setup_failed.load(Ordering::Relaxed);
     if !all_in {

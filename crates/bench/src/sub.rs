@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use starling_websocket::OpCode;
 use tokio::sync::Semaphore;
@@ -89,4 +91,24 @@ pub async fn drain_events(
         next = client.reader.buffered_event().transpose();
     }
     None
+}
+
+/// Waits until `ready` + `failed` reach `total` (every connection subscribed or gave
+/// up), or `deadline`; whether they all got there. Polls: the counters are the
+/// subscribers' own, bumped from thousands of tasks.
+pub async fn wait_set_up(
+    ready: &AtomicUsize,
+    failed: &AtomicUsize,
+    total: usize,
+    deadline: tokio::time::Instant,
+) -> bool {
+    loop {
+        if ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) >= total {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

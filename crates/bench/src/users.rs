@@ -359,16 +359,13 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
         let (gate, stop) = (gate.clone(), stop_rx.clone());
         tasks.spawn(async move { user.run(gate, stop).await });
     }
-    loop {
-        let (r, f) = (
-            shared.ready.load(Ordering::Relaxed),
-            shared.setup_failed.load(Ordering::Relaxed),
-        );
-        if r + f >= args.users || tokio::time::Instant::now() >= setup_deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::sub::wait_set_up(
+        &shared.ready,
+        &shared.setup_failed,
+        args.users,
+        setup_deadline,
+    )
+    .await;
     let subscribed = shared.ready.load(Ordering::Relaxed);
     say!(
         "{subscribed} users subscribed, {} failed, in {:.2} s",
