@@ -17,7 +17,7 @@ use crate::report::say;
 pub struct PubReport {
     /// Publications sent.
     pub sent: u64,
-    /// Publications the server accepted (HTTP 200, or a success reply).
+    /// Publications the server accepted (HTTP 2xx, or a success reply).
     pub accepted: u64,
     /// Publications the server refused.
     pub refused: u64,
@@ -84,8 +84,8 @@ pub trait Schedule: Sync {
 
 /// Publishes `schedule` to `addrs` (connection `c` goes to `addrs[c % len]`) on
 /// `connections` keep-alive connections until the schedule ends or `deadline`. A
-/// connection that fails is reported and ends; the others go on. Fails only when
-/// every connection failed.
+/// connection that fails (or runs out of time) is reported and ends, keeping its
+/// counts; the others go on. Fails only when a connection failed and nothing was sent.
 pub async fn publish(
     addrs: &[SocketAddr],
     path: &str,
@@ -108,24 +108,16 @@ pub async fn publish(
     };
     let reports = futures_util::future::join_all((0..connections.max(1)).map(one)).await;
     let mut total = PubReport::default();
-    let mut last_error = None;
-    let mut ok = 0;
-    for report in reports {
-        match report {
-            (r, None) => {
-                total.add(&r);
-                ok += 1;
-            }
-            // What it sent before it failed still counts.
-            (r, Some(e)) => {
-                total.add(&r);
-                say!("publishing connection failed: {e:#}");
-                last_error = Some(e);
-            }
+    let mut failed = None;
+    for (report, error) in reports {
+        total.add(&report);
+        if let Some(e) = error {
+            say!("a publishing connection stopped: {e:#}");
+            failed.get_or_insert(e);
         }
     }
-    match last_error {
-        Some(e) if ok == 0 => Err(e),
+    match failed {
+        Some(e) if total.sent == 0 => Err(e),
         _ => Ok(total),
     }
 }
@@ -164,7 +156,8 @@ async fn connection(
             let (status, body) = tokio::time::timeout_at(deadline, exchange)
                 .await
                 .context("publish timed out")??;
-            let accepted = status == 200;
+            // Some servers answer 201 or 202 (queued); any 2xx is an acceptance.
+            let accepted = (200..300).contains(&status);
             schedule.outcome(i, accepted);
             if accepted {
                 report.accepted += 1;
