@@ -3,7 +3,7 @@
 # loopback port per measurement, runs starling-bench against it, stops the server and
 # prints the figures. Everything stays on 127.0.0.0/8.
 #
-#   scripts/bench.sh [all|idle|fanout|burst|http|breakdown|churn|slow|log]...
+#   scripts/bench.sh [all|idle|fanout|burst|http|breakdown|churn|slow|log|users]...
 #   (default: all = idle fanout burst)
 #
 # Environment: CONNS (10000), MESSAGES (1000), RATE (100 /s), SIZE (100 B),
@@ -15,6 +15,8 @@
 #          compare, used only if this build has that setting).
 #   slow:  SLOW_SUBS (100), SLOW_RATE (1000 /s), SLOW_SIZE (1000 B), PHASE (15 s).
 #   log:   PUBLISHERS ("1 8 64"), DURATION (10 s).
+#   users: USERS (10000), GROUP_SIZE (100), USER_RATE (1 /s per user), GROUP_RATE (0),
+#          DURATION (30 s), HTTP_CONNECTIONS (32); plot and JSON in the log dir.
 # Quiet machine: before each measurement the script waits (up to QUIET_WAIT s, 600,
 # checking every 10 s) for the 1-minute load average to drop below QUIET_LOAD (0.7),
 # and prints the load average at the start and end of each run; "(shared)" marks a
@@ -202,6 +204,18 @@ run_log() {
     done
 }
 
+# users: the application scenario (personal + group channel per user, HTTP publishing).
+run_users() {
+    local dur=${DURATION:-30}
+    start_server --
+    bench users --url "$(url)" --users "${USERS:-10000}" --group-size "${GROUP_SIZE:-100}" \
+        --rate "${USER_RATE:-1}" --group-rate "${GROUP_RATE:-0}" --duration "$dur" --size "$SIZE" \
+        --http-connections "${HTTP_CONNECTIONS:-32}" --server-pid "$SERVER_PID" \
+        --plot "$LOGDIR/users.svg" --json >"$LOGDIR/users.json"
+    say "users: plot $LOGDIR/users.svg, figures as JSON $LOGDIR/users.json"
+    stop_server
+}
+
 main() {
     local what=("$@")
     [[ ${#what[@]} -eq 0 ]] && what=(all)
@@ -224,6 +238,7 @@ main() {
             churn) run_churn ;;
             slow) say "slow: a stalled subscriber on a busy channel"; run_slow ;;
             log) run_log ;;
+            users) say "users: ${USERS:-10000} users, HTTP publishing"; run_users ;;
             *) echo "unknown measurement: $w" >&2; exit 2 ;;
         esac
     done

@@ -22,12 +22,14 @@ use starling_websocket::OpCode;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{HttpConn, Target, WsClient, connect_command, source_addrs};
+use crate::client::{Target, WsClient, connect_command, source_addrs};
 use crate::frame::Event;
+pub(crate) use crate::httppub::PubReport;
 use crate::peer::{Protocol, Seen, Session, handshake};
 use crate::report::{Progress, Rate, percentiles_json, say};
 use crate::server::{metrics_text, nonzero_lines};
 use crate::stats::{LatencyShards, OrderCheck, Percentiles, now_us, payload, per_second};
+use crate::table::{RunRow, run_table};
 
 /// How the publisher publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -117,6 +119,13 @@ pub struct FanoutArgs {
     /// go to stderr.
     #[arg(long)]
     pub json: bool,
+    /// Write latency (p50, p99) and deliveries per second over the run to this SVG.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+    /// PID of a server process whose CPU time over the publishing to report (repeat
+    /// for a cluster).
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
 }
 
 /// How a subscriber's run ended.
@@ -144,6 +153,8 @@ struct Shared {
     nodes: Vec<NodeStats>,
     /// Samples since the last progress line.
     recent: LatencyShards,
+    /// Samples since the last timeline point (`--plot`).
+    timeline: Arc<LatencyShards>,
     ready: AtomicUsize,
     setup_failed: AtomicUsize,
     /// Sum of deliveries so far (progress display).
@@ -218,6 +229,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             })
             .collect(),
         recent: LatencyShards::new(16),
+        timeline: Arc::new(LatencyShards::new(16)),
         ready: AtomicUsize::new(0),
         setup_failed: AtomicUsize::new(0),
         delivered: AtomicU64::new(0),
@@ -260,19 +272,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
 
     // All subscribed (or failed), bounded.
-    let all_in = loop {
-        let (r, f) = (
-            shared.ready.load(Ordering::Relaxed),
-            shared.setup_failed.load(Ordering::Relaxed),
-        );
-        if r + f >= args.subscribers {
-            break true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let all_in = crate::sub::wait_set_up(
+        &shared.ready,
+        &shared.setup_failed,
+        args.subscribers,
+        deadline,
+    )
+    .await;
     let subscribed = shared.ready.load(Ordering::Relaxed);
     let setup_failed = shared.setup_failed.load(Ordering::Relaxed);
     if !all_in {
@@ -291,6 +297,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
 
     // Publish: one publisher per publish URL, all at once.
+    let cpu_watch = crate::cpu::CpuWatch::start(&args.server_pids);
+    let sampler = crate::timeline::Sampler::start(shared.timeline.clone());
     let first_publish_us = now_us();
     let mut publishers = JoinSet::new();
     for target in &publish_targets {
@@ -360,6 +368,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
+    let server_cpu = cpu_watch.finish();
+    let points = sampler.finish().await;
     drop(progress);
 
     // Aggregate.
@@ -433,6 +443,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         lat.count
     );
     let mut nodes_json = Vec::new();
+    let mut table_rows = Vec::new();
     for (k, target) in targets.iter().enumerate() {
         let node_deliveries: u64 = results
             .iter()
@@ -458,6 +469,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                 node_lat.max
             );
         }
+        table_rows.push(RunRow {
+            what: format!("node {k} {}", target.addr),
+            subscribed: node_ready,
+            publish_per_s: per_second(sent, publish_span),
+            delivered: node_deliveries,
+            expected: node_ready as u64 * accepted,
+            delivered_per_s: per_second(node_deliveries, node_span),
+            latency: node_lat,
+            server_cpu: None,
+        });
         nodes_json.push(json!({
             "url": args.urls[k],
             "publishes": publishes[k],
@@ -490,6 +511,41 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             }
         }
     }
+    for line in crate::cpu::lines(&server_cpu) {
+        say!("{line}");
+    }
+    let all_row = RunRow {
+        what: "all".into(),
+        subscribed,
+        publish_per_s: per_second(sent, publish_span),
+        delivered: deliveries,
+        expected,
+        delivered_per_s: per_second(deliveries, span),
+        latency: lat,
+        server_cpu: crate::cpu::total_percent(&server_cpu),
+    };
+    if targets.len() == 1 {
+        table_rows.clear();
+    }
+    table_rows.push(all_row);
+    say!("");
+    for line in run_table(&table_rows).render().lines() {
+        say!("{line}");
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "fanout: {subscribed} subscribers ({:?}), {}",
+            args.protocol,
+            if args.burst {
+                "burst".to_string()
+            } else {
+                format!("{} publications/s", args.rate)
+            }
+        );
+        crate::plot::write(path, &title, &points)
+            .with_context(|| format!("writing {}", path.display()))?;
+        say!("plot: {}", path.display());
+    }
     if args.json {
         let doc = json!({
             "scenario": "fanout",
@@ -513,6 +569,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             "deliveries_per_s": per_second(deliveries, span).round(),
             "latency_us": percentiles_json(&lat),
             "nodes": nodes_json,
+            "server_cpu": crate::cpu::procs_json(&server_cpu),
+            "timeline": crate::timeline::points_json(&points),
         });
         println!("{doc}");
     }
@@ -541,36 +599,30 @@ impl Subscriber {
             last_delivery_us: 0,
             end: End::Failed(e),
         };
-        let Ok(permit) = gate.acquire_owned().await else {
-            return failed("setup: gate closed".into());
-        };
         let mut session = Session::new(self.protocol, &self.channel, true);
-        let setup = async {
-            let mut client =
-                WsClient::connect_as(&self.target, self.source, self.protocol.subprotocol())
-                    .await?;
-            let limit = self
-                .deadline
-                .saturating_duration_since(tokio::time::Instant::now());
-            handshake(&mut client, &mut session, limit).await?;
-            anyhow::Ok(client)
-        };
-        let mut client = match tokio::time::timeout_at(self.deadline, setup).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                self.shared.setup_failed.fetch_add(1, Ordering::Relaxed);
-                return failed(format!("setup: {e:#}"));
-            }
-            Err(_) => {
-                self.shared.setup_failed.fetch_add(1, Ordering::Relaxed);
-                return failed("setup: timed out".into());
+        let subprotocol = self.protocol.subprotocol();
+        let opened = crate::sub::open(
+            &self.target,
+            self.source,
+            &mut session,
+            subprotocol,
+            &gate,
+            self.deadline,
+        )
+        .await;
+        let mut client = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                if !matches!(e, crate::sub::SetupError::Gate) {
+                    self.shared.setup_failed.fetch_add(1, Ordering::Relaxed);
+                }
+                return failed(e.to_string());
             }
         };
         self.shared.ready.fetch_add(1, Ordering::Relaxed);
         self.shared.nodes[node]
             .ready
             .fetch_add(1, Ordering::Relaxed);
-        drop(permit);
 
         let op = self.protocol.opcode();
         let mut check = OrderCheck::after(session.baseline());
@@ -587,36 +639,9 @@ impl Subscriber {
                 () = crate::idle::stopped(&mut stop) => break End::Stopped,
             };
             // Handle this event and everything already buffered behind it.
-            let mut next = Some(event);
-            let mut outcome: Option<End> = None;
-            while let Some(event) = next.take() {
-                match event {
-                    Ok(Event::Text(p) | Event::Binary(p)) => {
-                        if let Err(e) = session.feed(&p, &mut seen) {
-                            outcome = Some(End::Failed(e.to_string()));
-                        }
-                        for out in session.take_outbox() {
-                            if let Err(e) = client.writer.send(op, &out).await {
-                                outcome = Some(End::Failed(format!("answer: {e}")));
-                            }
-                        }
-                    }
-                    Ok(Event::Ping(p)) => {
-                        if let Err(e) = client.writer.send(OpCode::Pong, &p).await {
-                            outcome = Some(End::Failed(format!("pong: {e}")));
-                        }
-                    }
-                    Ok(Event::Close(code, reason)) => {
-                        outcome = Some(End::Failed(format!("closed by server: {code:?} {reason}")));
-                    }
-                    Ok(Event::Pong) => {}
-                    Err(e) => outcome = Some(End::Failed(format!("{e:#}"))),
-                }
-                if outcome.is_some() {
-                    break;
-                }
-                next = client.reader.buffered_event().transpose();
-            }
+            let outcome = crate::sub::drain_events(&mut client, &mut session, op, event, &mut seen)
+                .await
+                .map(End::Failed);
             if !seen.is_empty() {
                 let now = now_us();
                 last_delivery_us = now;
@@ -629,6 +654,7 @@ impl Subscriber {
             }
             self.shared.nodes[node].latencies.record(self.i, &batch);
             self.shared.recent.record(self.i, &batch);
+            self.shared.timeline.record(self.i, &batch);
             self.shared
                 .delivered
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -644,14 +670,6 @@ impl Subscriber {
             end,
         }
     }
-}
-
-/// What a publisher got done.
-#[derive(Debug, Default)]
-pub(crate) struct PubReport {
-    pub(crate) sent: u64,
-    pub(crate) accepted: u64,
-    pub(crate) refused: u64,
 }
 
 /// Publishes numbered, timestamped payloads ([`payload`]) at a steady rate or back to
@@ -773,62 +791,35 @@ impl Publisher {
         auth: Option<&str>,
         body: impl Fn(&str) -> String + Send + Sync,
     ) -> anyhow::Result<PubReport> {
-        let next = std::sync::atomic::AtomicU64::new(0);
-        let start = tokio::time::Instant::now();
-        let one = |_| self.http_connection(path, auth, &body, &next, start);
-        let reports = futures_util::future::join_all((0..self.http_connections).map(one)).await;
-        let mut total = PubReport::default();
-        for report in reports {
-            let report = report?;
-            total.sent += report.sent;
-            total.accepted += report.accepted;
-            total.refused += report.refused;
+        /// Numbered payloads at the publisher's rate.
+        struct Numbered<'a, B> {
+            publisher: &'a Publisher,
+            start: tokio::time::Instant,
+            body: B,
         }
-        Ok(total)
-    }
-
-    async fn http_connection(
-        &self,
-        path: &str,
-        auth: Option<&str>,
-        body: &(impl Fn(&str) -> String + Send + Sync),
-        next: &std::sync::atomic::AtomicU64,
-        start: tokio::time::Instant,
-    ) -> anyhow::Result<PubReport> {
-        let addr = self.target.http_addr();
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let mut http = HttpConn::default();
-        let mut headers = vec![("Content-Type", "application/json")];
-        if let Some(auth) = auth {
-            headers.push(("Authorization", auth));
-        }
-        let mut report = PubReport::default();
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if i >= self.messages {
-                break;
+        impl<B: Fn(&str) -> String + Sync> crate::httppub::Schedule for Numbered<'_, B> {
+            fn due(&self, i: u64) -> Option<tokio::time::Instant> {
+                (i < self.publisher.messages).then(|| self.publisher.due(self.start, i))
             }
-            tokio::time::sleep_until(self.due(start, i)).await;
-            let body = body(&payload(i + 1, now_us(), self.size));
-            let exchange = http.exchange(&mut stream, addr, path, &headers, body.as_bytes());
-            let (status, body) = tokio::time::timeout_at(self.deadline, exchange)
-                .await
-                .context("publish timed out")??;
-            report.sent += 1;
-            if status == 200 {
-                report.accepted += 1;
-            } else {
-                if report.refused < 3 {
-                    say!(
-                        "publish refused: HTTP {status} {}",
-                        String::from_utf8_lossy(&body)
-                    );
-                }
-                report.refused += 1;
+            fn body(&self, i: u64) -> String {
+                (self.body)(&payload(i + 1, now_us(), self.publisher.size))
             }
         }
-        Ok(report)
+        let schedule = Numbered {
+            publisher: self,
+            start: tokio::time::Instant::now(),
+            body,
+        };
+        let addrs = [self.target.http_addr()];
+        crate::httppub::publish(
+            &addrs,
+            path,
+            auth,
+            self.http_connections,
+            self.deadline,
+            &schedule,
+        )
+        .await
     }
 
     /// NATS `PUB` over the publish node's WebSocket; a final `PING` whose `PONG`

@@ -9,6 +9,8 @@
 //!   the server's RSS and the slow-consumer cut.
 //! - `publish`: publications per second one node accepts (message log on/off,
 //!   `durable: true`), with concurrent HTTP publishers.
+//! - `users`: N users with a personal and a group channel each, every personal channel
+//!   published to once a second over HTTP: latency, loss, server CPU.
 //!
 //! Clients are raw tokio sockets driving the websocket crate's client framing (no
 //! per-connection 64 KiB buffers), so 10,000 connections fit in one process. The
@@ -16,15 +18,22 @@
 
 mod churn;
 mod client;
+mod cpu;
 mod fanout;
 mod frame;
+mod httppub;
 mod idle;
 mod peer;
+mod plot;
 mod publish;
 mod report;
 mod server;
 mod slow;
 mod stats;
+mod sub;
+mod table;
+mod timeline;
+mod users;
 
 use std::process::ExitCode;
 
@@ -66,6 +75,9 @@ enum Cmd {
     Slow(slow::SlowArgs),
     /// Publications per second accepted by one node (HTTP API, concurrent publishers).
     Publish(publish::PublishArgs),
+    /// N users, each on a personal and a group channel; HTTP publications to every
+    /// personal channel once a second: latency over time, loss, server CPU.
+    Users(users::UsersArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +103,7 @@ fn main() -> ExitCode {
             Cmd::Churn(args) => churn::run(args).await,
             Cmd::Slow(args) => slow::run(args).await,
             Cmd::Publish(args) => publish::run(args).await,
+            Cmd::Users(args) => users::run(args).await,
         }
     });
     // Do not wait for lingering connection tasks.
@@ -112,6 +125,7 @@ fn warn_fd_limit(cmd: &Cmd) {
         Cmd::Churn(a) => a.connections + a.observers,
         Cmd::Slow(a) => a.subscribers + 2,
         Cmd::Publish(a) => a.publishers,
+        Cmd::Users(a) => a.users + a.http_connections * 2,
     };
     let limit = std::fs::read_to_string("/proc/self/limits")
         .ok()
@@ -128,5 +142,44 @@ fn warn_fd_limit(cmd: &Cmd) {
             "warning: {wanted} connections need about {} descriptors; the open-files limit is {limit}",
             wanted + 64
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn fanout_and_users_take_plot_and_server_pids() {
+        let cli = Cli::try_parse_from([
+            "starling-bench",
+            "fanout",
+            "--plot",
+            "f.svg",
+            "--server-pid",
+            "7",
+            "--json",
+        ])
+        .unwrap();
+        let Cmd::Fanout(a) = cli.command else {
+            panic!("not fanout")
+        };
+        assert_eq!(a.plot.as_deref(), Some(std::path::Path::new("f.svg")));
+        assert_eq!(a.server_pids, vec![7]);
+        let cli =
+            Cli::try_parse_from(["starling-bench", "--threads", "2", "users", "--users", "5"])
+                .unwrap();
+        assert_eq!(cli.threads, Some(2));
+        let Cmd::Users(a) = cli.command else {
+            panic!("not users")
+        };
+        assert_eq!(a.users, 5);
+        assert!(Cli::try_parse_from(["starling-bench", "users", "--plot"]).is_err());
     }
 }

@@ -99,6 +99,10 @@ pub struct Session {
     pub pongs: u64,
     /// NATS: bytes of a message split over WebSocket frames.
     nats_buf: BytesMut,
+    /// Channels to subscribe to after `channel` (`users`: a personal and a group one).
+    more: Vec<String>,
+    /// Subscriptions confirmed so far (Starling replies, Socket.IO join acks).
+    confirmed: usize,
 }
 
 impl Session {
@@ -115,20 +119,50 @@ impl Session {
             join_sent: false,
             pongs: 0,
             nats_buf: BytesMut::new(),
+            more: Vec::new(),
+            confirmed: 0,
         };
-        if protocol == Protocol::Starling {
+        s.start();
+        s
+    }
+
+    /// A subscriber of every channel of `channels` (at least one) on one connection.
+    /// The order baseline is the first channel's.
+    pub fn subscriber(protocol: Protocol, channels: &[String]) -> Session {
+        let (first, more) = channels
+            .split_first()
+            .map_or(("", &[][..]), |(f, m)| (f.as_str(), m));
+        let mut s = Session::new(protocol, first, true);
+        if !more.is_empty() {
+            s.more = more.to_vec();
+            s.outbox.clear();
+            s.start();
+        }
+        s
+    }
+
+    /// Every channel subscribed to, in order (ids 2.. in Starling, acks 1.. in
+    /// Socket.IO, sids 1.. in NATS).
+    fn channels(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.channel.as_str()).chain(self.more.iter().map(String::as_str))
+    }
+
+    /// The first messages, for protocols whose client speaks first.
+    fn start(&mut self) {
+        if self.protocol == Protocol::Starling {
             // Starling's client speaks first.
             let mut commands = vec![connect_command()];
-            if subscribe {
-                commands.push(subscribe_command(2, channel));
+            if self.subscribe {
+                for (k, channel) in self.channels().enumerate() {
+                    commands.push(subscribe_command(2 + k as u32, channel));
+                }
             }
             let mut out = Vec::new();
             for c in &commands {
                 starling_protocol::encode_command(Encoding::Json, c, &mut out);
             }
-            s.outbox.push(out);
+            self.outbox.push(out);
         }
-        s
     }
 
     /// Subscribed (or connected, for a publisher).
@@ -169,9 +203,12 @@ impl Session {
                 }),
                 ServerMessage::Reply(r) if !self.ready => match r.body {
                     Err(e) => return Err(PeerError::Refused(e.to_string())),
-                    Ok(ReplyBody::Subscribe(s)) if r.id == 2 => {
-                        self.baseline = s.offset;
-                        self.ready = true;
+                    Ok(ReplyBody::Subscribe(s)) if r.id >= 2 => {
+                        if r.id == 2 {
+                            self.baseline = s.offset;
+                        }
+                        self.confirmed += 1;
+                        self.ready = self.confirmed > self.more.len();
                     }
                     Ok(_) if r.id == 1 && !self.subscribe => self.ready = true,
                     Ok(_) => {}
@@ -213,14 +250,20 @@ impl Session {
                     self.ready = true;
                 } else if !self.join_sent {
                     self.join_sent = true;
-                    let room = serde_json::to_string(&self.channel)
-                        .map_err(|e| PeerError::Unexpected(e.to_string()))?;
-                    self.outbox
-                        .push(format!("421[\"join\",{room}]").into_bytes());
+                    let mut joins = Vec::new();
+                    for (k, channel) in self.channels().enumerate() {
+                        let room = serde_json::to_string(channel)
+                            .map_err(|e| PeerError::Unexpected(e.to_string()))?;
+                        joins.push(format!("42{}[\"join\",{room}]", k + 1).into_bytes());
+                    }
+                    self.outbox.extend(joins);
                 }
             }
-            // The join's acknowledgement.
-            [b'4', b'3', b'1', ..] => self.ready = true,
+            // A join's acknowledgement (ids 1..).
+            [b'4', b'3', b'1'..=b'9', ..] => {
+                self.confirmed += 1;
+                self.ready = self.confirmed > self.more.len();
+            }
             [b'4', b'4', ..] => return Err(PeerError::Refused(text(payload))),
             _ => {}
         }
@@ -263,7 +306,11 @@ impl Session {
                                     \"name\":\"starling-bench\",\"lang\":\"rust\",\"version\":\"0\"}\r\n"
                         .to_vec();
                     if self.subscribe {
-                        out.extend_from_slice(format!("SUB {} 1\r\n", self.channel).as_bytes());
+                        for (k, channel) in self.channels().enumerate() {
+                            out.extend_from_slice(
+                                format!("SUB {channel} {}\r\n", k + 1).as_bytes(),
+                            );
+                        }
                     }
                     // The first PONG confirms that CONNECT and SUB were processed.
                     out.extend_from_slice(b"PING\r\n");
@@ -427,6 +474,57 @@ mod tests {
         let mut seen = Vec::new();
         assert!(s.feed(b"MSG x 1 999999999999\r\n", &mut seen).is_err());
         assert!(s.feed(b"MSG x 1 nope\r\n", &mut seen).is_err());
+    }
+
+    #[test]
+    fn several_channels_on_one_session() {
+        let channels = vec!["u:1".to_string(), "g:0".to_string()];
+        let mut seen = Vec::new();
+        // Starling: one connect, two subscribes; ready after both replies.
+        let mut s = Session::subscriber(Protocol::Starling, &channels);
+        let out = s.take_outbox();
+        assert_eq!(out.len(), 1);
+        let text = String::from_utf8(out[0].clone()).unwrap();
+        assert!(
+            text.contains("\"u:1\"") && text.contains("\"g:0\""),
+            "{text}"
+        );
+        assert!(text.contains("\"id\":3"), "{text}");
+        s.feed(
+            br#"{"id":1,"connect":{"client":"c","version":"0","ping":25}}
+{"id":2,"subscribe":{"offset":5,"epoch":"e"}}"#,
+            &mut seen,
+        )
+        .unwrap();
+        assert!(!s.ready());
+        s.feed(
+            br#"{"id":3,"subscribe":{"offset":9,"epoch":"e"}}"#,
+            &mut seen,
+        )
+        .unwrap();
+        assert!(s.ready());
+        assert_eq!(s.baseline(), 5);
+        // Socket.IO: two joins with ack ids 1 and 2.
+        let mut s = Session::subscriber(Protocol::Socketio, &channels);
+        s.feed(br#"0{"sid":"a"}"#, &mut seen).unwrap();
+        s.take_outbox();
+        s.feed(br#"40{"sid":"b"}"#, &mut seen).unwrap();
+        assert_eq!(
+            s.take_outbox(),
+            vec![
+                br#"421["join","u:1"]"#.to_vec(),
+                br#"422["join","g:0"]"#.to_vec()
+            ]
+        );
+        s.feed(br#"431["ok"]"#, &mut seen).unwrap();
+        assert!(!s.ready());
+        s.feed(br#"432["ok"]"#, &mut seen).unwrap();
+        assert!(s.ready());
+        // NATS: two SUBs with sids 1 and 2.
+        let mut s = Session::subscriber(Protocol::Nats, &["u.1".into(), "g.0".into()]);
+        s.feed(b"INFO {}\r\n", &mut seen).unwrap();
+        let text = String::from_utf8(s.take_outbox().concat()).unwrap();
+        assert!(text.contains("SUB u.1 1\r\nSUB g.0 2\r\n"), "{text}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub(crate) use say;
 
 /// Percentiles as a JSON object (µs).
 pub fn percentiles_json(p: &Percentiles) -> Value {
-    json!({"count": p.count, "p50": p.p50, "p99": p.p99, "p999": p.p999, "max": p.max})
+    json!({"count": p.count, "p50": p.p50, "p90": p.p90, "p99": p.p99, "p999": p.p999, "max": p.max})
 }
 
 /// A progress line on stderr, redrawn in place on a terminal (every 0.5 s) and

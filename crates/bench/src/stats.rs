@@ -79,6 +79,8 @@ pub struct Percentiles {
     pub count: u64,
     /// Median.
     pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
     /// 99th percentile.
     pub p99: u64,
     /// 99.9th percentile.
@@ -96,6 +98,7 @@ impl Percentiles {
         Self {
             count: h.len(),
             p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max(),
@@ -325,6 +328,7 @@ mod tests {
         let near =
             |got: u64, want: u64| (got as f64 - want as f64).abs() <= want as f64 * 0.001 + 1.0;
         assert!(near(p.p50, 5_000), "p50 {}", p.p50);
+        assert!(near(p.p90, 9_000), "p90 {}", p.p90);
         assert!(near(p.p99, 9_900), "p99 {}", p.p99);
         assert!(near(p.p999, 9_990), "p999 {}", p.p999);
         assert!(near(p.max, 10_000), "max {}", p.max);

@@ -167,6 +167,57 @@ fn fanout_spreads_subscribers_and_reports_each_node() {
 }
 
 #[test]
+fn users_get_their_personal_and_group_publications() {
+    let (node, port) = starling_node();
+    let plot = std::env::temp_dir().join(format!("users-{}.svg", std::process::id()));
+    let mut args = strings(&["users", "--url"]);
+    args.extend([
+        ws(port),
+        "--server-pid".into(),
+        node.0.id().to_string(),
+        "--plot".into(),
+        plot.display().to_string(),
+    ]);
+    // 30 users in groups of 10, 2 publications/s each and 1/s per group, for 1 s.
+    args.extend(strings(&[
+        "--users",
+        "30",
+        "--group-size",
+        "10",
+        "--rate",
+        "2",
+        "--group-rate",
+        "1",
+        "--duration",
+        "1",
+        "--http-connections",
+        "4",
+        "--json",
+    ]));
+    let doc = bench_json(&args);
+    assert_eq!(doc["subscribed"], 30, "{doc}");
+    assert_eq!(doc["groups"], 3, "{doc}");
+    assert_eq!(doc["publications"]["sent"], 63, "{doc}");
+    assert_eq!(doc["publications"]["accepted"], 63, "{doc}");
+    // Each user: its 2 personal publications and its group's 1, once each.
+    assert_eq!(doc["expected"], 90, "{doc}");
+    assert_eq!(doc["delivered"], 90, "{doc}");
+    assert_eq!(doc["missing"], 0, "{doc}");
+    assert_eq!(doc["extra"], 0, "{doc}");
+    assert_eq!(doc["latency_us"]["count"], 90, "{doc}");
+    assert!(doc["server_cpu"][0]["percent_of_core"].is_number(), "{doc}");
+    let timeline = doc["timeline"].as_array().expect("timeline");
+    let points: u64 = timeline
+        .iter()
+        .map(|p| p["deliveries"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(points, 90, "{doc}");
+    let svg = std::fs::read_to_string(&plot).expect("the plot");
+    let _ = std::fs::remove_file(&plot);
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+}
+
+#[test]
 fn idle_spreads_connections_and_reads_each_node() {
     let (a, pa) = starling_node();
     let (b, pb) = starling_node();
