@@ -94,6 +94,9 @@ server.on('upgrade', (req, socket, head) => {
   });
 });
 
+// Keep idle keep-alive connections open (Node closes them after 5 s by default): a
+// publisher at 1/s over several connections leaves each idle longer than that.
+server.keepAliveTimeout = 0;
 server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
   console.log(`ws listening on http://127.0.0.1:${server.address().port}`);
 });

@@ -512,6 +512,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             "protocol": format!("{:?}", args.protocol).to_lowercase(),
             "channel": &*channel,
             "subscribers": args.subscribers,
+            "messages": args.messages,
+            "rate": if args.burst { None } else { Some(args.rate) },
             "subscribed": subscribed,
             "setup_failed": setup_failed,
             "complete": complete,
