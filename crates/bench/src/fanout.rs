@@ -802,16 +802,31 @@ impl Publisher {
     ) -> anyhow::Result<PubReport> {
         let next = std::sync::atomic::AtomicU64::new(0);
         let start = tokio::time::Instant::now();
-        let one = |_| self.http_connection(path, auth, &body, &next, start);
+        let one = |_| async {
+            let mut report = PubReport::default();
+            let result = self
+                .http_connection(path, auth, &body, &next, start, &mut report)
+                .await;
+            (report, result)
+        };
         let reports = futures_util::future::join_all((0..self.http_connections).map(one)).await;
+        // A connection that failed (or ran out of time) keeps what it got done: the
+        // others' publications and its own acknowledged ones still count.
         let mut total = PubReport::default();
-        for report in reports {
-            let report = report?;
+        let mut failed = None;
+        for (report, result) in reports {
+            if let Err(e) = result {
+                say!("a publishing connection stopped: {e:#}");
+                failed.get_or_insert(e);
+            }
             total.sent += report.sent;
             total.accepted += report.accepted;
             total.refused += report.refused;
         }
-        Ok(total)
+        match failed {
+            Some(e) if total.sent == 0 => Err(e),
+            _ => Ok(total),
+        }
     }
 
     async fn http_connection(
@@ -821,7 +836,8 @@ impl Publisher {
         body: &(impl Fn(&str) -> String + Send + Sync),
         next: &std::sync::atomic::AtomicU64,
         start: tokio::time::Instant,
-    ) -> anyhow::Result<PubReport> {
+        report: &mut PubReport,
+    ) -> anyhow::Result<()> {
         let addr = self.target.http_addr();
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -830,7 +846,6 @@ impl Publisher {
         if let Some(auth) = auth {
             headers.push(("Authorization", auth));
         }
-        let mut report = PubReport::default();
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if i >= self.messages {
@@ -839,10 +854,11 @@ impl Publisher {
             tokio::time::sleep_until(self.due(start, i)).await;
             let body = body(&payload(i + 1, now_us(), self.size));
             let exchange = http.exchange(&mut stream, addr, path, &headers, body.as_bytes());
+            // Sent as soon as it is written, acknowledged or not.
+            report.sent += 1;
             let (status, body) = tokio::time::timeout_at(self.deadline, exchange)
                 .await
                 .context("publish timed out")??;
-            report.sent += 1;
             // Nchan answers 201 (delivered) or 202 (queued), the others 200.
             if (200..300).contains(&status) {
                 report.accepted += 1;
@@ -856,7 +872,7 @@ impl Publisher {
                 report.refused += 1;
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// NATS `PUB` over the publish node's WebSocket; a final `PING` whose `PONG`
