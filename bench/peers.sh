@@ -31,7 +31,8 @@
 #   SERVERS="starling nchan" SCENARIOS="idle http" RUNS=1 bench/peers.sh
 #
 # Environment (defaults in parentheses): SERVERS ("starling nchan nats ws socketio
-# baseline"), SCENARIOS ("idle fanout sustained http users"), RUNS (3: the table gives
+# baseline"), SCENARIOS ("idle http fanout sustained users", in that order, each for
+# every server and run before the next), RUNS (3: the table gives
 # the median), IDLE_CONNS (18500), RATE_FIRST (10000), SUBS (10000), SIZE (100), RATES
 # ("1 10 100"), DURATION (10 s), MIN_MESSAGES (10), LADDER ("5 10 20 40 60 80 100 150
 # 200 300"), LADDER_DURATION (10 s), SUSTAINED_P99_MS (1000), HTTP_CONNECTIONS (8:
@@ -39,13 +40,17 @@
 # after the last subscription before publishing; Nchan's two workers pass
 # subscriptions between them asynchronously), WRK_CONNECTIONS (64), WRK_THREADS (2),
 # WRK_DURATION (10), TIMEOUT (120 s: bound of one bench run, raised to cover the
-# publishing time), TOTAL_LIMIT (14400 s: no measurement starts after it), QUIET_WAIT
+# publishing time), TOTAL_LIMIT (21600 s: no measurement starts after it), QUIET_WAIT
 # (600 s) and QUIET_LOAD (0.7): before each measurement, wait for a 1-minute load
 # average below QUIET_LOAD, at most QUIET_WAIT s. INSTALL (1: apt-get install what is
 # missing, npm ci the Node servers; 0: only check), BIN_DIR (take starling,
 # starling-bench and baseline from there, build nothing; else cargo build --release
 # into CARGO_TARGET_DIR), NATS_SERVER, NCHAN_MODULE (the .so, if nginx loads it),
 # RESULTS_DIR (reports/peers-<UTC time>).
+#
+# Time: about 150-200 measurements with the defaults (RUNS=3), each a fresh server, a
+# quiet wait (about a minute after a busy run on 2 cores) and 10-60 s of work: 4-6 h.
+# RUNS=1 takes a third of that; SERVERS and SCENARIOS pick a part.
 #
 # Output in RESULTS_DIR: results.md (the comparison table, peers as columns), runs.jsonl
 # (one JSON line per run: server, scenario, variant, run, server_cpu_s and the bench's
@@ -64,7 +69,7 @@ source "$ROOT/scripts/bench-lib.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${BIN_DIR:-$CARGO_TARGET_DIR/release}
 SERVERS=${SERVERS:-starling nchan nats ws socketio baseline}
-SCENARIOS=${SCENARIOS:-idle fanout sustained http users}
+SCENARIOS=${SCENARIOS:-idle http fanout sustained users}
 RUNS=${RUNS:-3}
 IDLE_CONNS=${IDLE_CONNS:-18500}
 RATE_FIRST=${RATE_FIRST:-10000}
@@ -82,7 +87,7 @@ WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_DURATION=${WRK_DURATION:-10}
 TIMEOUT=${TIMEOUT:-120}
-TOTAL_LIMIT=${TOTAL_LIMIT:-14400}
+TOTAL_LIMIT=${TOTAL_LIMIT:-21600}
 QUIET_WAIT=${QUIET_WAIT:-600}
 QUIET_LOAD=${QUIET_LOAD:-0.7}
 INSTALL=${INSTALL:-1}
@@ -116,6 +121,7 @@ time_left() { (($(date +%s) - STARTED_AT < TOTAL_LIMIT)); }
 install_missing() {
     local pkgs=() s
     command -v wrk >/dev/null || pkgs+=(wrk)
+    command -v jq >/dev/null || pkgs+=(jq)
     for s in $SERVERS; do
         case "$s" in
             nchan)
@@ -259,6 +265,8 @@ start_server() {
 
 stop_server() {
     stop_started
+    # Starling's message logs (the http runs write ~100 MB each).
+    rm -rf "$LOGDIR"/data.*
     say "load average at the end: $(load1)"
 }
 
@@ -537,9 +545,9 @@ main() {
     for sc in $SCENARIOS; do
         [[ " idle fanout sustained http users " == *" $sc "* ]] || { echo "unknown scenario: $sc" >&2; exit 2; }
     done
-    need python3 jq curl
+    need python3
     install_missing
-    need wrk
+    need wrk jq
     tune_kernel
     if [[ -n "${BIN_DIR:-}" ]]; then
         say "binaries from $BIN_DIR (not built)"
