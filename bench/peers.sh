@@ -346,9 +346,15 @@ record() { python3 "$SUMMARY" record "$@" >>"$RUNS_FILE"; }
 measure() {
     local server=$1 scenario=$2 variant=$3 run=$4 kind=$5 out=$6 extra=${EXTRA_KEYS:-}
     shift 6
-    local before after status=0
+    local before after status=0 child
     before=$(cpu_ticks "$SRV_PIDS")
-    "$@" >"$out" 2>"$out.err" || status=$?
+    # In the background, so that a signal to the script stops it at once (the traps
+    # run during `wait`, and stop_started ends it with the servers).
+    "$@" >"$out" 2>"$out.err" &
+    child=$!
+    track_pid "$child"
+    wait "$child" || status=$?
+    untrack_pid "$child"
     after=$(cpu_ticks "$SRV_PIDS")
     local keys=(server="$server" scenario="$scenario" variant="$variant" run="$run"
         server_cpu_s="$(cpu_seconds "$before" "$after")" exit="$status")
@@ -364,12 +370,20 @@ measure() {
     return "$status"
 }
 
-# bench_timeout SECONDS ARGS...: starling-bench bounded in time.
+# untrack_pid PID: forget a process that ended (no stop at exit).
+untrack_pid() {
+    local kept=() p
+    for p in ${STARTED[@]+"${STARTED[@]}"}; do [[ "$p" == "$1" ]] || kept+=("$p"); done
+    STARTED=(${kept[@]+"${kept[@]}"})
+}
+
+# bench_t SECONDS ARGS...: starling-bench bounded in time (exec: run in the
+# background by measure, the job's PID is timeout's, which passes signals on).
 bench_t() {
     local limit=$1
     shift
     say "starling-bench $*" >&2
-    timeout --signal=INT --kill-after=10 "$((limit + 60))" "$BIN/starling-bench" "$@"
+    exec timeout --signal=INT --kill-after=10 "$((limit + 60))" "$BIN/starling-bench" "$@"
 }
 
 messages_for() { # RATE SECONDS: publications for that long, at least MIN_MESSAGES
