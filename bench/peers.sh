@@ -544,12 +544,14 @@ write_meta() {
     jq -n --argjson runs "$RUNS" --argjson idle "$IDLE_CONNS" --argjson first "$RATE_FIRST" \
         --argjson subs "$SUBS" --argjson size "$SIZE" --argjson p99 "$SUSTAINED_P99_MS" \
         --argjson wrkc "$WRK_CONNECTIONS" --arg servers "$SERVERS" --arg rates "$RATES" \
-        --arg ladder "$LADDER" --argjson versions "$(versions_json)" \
+        --arg ladder "$LADDER" --argjson versions "$(versions_json)" --arg scenarios "$SCENARIOS" \
+        --argjson users "$("$BIN/starling-bench" users --help >/dev/null 2>&1 && echo true || echo false)" \
         --arg conditions "$(nproc) cores, servers and load generator on the same machine, loopback; measured $(date -u +%Y-%m-%d)" \
         "{runs: \$runs, idle_connections: \$idle, rate_first: \$first, subscribers: \$subs,
           size: \$size, sustained_p99_ms: \$p99, wrk_connections: \$wrkc,
           servers: (\$servers | $to_json), rates: (\$rates | $to_json | map(tonumber)),
           ladder: (\$ladder | $to_json | map(tonumber)), versions: \$versions,
+          scenarios: (\$scenarios | $to_json), users_available: \$users,
           conditions: \$conditions}" >"$RESULTS_DIR/meta.json"
 }
 

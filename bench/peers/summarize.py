@@ -291,7 +291,8 @@ def table(runs_path, meta_path):
         rs = select(s, "users")
         res = ok_results(rs)
         if not rs:
-            cells.append("not run")
+            hook = "users" in meta.get("scenarios", []) and not meta.get("users_available")
+            cells.append("not run (no `users` subcommand yet)" if hook else "not run")
         elif not res:
             cells.append(failed_note(rs) or "no result")
         else:
