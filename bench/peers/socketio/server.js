@@ -71,6 +71,9 @@ async function main() {
       if (typeof ack === 'function') ack('ok');
     });
   });
+  // Keep idle keep-alive connections open (Node closes them after 5 s by default): a
+  // publisher at 1/s over several connections leaves each idle longer than that.
+  server.keepAliveTimeout = 0;
   server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
     console.log(`socketio listening on http://127.0.0.1:${server.address().port}`);
   });

@@ -3,8 +3,8 @@
 //! spread over several nodes of a cluster (`--url` repeated), so that the latency of
 //! deliveries that crossed nodes shows next to that of same-node ones.
 //!
-//! The same workload runs against the peers (`--protocol socketio|nats`): the bench
-//! then speaks their client protocol, and publishes through their own path.
+//! The same workload runs against the peers (`--protocol socketio|nats|nchan|ws`):
+//! the bench then speaks their client protocol, and publishes through their own path.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -50,7 +50,8 @@ pub struct FanoutArgs {
     /// WebSocket endpoint of a node. Repeat it for several nodes of a cluster:
     /// subscriber i connects to node i mod N (round-robin) and the figures are also
     /// given per node. Peers: `ws://HOST:PORT/socket.io/?EIO=4&transport=websocket`
-    /// (socketio), `ws://HOST:PORT/` (nats).
+    /// (socketio), `ws://HOST:PORT/` (nats), `ws://HOST:PORT/sub/` (nchan, ws: the
+    /// channel is appended to the path).
     #[arg(
         long = "url",
         default_value = "ws://127.0.0.1:8000/connection/websocket"
@@ -64,8 +65,10 @@ pub struct FanoutArgs {
     #[arg(long = "publish-url")]
     pub publish_urls: Vec<String>,
     /// Client protocol of the servers: starling, socketio (engine.io v4; publishes
-    /// with `POST /publish` on the publish node, see bench/peers/socketio) or nats
-    /// (publishes with `PUB` over the publish node's WebSocket).
+    /// with `POST /publish` on the publish node, see bench/peers/socketio), nats
+    /// (publishes with `PUB` over the publish node's WebSocket), nchan (raw messages;
+    /// `POST /pub/<channel>`) or ws (raw messages; `POST /publish/<channel>`, see
+    /// bench/peers/ws and the `baseline` binary).
     #[arg(long, value_enum, default_value_t = Protocol::Starling)]
     pub protocol: Protocol,
     /// Subscribers of the channel.
@@ -90,14 +93,15 @@ pub struct FanoutArgs {
     /// HTTP API key (for --via http).
     #[arg(long, default_value = "dev-api-key")]
     pub api_key: String,
-    /// HTTP publishing (--via http, socketio): keep-alive connections publishing at
+    /// HTTP publishing (--via http, socketio, nchan, ws): keep-alive connections publishing at
     /// once, each taking the next due publication, as a backend's connection pool
     /// does. With 1, each publication waits for the previous one's reply, which bounds
     /// the rate by the reply latency under load.
     #[arg(long, default_value_t = 1)]
     pub http_connections: usize,
     /// Channel name, Socket.IO room or NATS subject (default: `fanout:<pid>`, or
-    /// `fanout.<pid>` for nats).
+    /// `fanout.<pid>` for nats). For nchan and ws: letters, digits, `:` and `.` only
+    /// (it goes into URL paths as it is).
     #[arg(long)]
     pub channel: Option<String>,
     /// Source addresses 127.0.0.2.. to spread connections over (loopback targets),
@@ -191,16 +195,27 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let channel: Arc<str> = args
         .channel
         .clone()
-        .unwrap_or_else(|| match args.protocol {
-            Protocol::Nats => format!("fanout.{}", std::process::id()),
-            _ => format!("fanout:{}", std::process::id()),
-        })
+        .unwrap_or_else(|| args.protocol.channel_name("fanout", std::process::id()))
         .into();
+    // The protocols that name the channel in the WebSocket's path connect there.
+    let sub_targets: Vec<Arc<Target>> = targets
+        .iter()
+        .map(|t| {
+            Arc::new(Target {
+                path: args.protocol.subscribe_path(&t.path, &channel),
+                ..(**t).clone()
+            })
+        })
+        .collect();
     let expected_per_sub = args.messages;
     let how = match args.protocol {
         Protocol::Starling => format!("{:?}", args.via).to_lowercase(),
         Protocol::Socketio => "http POST /publish".into(),
         Protocol::Nats => "nats PUB".into(),
+        Protocol::Nchan | Protocol::Ws => format!(
+            "http POST {}",
+            args.protocol.raw_publish_path(&channel).unwrap_or_default()
+        ),
     };
     say!(
         "fanout ({:?}): {} subscribers on {channel} over {} node(s), {} publications of ~{} B, {}, via {how} to {}",
@@ -260,7 +275,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             i,
             node,
             protocol: args.protocol,
-            target: targets[node].clone(),
+            target: sub_targets[node].clone(),
             source,
             channel: channel.clone(),
             shared: shared.clone(),
@@ -319,6 +334,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                 (Protocol::Starling, Via::Http) => publisher.via_http().await,
                 (Protocol::Socketio, _) => publisher.via_socketio_http().await,
                 (Protocol::Nats, _) => publisher.via_nats().await,
+                (Protocol::Nchan | Protocol::Ws, _) => publisher.via_raw_http(protocol).await,
             };
             (publisher.target.addr, report)
         });
@@ -552,6 +568,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             "protocol": format!("{:?}", args.protocol).to_lowercase(),
             "channel": &*channel,
             "subscribers": args.subscribers,
+            "messages": args.messages,
+            "rate": if args.burst { None } else { Some(args.rate) },
             "subscribed": subscribed,
             "setup_failed": setup_failed,
             "complete": complete,
@@ -781,6 +799,15 @@ impl Publisher {
             format!("{{\"room\":{room},\"data\":{data}}}")
         })
         .await
+    }
+
+    /// Nchan's `POST /pub/<channel>` or the plain protocol's `POST /publish/<channel>`
+    /// (bench/peers/ws, the `baseline` binary): the body is the data itself.
+    pub(crate) async fn via_raw_http(&self, protocol: Protocol) -> anyhow::Result<PubReport> {
+        let path = protocol
+            .raw_publish_path(&self.channel)
+            .with_context(|| format!("{protocol:?} does not publish over plain HTTP"))?;
+        self.http_loop(&path, None, str::to_owned).await
     }
 
     /// `http_connections` keep-alive connections, one request at a time each, taking

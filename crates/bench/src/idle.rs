@@ -1,8 +1,11 @@
-//! `idle`: the server's memory per idle, subscribed connection.
+//! `idle`: the server's memory per idle, subscribed connection, and how fast the
+//! first connections got in (connect + subscribe rate). `--protocol` runs it against
+//! the peers (bench/peers.sh): each connection subscribes to its own channel in the
+//! peer's protocol and answers its pings while idle.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,8 +19,9 @@ use crate::client::{
     Target, WsClient, connect_command, reply_error, source_addrs, subscribe_command, tcp_connect,
 };
 use crate::frame::Event;
+use crate::peer::{Protocol, Session, handshake};
 use crate::report::{Progress, Rate, say};
-use crate::server::{metric, rss_bytes, settled_rss};
+use crate::server::{PidGroup, metric, pss_bytes, settled_rss};
 use crate::stats::bytes_and_kib;
 
 /// How far each connection goes (for the memory breakdown).
@@ -57,10 +61,26 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 0)]
     pub first: usize,
     /// PID of the server, whose RSS is read from /proc/PID/status; repeat it in the
-    /// order of --url for several nodes. Without it, no memory figures (a script that
-    /// runs several bench processes reads the nodes' RSS itself).
+    /// order of --url for several nodes. A server of several processes (nginx: master
+    /// and workers) is `PID+PID+...`: their RSS is summed (and their PSS, which
+    /// counts shared memory once, is given too). Without it, no memory figures (a
+    /// script that runs several bench processes reads the nodes' RSS itself).
     #[arg(long = "server-pid")]
-    pub server_pids: Vec<u32>,
+    pub server_pids: Vec<PidGroup>,
+    /// Client protocol of the server: starling, or a peer's (see `fanout
+    /// --protocol`). A peer's connection subscribes to its own channel only
+    /// (`idle:<i>`, `idle.<i>` for nats), without the shared one, and only at the
+    /// subscribe stage with one channel per connection.
+    #[arg(long, value_enum, default_value_t = Protocol::Starling)]
+    pub protocol: Protocol,
+    /// Starling: do not also subscribe every connection to the shared `idle:all`
+    /// (one subscription per connection, as the peers' runs have).
+    #[arg(long)]
+    pub no_shared_channel: bool,
+    /// Report the connect + subscribe rate of the first this many connections (time
+    /// from the start until that many were ready).
+    #[arg(long, default_value_t = 10_000)]
+    pub rate_first: usize,
     /// Own channels per connection (`idle:<i>`, `idle:<i>.<j>`); every connection
     /// also subscribes to the shared `idle:all`.
     #[arg(long, default_value_t = 1)]
@@ -109,22 +129,34 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     if !args.server_pids.is_empty() && args.server_pids.len() != targets.len() {
         bail!("give one --server-pid per --url, or none");
     }
+    let peer = args.protocol != Protocol::Starling;
+    if peer && (args.stage != Stage::Subscribe || args.channels_per_conn != 1) {
+        bail!(
+            "--protocol {:?}: only --stage subscribe with one channel per connection",
+            args.protocol
+        );
+    }
     let sources = source_addrs(&first, args.source_ips);
     let mut rss_before = Vec::new();
-    for &pid in &args.server_pids {
-        let rss = rss_bytes(pid)?;
+    let mut pss_before = Vec::new();
+    for group in &args.server_pids {
+        let rss = group.rss()?;
         say!(
-            "server pid {pid}: RSS with 0 connections: {}",
+            "server pid {group}: RSS with 0 connections: {}",
             bytes_and_kib(rss as i64)
         );
         rss_before.push(rss);
+        pss_before.push(pss_bytes(group).ok());
     }
+    let shared_channel = !peer && !args.no_shared_channel;
     say!(
-        "opening {} connections over {} node(s) (stage {:?}, {} own channel(s) + idle:all each, {} source IPs)",
+        "opening {} {:?} connections over {} node(s) (stage {:?}, {} own channel(s){} each, {} source IPs)",
         args.connections,
+        args.protocol,
         targets.len(),
         args.stage,
         args.channels_per_conn,
+        if shared_channel { " + idle:all" } else { "" },
         sources.len()
     );
 
@@ -137,6 +169,9 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let node_dropped: Arc<Vec<AtomicUsize>> =
         Arc::new(targets.iter().map(|_| AtomicUsize::new(0)).collect());
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    // Microseconds from the start until the first `rate_first` connections were ready.
+    let rate_first = args.rate_first.clamp(1, args.connections.max(1));
+    let first_ready_us = Arc::new(AtomicU64::new(0));
     let progress = {
         let (ready, failed, total) = (ready.clone(), failed.clone(), args.connections);
         let mut rate = Rate::default();
@@ -163,15 +198,25 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         let node_ready = node_ready.clone();
         let node_dropped = node_dropped.clone();
         let stop = stop_rx.clone();
-        let stage = args.stage;
-        let channels = args.channels_per_conn;
+        let first_ready_us = first_ready_us.clone();
+        let how = How {
+            protocol: args.protocol,
+            stage: args.stage,
+            channels: args.channels_per_conn,
+            shared_channel,
+            deadline,
+        };
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await?;
-            let setup =
-                tokio::time::timeout_at(deadline, setup(n, &target, source, stage, channels));
+            let setup = tokio::time::timeout_at(deadline, setup(n, &target, source, how));
             match setup.await {
                 Ok(Ok(conn)) => {
-                    ready.fetch_add(1, Ordering::Relaxed);
+                    if ready.fetch_add(1, Ordering::Relaxed) + 1 == rate_first {
+                        first_ready_us.store(
+                            started.elapsed().as_micros().max(1) as u64,
+                            Ordering::Relaxed,
+                        );
+                    }
                     node_ready[node].fetch_add(1, Ordering::Relaxed);
                     drop(permit);
                     let held = hold(conn, stop).await;
@@ -222,6 +267,16 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         "{ready_n} connections ready, {failed_n} failed, in {:.2} s",
         setup_time.as_secs_f64()
     );
+    let first_us = first_ready_us.load(Ordering::Relaxed);
+    let first_rate = (first_us > 0)
+        .then(|| crate::stats::per_second(rate_first as u64, Duration::from_micros(first_us)));
+    match first_rate {
+        Some(r) => say!(
+            "connect + subscribe rate: {r:.0}/s for the first {rate_first} ({:.2} s)",
+            first_us as f64 / 1e6
+        ),
+        None => say!("connect + subscribe rate: fewer than {rate_first} connections got in"),
+    }
     if let Some(path) = &args.ready_file {
         std::fs::write(path, format!("{ready_n} {failed_n}\n"))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -242,9 +297,12 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     }
 
     let mut rss_after = Vec::new();
-    for &pid in &args.server_pids {
+    let mut pss_after = Vec::new();
+    for group in &args.server_pids {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        rss_after.push(settled_rss(pid, 64 * 1024, remaining.min(Duration::from_secs(30))).await?);
+        rss_after
+            .push(settled_rss(group, 64 * 1024, remaining.min(Duration::from_secs(30))).await?);
+        pss_after.push(pss_bytes(group).ok());
     }
     let lost = dropped.load(Ordering::Relaxed);
     let still_open = ready_n.saturating_sub(lost);
@@ -262,9 +320,17 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             .load(Ordering::Relaxed)
             .saturating_sub(node_dropped[k].load(Ordering::Relaxed));
         let addr = target.http_addr();
-        let conns = metric(addr, "starling_connections").await.ok().flatten();
-        let subs = metric(addr, "starling_subscriptions").await.ok().flatten();
-        let chans = metric(addr, "starling_channels").await.ok().flatten();
+        // The peers have no Starling metrics.
+        let starling_metric = |name: &'static str| async move {
+            if peer {
+                None
+            } else {
+                metric(addr, name).await.ok().flatten()
+            }
+        };
+        let conns = starling_metric("starling_connections").await;
+        let subs = starling_metric("starling_subscriptions").await;
+        let chans = starling_metric("starling_channels").await;
         let prefix = if targets.len() > 1 {
             format!("node {k} {}: ", target.addr)
         } else {
@@ -306,19 +372,40 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             node["rss_after"] = json!(after);
             node["rss_settled"] = json!(settled);
             node["rss_delta_per_connection"] = json!(delta.checked_div(held as i64));
+            if let (Some(Some(pb)), Some(Some(pa))) = (pss_before.get(k), pss_after.get(k)) {
+                let pss_delta = *pa as i64 - *pb as i64;
+                if args.server_pids[k].count() > 1 {
+                    say!(
+                        "{prefix}PSS delta / connection:   {} (shared memory counted once)",
+                        bytes_and_kib(pss_delta.checked_div(held as i64).unwrap_or(0))
+                    );
+                }
+                node["pss_before"] = json!(pb);
+                node["pss_after"] = json!(pa);
+                node["pss_delta_per_connection"] = json!(pss_delta.checked_div(held as i64));
+            }
         }
-        say!(
-            "{prefix}server metrics:           starling_connections {}, starling_subscriptions {}, starling_channels {}",
-            show(conns),
-            show(subs),
-            show(chans)
-        );
+        if !peer {
+            say!(
+                "{prefix}server metrics:           starling_connections {}, starling_subscriptions {}, starling_channels {}",
+                show(conns),
+                show(subs),
+                show(chans)
+            );
+        }
         nodes_json.push(node);
     }
     if args.json {
         let doc = json!({
             "scenario": "idle",
+            "protocol": format!("{:?}", args.protocol).to_lowercase(),
             "stage": format!("{:?}", args.stage).to_lowercase(),
+            "shared_channel": shared_channel,
+            "connect_rate": {
+                "first": rate_first,
+                "seconds": (first_us > 0).then(|| first_us as f64 / 1e6),
+                "per_s": first_rate.map(f64::round),
+            },
             "connections": args.connections,
             "ready": ready_n,
             "failed": failed_n,
@@ -347,15 +434,45 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
 enum Held {
     Tcp(#[allow(dead_code)] tokio::net::TcpStream),
     Ws(WsClient),
+    /// A peer's connection and its protocol state (to answer its pings).
+    Peer(WsClient, Box<Session>),
+}
+
+/// How far each connection goes, in which protocol.
+#[derive(Debug, Clone, Copy)]
+struct How {
+    protocol: Protocol,
+    stage: Stage,
+    channels: usize,
+    shared_channel: bool,
+    deadline: tokio::time::Instant,
 }
 
 async fn setup(
     i: usize,
     target: &Target,
     source: Option<IpAddr>,
-    stage: Stage,
-    channels: usize,
+    how: How,
 ) -> anyhow::Result<Held> {
+    let How {
+        protocol,
+        stage,
+        channels,
+        shared_channel,
+        deadline,
+    } = how;
+    if protocol != Protocol::Starling {
+        let channel = protocol.channel_name("idle", i);
+        let target = Target {
+            path: protocol.subscribe_path(&target.path, &channel),
+            ..target.clone()
+        };
+        let mut client = WsClient::connect_as(&target, source, protocol.subprotocol()).await?;
+        let mut session = Session::new(protocol, &channel, true);
+        let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+        handshake(&mut client, &mut session, limit).await?;
+        return Ok(Held::Peer(client, Box::new(session)));
+    }
     if stage == Stage::Tcp {
         return Ok(Held::Tcp(tcp_connect(target, source).await?));
     }
@@ -373,7 +490,9 @@ async fn setup(
             };
             commands.push(subscribe_command(commands.len() as u32 + 1, &name));
         }
-        commands.push(subscribe_command(commands.len() as u32 + 1, "idle:all"));
+        if shared_channel {
+            commands.push(subscribe_command(commands.len() as u32 + 1, "idle:all"));
+        }
     }
     for reply in client.request(&commands).await? {
         if let Some(e) = reply_error(&reply) {
@@ -385,10 +504,15 @@ async fn setup(
 
 /// Keeps the connection open, answering pings, until told to stop.
 async fn hold(conn: Held, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let Held::Ws(mut client) = conn else {
-        let _ = stop.wait_for(|s| *s).await;
-        return Ok(());
+    let (mut client, mut session) = match conn {
+        Held::Ws(client) => (client, None),
+        Held::Peer(client, session) => (client, Some(session)),
+        Held::Tcp(_) => {
+            let _ = stop.wait_for(|s| *s).await;
+            return Ok(());
+        }
     };
+    let mut seen = Vec::new();
     loop {
         let event = tokio::select! {
             () = stopped(&mut stop) => return Ok(()),
@@ -397,7 +521,18 @@ async fn hold(conn: Held, mut stop: watch::Receiver<bool>) -> anyhow::Result<()>
         match event? {
             Event::Ping(p) => client.writer.send(OpCode::Pong, &p).await?,
             Event::Close(code, reason) => bail!("closed by server: {code:?} {reason}"),
-            _ => {}
+            // A peer's protocol-level pings (engine.io `2`, NATS `PING`) get answered.
+            Event::Text(p) | Event::Binary(p) => {
+                if let Some(session) = session.as_mut() {
+                    session.feed(&p, &mut seen)?;
+                    seen.clear();
+                    let op = session.protocol().opcode();
+                    for out in session.take_outbox() {
+                        client.writer.send(op, &out).await?;
+                    }
+                }
+            }
+            Event::Pong => {}
         }
     }
 }

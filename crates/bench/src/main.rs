@@ -1,6 +1,7 @@
 //! `starling-bench`: Starling's own load generator.
 //!
-//! - `idle`: memory per idle, subscribed connection (server RSS delta / N).
+//! - `idle`: memory per idle, subscribed connection (server RSS delta / N), and the
+//!   connect + subscribe rate of the first connections.
 //! - `fanout`: deliveries per second and end-to-end latency to N subscribers of one
 //!   channel.
 //! - `churn`: N clients drop at once and reconnect; time to re-admit them all and
@@ -11,6 +12,10 @@
 //!   `durable: true`), with concurrent HTTP publishers.
 //! - `users`: N users with a personal and a group channel each, every personal channel
 //!   published to once a second over HTTP: latency, loss, server CPU.
+//!
+//! `idle` and `fanout` also speak the peers' protocols (`--protocol`: Socket.IO, NATS,
+//! Nchan, plain WebSocket), for bench/peers.sh; the package's second binary,
+//! `baseline`, is the featureless broadcast server of that comparison.
 //!
 //! Clients are raw tokio sockets driving the websocket crate's client framing (no
 //! per-connection 64 KiB buffers), so 10,000 connections fit in one process. The
@@ -51,9 +56,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Server memory per idle subscribed connection.
+    /// Server memory per idle subscribed connection, and the connect + subscribe rate.
     ///
-    /// Connections may be spread over several nodes (--url repeated). One process
+    /// --protocol runs it against a peer (bench/peers.sh): each connection on its own
+    /// channel. Connections may be spread over several nodes (--url repeated). One process
     /// holds at most ~19,900 connections (one descriptor each; the open-files limit is
     /// 20,000 per process), and each source address has its own ephemeral ports
     /// (--source-ips): for more, run several processes with distinct --first, e.g.
@@ -65,7 +71,8 @@ enum Cmd {
     /// Subscribers may be spread over several nodes of a cluster (--url repeated); the
     /// figures are then also given per node, the publisher's node (same-node
     /// deliveries) next to the others (cross-node). --protocol runs the same workload
-    /// against Socket.IO or NATS (bench/peers). One process holds at most ~19,900
+    /// against Socket.IO, NATS, Nchan or a plain WebSocket server (bench/peers). One
+    /// process holds at most ~19,900
     /// connections (the open-files limit is 20,000 per process): for more, run
     /// several processes.
     Fanout(fanout::FanoutArgs),

@@ -1,10 +1,12 @@
 //! The client protocols a fan-out subscriber or publisher speaks: Starling's own, and
 //! those of the peers it is compared with on the same workload: Socket.IO (engine.io
-//! v4 over a raw WebSocket) and NATS (its text protocol over WebSocket).
+//! v4 over a raw WebSocket), NATS (its text protocol over WebSocket), Nchan (raw
+//! messages on a WebSocket whose path names the channel) and the plain protocol of
+//! bench/peers/ws and the `baseline` binary (the same, with another publish path).
 //!
 //! A [`Session`] is a small state machine fed with every message the server sends; it
 //! says what to send back (handshake steps, protocol-level pongs) and collects the
-//! publications it saw, so one subscriber loop serves all three protocols.
+//! publications it saw, so one subscriber loop serves every protocol.
 
 use std::time::Duration;
 
@@ -33,6 +35,13 @@ pub enum Protocol {
     Socketio,
     /// NATS over WebSocket: `CONNECT`, `SUB <channel> 1`, `MSG` deliveries.
     Nats,
+    /// Nchan (nginx module): the WebSocket at `<url path><channel>` subscribes to the
+    /// channel; each message is a publication's raw data; publications are
+    /// `POST /pub/<channel>` with the data as body.
+    Nchan,
+    /// The plain protocol of bench/peers/ws (Node.js `ws`) and of the `baseline`
+    /// binary: as Nchan, publications are `POST /publish/<channel>`.
+    Ws,
 }
 
 impl Protocol {
@@ -40,7 +49,44 @@ impl Protocol {
     pub fn subprotocol(self) -> Option<&'static str> {
         match self {
             Protocol::Starling => Some("starling.json"),
-            Protocol::Socketio | Protocol::Nats => None,
+            Protocol::Socketio | Protocol::Nats | Protocol::Nchan | Protocol::Ws => None,
+        }
+    }
+
+    /// The channel is named by the WebSocket's path (no subscribe message): Nchan and
+    /// the plain protocol.
+    pub fn channel_in_path(self) -> bool {
+        matches!(self, Protocol::Nchan | Protocol::Ws)
+    }
+
+    /// The path a subscriber of `channel` connects to, given the `--url` path: the
+    /// channel appended to it for the protocols that name it there (`/sub/` +
+    /// `fanout:1` = `/sub/fanout:1`), the path itself otherwise. Channel names are
+    /// the bench's own (letters, digits, `:` and `.`), so nothing needs escaping.
+    pub fn subscribe_path(self, base: &str, channel: &str) -> String {
+        if !self.channel_in_path() {
+            return base.to_string();
+        }
+        let sep = if base.ends_with('/') { "" } else { "/" };
+        format!("{base}{sep}{channel}")
+    }
+
+    /// The HTTP path that publishes to `channel`, for the protocols whose
+    /// publications are a plain HTTP `POST` with the data as body.
+    pub fn raw_publish_path(self, channel: &str) -> Option<String> {
+        match self {
+            Protocol::Nchan => Some(format!("/pub/{channel}")),
+            Protocol::Ws => Some(format!("/publish/{channel}")),
+            Protocol::Starling | Protocol::Socketio | Protocol::Nats => None,
+        }
+    }
+
+    /// A channel name this protocol accepts for `prefix` and `n` (NATS subjects take
+    /// `.` as the separator, the others `:`).
+    pub fn channel_name(self, prefix: &str, n: impl std::fmt::Display) -> String {
+        match self {
+            Protocol::Nats => format!("{prefix}.{n}"),
+            _ => format!("{prefix}:{n}"),
         }
     }
 
@@ -48,7 +94,9 @@ impl Protocol {
     pub fn opcode(self) -> OpCode {
         match self {
             Protocol::Nats => OpCode::Binary,
-            Protocol::Starling | Protocol::Socketio => OpCode::Text,
+            Protocol::Starling | Protocol::Socketio | Protocol::Nchan | Protocol::Ws => {
+                OpCode::Text
+            }
         }
     }
 }
@@ -163,6 +211,15 @@ impl Session {
             }
             self.outbox.push(out);
         }
+        if self.protocol.channel_in_path() {
+            // The upgrade itself subscribed (or, for a publisher, connected).
+            self.ready = true;
+        }
+    }
+
+    /// The protocol this session speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// Subscribed (or connected, for a publisher).
@@ -189,6 +246,21 @@ impl Session {
                 self.nats_buf.extend_from_slice(payload);
                 self.feed_nats(seen)
             }
+            Protocol::Nchan | Protocol::Ws => {
+                Self::feed_raw(payload, seen);
+                Ok(())
+            }
+        }
+    }
+
+    /// A raw message is the publication's data: what carries no sequence number and
+    /// timestamp is not one of the bench's publications, and is skipped.
+    fn feed_raw(payload: &[u8], seen: &mut Vec<Seen>) {
+        if let Some((seq, ts)) = parse_payload(payload) {
+            seen.push(Seen {
+                order: seq,
+                ts: Some(ts),
+            });
         }
     }
 
@@ -340,6 +412,9 @@ impl Session {
                 out.extend_from_slice(b"\r\n");
                 out
             }
+            // The raw protocols publish over HTTP ([`Protocol::raw_publish_path`]): their
+            // WebSocket carries the data as it is.
+            Protocol::Nchan | Protocol::Ws => data.as_bytes().to_vec(),
             Protocol::Starling | Protocol::Socketio => {
                 let command = Command {
                     id,
@@ -540,5 +615,58 @@ mod tests {
         .unwrap();
         assert!(s.ready());
         assert_eq!(s.baseline(), 41);
+    }
+
+    #[test]
+    fn raw_protocols_are_ready_at_once_and_read_raw_data() {
+        for protocol in [Protocol::Nchan, Protocol::Ws] {
+            let mut s = Session::new(protocol, "fanout:1", true);
+            assert!(s.ready(), "{protocol:?}");
+            assert!(s.take_outbox().is_empty());
+            let mut seen = Vec::new();
+            s.feed(payload(5, 777, 100).as_bytes(), &mut seen).unwrap();
+            // Something that is not a bench publication is skipped, not an error.
+            s.feed(b"hello", &mut seen).unwrap();
+            s.feed(b"", &mut seen).unwrap();
+            s.feed(payload(6, 778, 20).as_bytes(), &mut seen).unwrap();
+            assert_eq!(
+                seen,
+                vec![
+                    Seen {
+                        order: 5,
+                        ts: Some(777)
+                    },
+                    Seen {
+                        order: 6,
+                        ts: Some(778)
+                    }
+                ]
+            );
+            assert_eq!(s.publish_message(1, "abc"), b"abc".to_vec());
+            assert_eq!(protocol.subprotocol(), None);
+        }
+    }
+
+    #[test]
+    fn paths_name_the_channel_for_raw_protocols_only() {
+        assert_eq!(Protocol::Nchan.subscribe_path("/sub/", "a:1"), "/sub/a:1");
+        assert_eq!(Protocol::Ws.subscribe_path("/sub", "a:1"), "/sub/a:1");
+        assert_eq!(Protocol::Ws.subscribe_path("/", "a:1"), "/a:1");
+        assert_eq!(
+            Protocol::Starling.subscribe_path("/connection/websocket", "a:1"),
+            "/connection/websocket"
+        );
+        assert_eq!(Protocol::Nats.subscribe_path("/", "a.1"), "/");
+        assert_eq!(
+            Protocol::Nchan.raw_publish_path("a:1").as_deref(),
+            Some("/pub/a:1")
+        );
+        assert_eq!(
+            Protocol::Ws.raw_publish_path("a:1").as_deref(),
+            Some("/publish/a:1")
+        );
+        assert_eq!(Protocol::Socketio.raw_publish_path("a:1"), None);
+        assert_eq!(Protocol::Nats.channel_name("idle", 3), "idle.3");
+        assert_eq!(Protocol::Ws.channel_name("idle", 3), "idle:3");
     }
 }

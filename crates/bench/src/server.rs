@@ -16,21 +16,88 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 
 /// Parses the `VmRSS:   1234 kB` line.
 pub fn parse_vmrss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    parse_kb_line(status, "VmRSS:")
+}
+
+/// The `<key> <n> kB` line of a /proc file, in bytes.
+fn parse_kb_line(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
-/// Waits until RSS stops growing: three reads 500 ms apart none above the first by
-/// more than `slack` bytes, at most `limit`. Returns the last reading and whether it
-/// settled.
-pub async fn settled_rss(pid: u32, slack: u64, limit: Duration) -> anyhow::Result<(u64, bool)> {
+/// The processes of one server (nginx: master and workers), written `PID[+PID...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidGroup(Vec<u32>);
+
+/// A `PID[+PID...]` that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("not a PID or PID+PID+...: {0:?}")]
+pub struct BadPidGroup(String);
+
+impl std::str::FromStr for PidGroup {
+    type Err = BadPidGroup;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let pids = s
+            .split('+')
+            .map(|p| p.trim().parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| BadPidGroup(s.to_string()))?;
+        if pids.is_empty() {
+            return Err(BadPidGroup(s.to_string()));
+        }
+        Ok(PidGroup(pids))
+    }
+}
+
+impl std::fmt::Display for PidGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text: Vec<String> = self.0.iter().map(u32::to_string).collect();
+        f.write_str(&text.join("+"))
+    }
+}
+
+impl PidGroup {
+    /// Number of processes.
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Sum of the processes' `VmRSS`, in bytes.
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        self.0.iter().map(|&p| rss_bytes(p)).sum()
+    }
+}
+
+/// Sum of the group's `Pss` (/proc/PID/smaps_rollup), in bytes: shared memory (nginx's
+/// shared zone, touched by every worker) is counted once across the processes.
+pub fn pss_bytes(group: &PidGroup) -> anyhow::Result<u64> {
+    group
+        .0
+        .iter()
+        .map(|&pid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
+            parse_kb_line(&text, "Pss:").context("no Pss line")
+        })
+        .sum()
+}
+
+/// Waits until the group's RSS stops growing: three reads 500 ms apart none above
+/// the first by more than `slack` bytes, at most `limit`. Returns the last reading
+/// and whether it settled.
+pub async fn settled_rss(
+    group: &PidGroup,
+    slack: u64,
+    limit: Duration,
+) -> anyhow::Result<(u64, bool)> {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut base = rss_bytes(pid)?;
+    let mut base = group.rss()?;
     let mut stable = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_bytes(pid)?;
+        let now = group.rss()?;
         if now <= base + slack {
             stable += 1;
             if stable >= 3 {
@@ -92,6 +159,28 @@ mod tests {
         assert_eq!(parse_vmrss(s), Some(12345 * 1024));
         assert_eq!(parse_vmrss("Name: x\n"), None);
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn pid_groups() {
+        let g: PidGroup = "12+13+ 14".parse().unwrap();
+        assert_eq!(g, PidGroup(vec![12, 13, 14]));
+        assert_eq!(g.to_string(), "12+13+14");
+        assert_eq!(g.count(), 3);
+        assert_eq!("7".parse::<PidGroup>().unwrap(), PidGroup(vec![7]));
+        assert!("".parse::<PidGroup>().is_err());
+        assert!("1++2".parse::<PidGroup>().is_err());
+        assert!("x".parse::<PidGroup>().is_err());
+        let me = PidGroup(vec![std::process::id(), std::process::id()]);
+        assert!(me.rss().unwrap() > 0);
+        assert!(pss_bytes(&me).unwrap() > 0);
+    }
+
+    #[test]
+    fn kb_lines() {
+        let rollup = "55d0-7ff [rollup]\nRss:     2048 kB\nPss:     1024 kB\nPss_Anon: 5 kB\n";
+        assert_eq!(parse_kb_line(rollup, "Pss:"), Some(1024 * 1024));
+        assert_eq!(parse_kb_line(rollup, "Swap:"), None);
     }
 
     #[test]

@@ -343,3 +343,66 @@ fn nats_protocol_across_two_routed_servers() {
     assert_eq!(nodes[1]["publishes"], false, "{doc}");
     assert_eq!(nodes[1]["deliveries"], 100, "{doc}");
 }
+
+/// The plain `ws` protocol against the `baseline` server of this package: fan-out
+/// through its `POST /publish/<channel>` (raw data, timestamps parsed back), then
+/// idle connections on their own channels with the connect + subscribe rate.
+#[test]
+fn ws_protocol_against_the_baseline_server() {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baseline"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start baseline");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr, &mut child, "baseline");
+    let server = Proc(child);
+    let url = format!("ws://127.0.0.1:{port}/sub/");
+    let mut args = strings(&["fanout", "--protocol", "ws", "--url", &url]);
+    args.extend(["--publish-url".into(), format!("http://127.0.0.1:{port}")]);
+    args.extend(strings(&[
+        "--subscribers",
+        "10",
+        "--messages",
+        "20",
+        "--rate",
+        "500",
+        "--http-connections",
+        "2",
+        "--timeout",
+        "30",
+        "--json",
+    ]));
+    let doc = bench_json(&args);
+    assert_eq!(doc["protocol"], "ws", "{doc}");
+    assert_eq!(doc["publications"]["accepted"], 20, "{doc}");
+    assert_eq!(doc["deliveries"], 200, "{doc}");
+    assert_eq!(doc["missing"], 0, "{doc}");
+    assert_eq!(doc["out_of_order"], 0, "{doc}");
+    assert_eq!(doc["latency_us"]["count"], 200, "{doc}");
+
+    let pid = server.0.id().to_string();
+    let mut args = strings(&["idle", "--protocol", "ws", "--url", &url]);
+    args.extend(strings(&[
+        "--connections",
+        "12",
+        "--rate-first",
+        "10",
+        "--server-pid",
+        &pid,
+        "--timeout",
+        "30",
+        "--json",
+    ]));
+    let doc = bench_json(&args);
+    assert_eq!(doc["held"], 12, "{doc}");
+    assert_eq!(doc["shared_channel"], false, "{doc}");
+    assert_eq!(doc["connect_rate"]["first"], 10, "{doc}");
+    assert!(
+        doc["connect_rate"]["per_s"].as_f64().unwrap() > 0.0,
+        "{doc}"
+    );
+    assert!(doc["nodes"][0]["rss_after"].as_u64().unwrap() > 0, "{doc}");
+}
