@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_partial_direct_write_keeps_the_rest_of_the_frame_first() {
-        let (outbox, socket) = attached(2);
+        let (outbox, _socket) = attached(2);
         assert_eq!(
             outbox.push(Bytes::from_static(b"hello")),
             PushOutcome::Queued
