@@ -51,7 +51,8 @@ pub struct UsersArgs {
     #[arg(long = "publish-url")]
     pub publish_urls: Vec<String>,
     /// Client protocol: starling or a peer's (socketio, nchan, ws: their HTTP publish
-    /// endpoint; nats: `PUB` from a NATS client, one connection per --publish-url).
+    /// endpoint; nats: `PUB` from a NATS client, one connection per --publish-url for
+    /// the personal channels and one for the group channels).
     #[arg(long, value_enum, default_value_t = Protocol::Starling)]
     pub protocol: Protocol,
     /// Users (one connection each, two subscriptions).
@@ -778,6 +779,7 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
             "group_size": args.group_size,
             "groups": groups,
             "duration_s": args.duration,
+            "publish_via": how,
             "publications": {
                 "asked_per_s": personal.per_s + group.per_s,
                 "sent": published.sent, "accepted": published.accepted,

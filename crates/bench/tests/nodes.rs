@@ -447,6 +447,10 @@ fn users_over_the_plain_protocol_get_both_channels_on_one_connection() {
     ]));
     let doc = bench_json(&args);
     assert_eq!(doc["protocol"], "ws", "{doc}");
+    assert_eq!(
+        doc["publish_via"], "HTTP /publish/<channel> on 2 connection(s)",
+        "{doc}"
+    );
     assert_eq!(doc["subscribed"], 20, "{doc}");
     assert_eq!(doc["publications"]["accepted"], 42, "{doc}");
     // Each user: its 2 personal publications and its group's 1, once each.
@@ -511,6 +515,7 @@ fn users_over_nats_publish_as_a_nats_client() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(doc["protocol"], "nats", "{doc}");
+    assert_eq!(doc["publish_via"], "NATS PUB on 1 connection(s)", "{doc}");
     assert_eq!(doc["subscribed"], 20, "{doc}");
     assert_eq!(doc["publications"]["sent"], 42, "{doc}");
     assert_eq!(doc["publications"]["accepted"], 42, "{doc}");
