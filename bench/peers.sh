@@ -3,8 +3,9 @@
 # one fresh server per measurement of each of
 #   starling  Starling (release binary, `serve --dev`, flood limits off, as scripts/bench.sh)
 #   nchan     Nchan: nginx with the nchan module, 2 workers; config generated here:
-#             WebSocket subscribers on /sub/<channel>, publishers POST /pub/<channel>,
-#             no message kept (nchan_message_buffer_length 0)
+#             WebSocket subscribers on /sub/<channel> (or /sub/<a>,<b>: one subscriber
+#             of each), publishers POST /pub/<channel>, no message kept
+#             (nchan_message_buffer_length 0)
 #   nats      NATS (nats-server) with its WebSocket listener (own free ports, never 4222)
 #   ws        Node.js `ws` broadcast server (bench/peers/ws, pinned in its package-lock)
 #   socketio  Socket.IO 4 (bench/peers/socketio, one process, no Redis)
@@ -24,11 +25,19 @@
 #              SIZE-byte bodies, WRK_DURATION (10) s. Starling twice: with its message log
 #              (a fresh storage.dir) and without (storage.dir=""), channel log:bench whose
 #              namespace keeps history (as `scripts/bench.sh log`). Not for NATS.
-#   users      HOOK: run only if this starling-bench has a `users` subcommand (see
-#              run_users below; its arguments come from USERS_ARGS).
+#   users      the application scenario (`starling-bench users`): USERS (10,000) users,
+#              each one connection subscribed to its personal channel and its group's
+#              (groups of USERS_GROUP_SIZE, 100), USERS_RATE (1) publication/s to every
+#              personal channel spread evenly over each second (USERS_GROUP_RATE, 0, per
+#              group channel) through the server's HTTP publish (NATS: PUB from a NATS
+#              client), SIZE-byte data, for USERS_DURATION (20) s: p50/p99 and the
+#              server's CPU over the publishing (every process: Nchan's master and
+#              workers). Nchan, ws and baseline subscribe to both channels on one
+#              connection through the path /sub/<personal>,<group>.
 #
 #   bench/peers.sh                                   # everything, RUNS=3
 #   SERVERS="starling nchan" SCENARIOS="idle http" RUNS=1 bench/peers.sh
+#   SCENARIOS=users USERS=200 USERS_DURATION=3 RUNS=1 QUIET_WAIT=0 bench/peers.sh  # smoke
 #
 # Environment (defaults in parentheses): SERVERS ("starling nchan nats ws socketio
 # baseline"), SCENARIOS ("idle http fanout sustained users", in that order, each for
@@ -39,10 +48,13 @@
 # publishing keep-alive connections of the fan-out publisher), SETTLE_MS (1000: wait
 # after the last subscription before publishing; Nchan's two workers pass
 # subscriptions between them asynchronously), WRK_CONNECTIONS (64), WRK_THREADS (2),
-# WRK_DURATION (10), TIMEOUT (120 s: bound of one bench run, raised to cover the
-# publishing time), TOTAL_LIMIT (21600 s: no measurement starts after it), QUIET_WAIT
-# (600 s) and QUIET_LOAD (0.7): before each measurement, wait for a 1-minute load
-# average below QUIET_LOAD, at most QUIET_WAIT s. INSTALL (1: apt-get install what is
+# WRK_DURATION (10), USERS (10000), USERS_GROUP_SIZE (100), USERS_RATE (1),
+# USERS_GROUP_RATE (0), USERS_DURATION (20 s), USERS_HTTP_CONNECTIONS (32: the users
+# backend's keep-alive publishing connections), USERS_DRAIN (10 s: wait for the last
+# deliveries), TIMEOUT (120 s: bound of one bench run, raised to cover the
+# publishing time; users: the bound of its set-up), TOTAL_LIMIT (21600 s: no
+# measurement starts after it), QUIET_WAIT (600 s) and QUIET_LOAD (0.7): before each
+# measurement, wait for a 1-minute load average below QUIET_LOAD, at most QUIET_WAIT s. INSTALL (1: apt-get install what is
 # missing, npm ci the Node servers; 0: only check), BIN_DIR (take starling,
 # starling-bench and baseline from there, build nothing; else cargo build --release
 # into CARGO_TARGET_DIR), NATS_SERVER, NCHAN_MODULE (the .so, if nginx loads it),
@@ -86,6 +98,13 @@ SETTLE_MS=${SETTLE_MS:-1000}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_DURATION=${WRK_DURATION:-10}
+USERS=${USERS:-10000}
+USERS_GROUP_SIZE=${USERS_GROUP_SIZE:-100}
+USERS_RATE=${USERS_RATE:-1}
+USERS_GROUP_RATE=${USERS_GROUP_RATE:-0}
+USERS_DURATION=${USERS_DURATION:-20}
+USERS_HTTP_CONNECTIONS=${USERS_HTTP_CONNECTIONS:-32}
+USERS_DRAIN=${USERS_DRAIN:-10}
 TIMEOUT=${TIMEOUT:-120}
 TOTAL_LIMIT=${TOTAL_LIMIT:-21600}
 QUIET_WAIT=${QUIET_WAIT:-600}
@@ -303,10 +322,13 @@ http {
     keepalive_requests 100000000;
     server {
         listen 127.0.0.1:$port backlog=8192;
-        # WebSocket subscriber of <channel>: starts at the next publication.
+        # WebSocket subscriber of <channel>, or of each of <a>,<b>,... (multiplexed:
+        # a publication arrives once per channel it was published to): starts at the
+        # next publication.
         location ~ ^/sub/(.+)\$ {
             nchan_subscriber websocket;
             nchan_channel_id \$1;
+            nchan_channel_id_split_delimiter ",";
             nchan_subscriber_first_message newest;
         }
         # POST /pub/<channel>: the body is the message; nothing is kept for later
@@ -500,24 +522,27 @@ run_http() { # SERVER RUN
     esac
 }
 
-# ----------------------------------------------------------------------------------
-# HOOK (issue 8, the `users` scenario): `starling-bench users` is being added on the
-# branch `load`; until it is merged this scenario only says it is skipped. Once it
-# exists, this runs `starling-bench users --protocol P --url U --publish-url PU
-# $USERS_ARGS --json` against each server and records p50/p99 and the server's CPU
-# time; check that its arguments match the subcommand then, and set USERS_ARGS.
-# ----------------------------------------------------------------------------------
-run_users() { # SERVER RUN
-    if ! "$BIN/starling-bench" users --help >/dev/null 2>&1; then
-        say "users: HOOK, skipped: this starling-bench has no 'users' subcommand yet (branch load)"
-        return 0
-    fi
-    local out="$RESULTS_DIR/raw/users.$1.$2.json"
-    start_server "$1" || { record server="$1" scenario=users run="$2" --error "server did not start"; stop_server; return; }
-    # shellcheck disable=SC2086
-    measure "$1" users "" "$2" bench "$out" \
-        bench_t "$TIMEOUT" users --protocol "$PROTO" --url "$WS_URL" --publish-url "$PUB_URL" \
-        ${USERS_ARGS:-} --json || true
+# pid_args PIDS: `--server-pid P` for each process of PIDS (PID+PID...).
+pid_args() {
+    local p
+    for p in ${1//+/ }; do printf -- '--server-pid\n%s\n' "$p"; done
+}
+
+# run_users SERVER RUN: `starling-bench users` on a fresh server. Server CPU: the
+# bench's own figure over the publishing and drain (every process of the server);
+# server_cpu_s of runs.jsonl also counts the set-up.
+run_users() {
+    local server=$1 run=$2 out="$RESULTS_DIR/raw/users.$1.$2.json" limit pids
+    limit=$((TIMEOUT + USERS_DURATION + USERS_DRAIN + 15))
+    say "users: $server, $USERS users (groups of $USERS_GROUP_SIZE), $USERS_RATE publication(s)/s each for $USERS_DURATION s (run $run)"
+    start_server "$server" || { record server="$server" scenario=users run="$run" --error "server did not start"; stop_server; return; }
+    mapfile -t pids < <(pid_args "$SRV_PIDS")
+    EXTRA_KEYS="users=$USERS" measure "$server" users "" "$run" bench "$out" \
+        bench_t "$limit" users --protocol "$PROTO" --url "$WS_URL" --publish-url "$PUB_URL" \
+        --users "$USERS" --group-size "$USERS_GROUP_SIZE" --rate "$USERS_RATE" \
+        --group-rate "$USERS_GROUP_RATE" --duration "$USERS_DURATION" --size "$SIZE" \
+        --http-connections "$USERS_HTTP_CONNECTIONS" --settle-ms "$SETTLE_MS" \
+        --setup-timeout "$TIMEOUT" --drain "$USERS_DRAIN" "${pids[@]}" --json || true
     stop_server
 }
 
@@ -545,13 +570,16 @@ write_meta() {
         --argjson subs "$SUBS" --argjson size "$SIZE" --argjson p99 "$SUSTAINED_P99_MS" \
         --argjson wrkc "$WRK_CONNECTIONS" --arg servers "$SERVERS" --arg rates "$RATES" \
         --arg ladder "$LADDER" --argjson versions "$(versions_json)" --arg scenarios "$SCENARIOS" \
-        --argjson users "$("$BIN/starling-bench" users --help >/dev/null 2>&1 && echo true || echo false)" \
+        --argjson users "$USERS" --argjson urate "$USERS_RATE" --argjson ugrate "$USERS_GROUP_RATE" \
+        --argjson ugroup "$USERS_GROUP_SIZE" --argjson udur "$USERS_DURATION" \
         --arg conditions "$(nproc) cores, servers and load generator on the same machine, loopback; measured $(date -u +%Y-%m-%d)" \
         "{runs: \$runs, idle_connections: \$idle, rate_first: \$first, subscribers: \$subs,
           size: \$size, sustained_p99_ms: \$p99, wrk_connections: \$wrkc,
           servers: (\$servers | $to_json), rates: (\$rates | $to_json | map(tonumber)),
           ladder: (\$ladder | $to_json | map(tonumber)), versions: \$versions,
-          scenarios: (\$scenarios | $to_json), users_available: \$users,
+          scenarios: (\$scenarios | $to_json),
+          users: {users: \$users, rate: \$urate, group_rate: \$ugrate, group_size: \$ugroup,
+                  duration_s: \$udur},
           conditions: \$conditions}" >"$RESULTS_DIR/meta.json"
 }
 

@@ -141,6 +141,54 @@ def fmt_ms(us):
     return "{:,.1f} ms".format(ms) if ms < 100 else "{:,.0f} ms".format(ms)
 
 
+def users_cells(servers, select, ok_results, failed_note):
+    """The users rows' cells: latency (with what was lost) and the server's CPU."""
+    lat_cells, cpu_cells = [], []
+    for s in servers:
+        rs = select(s, "users")
+        res = ok_results(rs)
+        if not res:
+            note = failed_note(rs) or "no result"
+            lat_cells.append(note)
+            cpu_cells.append(note)
+            continue
+        lat = [r.get("latency_us", {}) for r in res]
+        p50 = median([l.get("p50") for l in lat])
+        p99 = median([l.get("p99") for l in lat])
+        cell = "{} / {}".format(fmt_ms(p50), fmt_ms(p99)) if p50 and p99 else "no samples"
+        loss = median([r.get("loss") for r in res])
+        if loss:
+            cell += ", {:.1f} % undelivered".format(100.0 * loss)
+        short = [r for r in res if users_short(r)]
+        if short:
+            cell += ", publisher short in {} run(s)".format(len(short))
+        failed = median([r.get("setup_failed", 0) for r in res])
+        if failed:
+            cell += ", {} users not subscribed".format(fmt_int(failed))
+        lat_cells.append(cell)
+        # The bench's figure: every server process (Nchan's master and workers) over
+        # the publishing and the drain, as a share of one core.
+        pct = median([users_cpu_percent(r) for r in res])
+        cpu_cells.append("{:.0f} %".format(pct) if pct is not None else "n/a")
+    return lat_cells, cpu_cells
+
+
+def users_short(result):
+    """Whether the users publisher got fewer than 90 % of its publications accepted."""
+    pubs = result.get("publications", {})
+    asked = pubs.get("asked_per_s", 0) * result.get("duration_s", 0)
+    return asked > 0 and pubs.get("accepted", 0) < 0.9 * asked
+
+
+def users_cpu_percent(result):
+    """The server processes' CPU in a users result, summed; None if one is missing."""
+    procs = result.get("server_cpu") or []
+    values = [p.get("percent_of_core") for p in procs]
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values)
+
+
 def table(runs_path, meta_path):
     with open(meta_path, encoding="utf-8") as f:
         meta = json.load(f)
@@ -285,26 +333,14 @@ def table(runs_path, meta_path):
     rows.append(("HTTP publish, no subscribers ({} connections, {} B body)".format(
         meta.get("wrk_connections"), meta.get("size")), cells))
 
-    # users (bench/peers.sh's hook).
-    cells = []
-    for s in servers:
-        rs = select(s, "users")
-        res = ok_results(rs)
-        if not rs:
-            hook = "users" in meta.get("scenarios", []) and not meta.get("users_available")
-            cells.append("not run (no `users` subcommand yet)" if hook else "not run")
-        elif not res:
-            cells.append(failed_note(rs) or "no result")
-        else:
-            lat = [r.get("latency_us", {}) for r in res]
-            p50 = median([l.get("p50") for l in lat])
-            p99 = median([l.get("p99") for l in lat])
-            cpu = median([r.get("server_cpu_s") for r in rs if r.get("ok")])
-            cell = "p50 {} / p99 {}".format(fmt_ms(p50), fmt_ms(p99)) if p50 and p99 else "see raw"
-            if cpu is not None:
-                cell += ", server CPU {:.1f} s".format(cpu)
-            cells.append(cell)
-    rows.append(("users: p50 / p99, server CPU", cells))
+    # users: the application scenario.
+    u = meta.get("users") or {}
+    what = "{:,} users, {:g} pub/s each".format(u.get("users", 0), u.get("rate", 1))
+    if u.get("group_rate"):
+        what += " + {:g}/s per group".format(u["group_rate"])
+    lat_cells, cpu_cells = users_cells(servers, select, ok_results, failed_note)
+    rows.append(("users p50 / p99 ({})".format(what), lat_cells))
+    rows.append(("users server CPU (% of one core while publishing)", cpu_cells))
 
     # Server CPU during the fan-out runs (seconds of CPU over the run).
     cells = []

@@ -7,6 +7,9 @@
 //   subscription exists before the 101 is sent: `handleUpgrade` writes the 101 and
 //   calls back in the same tick, before any other request is read). Every publication
 //   arrives as one text message holding the published body as it was.
+//   `/sub/<a>,<b>,...` subscribes the one socket to each channel listed (the names
+//   are split at the commas before being URL-decoded, so a name holding a comma is
+//   written `%2C`); a publication reaches it once per channel it was published to.
 // - `POST /publish/<channel>` (or `POST /publish?channel=<channel>`) sends the body
 //   to every socket of the channel and answers 200 {"delivered":N}.
 //
@@ -22,15 +25,39 @@ const MAX_BODY = 1 << 20;
 /** @type {Map<string, Set<import('ws').WebSocket>>} */
 const channels = new Map();
 
+// URL-decoded, or null when malformed (a bad escape must not stop the server).
+function decoded(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return null;
+  }
+}
+
 function channelOf(url, prefix) {
   const u = new URL(url, 'http://x');
   if (u.pathname.startsWith(prefix) && u.pathname.length > prefix.length) {
-    return decodeURIComponent(u.pathname.slice(prefix.length));
+    return decoded(u.pathname.slice(prefix.length));
   }
   if (prefix === '/publish/' && u.pathname === '/publish') {
     return u.searchParams.get('channel');
   }
   return null;
+}
+
+// The channels of a subscribe path `/sub/<a>,<b>,...` (empty names skipped, each
+// listed once), or null when there is none or one is malformed.
+function channelsOf(url) {
+  const u = new URL(url, 'http://x');
+  if (!u.pathname.startsWith('/sub/')) return null;
+  const names = new Set();
+  for (const part of u.pathname.slice('/sub/'.length).split(',')) {
+    if (part === '') continue;
+    const name = decoded(part);
+    if (name === null) return null;
+    names.add(name);
+  }
+  return names.size > 0 ? [...names] : null;
 }
 
 function publish(req, res, channel) {
@@ -74,21 +101,26 @@ const server = http.createServer((req, res) => {
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, clientTracking: false });
 
 server.on('upgrade', (req, socket, head) => {
-  const channel = channelOf(req.url, '/sub/');
-  if (!channel) {
+  const names = channelsOf(req.url);
+  if (!names) {
     socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n');
     return;
   }
   wss.handleUpgrade(req, socket, head, (ws) => {
-    let subs = channels.get(channel);
-    if (!subs) {
-      subs = new Set();
-      channels.set(channel, subs);
-    }
-    subs.add(ws);
+    const joined = names.map((name) => {
+      let subs = channels.get(name);
+      if (!subs) {
+        subs = new Set();
+        channels.set(name, subs);
+      }
+      subs.add(ws);
+      return [name, subs];
+    });
     ws.on('close', () => {
-      subs.delete(ws);
-      if (subs.size === 0 && channels.get(channel) === subs) channels.delete(channel);
+      for (const [name, subs] of joined) {
+        subs.delete(ws);
+        if (subs.size === 0 && channels.get(name) === subs) channels.delete(name);
+      }
     });
     ws.on('error', () => ws.terminate());
   });

@@ -32,13 +32,25 @@ impl PubReport {
     }
 }
 
+/// Where a publish request names the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelIn {
+    /// In a JSON body `{"<key>":<channel>,"data":<data>}` POSTed to the endpoint's
+    /// path (Starling: `channel`, the Socket.IO peer: `room`).
+    Body(&'static str),
+    /// At the end of the path (`<path><channel>`); the body is the data alone (Nchan,
+    /// the plain protocol of bench/peers/ws and the `baseline` binary).
+    Path,
+}
+
 /// A server's HTTP publish endpoint: where to POST and how to name the channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpApi {
-    /// Request path.
+    /// Request path ([`ChannelIn::Body`]), or the path the channel is appended to
+    /// ([`ChannelIn::Path`]).
     pub path: &'static str,
-    /// The body's key for the channel (`channel`, or `room` for Socket.IO).
-    pub channel_key: &'static str,
+    /// Where the channel goes.
+    pub channel: ChannelIn,
     /// Send `Authorization: apikey KEY`.
     pub api_key: bool,
 }
@@ -46,28 +58,51 @@ pub struct HttpApi {
 impl HttpApi {
     /// The HTTP publish endpoint of `protocol`'s server, if it has one: Starling's
     /// `POST /api/publish`, the Socket.IO peer's `POST /publish`
-    /// (bench/peers/socketio/server.js).
+    /// (bench/peers/socketio/server.js), Nchan's `POST /pub/<channel>` (the location
+    /// bench/peers.sh configures) and the plain protocol's `POST /publish/<channel>`.
+    /// NATS has none.
     pub fn of(protocol: Protocol) -> Option<HttpApi> {
-        match protocol {
-            Protocol::Starling => Some(HttpApi {
-                path: "/api/publish",
-                channel_key: "channel",
-                api_key: true,
-            }),
-            Protocol::Socketio => Some(HttpApi {
-                path: "/publish",
-                channel_key: "room",
-                api_key: false,
-            }),
-            _ => None,
+        let (path, channel, api_key) = match protocol {
+            Protocol::Starling => ("/api/publish", ChannelIn::Body("channel"), true),
+            Protocol::Socketio => ("/publish", ChannelIn::Body("room"), false),
+            Protocol::Nchan => ("/pub/", ChannelIn::Path, false),
+            Protocol::Ws => ("/publish/", ChannelIn::Path, false),
+            Protocol::Nats => return None,
+        };
+        Some(HttpApi {
+            path,
+            channel,
+            api_key,
+        })
+    }
+
+    /// The request path publishing to `channel`. Channel names are the bench's own
+    /// (letters, digits, `:` and `.`), so nothing needs escaping in a path.
+    pub fn request_path(&self, channel: &str) -> String {
+        match self.channel {
+            ChannelIn::Body(_) => self.path.to_string(),
+            ChannelIn::Path => format!("{}{channel}", self.path),
         }
     }
 
     /// The request body publishing `data` (JSON text) to `channel`.
     pub fn body(&self, channel: &str, data: &str) -> String {
-        // A channel name is plain text, but quote it as JSON all the same.
-        let channel = serde_json::Value::from(channel);
-        format!("{{\"{}\":{channel},\"data\":{data}}}", self.channel_key)
+        match self.channel {
+            ChannelIn::Body(key) => {
+                // A channel name is plain text, but quote it as JSON all the same.
+                let channel = serde_json::Value::from(channel);
+                format!("{{\"{key}\":{channel},\"data\":{data}}}")
+            }
+            ChannelIn::Path => data.to_string(),
+        }
+    }
+
+    /// The endpoint for humans: `/api/publish`, `/pub/<channel>`.
+    pub fn describe(&self) -> String {
+        match self.channel {
+            ChannelIn::Body(_) => self.path.to_string(),
+            ChannelIn::Path => format!("{}<channel>", self.path),
+        }
     }
 }
 
@@ -78,6 +113,11 @@ pub trait Schedule: Sync {
     fn due(&self, i: u64) -> Option<tokio::time::Instant>;
     /// The request body of publication `i`.
     fn body(&self, i: u64) -> String;
+    /// The request path of publication `i`, when it is not the pool's (a channel named
+    /// in the path).
+    fn path(&self, _i: u64) -> Option<String> {
+        None
+    }
     /// Publication `i` was accepted (true) or refused.
     fn outcome(&self, _i: u64, _accepted: bool) {}
 }
@@ -150,9 +190,16 @@ async fn connection(
             }
             tokio::time::sleep_until(due).await;
             let body = schedule.body(i);
+            let own_path = schedule.path(i);
             // Sent once it leaves, whether or not a reply comes back.
             report.sent += 1;
-            let exchange = http.exchange(&mut stream, addr, path, &headers, body.as_bytes());
+            let exchange = http.exchange(
+                &mut stream,
+                addr,
+                own_path.as_deref().unwrap_or(path),
+                &headers,
+                body.as_bytes(),
+            );
             let (status, body) = tokio::time::timeout_at(deadline, exchange)
                 .await
                 .context("publish timed out")??;
@@ -192,7 +239,28 @@ mod tests {
         let sio = HttpApi::of(Protocol::Socketio).unwrap();
         assert_eq!(sio.body("r\"x", "1"), r#"{"room":"r\"x","data":1}"#);
         assert!(!sio.api_key);
+        assert_eq!(sio.request_path("r"), "/publish");
         assert_eq!(HttpApi::of(Protocol::Nats), None);
+    }
+
+    #[test]
+    fn raw_endpoints_name_the_channel_in_the_path() {
+        let nchan = HttpApi::of(Protocol::Nchan).unwrap();
+        assert_eq!(nchan.request_path("u7:u:3"), "/pub/u7:u:3");
+        assert_eq!(nchan.body("u7:u:3", r#"{"seq":1}"#), r#"{"seq":1}"#);
+        assert_eq!(nchan.describe(), "/pub/<channel>");
+        assert!(!nchan.api_key);
+        let ws = HttpApi::of(Protocol::Ws).unwrap();
+        assert_eq!(ws.request_path("g:0"), "/publish/g:0");
+        assert_eq!(ws.body("g:0", "1"), "1");
+        // The same paths as fanout's raw publisher.
+        for p in [Protocol::Nchan, Protocol::Ws] {
+            let api = HttpApi::of(p).unwrap();
+            assert_eq!(p.raw_publish_path("c:1"), Some(api.request_path("c:1")));
+        }
+        let starling = HttpApi::of(Protocol::Starling).unwrap();
+        assert_eq!(starling.request_path("x"), "/api/publish");
+        assert_eq!(starling.describe(), "/api/publish");
     }
 
     #[test]

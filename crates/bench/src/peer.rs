@@ -64,21 +64,34 @@ impl Protocol {
     /// `fanout:1` = `/sub/fanout:1`), the path itself otherwise. Channel names are
     /// the bench's own (letters, digits, `:` and `.`), so nothing needs escaping.
     pub fn subscribe_path(self, base: &str, channel: &str) -> String {
+        self.subscribe_path_all(base, &[channel])
+    }
+
+    /// The path a subscriber of every channel of `channels` connects to: for the
+    /// protocols that name channels in the path, the names joined with `,`
+    /// (`/sub/u:1,g:0`), which bench/peers/ws, the `baseline` binary and the Nchan
+    /// location of bench/peers.sh read as one subscription to each.
+    pub fn subscribe_path_all<S: AsRef<str>>(self, base: &str, channels: &[S]) -> String {
         if !self.channel_in_path() {
             return base.to_string();
         }
         let sep = if base.ends_with('/') { "" } else { "/" };
-        format!("{base}{sep}{channel}")
+        let mut path = format!("{base}{sep}");
+        for (k, channel) in channels.iter().enumerate() {
+            if k > 0 {
+                path.push(',');
+            }
+            path.push_str(channel.as_ref());
+        }
+        path
     }
 
     /// The HTTP path that publishes to `channel`, for the protocols whose
     /// publications are a plain HTTP `POST` with the data as body.
     pub fn raw_publish_path(self, channel: &str) -> Option<String> {
-        match self {
-            Protocol::Nchan => Some(format!("/pub/{channel}")),
-            Protocol::Ws => Some(format!("/publish/{channel}")),
-            Protocol::Starling | Protocol::Socketio | Protocol::Nats => None,
-        }
+        crate::httppub::HttpApi::of(self)
+            .filter(|api| api.channel == crate::httppub::ChannelIn::Path)
+            .map(|api| api.request_path(channel))
     }
 
     /// A channel name this protocol accepts for `prefix` and `n` (NATS subjects take
@@ -406,12 +419,7 @@ impl Session {
     /// The bytes that publish `data` on the channel (`id`: Starling command id).
     pub fn publish_message(&self, id: u32, data: &str) -> Vec<u8> {
         match self.protocol {
-            Protocol::Nats => {
-                let mut out = format!("PUB {} {}\r\n", self.channel, data.len()).into_bytes();
-                out.extend_from_slice(data.as_bytes());
-                out.extend_from_slice(b"\r\n");
-                out
-            }
+            Protocol::Nats => nats_pub(&self.channel, data),
             // The raw protocols publish over HTTP ([`Protocol::raw_publish_path`]): their
             // WebSocket carries the data as it is.
             Protocol::Nchan | Protocol::Ws => data.as_bytes().to_vec(),
@@ -429,6 +437,14 @@ impl Session {
             }
         }
     }
+}
+
+/// The NATS `PUB` publishing `data` to `subject`.
+pub fn nats_pub(subject: &str, data: &str) -> Vec<u8> {
+    let mut out = format!("PUB {subject} {}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
@@ -541,6 +557,7 @@ mod tests {
         );
         let publish = s.publish_message(1, "abc");
         assert_eq!(publish, b"PUB fanout.1 3\r\nabc\r\n".to_vec());
+        assert_eq!(nats_pub("u.g.2", ""), b"PUB u.g.2 0\r\n\r\n".to_vec());
     }
 
     #[test]
@@ -657,6 +674,20 @@ mod tests {
             "/connection/websocket"
         );
         assert_eq!(Protocol::Nats.subscribe_path("/", "a.1"), "/");
+        let two = ["u:1", "g:0"];
+        assert_eq!(
+            Protocol::Nchan.subscribe_path_all("/sub/", &two),
+            "/sub/u:1,g:0"
+        );
+        assert_eq!(
+            Protocol::Ws.subscribe_path_all("/sub", &two),
+            "/sub/u:1,g:0"
+        );
+        assert_eq!(
+            Protocol::Starling.subscribe_path_all("/connection/websocket", &two),
+            "/connection/websocket"
+        );
+        assert_eq!(Protocol::Nats.subscribe_path_all("/", &two), "/");
         assert_eq!(
             Protocol::Nchan.raw_publish_path("a:1").as_deref(),
             Some("/pub/a:1")

@@ -6,9 +6,12 @@
 //! delivery), deliveries against those expected, the publish rate achieved, and the
 //! server's CPU (`--server-pid`).
 //!
-//! The client protocol is pluggable (`--protocol`, [`crate::peer::Session`]); the
-//! publications go through the server's HTTP publish endpoint
-//! ([`crate::httppub::HttpApi`]).
+//! The client protocol is pluggable (`--protocol`, [`crate::peer::Session`]): every
+//! user subscribes to both channels on its one connection, by subscribe commands or,
+//! for the protocols that name channels in the WebSocket's path (Nchan, ws), by
+//! connecting to `<url path><personal>,<group>`. The publications go through the
+//! server's HTTP publish endpoint ([`crate::httppub::HttpApi`]); NATS, which has
+//! none, gets them as `PUB`s from a NATS client on the same schedule.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -22,10 +25,11 @@ use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{Target, source_addrs};
+use crate::client::{Target, WsClient, source_addrs};
 use crate::cpu::{CpuMark, CpuWatch};
-use crate::httppub::{HttpApi, PubReport, Schedule};
-use crate::peer::{Protocol, Seen, Session};
+use crate::frame::Event;
+use crate::httppub::{ChannelIn, HttpApi, PubReport, Schedule};
+use crate::peer::{Protocol, Seen, Session, handshake, nats_pub};
 use crate::report::{Progress, Rate, percentiles_json, say};
 use crate::stats::{ErrorTally, LatencyShards, Percentiles, now_us, payload, per_second};
 use crate::table::{RunRow, run_table};
@@ -46,7 +50,9 @@ pub struct UsersArgs {
     /// balancer's work). Default: the first --url.
     #[arg(long = "publish-url")]
     pub publish_urls: Vec<String>,
-    /// Client protocol: starling, or a peer with an HTTP publish endpoint (socketio).
+    /// Client protocol: starling or a peer's (socketio, nchan, ws: their HTTP publish
+    /// endpoint; nats: `PUB` from a NATS client, one connection per --publish-url for
+    /// the personal channels and one for the group channels).
     #[arg(long, value_enum, default_value_t = Protocol::Starling)]
     pub protocol: Protocol,
     /// Users (one connection each, two subscriptions).
@@ -71,7 +77,8 @@ pub struct UsersArgs {
     #[arg(long, default_value = "dev-api-key")]
     pub api_key: String,
     /// Keep-alive HTTP connections publishing at once (one request in flight each).
-    /// The publish rate is bounded by connections / reply latency.
+    /// The publish rate is bounded by connections / reply latency. (NATS publishes
+    /// without replies, on one connection per --publish-url.)
     #[arg(long, default_value_t = 32)]
     pub http_connections: usize,
     /// Channel name prefix (default `u<pid>`): personal channels are
@@ -87,6 +94,10 @@ pub struct UsersArgs {
     /// Seconds allowed for connecting and subscribing every user.
     #[arg(long, default_value_t = 120)]
     pub setup_timeout: u64,
+    /// Milliseconds to wait between the last subscription and the first publication
+    /// (Nchan's workers and NATS routes pass subscriptions on asynchronously).
+    #[arg(long, default_value_t = 0)]
+    pub settle_ms: u64,
     /// Seconds to wait for the last deliveries after the last publication.
     #[arg(long, default_value_t = 10)]
     pub drain: u64,
@@ -151,7 +162,6 @@ struct Spread<'a> {
     per_s: f64,
     total: u64,
     start: tokio::time::Instant,
-    api: HttpApi,
     size: usize,
     accepted: Vec<AtomicU32>,
     /// Sent so far (progress line).
@@ -165,7 +175,6 @@ impl<'a> Spread<'a> {
         channels: &'a Channels,
         group: bool,
         args: &UsersArgs,
-        api: HttpApi,
         sent: &'a AtomicU64,
     ) -> Spread<'a> {
         let (count, rate) = if group {
@@ -181,7 +190,6 @@ impl<'a> Spread<'a> {
             per_s,
             total: schedule_total(per_s, args.duration),
             start: tokio::time::Instant::now(),
-            api,
             size: args.size,
             accepted: (0..count).map(|_| AtomicU32::new(0)).collect(),
             sent,
@@ -190,6 +198,36 @@ impl<'a> Spread<'a> {
 
     fn channel(&self, i: u64) -> usize {
         (i % self.count as u64) as usize
+    }
+
+    /// When publication `i` is due; `None` past the last one.
+    fn due(&self, i: u64) -> Option<tokio::time::Instant> {
+        (i < self.total).then(|| spread_due(self.start, self.per_s, i))
+    }
+
+    /// The channel publication `i` goes to.
+    fn name(&self, i: u64) -> String {
+        let k = self.channel(i);
+        if self.group {
+            self.channels.group(k)
+        } else {
+            self.channels.personal(k)
+        }
+    }
+
+    /// The data of publication `i`, stamped now (it is being sent); counted as sent.
+    fn data(&self, i: u64) -> String {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        // The sequence number is per channel, as a subscriber would see it.
+        let seq = i / self.count as u64 + 1;
+        payload(seq, now_us(), self.size)
+    }
+
+    /// Publication `i` was accepted (true) or refused.
+    fn outcome(&self, i: u64, accepted: bool) {
+        if accepted {
+            self.accepted[self.channel(i)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -207,29 +245,171 @@ pub fn spread_due(start: tokio::time::Instant, per_s: f64, i: u64) -> tokio::tim
     start + Duration::from_secs_f64(i as f64 / per_s)
 }
 
-impl Schedule for Spread<'_> {
+/// A spread published through an HTTP endpoint.
+struct ViaHttp<'s, 'a> {
+    spread: &'s Spread<'a>,
+    api: HttpApi,
+}
+
+impl Schedule for ViaHttp<'_, '_> {
     fn due(&self, i: u64) -> Option<tokio::time::Instant> {
-        (i < self.total).then(|| spread_due(self.start, self.per_s, i))
+        self.spread.due(i)
     }
 
     fn body(&self, i: u64) -> String {
-        let k = self.channel(i);
-        let name = if self.group {
-            self.channels.group(k)
-        } else {
-            self.channels.personal(k)
-        };
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        // The sequence number is per channel, as a subscriber would see it.
-        let seq = i / self.count as u64 + 1;
-        self.api.body(&name, &payload(seq, now_us(), self.size))
+        self.api.body(&self.spread.name(i), &self.spread.data(i))
+    }
+
+    fn path(&self, i: u64) -> Option<String> {
+        (self.api.channel == ChannelIn::Path).then(|| self.api.request_path(&self.spread.name(i)))
     }
 
     fn outcome(&self, i: u64, accepted: bool) {
-        if accepted {
-            self.accepted[self.channel(i)].fetch_add(1, Ordering::Relaxed);
+        self.spread.outcome(i, accepted);
+    }
+}
+
+/// Where and how the backend publishes.
+struct Backend<'a> {
+    /// The HTTP endpoint; `None`: NATS `PUB`s.
+    api: Option<HttpApi>,
+    targets: &'a [Arc<Target>],
+    addrs: &'a [std::net::SocketAddr],
+    /// `Authorization` header value.
+    auth: Option<String>,
+    deadline: tokio::time::Instant,
+}
+
+impl Backend<'_> {
+    /// Publishes `spread` (HTTP: on `connections` keep-alive connections).
+    async fn publish(&self, spread: &Spread<'_>, connections: usize) -> anyhow::Result<PubReport> {
+        if spread.total == 0 {
+            return Ok(PubReport::default());
+        }
+        let Some(api) = self.api else {
+            return publish_nats(self.targets, self.deadline, spread).await;
+        };
+        crate::httppub::publish(
+            self.addrs,
+            api.path,
+            self.auth.as_deref(),
+            connections,
+            self.deadline,
+            &ViaHttp { spread, api },
+        )
+        .await
+    }
+}
+
+/// Largest number of `PUB`s written at once by a NATS publisher that fell behind.
+const NATS_BATCH: u64 = 256;
+
+/// Publishes `spread` as a NATS client: `PUB`s over one WebSocket per target,
+/// publication `i` on connection `i mod targets`, each written when due (those due
+/// together in one write). NATS acknowledges nothing: a publication counts as
+/// accepted once written, and a final `PING`, whose `PONG` confirms that the server
+/// read everything before it, ends each connection. Fails only when a connection
+/// failed and nothing was sent (as [`crate::httppub::publish`]).
+async fn publish_nats(
+    targets: &[Arc<Target>],
+    deadline: tokio::time::Instant,
+    spread: &Spread<'_>,
+) -> anyhow::Result<PubReport> {
+    anyhow::ensure!(!targets.is_empty(), "no address to publish to");
+    let step = targets.len() as u64;
+    let reports = futures_util::future::join_all(
+        targets
+            .iter()
+            .enumerate()
+            .map(|(c, t)| nats_connection(t, c as u64, step, deadline, spread)),
+    )
+    .await;
+    let mut total = PubReport::default();
+    let mut failed = None;
+    for (report, error) in reports {
+        total.add(&report);
+        if let Some(e) = error {
+            say!("a NATS publishing connection stopped: {e:#}");
+            failed.get_or_insert(e);
         }
     }
+    match failed {
+        Some(e) if total.sent == 0 => Err(e),
+        _ => Ok(total),
+    }
+}
+
+/// One NATS publisher's loop over publications `first`, `first + step`, ...: what it
+/// got done, and the error that ended it, if any.
+async fn nats_connection(
+    target: &Target,
+    first: u64,
+    step: u64,
+    deadline: tokio::time::Instant,
+    spread: &Spread<'_>,
+) -> (PubReport, Option<anyhow::Error>) {
+    let mut report = PubReport::default();
+    let work = async {
+        let op = Protocol::Nats.opcode();
+        let mut client = WsClient::connect_as(target, None, Protocol::Nats.subprotocol()).await?;
+        let mut session = Session::new(Protocol::Nats, "", false);
+        let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+        handshake(&mut client, &mut session, limit).await?;
+        let WsClient {
+            mut reader,
+            mut writer,
+        } = client;
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        let mut i = first;
+        while let Some(due) = spread.due(i).filter(|&d| d < deadline) {
+            // Answer the server's pings while waiting for the next publication.
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                event = reader.next_event() => {
+                    if let Event::Text(p) | Event::Binary(p) = event? {
+                        session.feed(&p, &mut seen)?;
+                        for answer in session.take_outbox() {
+                            writer.send(op, &answer).await?;
+                        }
+                    }
+                    continue;
+                }
+            }
+            // Everything due by now leaves in one write.
+            out.clear();
+            let now = tokio::time::Instant::now();
+            let from = i;
+            let mut n = 0u64;
+            while n < NATS_BATCH && spread.due(i).is_some_and(|d| d <= now && d < deadline) {
+                out.extend_from_slice(&nats_pub(&spread.name(i), &spread.data(i)));
+                i += step;
+                n += 1;
+            }
+            writer.send(op, &out).await?;
+            for j in (from..i).step_by(step as usize) {
+                spread.outcome(j, true);
+            }
+            report.sent += n;
+            report.accepted += n;
+        }
+        let pongs_before = session.pongs;
+        writer.send(op, b"PING\r\n").await?;
+        let confirm = async {
+            while session.pongs == pongs_before {
+                if let Event::Text(p) | Event::Binary(p) = reader.next_event().await? {
+                    session.feed(&p, &mut seen)?;
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout_at(deadline, confirm)
+            .await
+            .context("no PONG after the last PUB")??;
+        anyhow::Ok(())
+    };
+    let result = work.await;
+    (report, result.err())
 }
 
 /// Counters shared by the user tasks and the progress line.
@@ -262,12 +442,8 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
     if args.json {
         crate::report::human_to_stderr();
     }
-    let Some(api) = HttpApi::of(args.protocol) else {
-        bail!(
-            "users publishes through an HTTP publish endpoint, which {:?} has not",
-            args.protocol
-        );
-    };
+    // None: NATS, published to as a NATS client.
+    let api = HttpApi::of(args.protocol);
     anyhow::ensure!(args.users > 0, "--users must be at least 1");
     let mut targets = Vec::with_capacity(args.urls.len());
     for url in &args.urls {
@@ -276,13 +452,14 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
     let Some(first) = targets.first().cloned() else {
         bail!("give at least one --url");
     };
-    let mut publish_addrs = Vec::new();
+    let mut publish_targets = Vec::new();
     for url in &args.publish_urls {
-        publish_addrs.push(Target::resolve_node(url, &first.path).await?.http_addr());
+        publish_targets.push(Arc::new(Target::resolve_node(url, &first.path).await?));
     }
-    if publish_addrs.is_empty() {
-        publish_addrs.push(first.http_addr());
+    if publish_targets.is_empty() {
+        publish_targets.push(first.clone());
     }
+    let publish_addrs: Vec<_> = publish_targets.iter().map(|t| t.http_addr()).collect();
     let sources = source_addrs(&first, args.source_ips);
     let prefix = args
         .prefix
@@ -290,8 +467,16 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("u{}", std::process::id()));
     let channels = Arc::new(Channels::new(args.protocol, &prefix, args.group_size));
     let groups = channels.groups(args.users);
+    let how = match api {
+        Some(api) => format!(
+            "HTTP {} on {} connection(s)",
+            api.describe(),
+            args.http_connections
+        ),
+        None => format!("NATS PUB on {} connection(s)", publish_targets.len()),
+    };
     say!(
-        "users ({:?}): {} users over {} node(s), groups of {} ({groups} groups); {} publication(s)/s per user{} for {} s (~{} B) via HTTP {} on {} connection(s)",
+        "users ({:?}): {} users over {} node(s), groups of {} ({groups} groups); {} publication(s)/s per user{} for {} s (~{} B) via {how}",
         args.protocol,
         args.users,
         targets.len(),
@@ -304,8 +489,6 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
         },
         args.duration,
         args.size,
-        api.path,
-        args.http_connections
     );
 
     let shared = Arc::new(Shared {
@@ -346,13 +529,24 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut tasks: JoinSet<UserResult> = JoinSet::new();
     for i in 0..args.users {
+        let node = &targets[i % targets.len()];
+        let own = vec![channels.personal(i), channels.group(channels.group_of(i))];
+        // The protocols that name channels in the path subscribe to both there.
+        let target = if args.protocol.channel_in_path() {
+            Arc::new(Target {
+                path: args.protocol.subscribe_path_all(&node.path, &own),
+                ..(**node).clone()
+            })
+        } else {
+            node.clone()
+        };
         let user = User {
             i,
             node: i % targets.len(),
             protocol: args.protocol,
-            target: targets[i % targets.len()].clone(),
+            target,
             source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
-            channels: vec![channels.personal(i), channels.group(channels.group_of(i))],
+            channels: own,
             shared: shared.clone(),
             setup_deadline,
         };
@@ -376,6 +570,9 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         bail!("no user could subscribe");
     }
+    if args.settle_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
+    }
 
     // Publish for D seconds, measuring the servers' CPU and our own meanwhile.
     let cpu_watch = CpuWatch::start(&args.server_pids);
@@ -385,38 +582,26 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
     let publish_deadline = tokio::time::Instant::now()
         + Duration::from_secs(args.duration)
         + Duration::from_secs(args.drain.max(5));
-    let personal = Spread::new(&channels, false, &args, api, &shared.sent);
-    let group = Spread::new(&channels, true, &args, api, &shared.sent);
-    let auth = api.api_key.then(|| format!("apikey {}", args.api_key));
+    let personal = Spread::new(&channels, false, &args, &shared.sent);
+    let group = Spread::new(&channels, true, &args, &shared.sent);
     // The group channels get their own few connections (their rate is small).
     let group_connections = if group.total > 0 {
         args.http_connections.div_ceil(8)
     } else {
         0
     };
+    let backend = Backend {
+        api,
+        targets: &publish_targets,
+        addrs: &publish_addrs,
+        auth: api
+            .filter(|a| a.api_key)
+            .map(|_| format!("apikey {}", args.api_key)),
+        deadline: publish_deadline,
+    };
     let (personal_report, group_report) = tokio::join!(
-        crate::httppub::publish(
-            &publish_addrs,
-            api.path,
-            auth.as_deref(),
-            args.http_connections,
-            publish_deadline,
-            &personal,
-        ),
-        async {
-            if group_connections == 0 {
-                return Ok(PubReport::default());
-            }
-            crate::httppub::publish(
-                &publish_addrs,
-                api.path,
-                auth.as_deref(),
-                group_connections,
-                publish_deadline,
-                &group,
-            )
-            .await
-        }
+        backend.publish(&personal, args.http_connections),
+        backend.publish(&group, group_connections)
     );
     let publish_span = publish_started.elapsed();
     let mut published = PubReport::default();
@@ -594,6 +779,7 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
             "group_size": args.group_size,
             "groups": groups,
             "duration_s": args.duration,
+            "publish_via": how,
             "publications": {
                 "asked_per_s": personal.per_s + group.per_s,
                 "sent": published.sent, "accepted": published.accepted,
@@ -733,6 +919,8 @@ mod tests {
             "50",
             "--group-rate",
             "0.5",
+            "--settle-ms",
+            "250",
             "--server-pid",
             "10",
             "--server-pid",
@@ -747,6 +935,7 @@ mod tests {
         .args;
         assert_eq!(a.urls.len(), 2);
         assert_eq!((a.users, a.group_size, a.group_rate), (300, 50, 0.5));
+        assert_eq!(a.settle_ms, 250);
         assert_eq!(a.server_pids, vec![10, 11]);
         assert_eq!(a.plot, Some(PathBuf::from("x.svg")));
         assert_eq!(a.protocol, Protocol::Socketio);
@@ -805,10 +994,15 @@ mod tests {
         .args;
         let sent = AtomicU64::new(0);
         let api = HttpApi::of(Protocol::Starling).unwrap();
-        let s = Spread::new(&c, false, &a, api, &sent);
-        assert_eq!((s.total, s.per_s), (12, 6.0));
+        let spread = Spread::new(&c, false, &a, &sent);
+        let s = ViaHttp {
+            spread: &spread,
+            api,
+        };
+        assert_eq!((spread.total, spread.per_s), (12, 6.0));
         assert!(s.due(11).is_some());
         assert!(s.due(12).is_none());
+        assert_eq!(s.path(4), None, "Starling's path is the pool's");
         let body: serde_json::Value = serde_json::from_str(&s.body(4)).unwrap();
         assert_eq!(body["channel"], "p:u:1");
         assert_eq!(
@@ -819,19 +1013,59 @@ mod tests {
         s.outcome(4, true);
         s.outcome(7, true);
         s.outcome(1, false);
+        let s = spread;
         let counts: Vec<u32> = s
             .accepted
             .iter()
             .map(|a| a.load(Ordering::Relaxed))
             .collect();
         assert_eq!(counts, vec![0, 2, 0]);
-        let g = Spread::new(&c, true, &a, api, &sent);
+        let g = Spread::new(&c, true, &a, &sent);
         assert_eq!(
             (g.count, g.total),
             (2, 4),
             "2 groups of 2 (3 users), 1/s, 2 s"
         );
-        let body: serde_json::Value = serde_json::from_str(&g.body(1)).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&ViaHttp { spread: &g, api }.body(1)).unwrap();
         assert_eq!(body["channel"], "p:g:1");
+    }
+
+    #[test]
+    fn path_channel_endpoints_get_the_channel_in_the_path_and_the_data_alone() {
+        let a = Cli::try_parse_from(["users", "--users", "4", "--duration", "1"])
+            .unwrap()
+            .args;
+        let sent = AtomicU64::new(0);
+        for (protocol, prefix) in [(Protocol::Nchan, "/pub/"), (Protocol::Ws, "/publish/")] {
+            let c = Channels::new(protocol, "q", 2);
+            let spread = Spread::new(&c, false, &a, &sent);
+            let api = HttpApi::of(protocol).unwrap();
+            let s = ViaHttp {
+                spread: &spread,
+                api,
+            };
+            assert_eq!(s.path(6).as_deref(), Some(&*format!("{prefix}q:u:2")));
+            let body = s.body(6);
+            assert_eq!(
+                crate::stats::parse_payload(body.as_bytes()).map(|(seq, _)| seq),
+                Some(2),
+                "{body}"
+            );
+            assert!(body.starts_with("{\"seq\":"), "the data alone: {body}");
+        }
+    }
+
+    #[test]
+    fn nats_names_subjects_with_dots() {
+        let a = Cli::try_parse_from(["users", "--users", "3", "--group-size", "2"])
+            .unwrap()
+            .args;
+        let sent = AtomicU64::new(0);
+        let c = Channels::new(Protocol::Nats, "n", a.group_size);
+        let g = Spread::new(&c, true, &a, &sent);
+        assert_eq!(g.name(3), "n.g.1");
+        let p = Spread::new(&c, false, &a, &sent);
+        assert_eq!(p.name(5), "n.u.2");
     }
 }

@@ -406,3 +406,120 @@ fn ws_protocol_against_the_baseline_server() {
     );
     assert!(doc["nodes"][0]["rss_after"].as_u64().unwrap() > 0, "{doc}");
 }
+
+/// `users` against the `baseline` server with the plain `ws` protocol: each user
+/// subscribes to its personal and its group channel on one connection
+/// (`/sub/<personal>,<group>`), and the backend publishes through
+/// `POST /publish/<channel>` with the data alone as body.
+#[test]
+fn users_over_the_plain_protocol_get_both_channels_on_one_connection() {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baseline"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start baseline");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr, &mut child, "baseline");
+    let server = Proc(child);
+    let mut args = strings(&["users", "--protocol", "ws", "--url"]);
+    args.extend([
+        format!("ws://127.0.0.1:{port}/sub/"),
+        "--server-pid".into(),
+        server.0.id().to_string(),
+    ]);
+    // 20 users in groups of 10, 2 publications/s each and 1/s per group, for 1 s.
+    args.extend(strings(&[
+        "--users",
+        "20",
+        "--group-size",
+        "10",
+        "--rate",
+        "2",
+        "--group-rate",
+        "1",
+        "--duration",
+        "1",
+        "--http-connections",
+        "2",
+        "--json",
+    ]));
+    let doc = bench_json(&args);
+    assert_eq!(doc["protocol"], "ws", "{doc}");
+    assert_eq!(
+        doc["publish_via"], "HTTP /publish/<channel> on 2 connection(s)",
+        "{doc}"
+    );
+    assert_eq!(doc["subscribed"], 20, "{doc}");
+    assert_eq!(doc["publications"]["accepted"], 42, "{doc}");
+    // Each user: its 2 personal publications and its group's 1, once each.
+    assert_eq!(doc["expected"], 60, "{doc}");
+    assert_eq!(doc["delivered"], 60, "{doc}");
+    assert_eq!(doc["extra"], 0, "{doc}");
+    assert_eq!(doc["latency_us"]["count"], 60, "{doc}");
+    assert!(doc["server_cpu"][0]["percent_of_core"].is_number(), "{doc}");
+}
+
+/// `users` against a nats-server (skipped where it is not installed): the backend
+/// publishes as a NATS client (`PUB` over WebSocket), each user has two `SUB`s.
+#[test]
+fn users_over_nats_publish_as_a_nats_client() {
+    let Some(nats) = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
+        eprintln!("nats-server is not installed: skipped");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("bench-nats-users-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ws_port = free_port();
+    let conf = dir.join("n.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{}\nwebsocket {{ listen: \"127.0.0.1:{ws_port}\", no_tls: true }}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(&nats)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let addr: SocketAddr = format!("127.0.0.1:{ws_port}").parse().unwrap();
+    wait_listening(addr, &mut child, "nats-server");
+    let server = Proc(child);
+    let url = format!("ws://127.0.0.1:{ws_port}/");
+    let mut args = strings(&["users", "--protocol", "nats", "--url", &url]);
+    args.extend(["--publish-url".into(), url.clone()]);
+    args.extend(strings(&[
+        "--users",
+        "20",
+        "--group-size",
+        "10",
+        "--rate",
+        "2",
+        "--group-rate",
+        "1",
+        "--duration",
+        "1",
+        "--json",
+    ]));
+    let doc = bench_json(&args);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(doc["protocol"], "nats", "{doc}");
+    assert_eq!(doc["publish_via"], "NATS PUB on 1 connection(s)", "{doc}");
+    assert_eq!(doc["subscribed"], 20, "{doc}");
+    assert_eq!(doc["publications"]["sent"], 42, "{doc}");
+    assert_eq!(doc["publications"]["accepted"], 42, "{doc}");
+    assert_eq!(doc["expected"], 60, "{doc}");
+    assert_eq!(doc["delivered"], 60, "{doc}");
+    assert_eq!(doc["extra"], 0, "{doc}");
+}

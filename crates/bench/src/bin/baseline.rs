@@ -5,13 +5,16 @@
 //!
 //! - `GET /sub/<channel>` with a WebSocket upgrade subscribes the connection to
 //!   `<channel>`; every publication arrives as one text (or binary) message holding
-//!   the published body as it was. What the client sends is ignored.
+//!   the published body as it was. What the client sends is ignored. Several
+//!   channels separated by commas (`/sub/<a>,<b>`) subscribe the one connection to
+//!   each (a channel name cannot hold a comma there); a publication reaches it once
+//!   per channel it was published to.
 //! - `POST /publish/<channel>` publishes the request body to every subscriber of the
 //!   channel and answers `200 {"delivered":N}` (keep-alive HTTP/1.1, `Content-Length`
 //!   bodies only).
 //!
 //! One task per connection with a bounded queue (mpsc); a subscriber whose queue is
-//! full is dropped (its socket closes). WebSocket read and write buffers of 4 KiB.
+//! full is dropped from every channel (its socket closes). WebSocket read and write buffers of 4 KiB.
 //!
 //!   baseline [--listen 127.0.0.1:0]
 //!
@@ -26,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -50,8 +53,15 @@ enum ConnError {
     Bad(&'static str),
 }
 
-/// A subscriber: its id and its queue.
-type Subscriber = (u64, mpsc::Sender<Message>);
+/// A subscriber as each of its channels holds it: its id, its queue, and how a
+/// publisher tells it that it was dropped as too slow (it may still be held by its
+/// other channels, so the queue alone would not close).
+#[derive(Clone)]
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Message>,
+    dropped: Arc<Notify>,
+}
 
 /// Subscribers by channel.
 #[derive(Default)]
@@ -60,23 +70,44 @@ struct Hub {
     next_id: AtomicU64,
 }
 
+/// The channels of a subscribe path's rest (`a,b`): empty names are skipped, and a
+/// name listed twice counts once (one delivery per publication and channel).
+fn channel_list(spec: &str) -> Vec<String> {
+    let mut list: Vec<String> = Vec::new();
+    for name in spec.split(',').filter(|c| !c.is_empty()) {
+        if !list.iter().any(|n| n == name) {
+            list.push(name.to_string());
+        }
+    }
+    list
+}
+
 impl Hub {
-    fn subscribe(&self, channel: &str, tx: mpsc::Sender<Message>) -> u64 {
+    /// Subscribes one queue to every channel of `channels`; returns its subscriber
+    /// id and the notification of its being dropped.
+    fn subscribe(&self, channels: &[String], tx: mpsc::Sender<Message>) -> (u64, Arc<Notify>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels
-            .entry(channel.to_string())
-            .or_default()
-            .push((id, tx));
-        id
+        let dropped = Arc::new(Notify::new());
+        let sub = Subscriber {
+            id,
+            tx,
+            dropped: dropped.clone(),
+        };
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        for channel in channels {
+            map.entry(channel.clone()).or_default().push(sub.clone());
+        }
+        (id, dropped)
     }
 
-    fn unsubscribe(&self, channel: &str, id: u64) {
-        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(subs) = channels.get_mut(channel) {
-            subs.retain(|(i, _)| *i != id);
-            if subs.is_empty() {
-                channels.remove(channel);
+    fn unsubscribe(&self, channels: &[String], id: u64) {
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        for channel in channels {
+            if let Some(subs) = map.get_mut(channel) {
+                subs.retain(|s| s.id != id);
+                if subs.is_empty() {
+                    map.remove(channel);
+                }
             }
         }
     }
@@ -88,7 +119,14 @@ impl Hub {
             return 0;
         };
         let before = subs.len();
-        subs.retain(|(_, tx)| tx.try_send(msg.clone()).is_ok());
+        subs.retain(|s| {
+            let queued = s.tx.try_send(msg.clone()).is_ok();
+            if !queued {
+                // Its task unsubscribes it from its other channels and closes.
+                s.dropped.notify_one();
+            }
+            queued
+        });
         let delivered = subs.len();
         if delivered < before {
             eprintln!(
@@ -192,17 +230,22 @@ async fn connection(mut stream: TcpStream, hub: Arc<Hub>) -> Result<(), ConnErro
     let mut buf = BytesMut::with_capacity(4096);
     while let Some(head) = read_head(&mut stream, &mut buf).await? {
         if head.method == "GET" && head.upgrade {
-            let Some(channel) = head.path.strip_prefix("/sub/").filter(|c| !c.is_empty()) else {
+            let channels = head
+                .path
+                .strip_prefix("/sub/")
+                .map(channel_list)
+                .unwrap_or_default();
+            if channels.is_empty() {
                 respond(&mut stream, "404 Not Found", b"{}").await?;
                 return Ok(());
-            };
+            }
             let key = head.ws_key.ok_or(ConnError::Bad("no Sec-WebSocket-Key"))?;
             if !buf.is_empty() {
                 // A client may not send frames before it has the 101.
                 return Err(ConnError::Bad("data after the upgrade request"));
             }
             drop(buf);
-            return subscriber(stream, hub, channel.to_string(), &key).await;
+            return subscriber(stream, hub, channels, &key).await;
         }
         if head.content_length > MAX_BODY {
             respond(&mut stream, "413 Payload Too Large", b"{}").await?;
@@ -239,15 +282,16 @@ fn message(body: Bytes) -> Message {
 }
 
 /// Subscribes before answering 101, so that a publication made once the client has
-/// the 101 reaches it; then forwards the queue to the socket until either side ends.
+/// the 101 reaches it; then forwards the queue to the socket until either side ends
+/// or a publisher drops it as too slow.
 async fn subscriber(
     mut stream: TcpStream,
     hub: Arc<Hub>,
-    channel: String,
+    channels: Vec<String>,
     key: &str,
 ) -> Result<(), ConnError> {
     let (tx, mut rx) = mpsc::channel(QUEUE);
-    let id = hub.subscribe(&channel, tx);
+    let (id, dropped) = hub.subscribe(&channels, tx);
     let result = async {
         let accept = starling_websocket::accept_key(key.as_bytes());
         let response = format!(
@@ -265,9 +309,10 @@ async fn subscriber(
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => ws.send(msg).await?,
-                    // Dropped as too slow by a publisher.
                     None => break,
                 },
+                // Dropped as too slow by a publisher.
+                () = dropped.notified() => break,
                 incoming = ws.next() => match incoming {
                     // Pings are answered by tungstenite itself; data is ignored.
                     Some(Ok(Message::Close(_))) | None => break,
@@ -280,7 +325,7 @@ async fn subscriber(
         Ok(())
     }
     .await;
-    hub.unsubscribe(&channel, id);
+    hub.unsubscribe(&channels, id);
     result
 }
 
@@ -368,8 +413,9 @@ mod tests {
         let hub = Hub::default();
         let (tx1, mut rx1) = mpsc::channel(QUEUE);
         let (tx2, rx2) = mpsc::channel(1);
-        let a = hub.subscribe("c", tx1);
-        hub.subscribe("c", tx2);
+        let c = channel_list("c");
+        let (a, _) = hub.subscribe(&c, tx1);
+        hub.subscribe(&c, tx2);
         assert_eq!(hub.publish("c", &message(Bytes::from_static(b"one"))), 2);
         // The second queue is full now: that subscriber is dropped.
         assert_eq!(hub.publish("c", &message(Bytes::from_static(b"two"))), 1);
@@ -377,11 +423,54 @@ mod tests {
         assert_eq!(rx1.try_recv().unwrap(), Message::text("one"));
         assert_eq!(rx1.try_recv().unwrap(), Message::text("two"));
         drop(rx2);
-        hub.unsubscribe("c", a);
+        hub.unsubscribe(&c, a);
         assert!(hub.channels.lock().unwrap().is_empty());
         assert_eq!(
             message(Bytes::from_static(&[0xff])),
             Message::Binary(Bytes::from_static(&[0xff]))
         );
+    }
+
+    #[test]
+    fn channel_lists() {
+        assert_eq!(channel_list("a:1"), vec!["a:1"]);
+        assert_eq!(channel_list("u:1,g:0"), vec!["u:1", "g:0"]);
+        assert_eq!(channel_list("a,,b,"), vec!["a", "b"]);
+        assert_eq!(channel_list("a,b,a"), vec!["a", "b"]);
+        assert!(channel_list("").is_empty());
+        assert!(channel_list(",").is_empty());
+    }
+
+    #[test]
+    fn one_queue_on_two_channels_gets_each_channels_publications_once() {
+        let hub = Hub::default();
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let both = channel_list("u:1,g:0");
+        let (id, _) = hub.subscribe(&both, tx);
+        assert_eq!(hub.publish("u:1", &message(Bytes::from_static(b"mine"))), 1);
+        assert_eq!(
+            hub.publish("g:0", &message(Bytes::from_static(b"group"))),
+            1
+        );
+        assert_eq!(rx.try_recv().unwrap(), Message::text("mine"));
+        assert_eq!(rx.try_recv().unwrap(), Message::text("group"));
+        assert!(rx.try_recv().is_err());
+        hub.unsubscribe(&both, id);
+        assert!(hub.channels.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_subscriber_from_every_channel() {
+        let hub = Hub::default();
+        let (tx, _rx) = mpsc::channel(1);
+        let both = channel_list("u:1,g:0");
+        let (id, dropped) = hub.subscribe(&both, tx);
+        assert_eq!(hub.publish("u:1", &message(Bytes::from_static(b"1"))), 1);
+        // The queue is full: dropped from g:0, and told so (the permit is stored).
+        assert_eq!(hub.publish("g:0", &message(Bytes::from_static(b"2"))), 0);
+        dropped.notified().await;
+        // Its task then leaves the channel it is still in.
+        hub.unsubscribe(&both, id);
+        assert!(hub.channels.lock().unwrap().is_empty());
     }
 }
