@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod ops;
 pub mod session;
 pub mod subscriptions;
+pub mod trim;
 pub mod upgrade;
