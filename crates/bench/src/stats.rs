@@ -180,7 +180,8 @@ pub fn parse_payload(data: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
-fn number_after(data: &[u8], key: &[u8]) -> Option<u64> {
+/// The unsigned number right after the first `key` in `data`.
+pub(crate) fn number_after(data: &[u8], key: &[u8]) -> Option<u64> {
     let at = data.windows(key.len()).position(|w| w == key)? + key.len();
     let digits = data[at..]
         .iter()

@@ -82,12 +82,7 @@ impl AppState {
     ) -> anyhow::Result<Arc<Self>> {
         let encoder = Arc::new(WireEncoder::new(config.websocket.compression_min_size));
         let counters = Arc::new(HubCounters::default());
-        // Big sweeps are shared among the runtime's workers (see `Hub::with_sweepers`).
-        let workers = tokio::runtime::Handle::try_current()
-            .map(|h| h.metrics().num_workers())
-            .unwrap_or(1);
         let mut hub = Hub::new(encoder.clone(), counters)
-            .with_sweepers(workers)
             .with_max_channels(config.server.max_channels)
             .with_max_history_bytes(config.server.history_max_bytes);
         let map: HashMap<String, NamespaceOptions> = config

@@ -344,14 +344,10 @@ pub struct Hub {
     broker: Option<Arc<dyn Broker>>,
     /// How long a replica channel stays after its last subscriber left.
     linger_ms: u64,
-    /// Threads that write to sockets (the runtime's workers): a big channel's sweep
-    /// writes this thread's share of the subscribers itself and leaves the rest to their
-    /// connections' tasks, which the other workers run meanwhile.
-    sweepers: usize,
 }
 
-/// Sweeps up to this many subscribers are written by the publishing thread alone: waking
-/// other threads costs more than the writes.
+/// Channels of up to this many subscribers are written directly by the publishing
+/// thread (see [`Hub::send_all`]).
 const SMALL_SWEEP: usize = 16;
 
 impl std::fmt::Debug for Hub {
@@ -387,15 +383,7 @@ impl Hub {
             max_history_bytes: u64::MAX,
             broker: None,
             linger_ms: replica::LINGER_MS,
-            sweepers: 1,
         }
-    }
-
-    /// Shares big sweeps among `threads` threads (the runtime's workers; default 1: the
-    /// publishing thread writes to every subscriber that keeps up).
-    pub fn with_sweepers(mut self, threads: usize) -> Self {
-        self.sweepers = threads.max(1);
-        self
     }
 
     /// Keeps a replica channel (and the node's broker subscription) `ms` milliseconds
@@ -653,10 +641,14 @@ impl Hub {
     }
 
     /// Queues one frame per format (made by `encode`, once per format) to every
-    /// subscriber of a channel. In a big channel the subscribers beyond this thread's
-    /// share are queued first and their tasks woken, so that the other workers write to
-    /// them while this thread writes its share directly (see [`Outbox::push`]). The
-    /// connection `skip` (a join's own client) gets nothing.
+    /// subscriber of a channel; the connection `skip` (a join's own client) gets nothing.
+    ///
+    /// A small channel's subscribers are written directly (see [`Outbox::push`]): no task
+    /// wake-up for a personal channel's publication. A big channel's are only queued and
+    /// their tasks woken: the sweep runs under the channel lock, and writing thousands of
+    /// sockets from here would hold that lock for tens of milliseconds, keep the other
+    /// workers idle, and, under load, cost one `send` per publication where a task that
+    /// fell behind writes all of its queued publications in one vectored write.
     fn send_all(
         &self,
         state: &ChannelState,
@@ -666,25 +658,14 @@ impl Hub {
         encode: impl Fn(FrameFormat) -> Bytes,
     ) {
         let mut frames: [Option<Bytes>; MAX_FORMATS] = Default::default();
-        let n = state.subscribers.len();
-        let own = if n <= SMALL_SWEEP {
-            n
-        } else {
-            n / self.sweepers
-        };
-        let mut each = |sub: &Subscriber, direct: bool| {
+        let direct = state.subscribers.len() <= SMALL_SWEEP;
+        for sub in state.subscribers.values() {
             if skip.is_some_and(|client| sub.info.client == client) {
-                return;
+                continue;
             }
             let slot = &mut frames[usize::from(sub.format.0) % MAX_FORMATS];
             let frame = slot.get_or_insert_with(|| encode(sub.format));
             self.queue(sub, frame.clone(), lossy, direct, tally);
-        };
-        for sub in state.subscribers.values().skip(own) {
-            each(sub, false);
-        }
-        for sub in state.subscribers.values().take(own) {
-            each(sub, true);
         }
     }
 
