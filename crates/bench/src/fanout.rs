@@ -163,6 +163,11 @@ struct Shared {
     setup_failed: AtomicUsize,
     /// Sum of deliveries so far (progress display).
     delivered: AtomicU64,
+    /// Subscribers done (complete, failed or stopped). A complete one keeps its
+    /// connection open until the run ends: closing it at once would make the server
+    /// handle thousands of closes while it still delivers the last publication to the
+    /// others, which inflated every server's last-second latency.
+    finished: AtomicUsize,
 }
 
 /// Runs the measurement and prints the figures.
@@ -248,6 +253,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         ready: AtomicUsize::new(0),
         setup_failed: AtomicUsize::new(0),
         delivered: AtomicU64::new(0),
+        finished: AtomicUsize::new(0),
     });
     let progress = {
         let shared = shared.clone();
@@ -360,7 +366,17 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let sent: u64 = pub_reports.iter().map(|(_, r)| r.sent).sum();
     let refused: u64 = pub_reports.iter().map(|(_, r)| r.refused).sum();
 
-    // Wait for deliveries: every subscriber completes, or the deadline passes.
+    // Wait for deliveries: every subscriber completes, or the deadline passes. Then
+    // they all close together.
+    let spawned = subs.len();
+    while shared.finished.load(Ordering::Relaxed) < spawned
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if tokio::time::Instant::now() < deadline {
+        let _ = stop_tx.send(true);
+    }
     let mut results = Vec::with_capacity(args.subscribers);
     loop {
         tokio::select! {
@@ -634,6 +650,7 @@ impl Subscriber {
                 if !matches!(e, crate::sub::SetupError::Gate) {
                     self.shared.setup_failed.fetch_add(1, Ordering::Relaxed);
                 }
+                self.shared.finished.fetch_add(1, Ordering::Relaxed);
                 return failed(e.to_string());
             }
         };
@@ -681,6 +698,12 @@ impl Subscriber {
                 break end;
             }
         };
+        self.shared.finished.fetch_add(1, Ordering::Relaxed);
+        if matches!(end, End::Complete) {
+            // Keep the connection until every subscriber is done (see `Shared::finished`).
+            crate::idle::stopped(&mut stop).await;
+        }
+        drop(client);
         SubResult {
             node,
             check,
