@@ -39,6 +39,7 @@ mod sub;
 mod table;
 mod timeline;
 mod users;
+mod wire;
 
 use std::process::ExitCode;
 
@@ -85,6 +86,9 @@ enum Cmd {
     /// N users, each on a personal and a group channel; HTTP publications to every
     /// personal channel once a second: latency over time, loss, server CPU.
     Users(users::UsersArgs),
+    /// Bytes on the wire per delivered publication by encoding (JSON, MessagePack, each
+    /// with and without permessage-deflate), with the encode CPU; no server needed.
+    Wire(wire::WireArgs),
 }
 
 fn main() -> ExitCode {
@@ -111,6 +115,10 @@ fn main() -> ExitCode {
             Cmd::Slow(args) => slow::run(args).await,
             Cmd::Publish(args) => publish::run(args).await,
             Cmd::Users(args) => users::run(args).await,
+            Cmd::Wire(args) => {
+                wire::run(&args);
+                Ok(())
+            }
         }
     });
     // Do not wait for lingering connection tasks.
@@ -133,6 +141,7 @@ fn warn_fd_limit(cmd: &Cmd) {
         Cmd::Slow(a) => a.subscribers + 2,
         Cmd::Publish(a) => a.publishers,
         Cmd::Users(a) => a.users + a.http_connections * 2,
+        Cmd::Wire(_) => 0,
     };
     let limit = std::fs::read_to_string("/proc/self/limits")
         .ok()
