@@ -29,7 +29,7 @@ use crate::peer::{Protocol, Seen, Session, handshake};
 use crate::report::{Progress, Rate, percentiles_json, say};
 use crate::server::{metrics_text, nonzero_lines};
 use crate::stats::{LatencyShards, OrderCheck, Percentiles, now_us, payload, per_second};
-use crate::table::{RunRow, run_table};
+use crate::table::RunRow;
 
 /// How the publisher publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -556,28 +556,23 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         latency: lat,
         server_cpu: crate::cpu::total_percent(&server_cpu),
     };
-    if targets.len() == 1 {
-        table_rows.clear();
-    }
-    table_rows.push(all_row);
-    say!("");
-    for line in run_table(&table_rows).render().lines() {
-        say!("{line}");
-    }
-    if let Some(path) = &args.plot {
-        let title = format!(
-            "fanout: {subscribed} subscribers ({:?}), {}",
-            args.protocol,
-            if args.burst {
-                "burst".to_string()
-            } else {
-                format!("{} publications/s", args.rate)
-            }
-        );
-        crate::plot::write(path, &title, &points)
-            .with_context(|| format!("writing {}", path.display()))?;
-        say!("plot: {}", path.display());
-    }
+    let title = format!(
+        "fanout: {subscribed} subscribers ({:?}), {}",
+        args.protocol,
+        if args.burst {
+            "burst".to_string()
+        } else {
+            format!("{} publications/s", args.rate)
+        }
+    );
+    crate::table::finish(
+        table_rows,
+        all_row,
+        targets.len() == 1,
+        args.plot
+            .as_deref()
+            .map(|path| (path, title.as_str(), points.as_slice())),
+    )?;
     if args.json {
         let doc = json!({
             "scenario": "fanout",

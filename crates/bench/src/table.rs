@@ -2,6 +2,7 @@
 //! as a Markdown table whose columns line up, so that it reads on a terminal and
 //! pastes into docs/BENCHMARKS.md.
 
+use crate::report::say;
 use crate::stats::Percentiles;
 
 /// Rows of text cells under a header.
@@ -160,6 +161,32 @@ pub fn run_table(rows: &[RunRow]) -> Table {
         ]);
     }
     t
+}
+
+/// Ends a `fanout` or `users` run for a person: prints the final table (the per-node
+/// `rows`, left out when there is one node, then `all`) and writes the latency plot when
+/// `plot` asks for one.
+pub fn finish(
+    mut rows: Vec<RunRow>,
+    all: RunRow,
+    single_node: bool,
+    plot: Option<(&std::path::Path, &str, &[crate::timeline::Point])>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if single_node {
+        rows.clear();
+    }
+    rows.push(all);
+    say!("");
+    for line in run_table(&rows).render().lines() {
+        say!("{line}");
+    }
+    if let Some((path, title, points)) = plot {
+        crate::plot::write(path, title, points)
+            .with_context(|| format!("writing {}", path.display()))?;
+        say!("plot: {}", path.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

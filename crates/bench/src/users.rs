@@ -32,7 +32,7 @@ use crate::httppub::{ChannelIn, HttpApi, PubReport, Schedule};
 use crate::peer::{Protocol, Seen, Session, handshake, nats_pub};
 use crate::report::{Progress, Rate, percentiles_json, say};
 use crate::stats::{ErrorTally, LatencyShards, Percentiles, now_us, payload, per_second};
-use crate::table::{RunRow, run_table};
+use crate::table::RunRow;
 use crate::timeline::{Sampler, points_json};
 
 /// Arguments of `users`.
@@ -749,26 +749,21 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
             "latency_us": percentiles_json(&node_lat),
         }));
     }
-    if targets.len() == 1 {
-        rows.clear();
-    }
-    rows.push(row);
-    say!("");
-    for line in run_table(&rows).render().lines() {
-        say!("{line}");
-    }
-    if let Some(path) = &args.plot {
-        let title = format!(
-            "users: {} users ({:?}), {} publications/s, groups of {}",
-            subscribed,
-            args.protocol,
-            (personal.per_s + group.per_s).round(),
-            args.group_size
-        );
-        crate::plot::write(path, &title, &points)
-            .with_context(|| format!("writing {}", path.display()))?;
-        say!("plot: {}", path.display());
-    }
+    let title = format!(
+        "users: {} users ({:?}), {} publications/s, groups of {}",
+        subscribed,
+        args.protocol,
+        (personal.per_s + group.per_s).round(),
+        args.group_size
+    );
+    crate::table::finish(
+        rows,
+        row,
+        targets.len() == 1,
+        args.plot
+            .as_deref()
+            .map(|path| (path, title.as_str(), points.as_slice())),
+    )?;
     if args.json {
         let doc = json!({
             "scenario": "users",
