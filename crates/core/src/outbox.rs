@@ -176,6 +176,25 @@ impl State {
     }
 }
 
+/// How [`Outbox::push_as`] treats a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Push {
+    /// Drop the frame when the queue is full, instead of cutting the connection.
+    pub lossy: bool,
+    /// May be written straight into the socket when nothing is queued.
+    pub direct: bool,
+}
+
+impl Default for Push {
+    /// Not lossy; direct.
+    fn default() -> Self {
+        Push {
+            lossy: false,
+            direct: true,
+        }
+    }
+}
+
 /// Whether a push was queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -207,28 +226,19 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame. Never blocks on the socket. A frame that does not fit marks the
-    /// outbox for a slow-consumer disconnect.
+    /// Queues a frame, or writes it straight into the socket when nothing waits before it.
+    /// Never blocks on the socket. A frame that does not fit marks the outbox for a
+    /// slow-consumer disconnect.
     pub fn push(&self, frame: Bytes) -> PushOutcome {
-        self.enqueue(frame, false, true)
+        self.push_as(frame, Push::default())
     }
 
-    /// Queues a frame for the connection's task to write, never writing it directly
-    /// (another thread will: the big sweeps share their writes among threads).
-    pub fn push_queued(&self, frame: Bytes) -> PushOutcome {
-        self.enqueue(frame, false, false)
-    }
-
-    /// [`Outbox::push_lossy`], never writing directly (as [`Outbox::push_queued`]).
-    pub fn push_lossy_queued(&self, frame: Bytes) -> PushOutcome {
-        self.enqueue(frame, true, false)
-    }
-
-    /// Queues a frame of a lossy subscription: when the queue is full the frame is
-    /// dropped instead of cutting the connection, so the client skips ahead to newer
-    /// publications once it catches up.
-    pub fn push_lossy(&self, frame: Bytes) -> PushOutcome {
-        self.enqueue(frame, true, true)
+    /// Queues a frame the way `how` says: `lossy` (a lossy subscription's frame is dropped
+    /// when the queue is full instead of cutting the connection, so the client skips ahead
+    /// to newer publications once it catches up) and `direct` (whether it may be written
+    /// straight into the socket; otherwise the connection's task writes it).
+    pub fn push_as(&self, frame: Bytes, how: Push) -> PushOutcome {
+        self.enqueue(frame, how.lossy, how.direct)
     }
 
     fn enqueue(&self, frame: Bytes, lossy: bool, direct: bool) -> PushOutcome {
@@ -583,7 +593,13 @@ mod tests {
             PushOutcome::Closed
         );
         assert_eq!(
-            outbox.push_lossy(Bytes::from_static(b"data")),
+            outbox.push_as(
+                Bytes::from_static(b"data"),
+                Push {
+                    lossy: true,
+                    direct: true
+                }
+            ),
             PushOutcome::Closed
         );
         assert!(

@@ -21,7 +21,7 @@ use crate::engine::Broker;
 use crate::history::{History, HistoryError, HistoryPolicy, HistoryQuery};
 use crate::journal::{DurableAck, Journal, JournalError};
 use crate::metrics::HubCounters;
-use crate::outbox::{Outbox, PushOutcome};
+use crate::outbox::{Outbox, Push, PushOutcome};
 use crate::presence::UserCounts;
 use members::Members;
 
@@ -674,12 +674,7 @@ impl Hub {
     /// subscriber).
     fn queue(&self, sub: &Subscriber, frame: Bytes, lossy: bool, direct: bool, tally: &mut Tally) {
         let len = frame.len();
-        let outcome = match (lossy, direct) {
-            (false, true) => sub.outbox.push(frame),
-            (true, true) => sub.outbox.push_lossy(frame),
-            (false, false) => sub.outbox.push_queued(frame),
-            (true, false) => sub.outbox.push_lossy_queued(frame),
-        };
+        let outcome = sub.outbox.push_as(frame, Push { lossy, direct });
         match outcome {
             PushOutcome::Queued | PushOutcome::Written => {
                 tally.queued += 1;
