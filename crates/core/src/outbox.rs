@@ -407,6 +407,23 @@ impl Outbox {
         Poll::Pending
     }
 
+    /// Registers the task to be woken by [`Outbox::wake_task`] (and by pushes), whatever
+    /// the queue holds: a task waiting on its socket's write readiness still needs its
+    /// timers.
+    pub fn register_waker(&self, cx: &mut Context<'_>) {
+        let mut state = self.state.lock();
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+    }
+
+    /// Wakes the connection's task (its timer is due), if it registered a waker.
+    pub fn wake_task(&self) {
+        let waker = self.state.lock().wake();
+        wake(waker);
+    }
+
     /// Waits until there is something to write or a disconnect request.
     pub async fn ready(&self) {
         std::future::poll_fn(|cx| self.poll_ready(cx)).await

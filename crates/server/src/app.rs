@@ -64,6 +64,8 @@ pub struct AppState {
     pub handler: Option<Arc<NodeHandler>>,
     /// The other nodes, as their heartbeats tell.
     pub nodes: crate::cluster::Nodes,
+    /// Connection deadlines (keepalive, timeouts), driven by one task from [`run`].
+    pub wheel: Arc<crate::wheel::TimerWheel<starling_core::Outbox>>,
     next_key: AtomicU64,
 }
 
@@ -167,6 +169,7 @@ impl AppState {
                 engine,
                 handler,
                 nodes: crate::cluster::Nodes::new(node_timeout),
+                wheel: Arc::default(),
                 next_key: AtomicU64::new(1),
                 config,
             }
@@ -344,6 +347,7 @@ pub async fn run(
         })
     };
     let checker = start_engine(&state);
+    let wheel = tokio::spawn(state.wheel.clone().drive());
     let header_timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
     tokio::pin!(shutdown);
     loop {
@@ -414,6 +418,7 @@ pub async fn run(
         );
     }
     sweeper.abort();
+    wheel.abort();
     if let Some(checker) = checker {
         checker.abort();
     }

@@ -25,6 +25,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+impl crate::wheel::Ring for Outbox {
+    fn ring(&self) {
+        self.wake_task();
+    }
+}
+
 use crate::app::AppState;
 use crate::encoder::WireEncoder;
 use crate::session::Session;
@@ -61,32 +67,169 @@ pub struct Negotiated {
 
 /// Runs a connection until it closes. `leftover` holds bytes that arrived with the
 /// upgrade request.
-pub async fn run(stream: TcpStream, leftover: Bytes, negotiated: Negotiated, state: Arc<AppState>) {
+///
+/// The returned future is the whole connection task: a hand-written state machine rather
+/// than an `async fn`, so that an idle connection's task holds exactly the driver and a
+/// few words (see `size_tests`), not an async block's copies of its locals.
+pub fn run(
+    stream: TcpStream,
+    leftover: Bytes,
+    negotiated: Negotiated,
+    state: Arc<AppState>,
+) -> ConnectionTask {
     let mut driver = Driver::new(negotiated, state);
-    let key = driver.key;
     // Shared with the outbox, so that a push to an empty queue (the fan-out loop) writes
     // straight into the socket.
     let socket = Arc::new(Socket(stream));
     driver.outbox.attach(socket.clone());
-    let finish = driver.serve(&socket.0, leftover).await;
-    // Once detached, no push writes to the socket any more: this task owns it again.
-    driver.outbox.detach();
-    debug!(
-        key,
-        graceful = matches!(finish, Ok(Finish::Graceful)),
-        "connection loop ended"
-    );
-    match finish {
-        // Boxed: its buffer would otherwise sit in every idle connection's task.
-        Ok(Finish::Graceful) => {
-            if let Ok(Socket(stream)) = Arc::try_unwrap(socket) {
-                Box::pin(close_tcp(stream)).await;
+    if !leftover.is_empty() {
+        driver.receive(&leftover);
+    }
+    ConnectionTask {
+        driver,
+        socket: Some(socket),
+        armed: None,
+        closing: false,
+        finishing: None,
+    }
+}
+
+/// One connection, from its upgrade to its close (see [`run`]).
+pub struct ConnectionTask {
+    driver: Driver,
+    /// Taken back (to close it) once the loop ended.
+    socket: Option<Arc<Socket>>,
+    /// The wheel tick this connection's outbox is armed for (see `crate::wheel`).
+    armed: Option<u64>,
+    /// The close handshake began (our close frame is queued).
+    closing: bool,
+    /// After a graceful close: shutting TCP down and draining what the peer still sends.
+    /// Boxed: its buffer would otherwise sit in every idle connection's task.
+    finishing: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Future for ConnectionTask {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        // Every field is `Unpin` (the close future is boxed).
+        let this = self.get_mut();
+        if let Some(finishing) = &mut this.finishing {
+            return finishing.as_mut().poll(cx);
+        }
+        let finish = match this.serve(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(finish) => finish,
+        };
+        // Once detached, no push writes to the socket any more: this task owns it again.
+        this.driver.outbox.detach();
+        let key = this.driver.key;
+        debug!(
+            key,
+            graceful = matches!(finish, Ok(Finish::Graceful)),
+            "connection loop ended"
+        );
+        match finish {
+            Ok(Finish::Graceful) => {
+                // The socket's only other holder was the outbox, detached above.
+                let Some(Ok(Socket(stream))) = this.socket.take().map(Arc::try_unwrap) else {
+                    return Poll::Ready(());
+                };
+                let mut finishing = Box::pin(close_tcp(stream));
+                let done = finishing.as_mut().poll(cx);
+                this.finishing = Some(finishing);
+                done
+            }
+            Ok(Finish::PeerGone) => Poll::Ready(()),
+            Err(e) => {
+                debug!(key, "connection ended: {e}");
+                Poll::Ready(())
             }
         }
-        Ok(Finish::PeerGone) => {}
-        Err(e) => debug!(key, "connection ended: {e}"),
+        // The driver's `Drop` (with the task) leaves the channels and the registry, also
+        // on a panic.
     }
-    // The driver's `Drop` leaves the channels and the registry, also on a panic.
+}
+
+impl ConnectionTask {
+    /// The connection loop: writes what is queued, then handles whatever is ready (the
+    /// timer, a pending engine command, the socket, the outbox) until nothing is.
+    fn serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<Finish>> {
+        let driver = &mut self.driver;
+        let Some(Socket(stream)) = self.socket.as_deref() else {
+            return Poll::Ready(Ok(Finish::PeerGone));
+        };
+        loop {
+            driver.flush(stream)?;
+            if !self.closing
+                && let Some(disconnect) = driver.outbox.pending_disconnect()
+            {
+                driver.start_close(disconnect);
+                self.closing = true;
+                continue;
+            }
+            if driver.ws.is_closed() && !driver.outbox.has_frames() {
+                return Poll::Ready(Ok(Finish::Graceful));
+            }
+            let due = driver.deadline();
+            let wheel = &driver.state.wheel;
+            match self.armed {
+                // Rung (maybe early, at the wheel's horizon): `tick` checks what is due,
+                // and the next turn arms again.
+                Some(tick) if wheel.fired(tick) => {
+                    self.armed = None;
+                    match driver.tick() {
+                        Tick::Nothing => {}
+                        Tick::SendPing => driver
+                            .outbox
+                            .push_control(starling_websocket::encode_control(OpCode::Ping, b"")),
+                        Tick::Close(code) => driver.outbox.disconnect(code),
+                        Tick::Abort => return Poll::Ready(Ok(Finish::PeerGone)),
+                    }
+                    continue;
+                }
+                // Armed early enough: a deadline that moved later (traffic arrived) costs
+                // nothing now, only an early ring later.
+                Some(tick) if tick <= wheel.tick_of(due) => {}
+                _ => self.armed = Some(wheel.arm(due, &driver.outbox)),
+            }
+            // While a command waits for the cluster engine, nothing more is read: commands
+            // run in order, and TCP pushes back on a client that keeps sending.
+            let waiting = match &mut driver.role {
+                Role::Client(session) if session.is_pending() => {
+                    if let Poll::Ready(result) = session.poll_pending(cx) {
+                        if let Err(code) = result {
+                            driver.outbox.disconnect(code);
+                        }
+                        continue;
+                    }
+                    true
+                }
+                _ => false,
+            };
+            if !waiting && let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                ready?;
+                if !driver.read(stream)? {
+                    return Poll::Ready(Ok(Finish::PeerGone));
+                }
+                continue;
+            }
+            if driver.outbox.has_frames() {
+                if let Poll::Ready(ready) = stream.poll_write_ready(cx) {
+                    ready?;
+                    continue;
+                }
+                driver.outbox.register_waker(cx);
+            } else if self.closing {
+                // (The pending disconnect would keep the outbox ready: only this task
+                // queues frames now; the waker is for the timer.)
+                driver.outbox.register_waker(cx);
+            } else if driver.outbox.poll_ready(cx).is_ready() {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
 }
 
 /// The connection's socket, shared between its task and its outbox's direct writes.
@@ -198,16 +341,6 @@ fn spread_hash(key: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Why the connection's task woke up.
-enum Wake {
-    Read,
-    Write,
-    Outbox,
-    Timer,
-    /// A command that waited for the cluster engine finished.
-    Session(Result<(), DisconnectCode>),
-}
-
 /// What the timer decided.
 enum Tick {
     Nothing,
@@ -259,96 +392,6 @@ impl Driver {
             role,
             timers: Timers::new(&state, key),
             state,
-        }
-    }
-
-    async fn serve(&mut self, stream: &TcpStream, leftover: Bytes) -> std::io::Result<Finish> {
-        if !leftover.is_empty() {
-            self.receive(&leftover);
-        }
-        let mut armed = self.deadline();
-        let sleep = tokio::time::sleep_until(armed);
-        tokio::pin!(sleep);
-        let mut closing = false;
-        loop {
-            self.flush(stream)?;
-            if !closing && let Some(disconnect) = self.outbox.pending_disconnect() {
-                self.start_close(disconnect);
-                closing = true;
-                continue;
-            }
-            if self.ws.is_closed() && !self.outbox.has_frames() {
-                return Ok(Finish::Graceful);
-            }
-            let want_write = self.outbox.has_frames();
-            // Re-arming the timer costs a timer-wheel update: only when the deadline moved.
-            // Never re-arm in the past: a deadline that stays due would turn this loop
-            // into a busy spin.
-            let due = self.deadline();
-            let now = Instant::now();
-            let next = if due > now {
-                due
-            } else {
-                now + Duration::from_millis(1)
-            };
-            if next != armed {
-                armed = next;
-                sleep.as_mut().reset(armed);
-            }
-            // One poll over everything this connection waits for. No `select!`: its
-            // branch futures (readiness waiters, a `Notified`) would sit in every idle
-            // connection's task; polling readiness directly keeps the wakers in the
-            // socket's registration and the outbox.
-            let role = &mut self.role;
-            let wake = std::future::poll_fn(|cx| {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(Wake::Timer));
-                }
-                // While a command waits for the cluster engine, nothing more is read:
-                // commands run in order, and TCP pushes back on a client that keeps
-                // sending.
-                let waiting = match role {
-                    Role::Client(session) if session.is_pending() => {
-                        if let Poll::Ready(result) = session.poll_pending(cx) {
-                            return Poll::Ready(Ok(Wake::Session(result)));
-                        }
-                        true
-                    }
-                    _ => false,
-                };
-                if !waiting && let Poll::Ready(ready) = stream.poll_read_ready(cx) {
-                    return Poll::Ready(ready.map(|()| Wake::Read));
-                }
-                if want_write {
-                    if let Poll::Ready(ready) = stream.poll_write_ready(cx) {
-                        return Poll::Ready(ready.map(|()| Wake::Write));
-                    }
-                } else if !closing && self.outbox.poll_ready(cx).is_ready() {
-                    // (Once closing, the pending disconnect would keep it ready: only
-                    // this task queues frames then.)
-                    return Poll::Ready(Ok(Wake::Outbox));
-                }
-                Poll::Pending
-            })
-            .await?;
-            match wake {
-                Wake::Read => {
-                    if !self.read(stream)? {
-                        return Ok(Finish::PeerGone);
-                    }
-                }
-                Wake::Write | Wake::Outbox | Wake::Session(Ok(())) => {}
-                Wake::Session(Err(code)) => self.outbox.disconnect(code),
-                Wake::Timer => match self.tick() {
-                    Tick::Nothing => {}
-                    Tick::SendPing => {
-                        self.outbox
-                            .push_control(starling_websocket::encode_control(OpCode::Ping, b""));
-                    }
-                    Tick::Close(code) => self.outbox.disconnect(code),
-                    Tick::Abort => return Ok(Finish::PeerGone),
-                },
-            }
         }
     }
 
@@ -685,6 +728,7 @@ mod size_tests {
         };
         let task = run(server, Bytes::new(), negotiated, state);
         let size = std::mem::size_of_val(&task);
+        eprintln!("connection future: {size} bytes");
         assert!(size <= 800, "connection future is {size} bytes");
         assert!(std::mem::size_of::<Connection>() <= 160);
     }

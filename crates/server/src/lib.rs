@@ -18,3 +18,4 @@ pub mod session;
 pub mod subscriptions;
 pub mod trim;
 pub mod upgrade;
+pub mod wheel;
