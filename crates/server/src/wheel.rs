@@ -66,10 +66,9 @@ impl<T: Ring> TimerWheel<T> {
         u64::try_from(since.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX)
     }
 
-    /// Arms `target` for the tick of `at` (or the first tick not fired yet when `at` is
-    /// past, or the horizon, whichever applies) and returns the tick armed.
-    pub fn arm(&self, at: Instant, target: &Arc<T>) -> u64 {
-        let wanted = self.tick_of(at);
+    /// Arms `target` for tick `wanted` (or the first tick not fired yet when that one
+    /// has, or the horizon, whichever applies) and returns the tick armed.
+    pub fn arm(&self, wanted: u64, target: &Arc<T>) -> u64 {
         loop {
             let next = self.next.load(Ordering::Acquire);
             let tick = wanted.clamp(next, next.saturating_add(SLOTS - 1));
@@ -157,7 +156,7 @@ mod tests {
         let start = Instant::now();
         let wheel = TimerWheel::new(start);
         let count = Arc::new(Count::default());
-        let armed = wheel.arm(start + Duration::from_millis(120), &count);
+        let armed = wheel.arm(wheel.tick_of(start + Duration::from_millis(120)), &count);
         assert_eq!(armed, 3, "120 ms rounds up to the third 50 ms tick");
         wheel.advance(start + Duration::from_millis(149));
         assert_eq!(rung(&count), 0);
@@ -176,7 +175,7 @@ mod tests {
         let wheel = TimerWheel::new(start);
         wheel.advance(start + Duration::from_secs(1));
         let count = Arc::new(Count::default());
-        let armed = wheel.arm(start, &count);
+        let armed = wheel.arm(wheel.tick_of(start), &count);
         // Armed for the first unfired tick: rung by the next advance, not lost.
         assert!(!wheel.fired(armed));
         wheel.advance(start + Duration::from_millis(1050));
@@ -188,13 +187,16 @@ mod tests {
         let start = Instant::now();
         let wheel = TimerWheel::new(start);
         let count = Arc::new(Count::default());
-        let armed = wheel.arm(start + Duration::from_secs(3600), &count);
+        let armed = wheel.arm(wheel.tick_of(start + Duration::from_secs(3600)), &count);
         assert_eq!(armed, SLOTS - 1);
         let horizon = start + TICK * u32::try_from(SLOTS).unwrap_or(u32::MAX);
         wheel.advance(horizon);
         assert_eq!(rung(&count), 1, "rung at the horizon to arm again");
         // A deadline decades away does not overflow.
-        let armed = wheel.arm(start + Duration::from_secs(30 * 365 * 24 * 3600), &count);
+        let armed = wheel.arm(
+            wheel.tick_of(start + Duration::from_secs(30 * 365 * 24 * 3600)),
+            &count,
+        );
         assert!(armed <= 2 * SLOTS);
     }
 
@@ -205,12 +207,12 @@ mod tests {
         let counts: Vec<_> = (0..100u64)
             .map(|i| {
                 let count = Arc::new(Count::default());
-                wheel.arm(start + Duration::from_millis(10 * i), &count);
+                wheel.arm(wheel.tick_of(start + Duration::from_millis(10 * i)), &count);
                 count
             })
             .collect();
         let gone = Arc::new(Count::default());
-        wheel.arm(start + Duration::from_millis(500), &gone);
+        wheel.arm(wheel.tick_of(start + Duration::from_millis(500)), &gone);
         drop(gone);
         // One late advance fires every tick missed since; the dropped entry is skipped.
         assert_eq!(wheel.advance(start + Duration::from_secs(5)), 100);
