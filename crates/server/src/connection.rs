@@ -60,8 +60,15 @@ pub struct Negotiated {
 }
 
 /// Runs a connection until it closes. `leftover` holds bytes that arrived with the
-/// upgrade request.
-pub async fn run(stream: TcpStream, leftover: Bytes, negotiated: Negotiated, state: Arc<AppState>) {
+/// upgrade request; `slots` are the connection's places, held until it ends.
+pub async fn run(
+    stream: TcpStream,
+    leftover: Bytes,
+    negotiated: Negotiated,
+    state: Arc<AppState>,
+    slots: crate::upgrade::Slots,
+) {
+    let _slots = slots;
     let mut driver = Driver::new(negotiated, state);
     let key = driver.key;
     // Shared with the outbox, so that a push to an empty queue (the fan-out loop) writes
@@ -683,7 +690,8 @@ mod size_tests {
             deflate: None,
             format: FrameFormat(0),
         };
-        let task = run(server, Bytes::new(), negotiated, state);
+        let slots = crate::upgrade::Slots::none(state.clone());
+        let task = run(server, Bytes::new(), negotiated, state, slots);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 800, "connection future is {size} bytes");
         assert!(std::mem::size_of::<Connection>() <= 160);
