@@ -10,14 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use starling_core::{
     HistoryPolicy, Hub, HubCounters, NamespaceOptions, Namespaces, Node, NodeHandler, Registry,
 };
 use starling_protocol::codes;
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::auth::Auth;
 use crate::cluster::ClusterEngine;
@@ -348,7 +347,6 @@ pub async fn run(
     };
     let checker = start_engine(&state);
     let wheel = tokio::spawn(state.wheel.clone().drive());
-    let header_timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -363,28 +361,10 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = service.clone();
-                // The peer's address travels with WebSocket upgrade requests, for the
-                // per-address limits (only those: the extension costs an allocation).
-                let service = hyper::service::service_fn(
-                    move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        if req.uri().path() == crate::upgrade::PATH {
-                            req.extensions_mut()
-                                .insert(axum::extract::ConnectInfo(peer));
-                        }
-                        hyper::service::Service::call(&service, req)
-                    },
-                );
-                tokio::spawn(async move {
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(header_timeout)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades();
-                    if let Err(e) = conn.await {
-                        debug!(%peer, "http connection ended: {e}");
-                    }
-                });
+                // One task per socket: it reads the first request head itself, runs a
+                // WebSocket connection to its end, and hands anything else to hyper.
+                let task = crate::accept::serve(stream, peer.ip(), state.clone(), service.clone());
+                tokio::spawn(task);
             }
             () = &mut shutdown => break,
         }

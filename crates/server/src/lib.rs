@@ -1,6 +1,7 @@
 //! The Starling server: configuration, the HTTP API, the WebSocket endpoint, auth,
 //! metrics and graceful shutdown, around the hub of `starling-core`.
 
+pub mod accept;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -207,31 +207,13 @@ fn index_of(node: &str) -> usize {
 
 /// `GET /ready` on an open keep-alive connection: the status and the `status` field.
 async fn ready_on(stream: &mut tokio::net::TcpStream) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     stream
         .write_all(b"GET /ready HTTP/1.1\r\nHost: node\r\n\r\n")
         .await
         .expect("write");
-    let head = common::read_head(stream).await;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head}"));
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no content-length in {head}"));
-    let mut body = vec![0; length];
-    tokio::time::timeout(WAIT, stream.read_exact(&mut body))
-        .await
-        .expect("body in time")
-        .expect("read body");
-    let body: Value = serde_json::from_slice(&body).expect("json body");
+    let (status, body) = common::read_response(stream).await;
+    let body: Value = serde_json::from_str(&body).expect("json body");
     let field = body["status"].as_str().unwrap_or_default().to_string();
     (status, field)
 }

@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{Client, Server, WAIT, http_raw, raw_exchange, read_head, upgrade_request};
+use common::{
+    Client, Server, WAIT, http_raw, raw_exchange, read_head, read_response, upgrade_request,
+};
 use serde_json::json;
 use starling_websocket::{OpCode, encode_client_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -461,4 +463,207 @@ fn inflate(payload: &[u8]) -> Vec<u8> {
         .decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
         .expect("inflate");
     out
+}
+
+/// The text of server frames until one contains `needle`; returns that one.
+async fn text_until(stream: &mut TcpStream, needle: &str) -> String {
+    let mut buf = Vec::new();
+    loop {
+        for (_, payload) in read_messages(stream, &mut buf).await {
+            let text = String::from_utf8_lossy(&payload).into_owned();
+            if text.contains(needle) {
+                return text;
+            }
+        }
+    }
+}
+
+/// A `connect` command frame, as a client masks it.
+fn connect_frame() -> Vec<u8> {
+    encode_client_frame(
+        OpCode::Text,
+        true,
+        false,
+        br#"{"id":1,"connect":{}}"#,
+        [7, 1, 7, 1],
+    )
+}
+
+/// The server reads request heads itself: one that arrives a byte per write upgrades.
+#[tokio::test]
+async fn head_sent_byte_by_byte_upgrades() {
+    let server = Server::start(&["--dev"]);
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let request = upgrade_request(&server.addr.to_string(), "Sec-WebSocket-Version: 13\r\n");
+    for byte in request.as_bytes() {
+        stream
+            .write_all(std::slice::from_ref(byte))
+            .await
+            .expect("write");
+    }
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    stream.write_all(&connect_frame()).await.expect("connect");
+    let reply = text_until(&mut stream, "\"id\":1").await;
+    assert!(reply.contains("\"connect\":{"), "{reply}");
+}
+
+/// An upgrade request whose head passes 8 KiB gets 431 and the connection closes; other
+/// requests keep hyper's larger limit.
+#[tokio::test]
+async fn upgrade_head_over_8_kib_gets_431() {
+    let server = Server::start(&["--dev"]);
+    let host = server.addr.to_string();
+    let pad = format!("X-Pad: {}\r\n", "a".repeat(9000));
+    let request = upgrade_request(&host, &format!("Sec-WebSocket-Version: 13\r\n{pad}"));
+    let text = raw_exchange(server.addr, request.as_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.ends_with("request head over 8192 bytes\n"), "{text}");
+    let (status, body) = http_raw(
+        server.addr,
+        format!("GET /health HTTP/1.1\r\nHost: {host}\r\n{pad}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_refused(&server, 1).await;
+}
+
+/// The node counted `n` refused upgrades.
+async fn assert_refused(server: &Server, n: u64) {
+    assert_eq!(
+        server.metric("starling_upgrades_refused_total").await,
+        Some(n)
+    );
+}
+
+/// Refused upgrades get a plain HTTP/1.1 answer with the reason, and the connection
+/// closes (the client here does not ask for that).
+#[tokio::test]
+async fn bad_upgrade_requests_get_400_with_the_reason_and_close() {
+    let server = Server::start(&["--dev"]);
+    let cases = [
+        (
+            "GET /connection/websocket HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "missing Sec-WebSocket-Key header\n",
+        ),
+        (
+            "GET /connection/websocket?format=json HTTP/1.1\r\nHost: h\r\n\r\n",
+            "missing or invalid Upgrade header (expected websocket)\n",
+        ),
+        (
+            "GET /connection/websocket HTTP/1.0\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "WebSocket handshake requires HTTP/1.1 or later\n",
+        ),
+    ];
+    for (request, reason) in cases {
+        let text = raw_exchange(server.addr, request.as_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        assert_eq!(body, reason);
+        let head = head.to_ascii_lowercase();
+        for line in [
+            "\r\ncontent-type: text/plain; charset=utf-8\r\n".to_string(),
+            format!("\r\ncontent-length: {}\r\n", body.len()),
+            "\r\nconnection: close\r\n".to_string(),
+            "\r\ndate: ".to_string(),
+        ] {
+            assert!(head.contains(&line), "{line:?} in {head}");
+        }
+    }
+    // Another method is not an upgrade: the route answers it, as always.
+    let post = "POST /connection/websocket HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let (status, _) = http_raw(server.addr, post.as_bytes()).await;
+    assert_eq!(status, 405);
+    assert_refused(&server, 3).await;
+}
+
+/// Frames a client sends in the same write as its upgrade request (without waiting for
+/// the 101) are processed.
+#[tokio::test]
+async fn frames_sent_with_the_head_are_processed() {
+    let server = Server::start(&["--dev"]);
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut bytes =
+        upgrade_request(&server.addr.to_string(), "Sec-WebSocket-Version: 13\r\n").into_bytes();
+    bytes.extend(connect_frame());
+    stream.write_all(&bytes).await.expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let reply = text_until(&mut stream, "\"id\":1").await;
+    assert!(reply.contains("\"connect\":{"), "{reply}");
+}
+
+/// Requests other than upgrades go to hyper with the bytes already read: keep-alive and
+/// pipelined requests are served as before.
+#[tokio::test]
+async fn keep_alive_requests_are_served() {
+    let server = Server::start(&["--dev"]);
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(
+        read_response(&mut stream).await,
+        (200, "{\"status\":\"ok\"}".to_string())
+    );
+    stream
+        .write_all(b"GET /ready HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_response(&mut stream).await.0, 200);
+    // Two at once, the second closing.
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: h\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_response(&mut stream).await.0, 200);
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 404"), "{rest}");
+}
+
+/// An upgrade that comes after another request on a keep-alive connection is served by
+/// the HTTP route, frames sent along with it included.
+#[tokio::test]
+async fn upgrade_after_an_earlier_request_on_the_same_connection() {
+    let server = Server::start(&["--dev"]);
+    let upgrade =
+        upgrade_request(&server.addr.to_string(), "Sec-WebSocket-Version: 13\r\n").into_bytes();
+    // The upgrade on its own, after the first answer...
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_response(&mut stream).await.0, 200);
+    stream.write_all(&upgrade).await.expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    stream.write_all(&connect_frame()).await.expect("connect");
+    let reply = text_until(&mut stream, "\"id\":1").await;
+    assert!(reply.contains("\"connect\":{"), "{reply}");
+    // ... and pipelined behind the first request with a frame, all in one write.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut bytes = b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
+    bytes.extend(&upgrade);
+    bytes.extend(connect_frame());
+    stream.write_all(&bytes).await.expect("write");
+    assert_eq!(read_response(&mut stream).await.0, 200);
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let reply = text_until(&mut stream, "\"id\":1").await;
+    assert!(reply.contains("\"connect\":{"), "{reply}");
 }

@@ -4,13 +4,28 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::header::{
-    CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
+    CONNECTION, HeaderMap, HeaderName, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
     SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{Method, StatusCode, Version};
 use sha1::{Digest, Sha1};
 
 use crate::deflate::DeflateParams;
+
+/// Read access to the header lines of a request, so that [`accept`] works both on an
+/// `http::HeaderMap` and on a head parsed in place (such as httparse's header slice),
+/// without copying the latter into a map.
+pub trait HeaderLines {
+    /// The value of every line named `name` (compared ASCII case-insensitively), in
+    /// the order they came.
+    fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]>;
+}
+
+impl HeaderLines for HeaderMap {
+    fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
 
 /// What the server offers during the handshake.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,6 +74,43 @@ impl Accepted {
         }
         h
     }
+
+    /// Appends the whole `101 Switching Protocols` response head to `out`: the status
+    /// line, the headers of [`Accepted::response_headers`] (same names, same values, same
+    /// order) and the empty line; for servers that write the answer themselves.
+    pub fn write_response(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
+        );
+        let mut line = |name: &HeaderName, value: &[u8]| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        };
+        // The same validity rule as `response_headers` (`HeaderValue::from_str`), without
+        // building the values, so both always agree.
+        if is_header_value(&self.accept_key) {
+            line(&SEC_WEBSOCKET_ACCEPT, self.accept_key.as_bytes());
+        }
+        if let Some(p) = self.subprotocol.as_deref().filter(|p| is_header_value(p)) {
+            line(&SEC_WEBSOCKET_PROTOCOL, p.as_bytes());
+        }
+        if let Some(d) = &self.deflate {
+            let value = d.response_header_value();
+            if is_header_value(&value) {
+                line(&SEC_WEBSOCKET_EXTENSIONS, value.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Whether `HeaderValue::from_str` would take `value`: no control characters but tab.
+fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
 /// Why an upgrade request was refused.
@@ -119,27 +171,27 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 /// Comma-separated elements of every instance of a header, trimmed, empty ones skipped.
-fn list_items<'a>(
-    headers: &'a HeaderMap,
-    name: &http::header::HeaderName,
+fn list_items<'a, H: HeaderLines + ?Sized>(
+    headers: &'a H,
+    name: &'a HeaderName,
 ) -> impl Iterator<Item = &'a [u8]> {
     headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .values(name)
+        .flat_map(|v| v.split(|b| *b == b','))
         .map(|s| s.trim_ascii())
         .filter(|s| !s.is_empty())
 }
 
-fn has_token(headers: &HeaderMap, name: &http::header::HeaderName, token: &str) -> bool {
+fn has_token<H: HeaderLines + ?Sized>(headers: &H, name: &HeaderName, token: &str) -> bool {
     list_items(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Validates an upgrade request and negotiates subprotocol and compression.
-pub fn accept(
+/// Validates an upgrade request and negotiates subprotocol and compression. `headers`
+/// is an `http::HeaderMap` or any other [`HeaderLines`].
+pub fn accept<H: HeaderLines + ?Sized>(
     method: &Method,
     version: Version,
-    headers: &HeaderMap,
+    headers: &H,
     config: &HandshakeConfig,
 ) -> Result<Accepted, HandshakeError> {
     if method != Method::GET {
@@ -154,19 +206,19 @@ pub fn accept(
     if !has_token(headers, &CONNECTION, "upgrade") {
         return Err(HandshakeError::NoConnectionUpgrade);
     }
-    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+    let mut keys = headers.values(&SEC_WEBSOCKET_KEY);
     let key = match (keys.next(), keys.next()) {
         (None, _) => return Err(HandshakeError::MissingKey),
-        (Some(k), None) => k.as_bytes().trim_ascii(),
+        (Some(k), None) => k.trim_ascii(),
         (Some(_), Some(_)) => return Err(HandshakeError::InvalidKey),
     };
     match STANDARD.decode(key) {
         Ok(raw) if raw.len() == 16 => {}
         _ => return Err(HandshakeError::InvalidKey),
     }
-    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
+    let mut versions = headers.values(&SEC_WEBSOCKET_VERSION);
     match (versions.next(), versions.next()) {
-        (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => {}
+        (Some(v), None) if v.trim_ascii() == b"13" => {}
         _ => return Err(HandshakeError::UnsupportedVersion),
     }
 
@@ -193,7 +245,7 @@ pub fn accept(
 
 /// Picks the first acceptable permessage-deflate offer, in the client's order,
 /// across all `Sec-WebSocket-Extensions` lines.
-fn negotiate_deflate(headers: &HeaderMap) -> Option<DeflateParams> {
+fn negotiate_deflate<H: HeaderLines + ?Sized>(headers: &H) -> Option<DeflateParams> {
     list_items(headers, &SEC_WEBSOCKET_EXTENSIONS).find_map(|offer| {
         let mut parts = offer.split(|b| *b == b';').map(|s| s.trim_ascii());
         let name = parts.next()?;
@@ -552,5 +604,130 @@ mod tests {
             a.response_headers()[SEC_WEBSOCKET_EXTENSIONS],
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10"
         );
+    }
+
+    /// A parsed head's view: name/value pairs in their order, as a server's own parser
+    /// gives them.
+    struct Lines<'a>(Vec<(&'a str, &'a [u8])>);
+
+    impl HeaderLines for Lines<'_> {
+        fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+            self.0
+                .iter()
+                .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_str()))
+                .map(|(_, v)| *v)
+        }
+    }
+
+    #[test]
+    fn header_lines_view_decides_like_the_header_map() {
+        let cfg = HandshakeConfig {
+            deflate: true,
+            subprotocols: vec!["v2.json".into(), "v1.json".into()],
+        };
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![("Connection", "keep-alive"), ("CONNECTION", "Upgrade")],
+            vec![("upgrade", "h2c")],
+            vec![("sec-websocket-key", "")],
+            vec![("sec-websocket-key", "not base64!")],
+            vec![
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            vec![("sec-websocket-version", "8")],
+            vec![
+                ("Sec-WebSocket-Protocol", "v1.json"),
+                ("sec-websocket-protocol", "x"),
+            ],
+            vec![(
+                "Sec-WebSocket-Extensions",
+                "permessage-deflate; foo, permessage-deflate; server_max_window_bits=10",
+            )],
+        ];
+        for extra in cases {
+            let map = request(&extra);
+            let lines = Lines(
+                map.iter()
+                    .map(|(n, v)| (n.as_str(), v.as_bytes()))
+                    .collect(),
+            );
+            for (method, version) in [
+                (Method::GET, Version::HTTP_11),
+                (Method::POST, Version::HTTP_11),
+                (Method::GET, Version::HTTP_10),
+            ] {
+                assert_eq!(
+                    accept(&method, version, &lines, &cfg),
+                    accept(&method, version, &map, &cfg),
+                    "{extra:?} {method} {version:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn header_value_rule_is_http_s() {
+        for value in [
+            "v1.json",
+            "a\tb",
+            "",
+            "caf\u{e9}",
+            "a\u{7f}",
+            "a\nb",
+            "a\rb",
+            "\0",
+        ] {
+            assert_eq!(
+                is_header_value(value),
+                HeaderValue::from_str(value).is_ok(),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn written_response_carries_the_response_headers() {
+        let cfg = HandshakeConfig {
+            deflate: true,
+            subprotocols: vec!["v1.json".into()],
+        };
+        for extra in [
+            vec![],
+            vec![("sec-websocket-protocol", "v1.json")],
+            vec![
+                ("sec-websocket-protocol", "v1.json"),
+                (
+                    "sec-websocket-extensions",
+                    "permessage-deflate; server_max_window_bits=10",
+                ),
+            ],
+        ] {
+            let a = ok(&request(&extra), &cfg);
+            let mut out = b"kept".to_vec();
+            a.write_response(&mut out);
+            let text = std::str::from_utf8(&out).expect("ascii");
+            let text = text.strip_prefix("kept").expect("appended");
+            let head = text.strip_suffix("\r\n\r\n").expect("ends the head");
+            let mut lines = head.split("\r\n");
+            assert_eq!(lines.next(), Some("HTTP/1.1 101 Switching Protocols"));
+            let written: Vec<(String, String)> = lines
+                .map(|l| {
+                    let (n, v) = l.split_once(": ").expect("a header line");
+                    (n.to_string(), v.to_string())
+                })
+                .collect();
+            let expected: Vec<(String, String)> = a
+                .response_headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        v.to_str().expect("ascii").to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(written, expected, "{extra:?}");
+        }
     }
 }

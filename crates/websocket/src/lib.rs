@@ -49,4 +49,4 @@ pub use frame::{
     CloseCode, MAX_CONTROL_PAYLOAD, MessageKind, OpCode, apply_mask, encode_client_frame,
     encode_close, encode_control, encode_message,
 };
-pub use handshake::{Accepted, HandshakeConfig, HandshakeError, accept, accept_key};
+pub use handshake::{Accepted, HandshakeConfig, HandshakeError, HeaderLines, accept, accept_key};

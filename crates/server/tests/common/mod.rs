@@ -440,6 +440,30 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// Reads one HTTP response with a `Content-Length` body; returns its status and body.
+pub async fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    let head = read_head(stream).await;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0; length];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut body))
+        .await
+        .expect("body in time")
+        .expect("read body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Opens a raw TCP connection, sends a version-13 upgrade and returns the stream with
 /// the response head (whatever its status).
 pub async fn raw_upgrade(server: &Server) -> (TcpStream, String) {
