@@ -168,9 +168,41 @@ impl WsClient {
 
     /// Performs the opening handshake, asking for `subprotocol` when given.
     pub async fn upgrade_as(
+        stream: TcpStream,
+        target: &Target,
+        subprotocol: Option<&str>,
+    ) -> anyhow::Result<WsClient> {
+        Self::upgrade_with(stream, target, subprotocol, &[]).await
+    }
+
+    /// TCP connect, then the upgrade with `commands` pipelined in the same write as the
+    /// request (one round trip instead of two: what a non-browser client can do, and what
+    /// the peers' subscribe-in-the-URL gets), then their replies.
+    pub async fn connect_pipelined(
+        target: &Target,
+        source: Option<IpAddr>,
+        commands: &[Command],
+    ) -> anyhow::Result<(WsClient, Vec<ServerMessage>)> {
+        let stream = tcp_connect(target, source)
+            .await
+            .with_context(|| format!("connecting to {} from {source:?}", target.addr))?;
+        let mut payload = Vec::new();
+        for c in commands {
+            starling_protocol::encode_command(Encoding::Json, c, &mut payload);
+        }
+        let mask = next_rand(&mut (SEED.fetch_add(0x6D2B_79F5, Ordering::Relaxed) | 1));
+        let frame = encode_client_frame(OpCode::Text, true, false, &payload, mask.to_ne_bytes());
+        let mut client = Self::upgrade_with(stream, target, Some("starling.json"), &frame).await?;
+        let replies = client.replies(commands).await?;
+        Ok((client, replies))
+    }
+
+    /// The opening handshake, with `early` bytes (frames) written right after the request.
+    async fn upgrade_with(
         mut stream: TcpStream,
         target: &Target,
         subprotocol: Option<&str>,
+        early: &[u8],
     ) -> anyhow::Result<WsClient> {
         let mut rand = SEED.fetch_add(0x6D2B_79F5, Ordering::Relaxed) | 1;
         let mut nonce = [0u8; 16];
@@ -188,7 +220,9 @@ impl WsClient {
                 .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
                 .unwrap_or_default()
         );
-        stream.write_all(request.as_bytes()).await?;
+        let mut request = request.into_bytes();
+        request.extend_from_slice(early);
+        stream.write_all(&request).await?;
         let mut buf = BytesMut::with_capacity(1024);
         let end = loop {
             if let Some(i) = find(&buf, b"\r\n\r\n") {
@@ -236,6 +270,11 @@ impl WsClient {
             starling_protocol::encode_command(Encoding::Json, c, &mut payload);
         }
         self.writer.send_text(&payload).await?;
+        self.replies(commands).await
+    }
+
+    /// Waits for a reply to each of `commands` (sent already), answering pings meanwhile.
+    async fn replies(&mut self, commands: &[Command]) -> anyhow::Result<Vec<ServerMessage>> {
         let mut replies: Vec<Option<ServerMessage>> = vec![None; commands.len()];
         while replies.iter().any(Option::is_none) {
             match self.reader.next_event().await? {

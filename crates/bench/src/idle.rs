@@ -77,6 +77,11 @@ pub struct IdleArgs {
     /// (one subscription per connection, as the peers' runs have).
     #[arg(long)]
     pub no_shared_channel: bool,
+    /// Starling: send `connect` and the subscriptions in the same write as the upgrade
+    /// request (one round trip, as the peers' subscribe-in-the-URL), not after the 101
+    /// (two round trips, as a browser's WebSocket API must).
+    #[arg(long)]
+    pub pipeline: bool,
     /// Report the connect + subscribe rate of the first this many connections (time
     /// from the start until that many were ready).
     #[arg(long, default_value_t = 10_000)]
@@ -204,6 +209,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             stage: args.stage,
             channels: args.channels_per_conn,
             shared_channel,
+            pipeline: args.pipeline,
             deadline,
         };
         tasks.spawn(async move {
@@ -401,6 +407,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             "protocol": format!("{:?}", args.protocol).to_lowercase(),
             "stage": format!("{:?}", args.stage).to_lowercase(),
             "shared_channel": shared_channel,
+            "pipeline": args.pipeline,
             "connect_rate": {
                 "first": rate_first,
                 "seconds": (first_us > 0).then(|| first_us as f64 / 1e6),
@@ -445,6 +452,7 @@ struct How {
     stage: Stage,
     channels: usize,
     shared_channel: bool,
+    pipeline: bool,
     deadline: tokio::time::Instant,
 }
 
@@ -459,6 +467,7 @@ async fn setup(
         stage,
         channels,
         shared_channel,
+        pipeline,
         deadline,
     } = how;
     if protocol != Protocol::Starling {
@@ -476,9 +485,8 @@ async fn setup(
     if stage == Stage::Tcp {
         return Ok(Held::Tcp(tcp_connect(target, source).await?));
     }
-    let mut client = WsClient::connect(target, source).await?;
     if stage == Stage::Upgrade {
-        return Ok(Held::Ws(client));
+        return Ok(Held::Ws(WsClient::connect(target, source).await?));
     }
     let mut commands = vec![connect_command()];
     if stage == Stage::Subscribe {
@@ -494,7 +502,14 @@ async fn setup(
             commands.push(subscribe_command(commands.len() as u32 + 1, "idle:all"));
         }
     }
-    for reply in client.request(&commands).await? {
+    let (client, replies) = if pipeline {
+        WsClient::connect_pipelined(target, source, &commands).await?
+    } else {
+        let mut client = WsClient::connect(target, source).await?;
+        let replies = client.request(&commands).await?;
+        (client, replies)
+    };
+    for reply in replies {
         if let Some(e) = reply_error(&reply) {
             bail!("command refused: {e}");
         }
