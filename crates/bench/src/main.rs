@@ -87,7 +87,8 @@ enum Cmd {
     /// personal channel once a second: latency over time, loss, server CPU.
     Users(users::UsersArgs),
     /// Bytes on the wire per delivered publication by encoding (JSON, MessagePack, each
-    /// with and without permessage-deflate), with the encode CPU; no server needed.
+    /// plain and as fossil deltas, with and without permessage-deflate), for chat-like
+    /// and state-like payloads, with the encode CPU; no server needed.
     Wire(wire::WireArgs),
 }
 

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use starling_core::hub::{ChannelOptions, FrameEncoder, FrameFormat, Hub, Subscriber};
 use starling_core::{HistoryPolicy, HubCounters, Outbox};
-use starling_protocol::{ClientInfo, Encoding, Publication, encode_publication};
+use starling_protocol::{
+    ClientInfo, Encoding, Publication, encode_delta_publication, encode_publication,
+};
 
 /// The JSON publication push, as the server encodes it (without the WebSocket header,
 /// which is the websocket crate's part).
@@ -22,6 +24,26 @@ impl FrameEncoder for JsonEncoder {
     fn publication(&self, channel: &str, publication: &Publication, _: FrameFormat) -> Bytes {
         let mut out = Vec::with_capacity(publication.data.len() + 96);
         encode_publication(Encoding::Json, channel, publication, &mut out);
+        Bytes::from(out)
+    }
+
+    fn delta_publication(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        delta: Option<&[u8]>,
+        _: FrameFormat,
+    ) -> Bytes {
+        let payload = delta.unwrap_or(&publication.data);
+        let mut out = Vec::with_capacity(payload.len() + 96);
+        encode_delta_publication(
+            Encoding::Json,
+            channel,
+            publication,
+            payload,
+            delta.is_some(),
+            &mut out,
+        );
         Bytes::from(out)
     }
 
@@ -36,12 +58,12 @@ fn hub_with(n: usize, channel: &str, options: ChannelOptions) -> (Hub, Vec<Arc<O
     let mut outboxes = Vec::with_capacity(n);
     for key in 0..n as u64 {
         let outbox = Arc::new(Outbox::new(1 << 30));
-        let subscriber = Subscriber {
+        let subscriber = Subscriber::new(
             key,
-            outbox: outbox.clone(),
-            format: FrameFormat(0),
-            info: Arc::new(ClientInfo::default()),
-        };
+            outbox.clone(),
+            FrameFormat(0),
+            Arc::new(ClientInfo::default()),
+        );
         // Fresh keys on a fresh hub: a refusal would be a bug of the bench.
         if let Err(e) = hub.subscribe(channel, subscriber, options, None, |_| None) {
             panic!("subscribe {key}: {e}");

@@ -288,6 +288,7 @@ mod tests {
             offset,
             info: None,
             tags: None,
+            delta: false,
         }
     }
 

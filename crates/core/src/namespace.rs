@@ -109,6 +109,8 @@ pub struct NamespaceOptions {
     pub history: crate::history::HistoryPolicy,
     /// Full queues skip publications instead of disconnecting the client.
     pub lossy: bool,
+    /// Subscribers may ask for publications as deltas (`delta: "fossil"`).
+    pub allow_delta: bool,
 }
 
 impl NamespaceOptions {

@@ -192,6 +192,7 @@ fn restored(hub: &Hub, channel: &str, epoch: &str, offsets: impl Iterator<Item =
             offset,
             info: None,
             tags: None,
+            delta: false,
         };
         hub.restore(channel, epoch, p, now_ms(), history(100));
     }

@@ -19,6 +19,7 @@ fn publication(size: usize) -> Publication {
         offset: 123_456,
         info: None,
         tags: None,
+        delta: false,
     }
 }
 

@@ -5,6 +5,7 @@ use serde::ser::{SerializeMap, Serializer};
 
 use crate::Encoding;
 use crate::data::{b64_encode_into, json_text};
+use crate::types::PublicationView;
 use crate::types::*;
 
 /// Serializes `value` in `enc` onto `out` (JSON: '\n'-separated when `out` is not empty).
@@ -196,26 +197,83 @@ pub fn encode_publication(
             json::string(channel, out);
             out.extend_from_slice(b",\"pub\":{");
             json::bytes_field(b"data", &publication.data, out);
-            out.extend_from_slice(b",\"offset\":");
-            json::u64(publication.offset, out);
-            if let Some(info) = &publication.info {
-                out.extend_from_slice(b",\"info\":");
-                json::client_info(info, out);
-            }
-            if let Some(tags) = &publication.tags {
-                out.extend_from_slice(b",\"tags\":{");
-                for (i, (k, v)) in tags.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    json::string(k, out);
-                    out.push(b':');
-                    json::string(v, out);
-                }
-                out.push(b'}');
-            }
-            out.extend_from_slice(b"}}}");
+            json::publication_rest(publication, publication.delta, out);
         }
+    }
+}
+
+/// Appends a `pub` push for a *delta subscription*: `payload` is the publication's
+/// data in full (`delta == false`) or a fossil delta against the data of the previous
+/// publication the subscription received (`delta == true`, sent as `"delta": true`).
+/// Either way the client gets the exact bytes: MessagePack as `bin`; JSON as a JSON
+/// string holding them as UTF-8 text (`"data": "..."`), or as `b64data` when they are
+/// not UTF-8. (Raw JSON, as [`encode_publication`] embeds it, would not let a browser
+/// client recover the exact bytes a delta applies to.)
+pub fn encode_delta_publication(
+    enc: Encoding,
+    channel: &str,
+    publication: &Publication,
+    payload: &[u8],
+    delta: bool,
+    out: &mut Vec<u8>,
+) {
+    match enc {
+        Encoding::MsgPack => write(
+            enc,
+            &DeltaPushSer {
+                channel,
+                view: PublicationView {
+                    publication,
+                    payload: Some(payload),
+                    delta,
+                },
+            },
+            out,
+        ),
+        Encoding::Json => {
+            if !out.is_empty() {
+                out.push(b'\n');
+            }
+            out.reserve(payload.len() + payload.len() / 8 + channel.len() + 64);
+            out.extend_from_slice(b"{\"push\":{\"channel\":");
+            json::string(channel, out);
+            out.extend_from_slice(b",\"pub\":{");
+            match std::str::from_utf8(payload) {
+                Ok(text) => {
+                    out.extend_from_slice(b"\"data\":");
+                    json::string(text, out);
+                }
+                Err(_) => {
+                    out.extend_from_slice(b"\"b64data\":\"");
+                    b64_encode_into(payload, out);
+                    out.push(b'"');
+                }
+            }
+            json::publication_rest(publication, delta, out);
+        }
+    }
+}
+
+/// A delta subscription's `pub` push (MessagePack).
+struct DeltaPushSer<'a> {
+    channel: &'a str,
+    view: PublicationView<'a>,
+}
+
+impl Serialize for DeltaPushSer<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Inner<'a>(&'a DeltaPushSer<'a>);
+        impl Serialize for Inner<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("channel", self.0.channel)?;
+                m.serialize_entry("pub", &self.0.view)?;
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("push", &Inner(self))?;
+        m.end()
     }
 }
 
@@ -344,6 +402,33 @@ pub(crate) mod json {
                 out.push(b'"');
             }
         }
+    }
+
+    /// Appends what follows a publication's data up to the end of the push: offset,
+    /// `"delta":true` when `delta`, info, tags, and the closing braces.
+    pub(crate) fn publication_rest(publication: &Publication, delta: bool, out: &mut Vec<u8>) {
+        out.extend_from_slice(b",\"offset\":");
+        u64(publication.offset, out);
+        if delta {
+            out.extend_from_slice(b",\"delta\":true");
+        }
+        if let Some(info) = &publication.info {
+            out.extend_from_slice(b",\"info\":");
+            client_info(info, out);
+        }
+        if let Some(tags) = &publication.tags {
+            out.extend_from_slice(b",\"tags\":{");
+            for (i, (k, v)) in tags.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(k, out);
+                out.push(b':');
+                string(v, out);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"}}}");
     }
 
     /// Appends a ClientInfo object.

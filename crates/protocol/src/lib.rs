@@ -8,6 +8,7 @@
 pub mod codes;
 mod data;
 mod decode;
+pub mod delta;
 mod encode;
 mod msgpack;
 mod types;
@@ -17,7 +18,10 @@ pub use data::{b64_decode, b64_encode, json_text};
 pub use decode::{
     CommandError, DecodeError, ServerMessage, decode_commands, decode_server_messages,
 };
-pub use encode::{encode_command, encode_heartbeat, encode_publication, encode_push, encode_reply};
+pub use encode::{
+    encode_command, encode_delta_publication, encode_heartbeat, encode_publication, encode_push,
+    encode_reply,
+};
 pub use types::*;
 
 /// The WebSocket subprotocols, in order of preference.

@@ -69,7 +69,7 @@ fn sample_commands() -> Vec<(&'static str, Command)> {
             ),
         ),
         (
-            r#"{"id":2,"subscribe":{"channel":"c","token":"s","recover":true,"offset":7,"epoch":"e"}}"#,
+            r#"{"id":2,"subscribe":{"channel":"c","token":"s","recover":true,"offset":7,"epoch":"e","delta":"fossil"}}"#,
             cmd(
                 2,
                 Method::Subscribe(SubscribeRequest {
@@ -78,6 +78,7 @@ fn sample_commands() -> Vec<(&'static str, Command)> {
                     recover: true,
                     offset: Some(7),
                     epoch: Some("e".into()),
+                    delta: Some(DeltaType::Fossil),
                 }),
             ),
         ),
@@ -366,6 +367,10 @@ fn invalid_commands_reply_107() {
             "bad request: subscribe: invalid type: integer `5`, expected a string",
         ),
         (
+            r#"{"id":1,"subscribe":{"channel":"c","delta":"xdelta"}}"#,
+            "bad request: subscribe: unknown variant `xdelta`, expected `fossil`",
+        ),
+        (
             r#"{"id":1,"publish":{"channel":"c"}}"#,
             "bad request: publish: missing field `data`",
         ),
@@ -483,6 +488,7 @@ fn publication() -> Publication {
         offset: 5,
         info: None,
         tags: None,
+        delta: false,
     }
 }
 
@@ -542,9 +548,10 @@ fn sample_replies() -> Vec<(Reply, &'static str)> {
                         info: Some(info()),
                         ..publication()
                     }],
+                    delta: true,
                 }),
             ),
-            r#"{"id":2,"subscribe":{"epoch":"ab","offset":5,"recoverable":true,"recovered":true,"publications":[{"data":{"text":"hi"},"offset":5,"info":{"user":"42","client":"c1","conn_info":{"name":"Ann"}},"tags":{"k":"v"}}]}}"#,
+            r#"{"id":2,"subscribe":{"epoch":"ab","offset":5,"recoverable":true,"recovered":true,"publications":[{"data":{"text":"hi"},"offset":5,"info":{"user":"42","client":"c1","conn_info":{"name":"Ann"}},"tags":{"k":"v"}}],"delta":true}}"#,
         ),
         (
             Reply::ok(3, ReplyBody::Unsubscribe(UnsubscribeResult {})),
@@ -630,6 +637,7 @@ fn sample_pushes() -> Vec<(Push, &'static str)> {
                         ..info()
                     }),
                     tags: Some(tags),
+                    delta: false,
                 },
             },
             r#"{"push":{"channel":"c","pub":{"b64data":"AAFiaW5hcnk=","offset":0,"info":{"user":"42","client":"c1","conn_info":{"name":"Ann"},"b64chan_info":"/g=="},"tags":{"a\"b":"\n"}}}}"#,
@@ -766,6 +774,61 @@ fn embedded_json_newlines_are_flattened() {
 }
 
 #[test]
+fn delta_subscriptions_get_exact_bytes() {
+    let p = Publication {
+        data: Bytes::from_static(b"{\"a\": \"x\"}\n"),
+        offset: 7,
+        tags: Some(BTreeMap::from([("k".to_owned(), "v".to_owned())])),
+        ..Default::default()
+    };
+    let json = |payload: &[u8], delta: bool| {
+        let mut out = Vec::new();
+        encode_delta_publication(J, "c", &p, payload, delta, &mut out);
+        String::from_utf8(out).unwrap()
+    };
+    // In full: the data as a JSON string (newline escaped: framing holds), no `delta`.
+    assert_eq!(
+        json(&p.data, false),
+        r#"{"push":{"channel":"c","pub":{"data":"{\"a\": \"x\"}\n","offset":7,"tags":{"k":"v"}}}}"#
+    );
+    // A delta (text here) with `delta: true`; bytes that are not UTF-8 as b64data.
+    assert_eq!(
+        json(b"5\n5:hello2p;", true),
+        r#"{"push":{"channel":"c","pub":{"data":"5\n5:hello2p;","offset":7,"delta":true,"tags":{"k":"v"}}}}"#
+    );
+    assert_eq!(
+        json(b"\xff", true),
+        r#"{"push":{"channel":"c","pub":{"b64data":"/w==","offset":7,"delta":true,"tags":{"k":"v"}}}}"#
+    );
+    // The client side sees the flag; the JSON string's value is the exact bytes.
+    let msgs = decode_server_messages(J, json(&p.data, true).as_bytes()).unwrap();
+    let ServerMessage::Push(Push::Publication { publication, .. }) = &msgs[0] else {
+        panic!("{msgs:?}");
+    };
+    assert!(publication.delta);
+    let text: String = serde_json::from_slice(&publication.data).unwrap();
+    assert_eq!(text.as_bytes(), &p.data[..]);
+    // MessagePack: bin, and the same map as the serde encoding of such a publication.
+    for delta in [false, true] {
+        let mut out = Vec::new();
+        encode_delta_publication(M, "c", &p, b"\x00\x01", delta, &mut out);
+        let want = Push::Publication {
+            channel: "c".into(),
+            publication: Publication {
+                data: Bytes::from_static(b"\x00\x01"),
+                delta,
+                ..p.clone()
+            },
+        };
+        let mut serde_out = Vec::new();
+        encode_push_serde(M, &want, &mut serde_out);
+        assert_eq!(out, serde_out);
+        let back = decode_server_messages(M, &out).unwrap();
+        assert_eq!(back, vec![ServerMessage::Push(want)]);
+    }
+}
+
+#[test]
 fn subprotocol_negotiation() {
     assert_eq!(Encoding::from_subprotocol(None), Some(J));
     assert_eq!(Encoding::from_subprotocol(Some("starling.json")), Some(J));
@@ -828,12 +891,14 @@ fn arb_publication() -> impl Strategy<Value = Publication> {
             any::<String>(),
             0..4,
         )),
+        any::<bool>(),
     )
-        .prop_map(|(data, offset, info, tags)| Publication {
+        .prop_map(|(data, offset, info, tags, delta)| Publication {
             data,
             offset,
             info,
             tags,
+            delta,
         })
 }
 
@@ -856,6 +921,7 @@ fn normalize_publication(p: &Publication) -> Publication {
             chan_info: i.chan_info.as_ref().map(json_normalized),
         }),
         tags: p.tags.clone(),
+        delta: p.delta,
     }
 }
 
@@ -878,16 +944,20 @@ fn arb_method() -> impl Strategy<Value = Method> {
             opt_s(),
             any::<bool>(),
             proptest::option::of(any::<u64>()),
-            opt_s()
+            opt_s(),
+            any::<bool>(),
         )
             .prop_map(
-                |(channel, token, recover, offset, epoch)| Method::Subscribe(SubscribeRequest {
-                    channel,
-                    token,
-                    recover,
-                    offset,
-                    epoch
-                })
+                |(channel, token, recover, offset, epoch, delta)| Method::Subscribe(
+                    SubscribeRequest {
+                        channel,
+                        token,
+                        recover,
+                        offset,
+                        epoch,
+                        delta: delta.then_some(DeltaType::Fossil),
+                    }
+                )
             ),
         arb_channel().prop_map(|channel| Method::Unsubscribe(UnsubscribeRequest { channel })),
         (arb_channel(), arb_bytes())

@@ -102,6 +102,17 @@ pub struct SubscribeRequest {
     /// Epoch of the last offset seen (for recovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
+    /// Ask for publications as deltas against the previous one (`"fossil"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaType>,
+}
+
+/// A delta format a subscription may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaType {
+    /// Fossil deltas (see [`crate::delta`]).
+    Fossil,
 }
 
 /// Params of `unsubscribe`.
@@ -281,6 +292,9 @@ pub struct SubscribeResult {
     /// Recovered publications, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publications: Vec<Publication>,
+    /// Delta mode is on: live publications may carry deltas (`Publication::delta`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 /// Result of `unsubscribe` (`{}`).
@@ -347,6 +361,9 @@ pub struct Publication {
     pub info: Option<ClientInfo>,
     /// Free-form tags.
     pub tags: Option<BTreeMap<String, String>>,
+    /// `data` is a fossil delta against the data of the previous publication this
+    /// subscription received (delta subscriptions only; never in history).
+    pub delta: bool,
 }
 
 /// A server-initiated message: `{"push": {"channel": ..., "<kind>": {...}}}`.
@@ -543,15 +560,49 @@ impl<'de> Deserialize<'de> for ClientInfo {
 
 impl Serialize for Publication {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        PublicationView {
+            publication: self,
+            payload: None,
+            delta: self.delta,
+        }
+        .serialize(s)
+    }
+}
+
+/// A publication as serialized, possibly with another payload: a delta subscription's
+/// (`payload` set) carries its data, or a delta, as bytes (MessagePack `bin`; in JSON a
+/// string when they are UTF-8, else `b64data`) instead of raw JSON.
+pub(crate) struct PublicationView<'a> {
+    pub(crate) publication: &'a Publication,
+    pub(crate) payload: Option<&'a [u8]>,
+    pub(crate) delta: bool,
+}
+
+impl Serialize for PublicationView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let p = self.publication;
         let human = s.is_human_readable();
-        let len = 2 + usize::from(self.info.is_some()) + usize::from(self.tags.is_some());
+        let len = 2
+            + usize::from(p.info.is_some())
+            + usize::from(p.tags.is_some())
+            + usize::from(self.delta);
         let mut m = s.serialize_map(Some(len))?;
-        serialize_entry(&mut m, human, "data", "b64data", &self.data)?;
-        m.serialize_entry("offset", &self.offset)?;
-        if let Some(info) = &self.info {
+        match self.payload {
+            None => serialize_entry(&mut m, human, "data", "b64data", &p.data)?,
+            Some(bytes) if !human => m.serialize_entry("data", &crate::data::Bin(bytes))?,
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => m.serialize_entry("data", text)?,
+                Err(_) => m.serialize_entry("b64data", &crate::data::b64_encode(bytes))?,
+            },
+        }
+        m.serialize_entry("offset", &p.offset)?;
+        if self.delta {
+            m.serialize_entry("delta", &true)?;
+        }
+        if let Some(info) = &p.info {
             m.serialize_entry("info", info)?;
         }
-        if let Some(tags) = &self.tags {
+        if let Some(tags) = &p.tags {
             m.serialize_entry("tags", tags)?;
         }
         m.end()
@@ -573,6 +624,7 @@ impl<'de> Deserialize<'de> for Publication {
                         "data" => p.data = map.next_value::<DataField>()?.0,
                         "b64data" => p.data = map.next_value::<B64Field>()?.0,
                         "offset" => p.offset = map.next_value()?,
+                        "delta" => p.delta = map.next_value()?,
                         "info" => p.info = Some(map.next_value()?),
                         "tags" => p.tags = Some(map.next_value()?),
                         _ => {

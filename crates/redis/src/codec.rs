@@ -218,6 +218,7 @@ pub fn decode_publication(body: &[u8], offset: u64) -> Result<Publication, Decod
         offset,
         info,
         tags,
+        delta: false,
     })
 }
 

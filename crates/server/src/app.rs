@@ -104,6 +104,7 @@ impl AppState {
                             max_bytes: ns.history_max_bytes,
                         },
                         lossy: ns.lossy,
+                        allow_delta: ns.allow_delta,
                     },
                 )
             })
@@ -114,6 +115,7 @@ impl AppState {
             allow_publish: true,
             allow_anonymous: true,
             presence: true,
+            allow_delta: true,
             history: HistoryPolicy {
                 size: 100,
                 ttl_ms: 300_000,

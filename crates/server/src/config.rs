@@ -327,6 +327,9 @@ pub struct NamespaceConfig {
     /// A subscriber whose queue is full skips publications (seeing a gap in offsets)
     /// instead of being disconnected as a slow consumer.
     pub lossy: bool,
+    /// Subscribers may ask for publications as fossil deltas against the previous one
+    /// (`subscribe` with `delta: "fossil"`). On by default in dev mode.
+    pub allow_delta: bool,
 }
 
 /// Logging settings.
@@ -420,6 +423,7 @@ impl Default for NamespaceConfig {
             history_ttl_secs: 300,
             history_max_bytes: 1024 * 1024,
             lossy: false,
+            allow_delta: false,
         }
     }
 }
@@ -566,6 +570,7 @@ impl Config {
             for ns in self.namespaces.values_mut() {
                 ns.allow_publish = true;
                 ns.allow_anonymous = true;
+                ns.allow_delta = true;
             }
         }
         if self.websocket.max_message_size < 125 {
@@ -936,5 +941,10 @@ mod tests {
         assert!(c.client.allow_anonymous);
         assert_eq!(c.api.key, DEV_API_KEY);
         assert_eq!(c.websocket.allowed_origins, vec!["*".to_string()]);
+        assert!(
+            c.namespaces["default"].allow_delta,
+            "delta subscriptions to try out"
+        );
+        assert!(!NamespaceConfig::default().allow_delta);
     }
 }

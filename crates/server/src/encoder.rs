@@ -6,7 +6,10 @@
 
 use bytes::Bytes;
 use starling_core::{FrameEncoder, FrameFormat};
-use starling_protocol::{ClientInfo, Encoding, Publication, Push, encode_publication, encode_push};
+use starling_protocol::{
+    ClientInfo, Encoding, Publication, Push, encode_delta_publication, encode_publication,
+    encode_push,
+};
 use starling_websocket::{DeflateParams, MessageKind, encode_message};
 
 /// Builds frames for the hub and for connections.
@@ -83,6 +86,26 @@ impl FrameEncoder for WireEncoder {
     fn publication(&self, channel: &str, publication: &Publication, format: FrameFormat) -> Bytes {
         let mut buf = Vec::new();
         encode_publication(Self::encoding(format), channel, publication, &mut buf);
+        self.frame(format, &buf)
+    }
+
+    fn delta_publication(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        delta: Option<&[u8]>,
+        format: FrameFormat,
+    ) -> Bytes {
+        let mut buf = Vec::new();
+        let payload = delta.unwrap_or(&publication.data);
+        encode_delta_publication(
+            Self::encoding(format),
+            channel,
+            publication,
+            payload,
+            delta.is_some(),
+            &mut buf,
+        );
         self.frame(format, &buf)
     }
 

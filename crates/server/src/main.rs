@@ -61,6 +61,7 @@ current values. The keys:
   namespaces.<ns>.allow_publish namespaces.<ns>.allow_anonymous namespaces.<ns>.private
   namespaces.<ns>.presence namespaces.<ns>.join_leave namespaces.<ns>.history_size
   namespaces.<ns>.history_ttl_secs namespaces.<ns>.history_max_bytes namespaces.<ns>.lossy
+  namespaces.<ns>.allow_delta
   log.format log.level
   storage.dir storage.segment_bytes storage.max_bytes storage.max_age_secs
   storage.sync_interval_ms

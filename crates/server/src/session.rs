@@ -522,12 +522,15 @@ impl Session {
                 }
             }
         }
-        let subscriber = Subscriber {
-            key: self.key,
-            outbox: self.outbox.clone(),
-            format: self.format,
-            info,
-        };
+        // Only `fossil` decodes (anything else is refused as 107 with the command).
+        let delta = req.delta.is_some();
+        if delta && !rules.options.allow_delta {
+            return error(codes::NOT_AVAILABLE.with_message(
+                "delta is not allowed in this namespace (namespaces.<ns>.allow_delta)",
+            ));
+        }
+        let subscriber =
+            Subscriber::new(self.key, self.outbox.clone(), self.format, info).with_delta(delta);
         let recover = req.recover.then(|| RecoverFrom {
             offset: req.offset.unwrap_or(0),
             epoch: req.epoch.clone().unwrap_or_default(),
@@ -538,7 +541,7 @@ impl Session {
         // Replies to the message's earlier commands leave first: the subscribe reply is
         // a frame of its own, queued when the subscriber joins.
         self.flush(out);
-        let first = subscribe_reply(self.state.clone(), self.format, id, self.reply_cap());
+        let first = subscribe_reply(self.state.clone(), self.format, id, self.reply_cap(), delta);
         let (creations, node) = (&mut self.creations, &*self.state);
         let mut may_create = || creation_allowed(creations, node);
         let step = self.state.node.subscribe(
@@ -732,12 +735,14 @@ impl Session {
 
 /// The subscribe reply, built when the subscriber joins: it carries the recovered
 /// publications unless their encoded size passes `cap` (then the client pages through
-/// history instead of being cut as a slow consumer by its own reply).
+/// history instead of being cut as a slow consumer by its own reply), and says whether
+/// delta mode is on. (Recovered publications are in full, as history always is.)
 fn subscribe_reply(
     state: Arc<AppState>,
     format: FrameFormat,
     id: u32,
     cap: usize,
+    delta: bool,
 ) -> starling_core::FirstFrame {
     Box::new(move |joined| {
         let encoding = WireEncoder::encoding(format);
@@ -750,6 +755,7 @@ fn subscribe_reply(
                     recoverable: joined.recoverable,
                     recovered: recovered.is_some(),
                     publications: recovered.cloned().unwrap_or_default(),
+                    delta,
                 }),
             )
         };

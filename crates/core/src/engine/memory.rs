@@ -254,6 +254,7 @@ impl MemoryLink {
             offset: stream.offset,
             info: request.info.map(|i| (*i).clone()),
             tags: None,
+            delta: false,
         };
         if request.history.enabled() {
             stream

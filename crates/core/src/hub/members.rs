@@ -106,6 +106,34 @@ impl Members {
     }
 }
 
+impl Members {
+    /// Every subscriber, mutably (same order as [`Members::values`]).
+    pub(super) fn values_mut(&mut self) -> ValuesMut<'_> {
+        match self {
+            Members::Empty => ValuesMut::One(None),
+            Members::One(only) => ValuesMut::One(Some(only)),
+            Members::Many(map) => ValuesMut::Many(map.values_mut()),
+        }
+    }
+}
+
+/// Iterator over [`Members::values_mut`].
+pub(super) enum ValuesMut<'a> {
+    One(Option<&'a mut Subscriber>),
+    Many(hash_map::ValuesMut<'a, ClientKey, Subscriber>),
+}
+
+impl<'a> Iterator for ValuesMut<'a> {
+    type Item = &'a mut Subscriber;
+
+    fn next(&mut self) -> Option<&'a mut Subscriber> {
+        match self {
+            ValuesMut::One(only) => only.take(),
+            ValuesMut::Many(values) => values.next(),
+        }
+    }
+}
+
 /// Iterator over [`Members::values`].
 pub(super) enum Values<'a> {
     One(Option<&'a Subscriber>),
@@ -143,17 +171,17 @@ mod tests {
     use starling_protocol::ClientInfo;
 
     fn sub(key: ClientKey) -> Subscriber {
-        Subscriber {
+        Subscriber::new(
             key,
-            outbox: Arc::new(Outbox::new(64)),
-            format: FrameFormat(0),
-            info: Arc::new(ClientInfo {
+            Arc::new(Outbox::new(64)),
+            FrameFormat(0),
+            Arc::new(ClientInfo {
                 user: String::new(),
                 client: format!("c{key}"),
                 conn_info: None,
                 chan_info: None,
             }),
-        }
+        )
     }
 
     fn keys(m: &Members) -> Vec<ClientKey> {

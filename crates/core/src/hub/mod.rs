@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use starling_protocol::{ClientInfo, Publication};
+use starling_protocol::{ClientInfo, Publication, delta};
 
 use crate::engine::Broker;
 use crate::history::{History, HistoryError, HistoryPolicy, HistoryQuery};
@@ -53,6 +53,17 @@ struct Tally {
 pub trait FrameEncoder: Send + Sync + 'static {
     /// The frame carrying `publication` on `channel`.
     fn publication(&self, channel: &str, publication: &Publication, format: FrameFormat) -> Bytes;
+    /// The frame carrying `publication` on `channel` to a delta subscription: its data
+    /// in full (`delta` is `None`) or as `delta`, a fossil delta against the data of the
+    /// channel's previous publication. The payload must reach the client as exact bytes
+    /// (see `starling_protocol::encode_delta_publication`).
+    fn delta_publication(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        delta: Option<&[u8]>,
+        format: FrameFormat,
+    ) -> Bytes;
     /// The frame carrying a join (or leave) of `info` on `channel`.
     fn join_leave(
         &self,
@@ -74,6 +85,38 @@ pub struct Subscriber {
     pub format: FrameFormat,
     /// Who it is (presence, join/leave).
     pub info: Arc<ClientInfo>,
+    /// Delta mode: publications may come as fossil deltas against the previous one.
+    pub delta: bool,
+    /// (Delta mode) it was queued the channel's latest publication, so the next one may
+    /// come as a delta. False at the start and after a publication it missed.
+    synced: bool,
+}
+
+impl Subscriber {
+    /// A subscription of connection `key`, frames in `format` into `outbox`, without
+    /// delta mode.
+    pub fn new(
+        key: ClientKey,
+        outbox: Arc<Outbox>,
+        format: FrameFormat,
+        info: Arc<ClientInfo>,
+    ) -> Self {
+        Subscriber {
+            key,
+            outbox,
+            format,
+            info,
+            delta: false,
+            synced: false,
+        }
+    }
+
+    /// The same subscription with delta mode on or off.
+    pub fn with_delta(mut self, delta: bool) -> Self {
+        self.delta = delta;
+        self.synced = false;
+        self
+    }
 }
 
 /// Position of a channel's stream.
@@ -256,6 +299,17 @@ struct ChannelState {
     gone: bool,
     /// Set when a broker holds the stream: the sync state of this node's replica.
     replica: Option<Box<replica::Replica>>,
+    /// Set while the channel has delta subscribers (boxed: most channels never do).
+    delta: Option<Box<DeltaChannel>>,
+}
+
+/// What a channel keeps for its delta subscribers.
+#[derive(Debug, Default)]
+struct DeltaChannel {
+    /// Delta subscribers.
+    subscribers: usize,
+    /// The latest publication's data: the source of the next publication's delta.
+    last: Option<Bytes>,
 }
 
 impl ChannelState {
@@ -271,6 +325,7 @@ impl ChannelState {
             active_ms: now_ms(),
             gone: false,
             replica: None,
+            delta: None,
         }
     }
 
@@ -281,18 +336,32 @@ impl ChannelState {
         }
     }
 
-    /// Adds a subscriber and counts its user.
-    fn add_member(&mut self, subscriber: Subscriber) {
+    /// Adds a subscriber and counts its user (and its delta mode).
+    fn add_member(&mut self, mut subscriber: Subscriber) {
         self.users.add(&subscriber.info.user);
         self.presence = None;
+        if subscriber.delta {
+            // It has none of the channel's publications yet: its first one is in full.
+            subscriber.synced = false;
+            self.delta.get_or_insert_with(Box::default).subscribers += 1;
+        }
         self.subscribers.insert(subscriber);
     }
 
-    /// Removes a subscriber and uncounts its user.
+    /// Removes a subscriber and uncounts its user. The last delta subscriber takes the
+    /// kept data with it.
     fn remove_member(&mut self, key: ClientKey) -> Option<Subscriber> {
         let removed = self.subscribers.remove(key)?;
         self.users.remove(&removed.info.user);
         self.presence = None;
+        if removed.delta
+            && let Some(delta) = self.delta.as_mut()
+        {
+            delta.subscribers = delta.subscribers.saturating_sub(1);
+            if delta.subscribers == 0 {
+                self.delta = None;
+            }
+        }
         Some(removed)
     }
 
@@ -614,9 +683,13 @@ impl Hub {
         state.active_ms = now;
         let lossy = state.options.lossy;
         let mut tally = Tally::default();
-        self.send_all(state, lossy, &mut tally, None, |format| {
-            self.encoder.publication(channel, &publication, format)
-        });
+        if state.delta.is_some() {
+            self.send_with_deltas(channel, state, &publication, lossy, &mut tally);
+        } else {
+            self.send_all(state, lossy, &mut tally, None, |format| {
+                self.encoder.publication(channel, &publication, format)
+            });
+        }
         let delivered = tally.queued;
         self.count(tally);
         let policy = state.options.history;
@@ -669,10 +742,78 @@ impl Hub {
         }
     }
 
+    /// [`Hub::send_all`] for a publication on a channel with delta subscribers. The delta
+    /// against the previous publication's data is computed at most once, and only when a
+    /// subscriber can use it; each frame is encoded at most once per kind (plain, full
+    /// for delta subscribers, delta) and format. A delta subscriber gets the delta frame
+    /// when it was queued the previous publication, else the full one; it is in step
+    /// again once a frame is queued to it, out of step after one it missed (a lossy
+    /// drop). A delta that is not smaller than the data is not sent: everyone gets the
+    /// data in full. Either way the kept data moves on to this publication.
+    fn send_with_deltas(
+        &self,
+        channel: &str,
+        state: &mut ChannelState,
+        publication: &Publication,
+        lossy: bool,
+        tally: &mut Tally,
+    ) {
+        let previous = match state.delta.as_mut() {
+            Some(kept) => kept.last.replace(publication.data.clone()),
+            None => None,
+        };
+        // `None`: not computed yet; `Some(None)`: no delta worth sending.
+        let mut patch: Option<Option<Vec<u8>>> = None;
+        let mut plain: [Option<Bytes>; MAX_FORMATS] = Default::default();
+        let mut full: [Option<Bytes>; MAX_FORMATS] = Default::default();
+        let mut deltas: [Option<Bytes>; MAX_FORMATS] = Default::default();
+        let direct = state.subscribers.len() <= SMALL_SWEEP;
+        for sub in state.subscribers.values_mut() {
+            let slot = usize::from(sub.format.0) % MAX_FORMATS;
+            let frame = if !sub.delta {
+                plain[slot].get_or_insert_with(|| {
+                    self.encoder.publication(channel, publication, sub.format)
+                })
+            } else {
+                let delta = if sub.synced {
+                    patch
+                        .get_or_insert_with(|| {
+                            let source = previous.as_ref()?;
+                            let d = delta::encode(source, &publication.data);
+                            (d.len() < publication.data.len()).then_some(d)
+                        })
+                        .as_deref()
+                } else {
+                    None
+                };
+                let cache = if delta.is_some() {
+                    &mut deltas[slot]
+                } else {
+                    &mut full[slot]
+                };
+                cache.get_or_insert_with(|| {
+                    self.encoder
+                        .delta_publication(channel, publication, delta, sub.format)
+                })
+            };
+            let outcome = self.queue(sub, frame.clone(), lossy, direct, tally);
+            if sub.delta {
+                sub.synced = matches!(outcome, PushOutcome::Queued | PushOutcome::Written);
+            }
+        }
+    }
+
     /// Queues `frame` to one subscriber, counting the outcome in `tally` (the node's
     /// counters are shared by every core: they are updated once per sweep, not once per
     /// subscriber).
-    fn queue(&self, sub: &Subscriber, frame: Bytes, lossy: bool, direct: bool, tally: &mut Tally) {
+    fn queue(
+        &self,
+        sub: &Subscriber,
+        frame: Bytes,
+        lossy: bool,
+        direct: bool,
+        tally: &mut Tally,
+    ) -> PushOutcome {
         let len = frame.len();
         let outcome = sub.outbox.push_as(frame, Push { lossy, direct });
         match outcome {
@@ -684,6 +825,7 @@ impl Hub {
             PushOutcome::Dropped => tally.dropped += 1,
             PushOutcome::Closed => {}
         }
+        outcome
     }
 
     /// Adds a sweep's tally to the node's counters.
@@ -766,6 +908,7 @@ impl Hub {
             offset: state.offset + 1,
             info: info.map(|i| (*i).clone()),
             tags: None,
+            delta: false,
         };
         let now = now_ms();
         let durable = match &self.journal {
@@ -1069,12 +1212,27 @@ fn new_epoch() -> Arc<str> {
 mod tests {
     use super::*;
 
-    /// Frames are "channel|offset|data" so tests can read them back.
+    /// Frames are "format|channel|offset|data" so tests can read them back; a delta
+    /// subscription's are "format|channel|offset|full|data" or "...|delta|delta".
     struct TextEncoder;
     impl FrameEncoder for TextEncoder {
         fn publication(&self, channel: &str, p: &Publication, format: FrameFormat) -> Bytes {
             let data = String::from_utf8_lossy(&p.data);
             Bytes::from(format!("{}|{channel}|{}|{data}", format.0, p.offset))
+        }
+        fn delta_publication(
+            &self,
+            channel: &str,
+            p: &Publication,
+            delta: Option<&[u8]>,
+            format: FrameFormat,
+        ) -> Bytes {
+            let payload = String::from_utf8_lossy(delta.unwrap_or(&p.data));
+            let kind = if delta.is_some() { "delta" } else { "full" };
+            Bytes::from(format!(
+                "{}|{channel}|{}|{kind}|{payload}",
+                format.0, p.offset
+            ))
         }
         fn join_leave(
             &self,
@@ -1100,17 +1258,17 @@ mod tests {
     }
 
     fn subscriber(key: ClientKey, format: u8) -> Subscriber {
-        Subscriber {
+        Subscriber::new(
             key,
-            outbox: Arc::new(Outbox::new(1 << 20)),
-            format: FrameFormat(format),
-            info: Arc::new(ClientInfo {
+            Arc::new(Outbox::new(1 << 20)),
+            FrameFormat(format),
+            Arc::new(ClientInfo {
                 user: format!("u{key}"),
                 client: format!("c{key}"),
                 conn_info: None,
                 chan_info: None,
             }),
-        }
+        )
     }
 
     fn take(outbox: &Outbox) -> Vec<String> {
@@ -1488,6 +1646,7 @@ mod tests {
                 offset,
                 info: None,
                 tags: None,
+                delta: false,
             };
             hub.restore("x", "e1", p, now_ms(), o);
         }
@@ -1580,6 +1739,7 @@ mod tests {
             offset: 1,
             info: None,
             tags: None,
+            delta: false,
         }) as u64;
         let hub = hub().with_max_history_bytes(4 * each);
         publish_n(&hub, "a", 3, o);
@@ -1688,6 +1848,7 @@ mod tests {
             offset: 1,
             info: None,
             tags: None,
+            delta: false,
         });
         let o = ChannelOptions {
             history: HistoryPolicy {
@@ -1725,6 +1886,7 @@ mod tests {
             offset: 1,
             info: None,
             tags: None,
+            delta: false,
         });
         let mut from = from_start(&hub, "r", 0);
         from.max_bytes = 10 * one - 1;
@@ -1813,5 +1975,186 @@ mod tests {
         );
         assert_eq!(asked, 1);
         assert!(hub.position("new").is_none());
+    }
+
+    /// A state-like JSON document: most of it stays, a few values change.
+    fn state_doc(i: u64) -> String {
+        format!(
+            "{{\"seq\":{i},\"price\":{},\"venue\":\"an exchange with a long name\",\"currency\":\"EUR\",\"volume\":{}}}",
+            100 + i % 7,
+            i * 31
+        )
+    }
+
+    /// A delta subscription's frames, replayed as a client would: `(offset, kind, data)`
+    /// with every delta applied to the data before it.
+    fn replay(frames: &[String]) -> Vec<(u64, String, String)> {
+        let mut last: Vec<u8> = Vec::new();
+        frames
+            .iter()
+            .map(|f| {
+                let parts: Vec<&str> = f.splitn(5, '|').collect();
+                let offset = parts[2].parse().expect("offset");
+                let data = match parts[3] {
+                    "full" => parts[4].as_bytes().to_vec(),
+                    "delta" => delta::apply(&last, parts[4].as_bytes(), 1 << 20).expect("applies"),
+                    other => panic!("not a delta subscription's frame: {other} in {f}"),
+                };
+                last = data.clone();
+                (
+                    offset,
+                    parts[3].to_string(),
+                    String::from_utf8(data).expect("utf-8"),
+                )
+            })
+            .collect()
+    }
+
+    fn kinds(replayed: &[(u64, String, String)]) -> Vec<&str> {
+        replayed.iter().map(|(_, k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn delta_subscribers_get_full_then_deltas_that_apply() {
+        let hub = hub();
+        let a = subscriber(1, 0).with_delta(true);
+        let b = subscriber(2, 0);
+        let c = subscriber(3, 0).with_delta(true);
+        let d = subscriber(4, 1).with_delta(true);
+        for s in [&a, &b, &c, &d] {
+            hub.subscribe("d", s.clone(), opts(false), None, |_| None)
+                .expect("sub");
+        }
+        let docs: Vec<String> = (1..=4).map(state_doc).collect();
+        for doc in &docs {
+            hub.publish("d", Bytes::from(doc.clone()), None, opts(false), false)
+                .expect("publish");
+        }
+        // Nothing alike: the delta would not be smaller, so the data goes in full, and
+        // the next one is a delta against it again.
+        let unlike = "#".repeat(40);
+        let like = format!("{unlike}!");
+        for doc in [&unlike, &like] {
+            hub.publish("d", Bytes::from(doc.clone()), None, opts(false), false)
+                .expect("publish");
+        }
+        let want: Vec<String> = docs.iter().chain([&unlike, &like]).cloned().collect();
+        for s in [&a, &c, &d] {
+            let replayed = replay(&take(&s.outbox));
+            assert_eq!(
+                kinds(&replayed),
+                vec!["full", "delta", "delta", "delta", "full", "delta"],
+                "subscriber {}",
+                s.key
+            );
+            let data: Vec<&String> = replayed.iter().map(|(_, _, d)| d).collect();
+            assert_eq!(data, want.iter().collect::<Vec<_>>());
+            let offsets: Vec<u64> = replayed.iter().map(|(o, _, _)| *o).collect();
+            assert_eq!(offsets, (1..=6).collect::<Vec<_>>());
+        }
+        // The plain subscriber of the same channel gets plain frames.
+        assert_eq!(data_of(&take(&b.outbox)), want);
+        // One frame per kind and format: the two format-0 delta subscribers share it.
+        hub.publish(
+            "d",
+            Bytes::from(format!("{like}?")),
+            None,
+            opts(false),
+            false,
+        )
+        .expect("publish");
+        let mut ptrs = Vec::new();
+        for s in [&a, &c] {
+            s.outbox
+                .write_with::<()>(1, |sl| {
+                    ptrs.push(sl[0].as_ptr() as usize);
+                    Ok(sl[0].len())
+                })
+                .expect("drain");
+        }
+        assert_eq!(ptrs[0], ptrs[1]);
+        let first_d = take(&d.outbox);
+        assert!(first_d[0].starts_with("1|d|7|delta|"), "{first_d:?}");
+    }
+
+    #[test]
+    fn a_lossy_drop_sends_the_next_publication_in_full() {
+        let hub = hub();
+        let o = ChannelOptions {
+            lossy: true,
+            ..ChannelOptions::default()
+        };
+        // Room for one full frame and a delta or two, not for more.
+        let sub = Subscriber {
+            outbox: Arc::new(Outbox::new(200)),
+            ..subscriber(1, 0).with_delta(true)
+        };
+        hub.subscribe("l", sub.clone(), o, None, |_| None)
+            .expect("sub");
+        let mut frames = Vec::new();
+        let mut offset = 0;
+        for round in 0..3 {
+            for _ in 0..6 {
+                offset += 1;
+                hub.publish("l", Bytes::from(state_doc(offset)), None, o, false)
+                    .expect("publish");
+            }
+            assert!(
+                hub.counters().lossy_drops.load(Ordering::Relaxed) > round,
+                "the queue overflowed"
+            );
+            frames.extend(take(&sub.outbox));
+        }
+        let replayed = replay(&frames);
+        let mut previous = 0;
+        let mut deltas = 0;
+        for (offset, kind, data) in &replayed {
+            assert_eq!(*data, state_doc(*offset), "offset {offset}");
+            if *offset != previous + 1 {
+                assert_eq!(
+                    kind, "full",
+                    "after a gap (at {offset}) the data comes in full"
+                );
+            }
+            deltas += usize::from(kind == "delta");
+            previous = *offset;
+        }
+        assert!(deltas >= 3, "{replayed:?}");
+        assert!(previous < 18, "some were dropped");
+    }
+
+    #[test]
+    fn resubscribing_starts_in_full_and_the_last_one_out_drops_the_kept_data() {
+        let hub = hub();
+        let a = subscriber(1, 0).with_delta(true);
+        hub.subscribe("r", a.clone(), opts(false), None, |_| None)
+            .expect("sub");
+        // A plain subscriber keeps the channel when the delta subscriber leaves.
+        hub.subscribe("r", subscriber(2, 0), opts(false), None, |_| None)
+            .expect("sub");
+        let publish = |i: u64| {
+            hub.publish("r", Bytes::from(state_doc(i)), None, opts(false), false)
+                .expect("publish");
+        };
+        publish(1);
+        publish(2);
+        assert_eq!(kinds(&replay(&take(&a.outbox))), vec!["full", "delta"]);
+        let kept = |hub: &Hub| {
+            let entry = hub.channel("r").expect("channel");
+            let state = entry.state.lock();
+            state.delta.as_ref().map(|d| d.subscribers)
+        };
+        assert_eq!(kept(&hub), Some(1));
+        hub.unsubscribe("r", 1);
+        assert_eq!(kept(&hub), None, "no delta subscriber: nothing kept");
+        publish(3);
+        hub.subscribe("r", a.clone(), opts(false), None, |_| None)
+            .expect("again");
+        publish(4);
+        publish(5);
+        let replayed = replay(&take(&a.outbox));
+        assert_eq!(kinds(&replayed), vec!["full", "delta"]);
+        assert_eq!(replayed[0].2, state_doc(4));
+        assert_eq!(replayed[1].2, state_doc(5));
     }
 }

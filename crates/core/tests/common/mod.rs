@@ -16,6 +16,17 @@ impl FrameEncoder for TextEncoder {
     fn publication(&self, _: &str, p: &Publication, _: FrameFormat) -> Bytes {
         Bytes::from(format!("{}|{}", p.offset, String::from_utf8_lossy(&p.data)))
     }
+    fn delta_publication(
+        &self,
+        _: &str,
+        p: &Publication,
+        delta: Option<&[u8]>,
+        _: FrameFormat,
+    ) -> Bytes {
+        let payload = String::from_utf8_lossy(delta.unwrap_or(&p.data));
+        let kind = if delta.is_some() { "delta" } else { "full" };
+        Bytes::from(format!("{}|{kind}|{payload}", p.offset))
+    }
     fn join_leave(&self, _: &str, join: bool, info: &ClientInfo, _: FrameFormat) -> Bytes {
         let kind = if join { "join" } else { "leave" };
         Bytes::from(format!("{kind}|{}", info.client))
@@ -36,17 +47,17 @@ pub fn history(size: usize) -> ChannelOptions {
 
 /// A subscriber with a 1 MiB queue.
 pub fn subscriber(key: ClientKey) -> Subscriber {
-    Subscriber {
+    Subscriber::new(
         key,
-        outbox: Arc::new(Outbox::new(1 << 20)),
-        format: FrameFormat(0),
-        info: Arc::new(ClientInfo {
+        Arc::new(Outbox::new(1 << 20)),
+        FrameFormat(0),
+        Arc::new(ClientInfo {
             user: format!("u{key}"),
             client: format!("c{key}"),
             conn_info: None,
             chan_info: None,
         }),
-    }
+    )
 }
 
 /// Everything queued to `outbox`, drained.
