@@ -19,6 +19,8 @@ pub struct HubCounters {
     pub slow_consumers: AtomicU64,
     /// Publications not queued to a full lossy subscriber (counter).
     pub lossy_drops: AtomicU64,
+    /// Publications queued to delta subscribers as a delta rather than in full (counter).
+    pub delta_deliveries: AtomicU64,
     /// Publications the message log did not take because it was failed (counter):
     /// delivered live but not persisted, or refused when durability was asked for.
     pub journal_errors: AtomicU64,

@@ -239,6 +239,13 @@ pub fn render(state: &AppState) -> String {
     );
     line(
         &mut out,
+        "starling_delta_deliveries_total",
+        "counter",
+        "Publications queued to delta subscribers as a fossil delta rather than in full.",
+        get(&h.delta_deliveries),
+    );
+    line(
+        &mut out,
         "starling_journal_errors_total",
         "counter",
         "Publications the message log did not take because it was failed (delivered live but not persisted, or refused when durability was asked for).",

@@ -107,6 +107,11 @@ async fn json_delta_subscription_rebuilds_every_publication() {
         ],
         "the first in full, the unlike one and the one after it in full"
     );
+    assert_eq!(
+        server.metric("starling_delta_deliveries_total").await,
+        Some(8),
+        "the node counts the deltas it sent"
+    );
 
     // Subscribing again starts in full.
     client

@@ -47,6 +47,8 @@ struct Tally {
     bytes: u64,
     slow: u64,
     dropped: u64,
+    /// Of `queued`, those sent as a delta (see `Hub::send_with_deltas`).
+    deltas: u64,
 }
 
 /// Turns pushes into complete WebSocket frames, once per format.
@@ -770,6 +772,7 @@ impl Hub {
         let direct = state.subscribers.len() <= SMALL_SWEEP;
         for sub in state.subscribers.values_mut() {
             let slot = usize::from(sub.format.0) % MAX_FORMATS;
+            let mut as_delta = false;
             let frame = if !sub.delta {
                 plain[slot].get_or_insert_with(|| {
                     self.encoder.publication(channel, publication, sub.format)
@@ -786,7 +789,8 @@ impl Hub {
                 } else {
                     None
                 };
-                let cache = if delta.is_some() {
+                as_delta = delta.is_some();
+                let cache = if as_delta {
                     &mut deltas[slot]
                 } else {
                     &mut full[slot]
@@ -799,6 +803,9 @@ impl Hub {
             let outcome = self.queue(sub, frame.clone(), lossy, direct, tally);
             if sub.delta {
                 sub.synced = matches!(outcome, PushOutcome::Queued | PushOutcome::Written);
+                if sub.synced && as_delta {
+                    tally.deltas += 1;
+                }
             }
         }
     }
@@ -841,6 +848,10 @@ impl Hub {
         }
         if tally.dropped > 0 {
             c.lossy_drops.fetch_add(tally.dropped, Ordering::Relaxed);
+        }
+        if tally.deltas > 0 {
+            c.delta_deliveries
+                .fetch_add(tally.deltas, Ordering::Relaxed);
         }
     }
 
