@@ -155,9 +155,7 @@ impl WsClient {
         source: Option<IpAddr>,
         subprotocol: Option<&str>,
     ) -> anyhow::Result<WsClient> {
-        let stream = tcp_connect(target, source)
-            .await
-            .with_context(|| format!("connecting to {} from {source:?}", target.addr))?;
+        let stream = open(target, source).await?;
         Self::upgrade_as(stream, target, subprotocol).await
     }
 
@@ -183,26 +181,20 @@ impl WsClient {
         source: Option<IpAddr>,
         commands: &[Command],
     ) -> anyhow::Result<(WsClient, Vec<ServerMessage>)> {
-        let stream = tcp_connect(target, source)
-            .await
-            .with_context(|| format!("connecting to {} from {source:?}", target.addr))?;
-        let mut payload = Vec::new();
-        for c in commands {
-            starling_protocol::encode_command(Encoding::Json, c, &mut payload);
-        }
-        let mask = next_rand(&mut (SEED.fetch_add(0x6D2B_79F5, Ordering::Relaxed) | 1));
-        let frame = encode_client_frame(OpCode::Text, true, false, &payload, mask.to_ne_bytes());
-        let mut client = Self::upgrade_with(stream, target, Some("starling.json"), &frame).await?;
+        let stream = open(target, source).await?;
+        let mut client =
+            Self::upgrade_with(stream, target, Some("starling.json"), commands).await?;
         let replies = client.replies(commands).await?;
         Ok((client, replies))
     }
 
-    /// The opening handshake, with `early` bytes (frames) written right after the request.
+    /// The opening handshake, with `early` commands (one text frame, when any) written
+    /// right after the request.
     async fn upgrade_with(
         mut stream: TcpStream,
         target: &Target,
         subprotocol: Option<&str>,
-        early: &[u8],
+        early: &[Command],
     ) -> anyhow::Result<WsClient> {
         let mut rand = SEED.fetch_add(0x6D2B_79F5, Ordering::Relaxed) | 1;
         let mut nonce = [0u8; 16];
@@ -221,7 +213,11 @@ impl WsClient {
                 .unwrap_or_default()
         );
         let mut request = request.into_bytes();
-        request.extend_from_slice(early);
+        if !early.is_empty() {
+            let mask = next_rand(&mut rand).to_ne_bytes();
+            let frame = encode_client_frame(OpCode::Text, true, false, &payload(early), mask);
+            request.extend_from_slice(&frame);
+        }
         stream.write_all(&request).await?;
         let mut buf = BytesMut::with_capacity(1024);
         let end = loop {
@@ -265,11 +261,7 @@ impl WsClient {
     /// Sends `commands` in one text frame and waits for a reply to each, answering
     /// pings meanwhile. Returns the replies (by position of the commands).
     pub async fn request(&mut self, commands: &[Command]) -> anyhow::Result<Vec<ServerMessage>> {
-        let mut payload = Vec::new();
-        for c in commands {
-            starling_protocol::encode_command(Encoding::Json, c, &mut payload);
-        }
-        self.writer.send_text(&payload).await?;
+        self.writer.send_text(&payload(commands)).await?;
         self.replies(commands).await
     }
 
@@ -349,6 +341,22 @@ impl WsWriter {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `commands` encoded as one JSON message.
+fn payload(commands: &[Command]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for c in commands {
+        starling_protocol::encode_command(Encoding::Json, c, &mut payload);
+    }
+    payload
+}
+
+/// TCP connect to `target` from `source`, saying where in the error.
+async fn open(target: &Target, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    tcp_connect(target, source)
+        .await
+        .with_context(|| format!("connecting to {} from {source:?}", target.addr))
 }
 
 /// `connect` (anonymous) as command 1.
