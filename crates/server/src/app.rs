@@ -335,14 +335,14 @@ pub async fn run(
         tokio::spawn(async move {
             // Expired history and idle channels go away within a second.
             let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let mut trim = crate::trim::TrimPolicy::default();
+            let mut trim = crate::allocator::TrimPolicy::default();
             loop {
                 tick.tick().await;
                 state.hub.sweep();
                 state.limits.sweep();
                 if trim.tick(state.registry.connections()) {
                     // Walks (and locks) the allocator's arenas: not on a runtime worker.
-                    drop(tokio::task::spawn_blocking(crate::trim::trim));
+                    drop(tokio::task::spawn_blocking(crate::allocator::trim));
                 }
             }
         })

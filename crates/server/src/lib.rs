@@ -2,6 +2,7 @@
 //! metrics and graceful shutdown, around the hub of `starling-core`.
 
 pub mod accept;
+pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -17,6 +18,5 @@ pub mod metrics;
 pub mod ops;
 pub mod session;
 pub mod subscriptions;
-pub mod trim;
 pub mod upgrade;
 pub mod wheel;

@@ -7,6 +7,12 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use starling::config::Config;
 
+/// jemalloc (the default): fewer bytes per idle connection than glibc's allocator, whose
+/// per-thread arenas fragment (docs/BENCHMARKS.md, "Where the idle memory goes now").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Starling: a real-time messaging server (WebSocket pub/sub).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]

@@ -372,6 +372,38 @@ pub fn render(state: &AppState) -> String {
         "starling_errors_total{{code=\"other\"}} {}",
         get(&m.other_errors)
     );
+    if let Some(held) = crate::allocator::stats() {
+        for (name, help, value) in [
+            (
+                "allocated",
+                "Bytes in live allocations (jemalloc).",
+                held.allocated,
+            ),
+            (
+                "active",
+                "Bytes in pages holding live allocations (jemalloc).",
+                held.active,
+            ),
+            (
+                "metadata",
+                "Bytes of the allocator's own metadata (jemalloc).",
+                held.metadata,
+            ),
+            (
+                "resident",
+                "Bytes resident in pages the allocator maps (jemalloc).",
+                held.resident,
+            ),
+        ] {
+            line(
+                &mut out,
+                &format!("starling_allocator_{name}_bytes"),
+                "gauge",
+                help,
+                value,
+            );
+        }
+    }
     line(
         &mut out,
         "starling_uptime_seconds",
