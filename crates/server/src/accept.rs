@@ -1,13 +1,15 @@
 //! One task per accepted socket. It reads the first request head itself: a WebSocket
 //! upgrade is answered here (101 or a refusal, written as plain bytes) and the socket goes
-//! on to the connection driver in the same task, with no HTTP machinery in between; any
-//! other request (the HTTP API, health, metrics, 404s) goes to hyper with the bytes read
-//! so far replayed first.
+//! on to the connection driver in the same task, with no HTTP machinery in between; a
+//! plain `POST /api/publish` is served here too, by the lean lane (`crate::lane`); any
+//! other request (the rest of the HTTP API, health, metrics, 404s) goes to hyper with the
+//! bytes read so far replayed first.
 //!
 //! Why: hyper's connection (8 KiB read and write buffers, the router, a `HeaderMap`)
 //! and a second task per upgrade cost connect rate and memory during reconnect storms,
 //! and WebSocket upgrades are nearly all the connections a node accepts.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -30,6 +32,7 @@ use tracing::debug;
 
 use crate::app::AppState;
 use crate::connection::{self, Negotiated};
+use crate::lane::{self, LeanHead};
 use crate::upgrade::{self, Refusal, Slots};
 
 /// The HTTP service every non-upgrade request goes to.
@@ -69,8 +72,7 @@ async fn handshake(
             u.slots,
         )),
         other => {
-            let timeout = handshake_timeout(&state);
-            not_upgraded(other, stream, http, timeout).await;
+            not_upgraded(other, stream, &state, http).await;
             None
         }
     }
@@ -123,13 +125,32 @@ impl Future for SocketTask {
     }
 }
 
-/// A socket whose first request is not a successful upgrade: hyper's, or answered and
-/// closed.
-async fn not_upgraded(first: First, stream: TcpStream, http: HttpService, timeout: Duration) {
+/// A socket whose first request is not a successful upgrade: the lean lane's (then
+/// hyper's, if it sends something else), hyper's, or answered and closed.
+async fn not_upgraded(first: First, stream: TcpStream, state: &Arc<AppState>, http: HttpService) {
     match first {
-        First::Http(prefix) => serve_http(stream, prefix, http, timeout).await,
+        // Boxed: inline, the lane (larger than hyper's connection) would grow the boxed
+        // handshake that every socket, WebSocket or not, allocates.
+        First::Lean(buf, head) => Box::pin(lean_then_http(stream, buf, head, state, http)).await,
+        First::Http(prefix) => {
+            serve_http(stream, prefix, http, handshake_timeout(state)).await;
+        }
         First::Refused(refusal) => close_after_refusal(stream, refusal).await,
         First::Upgraded(_) | First::Gone => {}
+    }
+}
+
+/// A socket for the lean lane, then hyper's if it sends something else.
+async fn lean_then_http(
+    stream: TcpStream,
+    buf: Vec<u8>,
+    head: LeanHead,
+    state: &Arc<AppState>,
+    http: HttpService,
+) {
+    let timeout = handshake_timeout(state);
+    if let Some((stream, prefix)) = lane::serve(stream, buf, head, state, timeout).await {
+        serve_http(stream, prefix, http, timeout).await;
     }
 }
 
@@ -145,6 +166,8 @@ pub(crate) struct Upgraded {
 pub(crate) enum First {
     /// A WebSocket upgrade, answered with 101: the connection driver's.
     Upgraded(Upgraded),
+    /// A publish for the lean lane: the bytes read so far, the head first.
+    Lean(Vec<u8>, LeanHead),
     /// Anything else: hyper's, with the bytes read so far.
     Http(Bytes),
     /// An upgrade to refuse with this answer.
@@ -165,8 +188,11 @@ pub(crate) async fn first_request(stream: &TcpStream, ip: IpAddr, state: &Arc<Ap
     // Allocated at the first byte (see `read_head`): a socket that sends nothing costs no
     // buffer while it waits out the timeout.
     let mut buf = Vec::new();
-    let read =
-        tokio::time::timeout(handshake_timeout(state), read_head(stream, &mut buf, state)).await;
+    let read = tokio::time::timeout(
+        handshake_timeout(state),
+        read_head(stream, &mut buf, state, true),
+    )
+    .await;
     let (leftover, negotiated) = match prepare(read, &mut buf, ip, state) {
         Ok(prepared) => prepared,
         Err(first) => return first,
@@ -208,6 +234,7 @@ fn prepare(
     };
     let (len, checked) = match head {
         Head::Upgrade { len, checked } => (len, checked),
+        Head::Publish(head) => return Err(First::Lean(std::mem::take(buf), head)),
         Head::Http => return Err(First::Http(Bytes::from(std::mem::take(buf)))),
         Head::TooLarge => {
             return Err(First::Refused(upgrade::refuse(
@@ -232,7 +259,7 @@ fn prepare(
 }
 
 /// Writes all of `bytes` by readiness (the socket is only borrowed).
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         match stream.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -248,7 +275,7 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 }
 
 /// What the bytes read so far are.
-enum Head {
+pub(crate) enum Head {
     /// More is needed.
     Incomplete,
     /// A `GET` of the WebSocket path, `len` bytes long, checked.
@@ -258,13 +285,28 @@ enum Head {
     },
     /// A `GET` of the WebSocket path whose head does not fit in [`MAX_HEAD`].
     TooLarge,
+    /// A publish the lean lane serves.
+    Publish(LeanHead),
     /// Anything else (including what does not parse): hyper's.
     Http,
 }
 
 /// Reads by readiness into `buf` (grown as needed, at most [`MAX_HEAD`]) until the bytes
-/// decide where the socket goes.
-async fn read_head(stream: &TcpStream, buf: &mut Vec<u8>, state: &AppState) -> io::Result<Head> {
+/// decide where the socket goes. Bytes already in `buf` (a request pipelined behind one
+/// the lean lane served) are looked at first. WebSocket upgrades are told apart only when
+/// `upgrades` is set (a socket's first request); later ones are hyper's.
+pub(crate) async fn read_head(
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    state: &AppState,
+    upgrades: bool,
+) -> io::Result<Head> {
+    if buf.len() >= MAX_HEAD || has_empty_line(buf, 0) {
+        match parse_head(buf, state, upgrades) {
+            Head::Incomplete => {}
+            decided => return Ok(decided),
+        }
+    }
     loop {
         // `poll_fn` over the readiness rather than `readable()`: no waiter future (about
         // 150 bytes) kept in the task.
@@ -290,7 +332,7 @@ async fn read_head(stream: &TcpStream, buf: &mut Vec<u8>, state: &AppState) -> i
         if buf.len() < MAX_HEAD && !has_empty_line(buf, before) {
             continue;
         }
-        match parse_head(buf, state) {
+        match parse_head(buf, state, upgrades) {
             Head::Incomplete => continue,
             decided => return Ok(decided),
         }
@@ -318,19 +360,27 @@ impl HeaderLines for Parsed<'_, '_> {
     }
 }
 
-/// Whether a request target is the WebSocket path (the query aside).
-fn is_websocket(target: Option<&str>) -> bool {
-    target.is_some_and(|t| t.split_once('?').map_or(t, |(path, _)| path) == upgrade::PATH)
+/// Whether a request target is `path` (the query aside).
+pub(crate) fn is_path(target: Option<&str>, path: &str) -> bool {
+    target.is_some_and(|t| t.split_once('?').map_or(t, |(p, _)| p) == path)
 }
 
-/// Parses the head and, for an upgrade, runs the checks that need only the request.
-/// Synchronous, so that the header array never lives in the task's future.
-fn parse_head(buf: &[u8], state: &AppState) -> Head {
+/// Whether a request target is the WebSocket path (the query aside).
+fn is_websocket(target: Option<&str>) -> bool {
+    is_path(target, upgrade::PATH)
+}
+
+/// Parses the head and, for an upgrade (when `upgrades`), runs the checks that need only
+/// the request. Synchronous, so that the header array never lives in the task's future.
+fn parse_head(buf: &[u8], state: &AppState, upgrades: bool) -> Head {
     let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => {
-            if req.method != Some("GET") || !is_websocket(req.path) {
+            if let Some(head) = lane::recognise(&req, buf, len) {
+                return Head::Publish(head);
+            }
+            if !upgrades || req.method != Some("GET") || !is_websocket(req.path) {
                 return Head::Http;
             }
             let version = match req.version {
@@ -344,7 +394,7 @@ fn parse_head(buf: &[u8], state: &AppState) -> Head {
         }
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Incomplete,
         Ok(httparse::Status::Partial) => {
-            if req.method == Some("GET") && is_websocket(req.path) {
+            if upgrades && req.method == Some("GET") && is_websocket(req.path) {
                 Head::TooLarge
             } else {
                 Head::Http
@@ -361,7 +411,16 @@ fn parse_head(buf: &[u8], state: &AppState) -> Head {
 /// reads it.
 async fn close_after_refusal(mut stream: TcpStream, refusal: Box<Refusal>) {
     let bytes = refusal.to_bytes(&http_date(SystemTime::now()));
-    if stream.write_all(&bytes).await.is_err() || stream.shutdown().await.is_err() {
+    if stream.write_all(&bytes).await.is_ok() {
+        linger_close(stream).await;
+    }
+}
+
+/// Closes a socket after an answer: shut down for writing, then what the client still
+/// sends is read (briefly, boundedly) before the socket is dropped, so that unread bytes
+/// do not turn into a reset that destroys the answer.
+pub(crate) async fn linger_close(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
         return;
     }
     let mut unread = (&mut stream).take(LINGER_BYTES);
@@ -469,33 +528,45 @@ impl AsyncWrite for Prefixed {
 /// `time` as an HTTP date (IMF-fixdate, RFC 9110 5.6.7), e.g.
 /// `Sun, 06 Nov 1994 08:49:37 GMT`; the refusals carry one, as hyper's answers did.
 fn http_date(time: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Days to a civil date in the proleptic Gregorian calendar (H. Hinnant's
-    // `civil_from_days`), shifted so that years start on 1 March.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    HttpDate(time).to_string()
+}
+
+/// A time shown as an HTTP date (see [`http_date`]); written straight into an answer's
+/// buffer, with no string of its own.
+pub(crate) struct HttpDate(pub(crate) SystemTime);
+
+impl fmt::Display for HttpDate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let secs = self
+            .0
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (days, rest) = (secs / 86_400, secs % 86_400);
+        // Days to a civil date in the proleptic Gregorian calendar (H. Hinnant's
+        // `civil_from_days`), shifted so that years start on 1 March.
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z % 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + u64::from(month <= 2);
+        write!(
+            f,
+            "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+            DAYS[(days % 7) as usize],
+            MONTHS[(month - 1) as usize],
+            rest / 3600,
+            rest % 3600 / 60,
+            rest % 60
+        )
+    }
 }
 
 #[cfg(test)]
@@ -560,8 +631,11 @@ mod tests {
     /// A socket's task holds the boxed handshake until the connection starts, then the
     /// connection (bounded in `connection::size_tests`): what the task adds to the
     /// connection must stay within a word, and the boxed handshake (freed once the
-    /// connection starts) small. (Measured in the test profile: handshake 328 bytes;
-    /// task 264 = the connection's 264.)
+    /// connection starts) small. The whole boxed future also holds what a socket that is
+    /// not a WebSocket runs next (hyper's connection, inline; the lean lane, boxed), so
+    /// it is bounded too: every socket allocates it. (Measured in the test profile:
+    /// first request 328 bytes; boxed handshake 1224, 1216 before the lean lane; task
+    /// 264 = the connection's 264.)
     #[tokio::test]
     async fn socket_task_futures_stay_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -584,6 +658,10 @@ mod tests {
         let http = TowerToHyperService::new(crate::app::router(state.clone()));
         let task = serve(second, peer.ip(), state.clone(), http);
         let task_size = std::mem::size_of_val(&task);
+        let SocketTask::Handshake(boxed) = &task else {
+            panic!("a new socket's task starts with the handshake");
+        };
+        let boxed_size = std::mem::size_of_val(&**boxed);
         let (_, third, _) = sockets.pop().expect("socket");
         let negotiated = Negotiated {
             deflate: None,
@@ -599,11 +677,15 @@ mod tests {
         let driver_size = std::mem::size_of_val(&driver);
         eprintln!(
             "handshake future: {handshake_size} bytes; socket task: {task_size} bytes \
-             (connection driver: {driver_size})"
+             (connection driver: {driver_size}); boxed handshake: {boxed_size} bytes"
         );
         assert!(
             handshake_size <= 352,
             "handshake future is {handshake_size} bytes"
+        );
+        assert!(
+            boxed_size <= 1248,
+            "the boxed handshake is {boxed_size} bytes"
         );
         assert!(
             task_size <= driver_size + 8,

@@ -2,13 +2,15 @@
 //! `Authorization: apikey <key>`. Documented in docs/API.md and by the OpenAPI document
 //! served at `/api/openapi.json`.
 
+use std::future::Future;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -143,13 +145,164 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body())).into_response();
-        if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        Reply::Failed(self).into_response()
+    }
+}
+
+/// A publish's outcome, neutral as to the transport: axum's route renders it as a
+/// `Response`, the accept path's lean lane (`crate::lane`) as bytes; both take the status,
+/// `Retry-After` and the JSON body from here, so the two cannot drift apart.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Published: 200 `{"result": {...}}`.
+    Published(PublishResult),
+    /// The response recorded under the request's idempotency key, sent again.
+    Replayed(Arc<Recorded>),
+    /// Refused, or failed.
+    Failed(ApiError),
+}
+
+/// Where a publication went: the `result` of a successful publish.
+#[derive(Debug)]
+pub(crate) struct PublishResult {
+    offset: u64,
+    epoch: Arc<str>,
+    delivered: usize,
+}
+
+impl PublishResult {
+    /// The whole response body as a `Value`, for the idempotency record. Built by hand:
+    /// `json!` would copy the inner object through the serializer.
+    fn body(&self) -> Value {
+        let result = serde_json::Map::from_iter([
+            ("offset".to_string(), Value::from(self.offset)),
+            ("epoch".to_string(), Value::from(&*self.epoch)),
+            ("delivered".to_string(), Value::from(self.delivered)),
+        ]);
+        Value::Object(serde_json::Map::from_iter([(
+            "result".to_string(),
+            Value::Object(result),
+        )]))
+    }
+}
+
+impl Reply {
+    /// The HTTP status.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Reply::Published(_) => StatusCode::OK,
+            Reply::Replayed(recorded) => {
+                StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK)
+            }
+            Reply::Failed(e) => e.status,
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, when the refusal is temporary.
+    pub(crate) fn retry_after(&self) -> Option<u32> {
+        match self {
+            Reply::Failed(e) => e.retry_after,
+            Reply::Published(_) | Reply::Replayed(_) => None,
+        }
+    }
+
+    /// Appends the JSON body to `out`. A success is written without building a `Value`,
+    /// in the bytes serde_json gives for [`PublishResult::body`] (keys sorted: its `Map`
+    /// is a `BTreeMap` without the `preserve_order` feature), so that a replay of the
+    /// recorded body is byte for byte the first answer (tested).
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        // Writing into a Vec cannot fail, nor can serializing a `Value` or a `str`.
+        match self {
+            Reply::Published(p) => {
+                let _ = write!(out, r#"{{"result":{{"delivered":{},"epoch":"#, p.delivered);
+                let _ = serde_json::to_writer(&mut *out, &*p.epoch);
+                let _ = write!(out, r#","offset":{}}}}}"#, p.offset);
+            }
+            Reply::Replayed(recorded) => {
+                let _ = serde_json::to_writer(out, &recorded.body);
+            }
+            Reply::Failed(e) => {
+                let _ = serde_json::to_writer(out, &e.body());
+            }
+        }
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let mut body = Vec::with_capacity(128);
+        self.write_json(&mut body);
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+/// The most body bytes an API request may send: the message limit plus the envelope.
+pub(crate) fn body_limit(state: &AppState) -> usize {
+    state
+        .config
+        .websocket
+        .max_message_size
+        .saturating_add(ENVELOPE_ALLOWANCE)
+}
+
+/// A body that could not be read whole: longer than the limit, or its sender failed.
+#[derive(Debug)]
+pub(crate) struct BodyError;
+
+/// Where an API request's key and body come from: an axum request, or the accept path's
+/// lean lane, which parsed the head itself and reads the body from the socket into its
+/// own buffer. The body is read only after the key check (and the in-flight count), as
+/// the handlers always did.
+pub(crate) trait ApiInput: Send {
+    /// The value of the request's first `Authorization` header.
+    fn authorization(&self) -> Option<&[u8]>;
+
+    /// The whole body, at most `limit` bytes, read now unless it was already.
+    fn body(&mut self, limit: usize) -> impl Future<Output = Result<&[u8], BodyError>> + Send;
+}
+
+/// An axum request as an [`ApiInput`].
+struct AxumInput {
+    headers: HeaderMap,
+    body: Option<Body>,
+    read: Bytes,
+}
+
+impl From<Request> for AxumInput {
+    fn from(req: Request) -> Self {
+        let (parts, body) = req.into_parts();
+        Self {
+            headers: parts.headers,
+            body: Some(body),
+            read: Bytes::new(),
+        }
+    }
+}
+
+impl ApiInput for AxumInput {
+    fn authorization(&self) -> Option<&[u8]> {
+        self.headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+    }
+
+    async fn body(&mut self, limit: usize) -> Result<&[u8], BodyError> {
+        if let Some(body) = self.body.take() {
+            self.read = axum::body::to_bytes(body, limit)
+                .await
+                .map_err(|_| BodyError)?;
+        }
+        Ok(&self.read)
     }
 }
 
@@ -215,9 +368,13 @@ impl InFlight {
     }
 }
 
+/// `{"result": result}`, the body of every success.
+fn result_body(result: Value) -> Value {
+    Value::Object(serde_json::Map::from_iter([("result".to_string(), result)]))
+}
+
 fn ok(result: Value) -> ApiResult {
-    let body = Value::Object(serde_json::Map::from_iter([("result".to_string(), result)]));
-    Ok(axum::Json(body).into_response())
+    Ok(axum::Json(result_body(result)).into_response())
 }
 
 /// Admits an API request: while the node drains (graceful shutdown) it is refused with
@@ -226,10 +383,10 @@ fn ok(result: Value) -> ApiResult {
 /// the request as in flight until the handler ends, and shutdown waits for it (up to
 /// `server.shutdown_timeout_secs`). Done here rather than in a middleware layer, which
 /// cost every request a boxed future and several allocations.
-async fn authorized<T: ApiBody>(
-    state: &AppState,
-    req: Request,
-) -> Result<(InFlightGuard<'_>, T), ApiError> {
+async fn authorized<'s, T: ApiBody>(
+    state: &'s AppState,
+    input: &mut impl ApiInput,
+) -> Result<(InFlightGuard<'s>, T), ApiError> {
     let Some(guard) = state.api_in_flight.enter(&state.draining) else {
         let e = ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -241,26 +398,27 @@ async fn authorized<T: ApiBody>(
         return Err(e);
     };
     Metrics::add(&state.metrics.api_requests, 1);
-    let result = check_and_parse(state, req).await;
+    let result = check_and_parse(state, input).await;
     if let Err(e) = &result {
         state.metrics.error(e.code);
     }
     result.map(|body| (guard, body))
 }
 
-async fn check_and_parse<T: ApiBody>(state: &AppState, req: Request) -> Result<T, ApiError> {
-    check_key(state, req.headers())?;
-    let limit = state.config.websocket.max_message_size + ENVELOPE_ALLOWANCE;
-    let body: Bytes = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                codes::MESSAGE_TOO_LARGE,
-                format!("request body over {limit} bytes"),
-            )
-        })?;
-    parse_body(&body)
+async fn check_and_parse<T: ApiBody>(
+    state: &AppState,
+    input: &mut impl ApiInput,
+) -> Result<T, ApiError> {
+    check_key(state, input.authorization())?;
+    let limit = body_limit(state);
+    let body = input.body(limit).await.map_err(|BodyError| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::MESSAGE_TOO_LARGE,
+            format!("request body over {limit} bytes"),
+        )
+    })?;
+    parse_body(body)
 }
 
 /// A request body: its JSON shape (serde) plus the rules JSON cannot state by type alone
@@ -330,7 +488,9 @@ fn check_idempotency_key(key: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the `Authorization` header's value (`apikey <key>`). A value with bytes other
+/// than visible ASCII and tabs reads as no key, as `HeaderValue::to_str` made it read.
+fn check_key(state: &AppState, authorization: Option<&[u8]>) -> Result<(), ApiError> {
     let expected = state.config.api.key.as_bytes();
     if expected.is_empty() {
         return Err(ApiError::new(
@@ -339,13 +499,12 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "the HTTP API is disabled: set api.key",
         ));
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("apikey "))
-        .map(str::trim)
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), expected) {
+    let given = authorization
+        .filter(|v| v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)))
+        .and_then(|v| v.strip_prefix(b"apikey "))
+        .map(<[u8]>::trim_ascii)
+        .unwrap_or_default();
+    if !constant_time_eq(given, expected) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             codes::UNAUTHORIZED,
@@ -428,7 +587,7 @@ enum Keyed {
     /// Go ahead (holding the key's reservation, when the request has a key).
     Proceed(Option<Reservation>),
     /// The key's recorded response: send it again, publish nothing.
-    Replay(Response),
+    Replay(Arc<Recorded>),
 }
 
 /// Checks an idempotency key (its length was checked with the rest of the body) and
@@ -458,7 +617,7 @@ async fn claim_key(
         .await
     {
         Claim::Fresh(reservation) => Ok(Keyed::Proceed(Some(reservation))),
-        Claim::Done(recorded) => Ok(Keyed::Replay(replay(&recorded))),
+        Claim::Done(recorded) => Ok(Keyed::Replay(recorded)),
         Claim::Conflict => refuse(ApiError::new(
             StatusCode::CONFLICT,
             codes::IDEMPOTENCY_CONFLICT,
@@ -472,42 +631,48 @@ async fn claim_key(
     }
 }
 
-/// A recorded response, sent again.
-fn replay(recorded: &Recorded) -> Response {
-    let status = StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK);
-    (status, axum::Json(recorded.body.clone())).into_response()
-}
-
 /// Records `result` (the outcome of a request that published) under its key, when it
-/// has one, and turns it into the response.
-fn record(reservation: Option<Reservation>, result: Result<Value, ApiError>) -> ApiResult {
-    let (status, body) = match result {
-        // Built by hand: `json!` would copy `value` through the serializer.
-        Ok(value) => (
-            StatusCode::OK,
-            Value::Object(serde_json::Map::from_iter([("result".to_string(), value)])),
-        ),
-        Err(e) => {
-            if let Some(reservation) = reservation {
-                reservation.complete(e.status.as_u16(), e.body());
-            }
-            return Err(e);
-        }
-    };
+/// has one: an error as its body, a success as `body` makes it (a 200). Only then is the
+/// body built as a `Value`.
+fn record<R>(
+    reservation: Option<Reservation>,
+    result: Result<R, ApiError>,
+    body: impl FnOnce(&R) -> Value,
+) -> Result<R, ApiError> {
     if let Some(reservation) = reservation {
-        reservation.complete(status.as_u16(), body.clone());
+        match &result {
+            Ok(r) => reservation.complete(StatusCode::OK.as_u16(), body(r)),
+            Err(e) => reservation.complete(e.status.as_u16(), e.body()),
+        };
     }
-    Ok((status, axum::Json(body)).into_response())
+    result
 }
 
-/// `POST /api/publish`.
-pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let (_in_flight, body): (_, PublishRequest) = authorized(&state, req).await?;
+/// `POST /api/publish` through axum (hyper): requests the accept path's lean lane does
+/// not take (chunked bodies, HTTP/1.0, `Expect`, ...).
+pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    publish_reply(&state, &mut AxumInput::from(req))
+        .await
+        .into_response()
+}
+
+/// The whole of `POST /api/publish`, whichever way the request came (axum's route or the
+/// accept path's lean lane): the drain check and in-flight count, the key, the metrics,
+/// the body, the namespace, the data size, `durable`, the idempotency key, the publish
+/// and the durable wait. The caller only renders the reply.
+pub(crate) async fn publish_reply(state: &Arc<AppState>, input: &mut impl ApiInput) -> Reply {
+    publish_with(state, input)
+        .await
+        .unwrap_or_else(Reply::Failed)
+}
+
+async fn publish_with(state: &Arc<AppState>, input: &mut impl ApiInput) -> Result<Reply, ApiError> {
+    let (_in_flight, body): (_, PublishRequest) = authorized(state, input).await?;
     let rules = state
         .namespaces
         .resolve(&body.channel)
         .map_err(ApiError::channel)?;
-    let data = data_bytes(&state, &body.data)?;
+    let data = data_bytes(state, &body.data)?;
     if body.durable && state.journal.is_none() {
         // Refused before anything is published, not after.
         return Err(ApiError::new(
@@ -526,11 +691,11 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
     // In a cluster the broker keeps the keys (a retry may reach another node); on one
     // node this node's cache does.
     let (reservation, idempotency) = if state.node.cluster().is_some() {
-        (None, cluster_key(&state, "publish", key, &parts))
+        (None, cluster_key(state, "publish", key, &parts))
     } else {
-        match claim_key(&state, "publish", key, &parts).await? {
+        match claim_key(state, "publish", key, &parts).await? {
             Keyed::Proceed(reservation) => (reservation, None),
-            Keyed::Replay(response) => return Ok(response),
+            Keyed::Replay(recorded) => return Ok(Reply::Replayed(recorded)),
         }
     };
     // Refused before publishing: the reservation is dropped and the key freed.
@@ -549,14 +714,14 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
         )
         .wait()
         .await
-        .map_err(|e| ApiError::publish(&state, e))?;
-    let result = json!({
-        "offset": published.position.offset,
-        "epoch": &*published.position.epoch,
-        "delivered": published.delivered,
-    });
+        .map_err(|e| ApiError::publish(state, e))?;
+    let result = PublishResult {
+        offset: published.position.offset,
+        epoch: published.position.epoch,
+        delivered: published.delivered,
+    };
     if !body.durable {
-        return record(reservation, Ok(result));
+        return record(reservation, Ok(result), PublishResult::body).map(Reply::Published);
     }
     // The publication exists now: its outcome is recorded by a task of its own, so a
     // caller hanging up during the fsync wait cannot free the key (its retry would be
@@ -566,16 +731,19 @@ pub async fn publish(State(state): State<Arc<AppState>>, req: Request) -> ApiRes
         let state = state.clone();
         async move {
             let persisted = await_durable(&state, true, ack).await;
-            record(reservation, persisted.map(|()| result))
+            record(reservation, persisted.map(|()| result), PublishResult::body)
         }
     });
-    finish.await.unwrap_or_else(|e| {
-        Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            codes::INTERNAL,
-            format!("publish task failed: {e}"),
-        ))
-    })
+    finish
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::INTERNAL,
+                format!("publish task failed: {e}"),
+            ))
+        })
+        .map(Reply::Published)
 }
 
 #[derive(Deserialize)]
@@ -605,7 +773,8 @@ impl ApiBody for BroadcastRequest {
 
 /// `POST /api/broadcast`: the same data to many channels; one result per channel.
 pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let (_in_flight, body): (_, BroadcastRequest) = authorized(&state, req).await?;
+    let (_in_flight, body): (_, BroadcastRequest) =
+        authorized(&state, &mut AxumInput::from(req)).await?;
     let data = data_bytes(&state, &body.data)?;
     let mut parts: Vec<&[u8]> = body.channels.iter().map(|c| c.as_bytes()).collect();
     parts.push(body.data.get().as_bytes());
@@ -617,7 +786,7 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
     } else {
         match claim_key(&state, "broadcast", key, &parts).await? {
             Keyed::Proceed(reservation) => (reservation, None),
-            Keyed::Replay(response) => return Ok(response),
+            Keyed::Replay(recorded) => return Ok(Reply::Replayed(recorded).into_response()),
         }
     };
     let mut responses = Vec::with_capacity(body.channels.len());
@@ -667,7 +836,10 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
     // cannot be cancelled in between; with a cluster engine the publications are
     // already on their way when the first await runs, and a cancelled handler drops
     // the reservation (a retry publishes again: at least once).
-    record(reservation, Ok(json!({ "responses": responses })))
+    let result = record(reservation, Ok(json!({ "responses": responses })), |r| {
+        result_body(r.clone())
+    })?;
+    ok(result)
 }
 
 /// Waits for the message log's fsync when the caller asked for durability.
@@ -722,7 +894,8 @@ impl ApiBody for HistoryApiRequest {
 
 /// `POST /api/history`: a page of a channel's history.
 pub async fn history(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let (_in_flight, body): (_, HistoryApiRequest) = authorized(&state, req).await?;
+    let (_in_flight, body): (_, HistoryApiRequest) =
+        authorized(&state, &mut AxumInput::from(req)).await?;
     let rules = state
         .namespaces
         .resolve(&body.channel)
@@ -798,7 +971,8 @@ impl ApiBody for ChannelsRequest {
 
 /// `POST /api/channels`: channels with subscribers, with their counts.
 pub async fn channels(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let (_in_flight, body): (_, ChannelsRequest) = authorized(&state, req).await?;
+    let (_in_flight, body): (_, ChannelsRequest) =
+        authorized(&state, &mut AxumInput::from(req)).await?;
     // In a cluster every node answers for its own subscribers (within a second).
     let (channels, _nodes) =
         crate::cluster::cluster_channels(&state, body.pattern, Duration::from_secs(1))
@@ -825,7 +999,8 @@ impl ApiBody for PresenceRequest {
 
 /// `POST /api/presence`: who is subscribed to a channel.
 pub async fn presence(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let (_in_flight, body): (_, PresenceRequest) = authorized(&state, req).await?;
+    let (_in_flight, body): (_, PresenceRequest) =
+        authorized(&state, &mut AxumInput::from(req)).await?;
     let rules = state
         .namespaces
         .resolve(&body.channel)
@@ -870,7 +1045,8 @@ impl ApiBody for DisconnectRequest {
 
 /// `POST /api/disconnect`: closes every connection of a user on this node (code 4503).
 pub async fn disconnect(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let (_in_flight, body): (_, DisconnectRequest) = authorized(&state, req).await?;
+    let (_in_flight, body): (_, DisconnectRequest) =
+        authorized(&state, &mut AxumInput::from(req)).await?;
     let n = state
         .registry
         .disconnect_user(&body.user, codes::DISCONNECTED_BY_API);
@@ -903,7 +1079,7 @@ impl ApiBody for InfoRequest {
 
 /// `POST /api/info`: node id, version, uptime and counts.
 pub async fn info(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let (_in_flight, _): (_, InfoRequest) = authorized(&state, req).await?;
+    let (_in_flight, _): (_, InfoRequest) = authorized(&state, &mut AxumInput::from(req)).await?;
     let h = state.hub.counters();
     let nodes: Vec<Value> = if state.node.cluster().is_some() {
         // This node's own entry is read now, not taken from its last heartbeat.
@@ -954,4 +1130,34 @@ pub async fn openapi() -> Response {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(OPENAPI))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A success written by hand is byte for byte the recorded `Value` a replay sends
+    /// (whatever the epoch holds), and an error is its `Value` body.
+    #[test]
+    fn replies_are_the_bytes_of_their_values() {
+        for epoch in ["", "9f1c2a7be0d45e11", "quote\" back\\ nl\n é \u{1}"] {
+            let result = PublishResult {
+                offset: u64::MAX,
+                epoch: epoch.into(),
+                delivered: 7,
+            };
+            let recorded = serde_json::to_vec(&result.body()).expect("json");
+            let mut written = Vec::new();
+            Reply::Published(result).write_json(&mut written);
+            assert_eq!(
+                String::from_utf8_lossy(&written),
+                String::from_utf8_lossy(&recorded)
+            );
+        }
+        let error = ApiError::bad_request("bad \"JSON\"");
+        let expected = serde_json::to_vec(&error.body()).expect("json");
+        let mut written = Vec::new();
+        Reply::Failed(error).write_json(&mut written);
+        assert_eq!(written, expected);
+    }
 }

@@ -12,6 +12,7 @@ pub mod connection;
 pub mod encoder;
 pub mod idempotency;
 pub mod journal;
+mod lane;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -203,6 +203,11 @@ pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
+    read_to_close(&mut stream).await
+}
+
+/// Reads until the server closes (bounded by [`WAIT`]); what came, as text.
+pub async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut out))
         .await
@@ -442,26 +447,39 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
 
 /// Reads one HTTP response with a `Content-Length` body; returns its status and body.
 pub async fn read_response(stream: &mut TcpStream) -> (u16, String) {
-    let head = read_head(stream).await;
-    let status = head
-        .split_whitespace()
+    let (head, body) = read_message(stream).await;
+    (status_of(&head), body)
+}
+
+/// The status code of a response head.
+pub fn status_of(head: &str) -> u16 {
+    head.split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head}"));
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
+        .unwrap_or_else(|| panic!("no status in {head}"))
+}
+
+/// The value of header `name` in a response head (the first, if repeated).
+pub fn header_of<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().find_map(|l| {
+        let (n, value) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then_some(value.trim())
+    })
+}
+
+/// Reads one HTTP response with a `Content-Length` body (and nothing after it); returns
+/// its head and body.
+pub async fn read_message(stream: &mut TcpStream) -> (String, String) {
+    let head = read_head(stream).await;
+    let length: usize = header_of(&head, "content-length")
+        .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no content-length in {head}"));
     let mut body = vec![0; length];
     tokio::time::timeout(WAIT, stream.read_exact(&mut body))
         .await
         .expect("body in time")
         .expect("read body");
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (head, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Opens a raw TCP connection, sends a version-13 upgrade and returns the stream with
