@@ -321,7 +321,10 @@ pub(crate) async fn read_head(
             );
         }
         let room = MAX_HEAD.saturating_sub(buf.len());
-        match stream.try_read_buf(&mut (&mut *buf).limit(room)) {
+        let free = room.min(buf.capacity().saturating_sub(buf.len()));
+        match crate::readiness::try_read(stream, free, || {
+            stream.try_read_buf(&mut (&mut *buf).limit(room))
+        }) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

@@ -477,7 +477,8 @@ impl Driver {
             // A client that keeps sending must not keep this task (and its worker) in
             // the read loop: after a few full buffers, go back to writing and yield.
             for _ in 0..READS_PER_WAKE {
-                match stream.try_read(&mut buf) {
+                let room = buf.len();
+                match crate::readiness::try_read(stream, room, || stream.try_read(&mut buf)) {
                     Ok(0) => return Ok(false),
                     Ok(n) => {
                         crate::metrics::Metrics::add(&self.state.metrics.bytes_in, n as u64);

@@ -203,7 +203,8 @@ pub(crate) async fn serve(
 async fn fill(stream: &TcpStream, buf: &mut Vec<u8>, end: usize) -> io::Result<()> {
     while let Some(missing) = end.checked_sub(buf.len()).filter(|&n| n > 0) {
         buf.reserve(missing);
-        match stream.try_read_buf(buf) {
+        let free = buf.capacity().saturating_sub(buf.len());
+        match crate::readiness::try_read(stream, free, || stream.try_read_buf(buf)) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

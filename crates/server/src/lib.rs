@@ -17,6 +17,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
+pub mod readiness;
 pub mod session;
 pub mod subscriptions;
 pub mod upgrade;
