@@ -16,12 +16,12 @@
 use std::io::{self, Write as _};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use crate::accept::{self, Head, HttpDate, MAX_HEAD};
+use crate::accept::{self, Head, MAX_HEAD};
 use crate::api::{self, ApiInput, BodyError, Reply};
 use crate::app::AppState;
 
@@ -259,7 +259,9 @@ fn write_head(out: &mut Vec<u8>, reply: &Reply, body_len: usize, keep_alive: boo
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    let _ = write!(out, "date: {}\r\n\r\n", HttpDate(SystemTime::now()));
+    out.extend_from_slice(b"date: ");
+    accept::write_http_date_now(out);
+    out.extend_from_slice(b"\r\n\r\n");
 }
 
 #[cfg(test)]
