@@ -660,13 +660,9 @@ mod tests {
     /// socket; what is left of it comes back with the socket.
     #[tokio::test]
     async fn prefixed_replays_then_reads_the_socket() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let crate::testing::TcpPair {
+            mut client, server, ..
+        } = crate::testing::tcp_pair().await;
         client.write_all(b" world").await.expect("write");
         drop(client);
         let mut io = Prefixed::new(Bytes::from_static(b"hello"), server);
@@ -690,37 +686,28 @@ mod tests {
     /// 264 = the connection's 264.)
     #[tokio::test]
     async fn socket_task_futures_stay_small() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut sockets = Vec::new();
-        for _ in 0..3 {
-            let client = TcpStream::connect(addr).await.expect("connect");
-            let (server, peer) = listener.accept().await.expect("accept");
-            sockets.push((client, server, peer));
-        }
+        let first = crate::testing::tcp_pair().await;
+        let second = crate::testing::tcp_pair().await;
+        let third = crate::testing::tcp_pair().await;
+        let peer = first.peer;
         let mut config = crate::config::Config::default();
         config.storage.dir = String::new();
-        let state = AppState::new(config, addr).expect("state");
-        let (_, first, peer) = sockets.pop().expect("socket");
-        let handshake = first_request(&first, peer.ip(), &state);
+        let state = AppState::new(config, first.listen).expect("state");
+        let handshake = first_request(&first.server, peer.ip(), &state);
         let handshake_size = std::mem::size_of_val(&handshake);
-        let (_, second, _) = sockets.pop().expect("socket");
         let http = TowerToHyperService::new(crate::app::router(state.clone()));
-        let task = serve(second, peer.ip(), state.clone(), http);
+        let task = serve(second.server, peer.ip(), state.clone(), http);
         let task_size = std::mem::size_of_val(&task);
         let SocketTask::Handshake(boxed) = &task else {
             panic!("a new socket's task starts with the handshake");
         };
         let boxed_size = std::mem::size_of_val(&**boxed);
-        let (_, third, _) = sockets.pop().expect("socket");
         let negotiated = Negotiated {
             deflate: None,
             format: starling_core::FrameFormat(0),
         };
         let driver = connection::run(
-            third,
+            third.server,
             Bytes::new(),
             negotiated,
             state.clone(),

@@ -737,15 +737,11 @@ mod size_tests {
     /// puts a task's future in a cell of its size + 104 bytes, rounded up to 128.
     #[tokio::test]
     async fn connection_task_stays_small() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let _client = TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let pair = crate::testing::tcp_pair().await;
+        let server = pair.server;
         let mut config = crate::config::Config::default();
         config.storage.dir = String::new();
-        let state = AppState::new(config, addr).expect("state");
+        let state = AppState::new(config, pair.listen).expect("state");
         let negotiated = Negotiated {
             deflate: None,
             format: FrameFormat(0),

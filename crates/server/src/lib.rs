@@ -20,5 +20,7 @@ pub mod ops;
 pub mod readiness;
 pub mod session;
 pub mod subscriptions;
+#[cfg(test)]
+mod testing;
 pub mod upgrade;
 pub mod wheel;

@@ -49,13 +49,9 @@ mod tests {
     /// arrive; a full read leaves it ready.
     #[tokio::test]
     async fn a_partial_read_clears_readiness_until_more_arrives() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let crate::testing::TcpPair {
+            mut client, server, ..
+        } = crate::testing::tcp_pair().await;
         client.write_all(b"hello").await.expect("write");
         server.readable().await.expect("readable");
 
