@@ -58,13 +58,27 @@ pub struct HistoryQuery {
 }
 
 /// The retained publications of one channel.
+///
+/// Most channels keep none (history is off in their namespace, or nothing was published
+/// yet): for them the history is one null pointer, because every channel pays for this
+/// field (the entries inline cost 40 bytes of every channel, which kept the channel a
+/// size class higher).
 #[derive(Debug, Default)]
 pub struct History {
+    kept: Option<Box<Kept>>,
+}
+
+/// What a history holds once it holds something.
+#[derive(Debug, Default)]
+struct Kept {
     /// (publication time in ms since the Unix epoch, publication), oldest first.
     entries: VecDeque<(u64, Publication)>,
     /// Sum of [`History::entry_bytes`] over the entries.
     bytes: usize,
 }
+
+/// The entries of a history that holds none.
+static NO_ENTRIES: VecDeque<(u64, Publication)> = VecDeque::new();
 
 /// Heap bytes a publication holds beyond its struct.
 fn heap_bytes(p: &Publication) -> usize {
@@ -99,7 +113,7 @@ impl History {
     /// the policy no longer allows.
     pub fn push(&mut self, now_ms: u64, publication: Publication, policy: HistoryPolicy) {
         debug_assert!(
-            self.entries
+            self.entries()
                 .back()
                 .is_none_or(|(_, p)| p.offset + 1 == publication.offset),
             "history offsets must be consecutive"
@@ -108,15 +122,15 @@ impl History {
             self.clear();
             return;
         }
-        self.bytes += Self::entry_bytes(&publication);
-        self.entries.push_back((now_ms, publication));
+        let kept = self.kept.get_or_insert_with(Box::default);
+        kept.bytes += Self::entry_bytes(&publication);
+        kept.entries.push_back((now_ms, publication));
         self.evict(now_ms, policy);
     }
 
     /// Drops entries beyond the size or byte limit or older than the age limit.
     pub fn evict(&mut self, now_ms: u64, policy: HistoryPolicy) {
-        while self.entries.len() > policy.size
-            || (policy.max_bytes > 0 && self.bytes > policy.max_bytes)
+        while self.len() > policy.size || (policy.max_bytes > 0 && self.bytes() > policy.max_bytes)
         {
             if self.pop_oldest().is_none() {
                 break;
@@ -124,60 +138,61 @@ impl History {
         }
         if policy.ttl_ms > 0 {
             while self
-                .entries
+                .entries()
                 .front()
                 .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > policy.ttl_ms)
             {
                 self.pop_oldest();
             }
         }
-        self.shrink();
     }
 
     /// Removes the oldest entry; returns the bytes it freed.
     pub fn pop_oldest(&mut self) -> Option<usize> {
-        let (_, p) = self.entries.pop_front()?;
+        let kept = self.kept.as_mut()?;
+        let (_, p) = kept.entries.pop_front()?;
         let freed = Self::entry_bytes(&p);
-        self.bytes = self.bytes.saturating_sub(freed);
-        self.shrink();
+        kept.bytes = kept.bytes.saturating_sub(freed);
+        if kept.entries.is_empty() {
+            // Nothing held: nothing allocated.
+            self.kept = None;
+        }
         Some(freed)
     }
 
     /// Drops every entry: the next publication pushed starts the history afresh.
     pub fn clear(&mut self) {
-        self.entries = VecDeque::new();
-        self.bytes = 0;
+        self.kept = None;
     }
 
-    fn shrink(&mut self) {
-        if self.entries.is_empty() && self.entries.capacity() > 0 {
-            self.entries = VecDeque::new();
-        }
+    /// The entries, oldest first.
+    fn entries(&self) -> &VecDeque<(u64, Publication)> {
+        self.kept.as_ref().map_or(&NO_ENTRIES, |kept| &kept.entries)
     }
 
     /// Bytes held, as counted against the byte budgets.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.kept.as_ref().map_or(0, |kept| kept.bytes)
     }
 
     /// Publications held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries().len()
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries().is_empty()
     }
 
     /// Offset of the oldest publication held.
     pub fn oldest(&self) -> Option<u64> {
-        self.entries.front().map(|(_, p)| p.offset)
+        self.entries().front().map(|(_, p)| p.offset)
     }
 
     /// Time of the newest publication held.
     pub fn newest_time(&self) -> Option<u64> {
-        self.entries.back().map(|(t, _)| *t)
+        self.entries().back().map(|(t, _)| *t)
     }
 
     /// Every publication after `offset` when the history still holds all of them, given
@@ -202,14 +217,14 @@ impl History {
                 let skip = usize::try_from(offset + 1 - oldest).unwrap_or(usize::MAX);
                 // Sum first, clone after: an oversized recovery costs no copies.
                 let mut total = 0usize;
-                for (_, p) in self.entries.iter().skip(skip) {
+                for (_, p) in self.entries().iter().skip(skip) {
                     total = total.saturating_add(Self::wire_bytes(p));
                     if total > max_bytes {
                         return Err(HistoryError::TooLarge);
                     }
                 }
                 Ok(self
-                    .entries
+                    .entries()
                     .iter()
                     .skip(skip)
                     .map(|(_, p)| p.clone())
@@ -227,7 +242,7 @@ impl History {
         let Some(oldest) = self.oldest() else {
             return Ok(Vec::new());
         };
-        let n = self.entries.len();
+        let n = self.entries().len();
         if query.reverse {
             // Entries with offset < since, newest first.
             let end = match query.since {
@@ -237,7 +252,7 @@ impl History {
                 None => n,
             };
             return Ok(capped(
-                self.entries.range(..end).rev().take(query.limit),
+                self.entries().range(..end).rev().take(query.limit),
                 query.max_bytes,
             ));
         }
@@ -252,7 +267,7 @@ impl History {
             None => 0,
         };
         Ok(capped(
-            self.entries.range(start..).take(query.limit),
+            self.entries().range(start..).take(query.limit),
             query.max_bytes,
         ))
     }
@@ -469,7 +484,7 @@ mod tests {
                 prop_assert!(h.len() <= size);
                 prop_assert_eq!(
                     h.bytes(),
-                    h.entries.iter().map(|(_, p)| History::entry_bytes(p)).sum::<usize>()
+                    h.entries().iter().map(|(_, p)| History::entry_bytes(p)).sum::<usize>()
                 );
             }
         }

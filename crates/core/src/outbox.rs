@@ -15,6 +15,7 @@
 //! sent at most once per connection or once per keepalive interval.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU16;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
@@ -34,7 +35,6 @@ pub trait DirectWrite: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    max_bytes: usize,
 }
 
 /// Unsent pongs an outbox holds before a new pong replaces the newest of them instead of
@@ -156,8 +156,13 @@ struct State {
     pongs: u8,
     /// Frame number of the newest queued pong, while `pongs > 0`.
     newest_pong: u32,
-    /// Set once; the connection task sends it and closes.
-    disconnect: Option<DisconnectCode>,
+    /// Set once; the connection task sends it and closes. The code alone (2 bytes, not
+    /// the 24 of a [`DisconnectCode`]): every outbox pays for this field, and with it the
+    /// outbox fits a 128-byte allocation (see [`Outbox::pending_disconnect`]).
+    disconnect: Option<NonZeroU16>,
+    /// The byte limit of the queue (see [`Outbox::new`]); here rather than beside the
+    /// lock, where it would take a word of its own.
+    max_bytes: u32,
     /// The connection task, waiting for frames (a waker slot instead of a `Notify`: the
     /// task polls it directly and keeps no waiter future in its state).
     waker: Option<Waker>,
@@ -217,12 +222,21 @@ fn wake(waker: Option<Waker>) {
     }
 }
 
+/// A disconnect request as the outbox keeps it: its code (a close code is never 0; a
+/// zero code is kept as an internal error).
+fn stored(disconnect: DisconnectCode) -> Option<NonZeroU16> {
+    NonZeroU16::new(disconnect.code).or(NonZeroU16::new(codes::INTERNAL_ERROR.code))
+}
+
 impl Outbox {
     /// An empty outbox holding at most `max_bytes` of queued frames.
+    /// Limits over 4 GiB are taken as 4 GiB.
     pub fn new(max_bytes: usize) -> Self {
         Self {
-            state: Mutex::new(State::default()),
-            max_bytes,
+            state: Mutex::new(State {
+                max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
+                ..State::default()
+            }),
         }
     }
 
@@ -277,11 +291,11 @@ impl Outbox {
                 Err(_) => {}
             }
         }
-        if state.bytes + frame.len() > self.max_bytes {
+        if state.bytes + frame.len() > state.max_bytes as usize {
             if lossy {
                 return PushOutcome::Dropped;
             }
-            state.disconnect = Some(codes::SLOW);
+            state.disconnect = stored(codes::SLOW);
             let waker = state.wake();
             drop(state);
             wake(waker);
@@ -380,16 +394,23 @@ impl Outbox {
     pub fn disconnect(&self, disconnect: DisconnectCode) {
         let mut state = self.state.lock();
         if state.disconnect.is_none() {
-            state.disconnect = Some(disconnect);
+            state.disconnect = stored(disconnect);
         }
         let waker = state.wake();
         drop(state);
         wake(waker);
     }
 
-    /// The pending disconnect request, if any.
+    /// The pending disconnect request, if any. Its reason and reconnect advice are the
+    /// ones [`codes::DISCONNECTS`] gives its code (every disconnect code the server
+    /// sends is there); a code that is not comes back with a generic reason.
     pub fn pending_disconnect(&self) -> Option<DisconnectCode> {
-        self.state.lock().disconnect
+        let code = self.state.lock().disconnect?.get();
+        Some(DisconnectCode::from_code(code).unwrap_or(DisconnectCode {
+            code,
+            reason: "disconnect",
+            reconnect: true,
+        }))
     }
 
     /// Ready when there is something to write or a disconnect request; otherwise
@@ -481,6 +502,27 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every connection has one `Arc<Outbox>`: 16 bytes of counts and the outbox,
+    /// served from jemalloc's 128-byte class while the outbox stays within 112 bytes (it
+    /// was 144, in the 160-byte class).
+    #[test]
+    fn an_outbox_fits_the_128_byte_class() {
+        let size = std::mem::size_of::<Outbox>();
+        assert!(size <= 112, "Outbox is {size} bytes");
+    }
+
+    #[test]
+    fn a_disconnect_keeps_its_code_reason_and_advice() {
+        let outbox = Outbox::new(1024);
+        outbox.disconnect(codes::EXPIRED);
+        outbox.disconnect(codes::SLOW);
+        assert_eq!(
+            outbox.pending_disconnect(),
+            Some(codes::EXPIRED),
+            "the first wins"
+        );
+    }
 
     fn drain(outbox: &Outbox, budget: usize) -> Vec<u8> {
         let mut out = Vec::new();

@@ -49,6 +49,12 @@ struct Identity {
     expires_at: Option<u64>,
 }
 
+thread_local! {
+    /// The user id of anonymous connections, one per thread (no shared counter to
+    /// contend on).
+    static ANONYMOUS: Arc<str> = Arc::from("");
+}
+
 /// One connection's protocol state.
 pub struct Session {
     key: ClientKey,
@@ -414,7 +420,13 @@ impl Session {
             _ => return Err(codes::UNAUTHORIZED_DISCONNECT),
         };
         let client = format!("{}-{:x}", self.state.name, self.key);
-        let user: Arc<str> = Arc::from(user);
+        // Anonymous connections share one "" (an `Arc<str>` is an allocation even when
+        // empty: 16 bytes of every anonymous connection).
+        let user: Arc<str> = if user.is_empty() {
+            ANONYMOUS.with(Arc::clone)
+        } else {
+            Arc::from(user)
+        };
         // Anonymous connections share the user id "", so they are not one user to limit.
         let per_user = if user.is_empty() {
             0

@@ -23,8 +23,10 @@ use crate::journal::{DurableAck, Journal, JournalError};
 use crate::metrics::HubCounters;
 use crate::outbox::{Outbox, Push, PushOutcome};
 use crate::presence::UserCounts;
+use extras::Extras;
 use members::Members;
 
+mod extras;
 mod members;
 mod replica;
 pub use replica::{Delivery, JoinOutcome, JoinTicket};
@@ -291,18 +293,18 @@ struct ChannelState {
     /// Subscriptions per user id, kept on subscribe and unsubscribe so that
     /// `presence_stats` is O(1).
     users: UserCounts,
-    /// The presence list, built on the first `presence` after a membership change and
-    /// shared until the next one, so repeated queries do not walk the subscribers.
-    presence: Option<Arc<[Arc<ClientInfo>]>>,
     history: History,
-    /// When the channel last had a subscriber or a publication (ms since the Unix epoch).
-    active_ms: u64,
+    /// When the channel last had a subscriber or a publication, in whole seconds since
+    /// the Unix epoch rounded up (so that a quiet channel is never dropped early); 32
+    /// bits, so that it shares a word with `gone` (until 2106).
+    active_s: u32,
     /// Removed from the hub; a publisher that still holds it must not deliver.
     gone: bool,
-    /// Set when a broker holds the stream: the sync state of this node's replica.
-    replica: Option<Box<replica::Replica>>,
-    /// Set while the channel has delta subscribers (boxed: most channels never do).
-    delta: Option<Box<DeltaChannel>>,
+    /// The replica's sync state (set when a broker holds the stream), the delta
+    /// subscribers' kept data (while there are some) and the presence list (built on
+    /// the first `presence` after a membership change and shared until the next one, so
+    /// repeated queries do not walk the subscribers).
+    extras: Extras,
 }
 
 /// What a channel keeps for its delta subscribers.
@@ -315,19 +317,17 @@ struct DeltaChannel {
 }
 
 impl ChannelState {
-    fn new(options: ChannelOptions) -> Self {
+    fn new(options: ChannelOptions, epoch: Arc<str>) -> Self {
         Self {
-            epoch: new_epoch(),
+            epoch,
             offset: 0,
             options,
             subscribers: Members::default(),
             users: UserCounts::default(),
-            presence: None,
             history: History::default(),
-            active_ms: now_ms(),
+            active_s: active_secs(now_ms()),
             gone: false,
-            replica: None,
-            delta: None,
+            extras: Extras::default(),
         }
     }
 
@@ -341,11 +341,11 @@ impl ChannelState {
     /// Adds a subscriber and counts its user (and its delta mode).
     fn add_member(&mut self, mut subscriber: Subscriber) {
         self.users.add(&subscriber.info.user);
-        self.presence = None;
+        self.extras.clear_presence();
         if subscriber.delta {
             // It has none of the channel's publications yet: its first one is in full.
             subscriber.synced = false;
-            self.delta.get_or_insert_with(Box::default).subscribers += 1;
+            self.extras.delta_or_default().subscribers += 1;
         }
         self.subscribers.insert(subscriber);
     }
@@ -355,13 +355,13 @@ impl ChannelState {
     fn remove_member(&mut self, key: ClientKey) -> Option<Subscriber> {
         let removed = self.subscribers.remove(key)?;
         self.users.remove(&removed.info.user);
-        self.presence = None;
+        self.extras.clear_presence();
         if removed.delta
-            && let Some(delta) = self.delta.as_mut()
+            && let Some(delta) = self.extras.delta_mut()
         {
             delta.subscribers = delta.subscribers.saturating_sub(1);
             if delta.subscribers == 0 {
-                self.delta = None;
+                self.extras.clear_delta();
             }
         }
         Some(removed)
@@ -373,7 +373,7 @@ impl ChannelState {
     /// their connections at once still recover (an empty gap) instead of being told that
     /// the stream started over.
     fn idle(&self, now: u64, linger_ms: u64) -> bool {
-        if let Some(replica) = &self.replica {
+        if let Some(replica) = self.extras.replica() {
             // A replica's history is a cache: the broker keeps the stream. The node stops
             // listening shortly after its last subscriber left (a linger, so that a
             // reconnecting client does not make it unsubscribe and subscribe again).
@@ -393,7 +393,7 @@ impl ChannelState {
         } else {
             QUIET_CHANNEL_KEEP_MS
         };
-        now.saturating_sub(self.active_ms) > keep
+        now.saturating_sub(u64::from(self.active_s).saturating_mul(1000)) > keep
     }
 }
 
@@ -415,6 +415,8 @@ pub struct Hub {
     broker: Option<Arc<dyn Broker>>,
     /// How long a replica channel stays after its last subscriber left.
     linger_ms: u64,
+    /// The epoch new channels start with (see [`Hub::creation_epoch`]).
+    fresh_epoch: Mutex<Option<Arc<str>>>,
 }
 
 /// Channels of up to this many subscribers are written directly by the publishing
@@ -454,6 +456,32 @@ impl Hub {
             max_history_bytes: u64::MAX,
             broker: None,
             linger_ms: replica::LINGER_MS,
+            fresh_epoch: Mutex::new(None),
+        }
+    }
+
+    /// The epoch for a channel created now. Channels share one epoch string until one
+    /// of them is removed (an epoch names a channel's incarnation, and a channel has
+    /// one incarnation at a time: sharing among *different* channels is harmless), so
+    /// that a node of many small channels keeps one string instead of one per channel.
+    /// The removal of a channel that holds the shared epoch retires it (see
+    /// [`Hub::retire_epoch`]), so a channel created again after its removal always
+    /// starts in an epoch its previous incarnation never had. Lock order: taken inside
+    /// the shard lock, nothing taken inside it.
+    fn creation_epoch(&self) -> Arc<str> {
+        self.fresh_epoch
+            .lock()
+            .get_or_insert_with(new_epoch)
+            .clone()
+    }
+
+    /// A channel in `epoch` is being removed: if new channels would get that epoch, the
+    /// next one gets a new epoch instead. Called under the shard lock, before the
+    /// channel's name can be created again.
+    fn retire_epoch(&self, epoch: &Arc<str>) {
+        let mut fresh = self.fresh_epoch.lock();
+        if fresh.as_ref().is_some_and(|e| Arc::ptr_eq(e, epoch)) {
+            *fresh = None;
         }
     }
 
@@ -536,7 +564,7 @@ impl Hub {
         }
         let name: Arc<str> = Arc::from(channel);
         let entry = Arc::new(Channel {
-            state: Mutex::new(ChannelState::new(options)),
+            state: Mutex::new(ChannelState::new(options, self.creation_epoch())),
         });
         shard.insert(name.clone(), entry.clone());
         Ok((name, entry))
@@ -635,15 +663,16 @@ impl Hub {
         let removed = state.remove_member(key)?;
         self.counters.subscriptions.fetch_sub(1, Ordering::Relaxed);
         let now = now_ms();
-        state.active_ms = now;
-        if let Some(replica) = state.replica.as_mut() {
+        state.active_s = active_secs(now);
+        if let Some(replica) = state.extras.replica_mut() {
             replica.quiet_since_ms = now;
         }
         if state.idle(now, self.linger_ms) {
             state.gone = true;
+            self.retire_epoch(&state.epoch);
             shard.remove(channel);
             self.counters.channels.fetch_sub(1, Ordering::Relaxed);
-        } else if state.options.join_leave && state.replica.is_none() {
+        } else if state.options.join_leave && state.extras.replica().is_none() {
             // (A replica's leaves travel through the broker, to every node.)
             self.announce(channel, &state, false, &removed.info);
         }
@@ -682,10 +711,10 @@ impl Hub {
         now: u64,
     ) -> usize {
         state.offset = publication.offset;
-        state.active_ms = now;
+        state.active_s = active_secs(now);
         let lossy = state.options.lossy;
         let mut tally = Tally::default();
-        if state.delta.is_some() {
+        if state.extras.delta().is_some() {
             self.send_with_deltas(channel, state, &publication, lossy, &mut tally);
         } else {
             self.send_all(state, lossy, &mut tally, None, |format| {
@@ -760,7 +789,7 @@ impl Hub {
         lossy: bool,
         tally: &mut Tally,
     ) {
-        let previous = match state.delta.as_mut() {
+        let previous = match state.extras.delta_mut() {
             Some(kept) => kept.last.replace(publication.data.clone()),
             None => None,
         };
@@ -1069,11 +1098,12 @@ impl Hub {
                 self.evict(&mut state, now, policy);
                 if state.idle(now, self.linger_ms) {
                     state.gone = true;
+                    self.retire_epoch(&state.epoch);
                     self.counters.channels.fetch_sub(1, Ordering::Relaxed);
                     // Under the shard lock: a join that recreates the channel asks the
                     // broker to subscribe only after this unsubscribe was issued, and
                     // the broker applies them in call order.
-                    if let Some(broker) = state.replica.as_ref().and(self.broker.as_ref()) {
+                    if let Some(broker) = state.extras.replica().and(self.broker.as_ref()) {
                         broker.unsubscribe(name);
                     }
                     false
@@ -1092,12 +1122,12 @@ impl Hub {
             return Arc::from(Vec::new());
         };
         let mut state = entry.state.lock();
-        if let Some(list) = &state.presence {
+        if let Some(list) = state.extras.presence() {
             return list.clone();
         }
         let list: Arc<[Arc<ClientInfo>]> =
             state.subscribers.values().map(|s| s.info.clone()).collect();
-        state.presence = Some(list.clone());
+        state.extras.set_presence(list.clone());
         list
     }
 
@@ -1214,6 +1244,11 @@ impl Hub {
 }
 
 /// A short random epoch: 8 bytes from the standard library's random hasher keys.
+/// `now_ms` in whole seconds, rounded up, for [`ChannelState::active_s`].
+fn active_secs(now_ms: u64) -> u32 {
+    u32::try_from(now_ms.div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
 fn new_epoch() -> Arc<str> {
     let h = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
     Arc::from(format!("{h:016x}").as_str())
@@ -1222,6 +1257,15 @@ fn new_epoch() -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every channel is one `Arc<Channel>`: 16 bytes of counts and the channel, served
+    /// from jemalloc's 160-byte class while it stays within 144 bytes (it was 208, in
+    /// the 224-byte class; a channel per connection makes this per-connection memory).
+    #[test]
+    fn a_channel_fits_the_160_byte_class() {
+        let size = std::mem::size_of::<Channel>();
+        assert!(size <= 144, "Channel is {size} bytes");
+    }
 
     /// Frames are "format|channel|offset|data" so tests can read them back; a delta
     /// subscription's are "format|channel|offset|full|data" or "...|delta|delta".
@@ -1447,6 +1491,35 @@ mod tests {
             .subscribe("c", subscriber(1, 0), opts(false), None, |_| None)
             .expect("sub");
         assert_ne!(first.position.epoch, second.position.epoch);
+    }
+
+    /// Channels share the epoch string until a removal retires it; a recreated channel
+    /// never gets an epoch its earlier incarnation had, even while other channels keep
+    /// the old one.
+    #[test]
+    fn channels_share_an_epoch_until_one_is_removed() {
+        let hub = hub();
+        let epoch = |channel: &str, key| {
+            let (_, joined) = hub
+                .subscribe(channel, subscriber(key, 0), opts(false), None, |_| None)
+                .expect("sub");
+            joined.position.epoch
+        };
+        let a = epoch("a", 1);
+        let b = epoch("b", 2);
+        assert!(Arc::ptr_eq(&a, &b), "one string for both");
+        hub.unsubscribe("a", 1);
+        let a2 = epoch("a", 1);
+        assert_ne!(a2, a, "a new incarnation, a new epoch");
+        let c = epoch("c", 3);
+        assert!(Arc::ptr_eq(&a2, &c), "shared again after the removal");
+        // Removing a channel whose epoch is no longer the shared one retires nothing.
+        hub.unsubscribe("b", 2);
+        assert!(Arc::ptr_eq(&epoch("d", 4), &c));
+        hub.unsubscribe("a", 1);
+        hub.unsubscribe("c", 3);
+        let a3 = epoch("a", 1);
+        assert!(a3 != a && a3 != a2);
     }
 
     #[test]
@@ -2153,7 +2226,7 @@ mod tests {
         let kept = |hub: &Hub| {
             let entry = hub.channel("r").expect("channel");
             let state = entry.state.lock();
-            state.delta.as_ref().map(|d| d.subscribers)
+            state.extras.delta().map(|d| d.subscribers)
         };
         assert_eq!(kept(&hub), Some(1));
         hub.unsubscribe("r", 1);

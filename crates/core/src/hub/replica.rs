@@ -99,7 +99,7 @@ impl Drop for JoinTicket {
     fn drop(&mut self) {
         if !self.joined {
             let mut state = self.entry.state.lock();
-            if let Some(replica) = state.replica.as_mut() {
+            if let Some(replica) = state.extras.replica_mut() {
                 replica.joining = replica.joining.saturating_sub(1);
                 // The sweeper removes the channel once it is idle.
                 replica.quiet_since_ms = now_ms();
@@ -137,7 +137,7 @@ impl Hub {
             self.get_or_create(&mut shard, channel, options, self.max_channels, may_create)?;
         let mut state = entry.state.lock();
         drop(shard);
-        let replica = state.replica.get_or_insert_with(Box::default);
+        let replica = state.extras.replica_or_default();
         replica.joining = replica.joining.saturating_add(1);
         replica.quiet_since_ms = now_ms();
         let synced = replica.synced;
@@ -173,7 +173,7 @@ impl Hub {
             return Err(SubscribeError::AlreadySubscribed);
         }
         state.options = options;
-        let synced = state.replica.as_ref().is_some_and(|r| r.synced);
+        let synced = state.extras.replica().is_some_and(|r| r.synced);
         if !synced {
             let Some(page) = page else {
                 return Ok(JoinOutcome::Read {
@@ -181,7 +181,7 @@ impl Hub {
                 });
             };
             self.sync(&ticket.name, state, page);
-            if !state.replica.as_ref().is_some_and(|r| r.synced) {
+            if !state.extras.replica().is_some_and(|r| r.synced) {
                 // What was held meanwhile came from another epoch than the read: read
                 // again.
                 return Ok(JoinOutcome::Read {
@@ -212,7 +212,7 @@ impl Hub {
         }
         // (The join is announced through the broker, to every node.)
         state.add_member(subscriber);
-        if let Some(replica) = state.replica.as_mut() {
+        if let Some(replica) = state.extras.replica_mut() {
             replica.joining = replica.joining.saturating_sub(1);
         }
         ticket.joined = true;
@@ -239,7 +239,7 @@ impl Hub {
                 self.keep(state, now, p.clone(), policy);
             }
         }
-        let held = match state.replica.as_mut() {
+        let held = match state.extras.replica_mut() {
             Some(replica) => {
                 replica.synced = true;
                 std::mem::take(&mut replica.held)
@@ -274,7 +274,7 @@ impl Hub {
             }
             // Still a hole: hold the rest and heal from here.
             held.push_front((epoch, publication));
-            if let Some(replica) = state.replica.as_mut() {
+            if let Some(replica) = state.extras.replica_mut() {
                 replica.held = held;
             }
             return Some(state.offset);
@@ -356,7 +356,7 @@ impl Hub {
         if state.gone {
             return Delivery::Done;
         }
-        let Some(replica) = state.replica.as_mut() else {
+        let Some(replica) = state.extras.replica_mut() else {
             return Delivery::Done;
         };
         if !replica.synced || replica.healing {
@@ -391,7 +391,7 @@ impl Hub {
             return Delivery::Done;
         }
         let after = state.offset;
-        if let Some(replica) = state.replica.as_mut() {
+        if let Some(replica) = state.extras.replica_mut() {
             replica.healing = true;
             replica.held.push_back((Arc::from(epoch), publication));
         }
@@ -409,7 +409,7 @@ impl Hub {
         };
         let mut guard = entry.state.lock();
         let state = &mut *guard;
-        let healing = state.replica.as_ref().is_some_and(|r| r.healing);
+        let healing = state.extras.replica().is_some_and(|r| r.healing);
         if state.gone || !healing {
             return Delivery::Done;
         }
@@ -428,7 +428,7 @@ impl Hub {
                 progressed = true;
             }
         }
-        let held = match state.replica.as_mut() {
+        let held = match state.extras.replica_mut() {
             Some(replica) => {
                 replica.healing = false;
                 std::mem::take(&mut replica.held)
@@ -442,7 +442,7 @@ impl Hub {
             }
             Some(after) if progressed => {
                 // More to read (the page was limited): heal on.
-                if let Some(replica) = state.replica.as_mut() {
+                if let Some(replica) = state.extras.replica_mut() {
                     replica.healing = true;
                 }
                 Delivery::Heal {
@@ -468,8 +468,8 @@ impl Hub {
         let mut guard = entry.state.lock();
         let state = &mut *guard;
         let live = state
-            .replica
-            .as_ref()
+            .extras
+            .replica()
             .is_some_and(|r| r.synced && !r.healing);
         if !live || state.gone {
             return Delivery::Done;
@@ -486,7 +486,7 @@ impl Hub {
             state.offset = offset;
             return Delivery::Done;
         }
-        if let Some(replica) = state.replica.as_mut() {
+        if let Some(replica) = state.extras.replica_mut() {
             replica.healing = true;
         }
         Delivery::Heal {
@@ -520,7 +520,7 @@ impl Hub {
             sub.outbox.disconnect(codes::INSUFFICIENT_STATE);
         }
         self.clear_history(state);
-        if let Some(replica) = state.replica.as_mut() {
+        if let Some(replica) = state.extras.replica_mut() {
             replica.synced = false;
             replica.healing = false;
             replica.held.clear();
@@ -534,7 +534,7 @@ impl Hub {
             let shard = shard.lock();
             for (name, entry) in shard.iter() {
                 let state = entry.state.lock();
-                if state.replica.as_ref().is_some_and(|r| r.synced) {
+                if state.extras.replica().is_some_and(|r| r.synced) {
                     out.push(name.clone());
                 }
             }
