@@ -16,7 +16,9 @@
 #              too) and the connect + subscribe rate of the first RATE_FIRST (10,000).
 #              Starling's clients connect and subscribe after the 101 (two round trips,
 #              as a browser must); PIPELINE=1 sends those commands with the upgrade
-#              request (one round trip, as the peers' subscribe-in-the-URL).
+#              request (one round trip, as the peers' subscribe-in-the-URL); DEFLATE=1
+#              has Starling's clients negotiate permessage-deflate (a client whose
+#              upgrade is answered without it fails).
 #   fanout     SUBS (10,000) subscribers of one channel, SIZE (100) B publications made
 #              through the server's HTTP publish (NATS: a client PUB over WebSocket) at
 #              each of RATES ("1 10 100") publications/s for DURATION (10) s: p50/p99.
@@ -114,6 +116,7 @@ QUIET_WAIT=${QUIET_WAIT:-600}
 QUIET_LOAD=${QUIET_LOAD:-0.7}
 INSTALL=${INSTALL:-1}
 PIPELINE=${PIPELINE:-0}
+DEFLATE=${DEFLATE:-0}
 NATS_SERVER=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
 NCHAN_MODULE=${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/reports/peers-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -436,6 +439,7 @@ run_idle() { # SERVER RUN
     local extra=()
     [[ "$PROTO" == starling ]] && extra=(--no-shared-channel)
     [[ "$PROTO" == starling && "$PIPELINE" == 1 ]] && extra+=(--pipeline)
+    [[ "$PROTO" == starling && "$DEFLATE" == 1 ]] && extra+=(--deflate)
     measure "$server" idle "" "$run" bench "$out" \
         bench_t "$TIMEOUT" idle --protocol "$PROTO" --url "$WS_URL" --connections "$IDLE_CONNS" \
         --rate-first "$RATE_FIRST" --server-pid "$SRV_PIDS" --timeout "$TIMEOUT" --json "${extra[@]}" || true

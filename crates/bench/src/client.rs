@@ -32,6 +32,23 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Request path.
     pub path: String,
+    /// Offer permessage-deflate in the upgrade and insist that the server takes it
+    /// (`idle --deflate`: what a negotiated compression costs an idle connection).
+    pub deflate: bool,
+}
+
+/// Whether the response head `head` accepts the extension `name`.
+fn extension_accepted(head: &str, name: &str) -> bool {
+    head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(header, value)| {
+            header
+                .trim()
+                .eq_ignore_ascii_case("sec-websocket-extensions")
+                && value
+                    .split([',', ';'])
+                    .any(|item| item.trim().eq_ignore_ascii_case(name))
+        })
+    })
 }
 
 /// Splits `ws://host[:port][/path]` into host, port and path.
@@ -62,7 +79,12 @@ impl Target {
             .with_context(|| format!("resolving {host}"))?
             .find(SocketAddr::is_ipv4)
             .with_context(|| format!("no IPv4 address for {host}"))?;
-        Ok(Target { host, addr, path })
+        Ok(Target {
+            host,
+            addr,
+            path,
+            deflate: false,
+        })
     }
 
     /// Resolves `http://host:port[/path]` or `ws://host:port[/path]` (a node's HTTP API
@@ -204,13 +226,18 @@ impl WsClient {
         let key = starling_protocol::b64_encode(&nonce);
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{}{}\r\n",
             target.path,
             target.host,
             target.addr.port(),
             subprotocol
                 .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if target.deflate {
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            } else {
+                ""
+            }
         );
         let mut request = request.into_bytes();
         if !early.is_empty() {
@@ -245,6 +272,9 @@ impl WsClient {
         });
         if !accepted {
             bail!("missing or wrong Sec-WebSocket-Accept");
+        }
+        if target.deflate && !extension_accepted(&head, "permessage-deflate") {
+            bail!("permessage-deflate was offered and not accepted");
         }
         let _ = buf.split_to(end);
         let (read, write) = stream.into_split();
@@ -525,11 +555,24 @@ mod tests {
     }
 
     #[test]
+    fn accepted_extensions_are_read_from_the_head() {
+        let head = "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-extensions: \
+                    permessage-deflate; server_no_context_takeover\r\n\r\n";
+        assert!(extension_accepted(head, "permessage-deflate"));
+        assert!(!extension_accepted(head, "x-webkit-deflate-frame"));
+        assert!(!extension_accepted(
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "permessage-deflate"
+        ));
+    }
+
+    #[test]
     fn sources_spread_on_loopback_only() {
         let t = Target {
             host: "127.0.0.1".into(),
             addr: "127.0.0.1:1".parse().unwrap(),
             path: "/".into(),
+            deflate: false,
         };
         let s = source_addrs(&t, 3);
         assert_eq!(s.len(), 3);

@@ -82,6 +82,10 @@ pub struct IdleArgs {
     /// (two round trips, as a browser's WebSocket API must).
     #[arg(long)]
     pub pipeline: bool,
+    /// Offer permessage-deflate and fail a connection whose server does not accept it
+    /// (the memory of an idle connection with compression negotiated).
+    #[arg(long)]
+    pub deflate: bool,
     /// Report the connect + subscribe rate of the first this many connections (time
     /// from the start until that many were ready).
     #[arg(long, default_value_t = 10_000)]
@@ -126,7 +130,9 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
     let mut targets = Vec::with_capacity(args.urls.len());
     for url in &args.urls {
-        targets.push(Arc::new(Target::resolve(url).await?));
+        let mut target = Target::resolve(url).await?;
+        target.deflate = args.deflate;
+        targets.push(Arc::new(target));
     }
     let Some(first) = targets.first().cloned() else {
         bail!("give at least one --url");
@@ -408,6 +414,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             "stage": format!("{:?}", args.stage).to_lowercase(),
             "shared_channel": shared_channel,
             "pipeline": args.pipeline,
+            "deflate": args.deflate,
             "connect_rate": {
                 "first": rate_first,
                 "seconds": (first_us > 0).then(|| first_us as f64 / 1e6),
