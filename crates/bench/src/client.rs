@@ -37,17 +37,23 @@ pub struct Target {
     pub deflate: bool,
 }
 
+/// The values of the response head's `name` lines (ASCII case-insensitive), trimmed.
+fn header_values<'a>(head: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> {
+    head.lines().filter_map(move |l| {
+        let (header, value) = l.split_once(':')?;
+        header
+            .trim()
+            .eq_ignore_ascii_case(name)
+            .then_some(value.trim())
+    })
+}
+
 /// Whether the response head `head` accepts the extension `name`.
 fn extension_accepted(head: &str, name: &str) -> bool {
-    head.lines().any(|l| {
-        l.split_once(':').is_some_and(|(header, value)| {
-            header
-                .trim()
-                .eq_ignore_ascii_case("sec-websocket-extensions")
-                && value
-                    .split([',', ';'])
-                    .any(|item| item.trim().eq_ignore_ascii_case(name))
-        })
+    header_values(head, "sec-websocket-extensions").any(|value| {
+        value
+            .split([',', ';'])
+            .any(|item| item.trim().eq_ignore_ascii_case(name))
     })
 }
 
@@ -265,11 +271,7 @@ impl WsClient {
             bail!("upgrade refused: {status}");
         }
         let expected = accept_key(key.as_bytes());
-        let accepted = head.lines().any(|l| {
-            l.split_once(':').is_some_and(|(name, value)| {
-                name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == expected
-            })
-        });
+        let accepted = header_values(&head, "sec-websocket-accept").any(|v| v == expected);
         if !accepted {
             bail!("missing or wrong Sec-WebSocket-Accept");
         }
