@@ -8,10 +8,12 @@
 //! says what to send back (handshake steps, protocol-level pongs) and collects the
 //! publications it saw, so one subscriber loop serves every protocol.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use clap::ValueEnum;
+use memchr::memmem::Finder;
 use starling_protocol::{
     Command, Encoding, Method, PublishRequest, Push, ReplyBody, ServerMessage,
     decode_server_messages,
@@ -497,13 +499,14 @@ pub async fn handshake(
 /// `None` and goes through the full decoder.
 fn quick_publication(payload: &[u8]) -> Option<Seen> {
     const HEAD: &[u8] = b"{\"push\":{\"channel\":";
-    if !payload.starts_with(HEAD) || payload.contains(&b'\n') {
+    if !payload.starts_with(HEAD) || memchr::memchr(b'\n', payload).is_some() {
         return None;
     }
-    let (_, ts) = parse_payload(payload)?;
+    let ts = crate::stats::number_after(payload, &crate::stats::TS_KEY)?;
     // The data comes first in `pub` and the bench's own data has no "offset" key, so
     // the first one is the publication's.
-    let offset = crate::stats::number_after(payload, b",\"offset\":")?;
+    static OFFSET_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b",\"offset\":"));
+    let offset = crate::stats::number_after(payload, &OFFSET_KEY)?;
     Some(Seen {
         order: offset,
         ts: Some(ts),

@@ -2,10 +2,11 @@
 //! checking, and the publication payload that carries a sequence number and a send
 //! timestamp.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use memchr::memmem::Finder;
 
 /// Highest latency the histograms track, in microseconds (values above are clamped).
 pub const MAX_LATENCY_US: u64 = 600_000_000;
@@ -174,15 +175,22 @@ pub fn payload(seq: u64, ts_us: u64, size: usize) -> String {
 /// Reads `seq` and `ts` back from a payload (as delivered: the server may have
 /// adjusted whitespace, so this scans for the keys).
 pub fn parse_payload(data: &[u8]) -> Option<(u64, u64)> {
-    Some((
-        number_after(data, b"\"seq\":")?,
-        number_after(data, b"\"ts\":")?,
-    ))
+    Some((number_after(data, &SEQ_KEY)?, number_after(data, &TS_KEY)?))
 }
 
+/// The searcher for a payload's `"seq":` key.
+pub(crate) static SEQ_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));
+/// The searcher for a payload's `"ts":` key.
+pub(crate) static TS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"ts\":"));
+
 /// The unsigned number right after the first `key` in `data`.
-pub(crate) fn number_after(data: &[u8], key: &[u8]) -> Option<u64> {
-    let at = data.windows(key.len()).position(|w| w == key)? + key.len();
+///
+/// A vectorised substring search with a searcher built once per key: it runs once per
+/// delivery in the load generator, which shares the cores with the server measured (a
+/// `windows(..).position(..)` scan, one `memcmp` call per byte, was a third of the
+/// machine's CPU at 1.5 million deliveries/s; building the searcher per call, 7 %).
+pub(crate) fn number_after(data: &[u8], key: &Finder<'_>) -> Option<u64> {
+    let at = key.find(data)? + key.needle().len();
     let digits = data[at..]
         .iter()
         .skip_while(|b| b.is_ascii_whitespace())
