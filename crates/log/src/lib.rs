@@ -64,7 +64,11 @@ pub fn system_clock() -> Clock {
 /// How long the writer waits for more records after a batch before it writes the next
 /// one, while records keep coming. Non-durable records reach the OS at most this much
 /// later than with a wake-up per record; durable ones wake the writer at once.
-pub const LINGER: Duration = Duration::from_millis(1);
+///
+/// 5 ms, not less: at a steady 10,000 publications/s a 1 ms linger made about 1,400
+/// `write`s a second of seven records each; 5 ms halved the writer thread's CPU there.
+/// The queue (`queue_records`, 16,384) holds 5 ms of 3 million records/s.
+pub const LINGER: Duration = Duration::from_millis(5);
 
 /// Configuration of a [`Log`].
 #[derive(Clone)]

@@ -148,6 +148,11 @@ impl ApiInput for LaneInput<'_> {
 /// (`accept::serve_http` sets `header_read_timeout` to the handshake timeout, and hyper
 /// starts that timer when it begins to read the next head), so a socket idles the same
 /// time in either. The body has no timeout of its own, as in hyper.
+///
+/// One timer per socket, moved forward after each answer: a `tokio::time::timeout` per
+/// request inserted a timer entry into the wheel and removed it again each time (under
+/// the wheel's lock; 0.6 % of server CPU under `wrk`). Moving a registered deadline later
+/// is an atomic store; the wheel re-files the entry only when the old deadline comes.
 pub(crate) async fn serve(
     stream: TcpStream,
     mut buf: Vec<u8>,
@@ -156,6 +161,8 @@ pub(crate) async fn serve(
     timeout: Duration,
 ) -> Option<(TcpStream, Bytes)> {
     let limit = api::body_limit(state);
+    let idle = tokio::time::sleep(timeout);
+    let mut idle = std::pin::pin!(idle);
     loop {
         let mut input = LaneInput {
             stream: &stream,
@@ -188,12 +195,18 @@ pub(crate) async fn serve(
             // A large body's room is not kept for the socket's life.
             buf.shrink_to(MAX_HEAD);
         }
-        let next = accept::read_head(&stream, &mut buf, state, false);
-        match tokio::time::timeout(timeout, next).await {
-            Ok(Ok(Head::Publish(next))) => head = next,
-            Ok(Ok(_)) => return Some((stream, Bytes::from(buf))),
-            // Closed, failed, or idle too long: dropped, as hyper drops it.
-            Ok(Err(_)) | Err(_) => return None,
+        idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+        let next = tokio::select! {
+            biased;
+            next = accept::read_head(&stream, &mut buf, state, false) => next,
+            // Idle too long: dropped, as hyper drops it.
+            () = &mut idle => return None,
+        };
+        match next {
+            Ok(Head::Publish(next)) => head = next,
+            Ok(_) => return Some((stream, Bytes::from(buf))),
+            // Closed or failed: dropped, as hyper drops it.
+            Err(_) => return None,
         }
     }
 }

@@ -386,3 +386,30 @@ async fn draining_refuses_lean_publishes_and_idle_sockets_do_not_hold_the_exit()
     assert_eq!(server.wait_exit(), Some(0));
     drop((kept, hyper));
 }
+
+/// A keep-alive socket may idle `websocket.handshake_timeout_secs` after each answer,
+/// not after its first request: one that keeps publishing is served past the timeout,
+/// and once it falls silent the server closes it.
+#[tokio::test]
+async fn an_idle_lean_socket_is_closed_a_timeout_after_its_last_answer() {
+    use std::time::{Duration, Instant};
+    let server = Server::start(&["--dev", "--set", "websocket.handshake_timeout_secs=1"]);
+    let body = json!({"channel": "idle", "data": 1}).to_string();
+    let mut s = connect(&server).await;
+    let started = Instant::now();
+    // The pauses are the client's behaviour under test, not a wait for the server.
+    for _ in 0..4 {
+        let (status, _, body) = exchange(&mut s, &lean(&body, "")).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(started.elapsed() > Duration::from_secs(1));
+    let silent = Instant::now();
+    assert_eq!(read_to_close(&mut s).await, "");
+    // Closed no earlier than a second after the last answer (400 ms of it slept above).
+    assert!(
+        silent.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        silent.elapsed()
+    );
+}
