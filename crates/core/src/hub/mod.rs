@@ -1089,29 +1089,44 @@ impl Hub {
     /// Drops expired history and removes channels that nothing keeps alive any more.
     /// Called periodically by the server.
     pub fn sweep(&self) {
-        let now = now_ms();
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            shard.retain(|name, entry| {
-                let mut state = entry.state.lock();
-                let policy = state.options.history;
-                self.evict(&mut state, now, policy);
-                if state.idle(now, self.linger_ms) {
-                    state.gone = true;
-                    self.retire_epoch(&state.epoch);
-                    self.counters.channels.fetch_sub(1, Ordering::Relaxed);
-                    // Under the shard lock: a join that recreates the channel asks the
-                    // broker to subscribe only after this unsubscribe was issued, and
-                    // the broker applies them in call order.
-                    if let Some(broker) = state.extras.replica().and(self.broker.as_ref()) {
-                        broker.unsubscribe(name);
-                    }
-                    false
-                } else {
-                    true
-                }
-            });
+        for index in 0..self.shard_count() {
+            self.sweep_shard(index);
         }
+    }
+
+    /// How many shards the channels are spread over (see [`Hub::sweep_shard`]).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// [`Hub::sweep`] for one shard (`index` below [`Hub::shard_count`]; others do
+    /// nothing). A sweep of every shard at once walks every channel in one go: the
+    /// server sweeps shard by shard and yields between them, so that no runtime worker
+    /// is held for the whole walk.
+    pub fn sweep_shard(&self, index: usize) {
+        let Some(shard) = self.shards.get(index) else {
+            return;
+        };
+        let now = now_ms();
+        shard.lock().retain(|name, entry| {
+            let mut state = entry.state.lock();
+            let policy = state.options.history;
+            self.evict(&mut state, now, policy);
+            if state.idle(now, self.linger_ms) {
+                state.gone = true;
+                self.retire_epoch(&state.epoch);
+                self.counters.channels.fetch_sub(1, Ordering::Relaxed);
+                // Under the shard lock: a join that recreates the channel asks the
+                // broker to subscribe only after this unsubscribe was issued, and
+                // the broker applies them in call order.
+                if let Some(broker) = state.extras.replica().and(self.broker.as_ref()) {
+                    broker.unsubscribe(name);
+                }
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Who is subscribed to `channel`. The list is built once per membership change and
