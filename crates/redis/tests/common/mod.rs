@@ -38,7 +38,15 @@ struct Recorder {
 
 impl EngineHandler for Recorder {
     fn publication(&self, channel: &str, epoch: &str, publication: Publication) {
-        drop(self.gate.lock());
+        // A held gate blocks this thread. On a multi-thread runtime tokio is told first,
+        // so that another thread takes over this worker's queue and the I/O driver: a
+        // worker blocked unannounced once left the driver unpolled while the other
+        // worker slept, and the stalling test hung.
+        let wait = || drop(self.gate.lock());
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        }
         let _ = self.pubs.send(Got {
             channel: channel.to_owned(),
             epoch: epoch.to_owned(),
