@@ -399,8 +399,8 @@ async fn an_idle_lean_socket_is_closed_a_timeout_after_its_last_answer() {
     let started = Instant::now();
     // The pauses are the client's behaviour under test, not a wait for the server.
     for _ in 0..4 {
-        let (status, _, body) = exchange(&mut s, &lean(&body, "")).await;
-        assert_eq!(status, 200, "{body}");
+        let (status, _, answer) = exchange(&mut s, &lean(&body, "")).await;
+        assert_eq!(status, 200, "{answer}");
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     assert!(started.elapsed() > Duration::from_secs(1));
