@@ -78,6 +78,35 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The Redis engine (`cluster.engine = "redis"`).
     pub redis: RedisConfig,
+    /// The web dashboard at `/admin`.
+    pub admin: AdminConfig,
+}
+
+/// The web dashboard at `/admin` and the JSON API behind it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the dashboard. Off by default; `--dev` turns it on (dev listens on loopback
+    /// only, and there the dashboard asks for no password unless one is set).
+    pub enabled: bool,
+    /// The password that logs in to the dashboard; required when `enabled` outside dev.
+    pub password: String,
+    /// HMAC secret that signs dashboard sessions; empty = a random one per process (every
+    /// session then ends when the node restarts, and each node of a cluster signs its own).
+    pub secret: String,
+    /// Seconds a dashboard session lasts after logging in.
+    pub session_ttl_secs: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            password: String::new(),
+            secret: String::new(),
+            session_ttl_secs: 8 * 3600,
+        }
+    }
 }
 
 /// Many nodes as one system.
@@ -451,6 +480,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             cluster: ClusterConfig::default(),
             redis: RedisConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -463,7 +493,7 @@ pub const REDACTED: &str = "<redacted>";
 
 impl Config {
     /// A copy with every secret (`api.key`, `client.token_hmac_secret`,
-    /// `client.subscription_token_hmac_secret`) replaced by
+    /// `client.subscription_token_hmac_secret`, `admin.password`, `admin.secret`) replaced by
     /// [`REDACTED`] when set, for printing. An empty secret stays empty: that it is unset
     /// is worth seeing.
     pub fn redacted(&self) -> Config {
@@ -472,6 +502,8 @@ impl Config {
             &mut c.api.key,
             &mut c.client.token_hmac_secret,
             &mut c.client.subscription_token_hmac_secret,
+            &mut c.admin.password,
+            &mut c.admin.secret,
         ] {
             if !secret.is_empty() {
                 *secret = REDACTED.to_string();
@@ -572,6 +604,18 @@ impl Config {
                 ns.allow_anonymous = true;
                 ns.allow_delta = true;
             }
+            self.admin.enabled = true;
+        }
+        if self.admin.enabled && !self.server.dev && self.admin.password.is_empty() {
+            return Err(ConfigError::Invalid(
+                "admin.enabled needs admin.password (the dashboard's login); `starling genconfig` makes one"
+                    .into(),
+            ));
+        }
+        if self.admin.session_ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "admin.session_ttl_secs must be positive".into(),
+            ));
         }
         if self.websocket.max_message_size < 125 {
             return Err(ConfigError::Invalid(
@@ -921,17 +965,36 @@ mod tests {
                     "client.subscription_token_hmac_secret".into(),
                     "\"s2\"".into(),
                 ),
+                ("admin.password".into(), "\"p1\"".into()),
+                ("admin.secret".into(), "\"a1\"".into()),
             ],
         )
         .expect("loads");
         let text = toml::to_string_pretty(&c.redacted()).expect("toml");
-        assert!(
-            !text.contains("k1") && !text.contains("s1") && !text.contains("s2"),
-            "{text}"
-        );
-        assert_eq!(text.matches(REDACTED).count(), 3, "{text}");
+        for secret in ["k1", "s1", "s2", "p1", "a1"] {
+            assert!(!text.contains(secret), "{secret}: {text}");
+        }
+        assert_eq!(text.matches(REDACTED).count(), 5, "{text}");
         assert!(c.redacted().client.token_rsa_public_key.is_empty());
         assert_eq!(c.api.key, "k1", "the original is untouched");
+    }
+
+    #[test]
+    fn the_dashboard_needs_a_password_outside_dev() {
+        let on = ("admin.enabled".to_string(), "true".to_string());
+        let err = Config::load(None, env(&[]), std::slice::from_ref(&on)).expect_err("refused");
+        assert!(err.to_string().contains("admin.password"), "{err}");
+        let c = Config::load(
+            None,
+            env(&[]),
+            &[on, ("admin.password".into(), "\"pw\"".into())],
+        )
+        .expect("loads");
+        assert!(c.admin.enabled);
+        let dev =
+            Config::load(None, env(&[]), &[("server.dev".into(), "true".into())]).expect("loads");
+        assert!(dev.admin.enabled, "--dev opens the dashboard");
+        assert!(!Config::default().admin.enabled, "off by default");
     }
 
     #[test]

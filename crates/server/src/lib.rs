@@ -22,5 +22,6 @@ pub mod session;
 pub mod subscriptions;
 #[cfg(test)]
 mod testing;
+pub mod tools;
 pub mod upgrade;
 pub mod wheel;

@@ -30,8 +30,123 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration (defaults, file, environment and flags merged) as
     /// TOML, then exit. Secrets (api.key, client.token_hmac_secret,
-    /// client.subscription_token_hmac_secret) print as `<redacted>` unless `--show-secrets`.
+    /// client.subscription_token_hmac_secret, admin.password, admin.secret) print as
+    /// `<redacted>` unless `--show-secrets`.
     Config(ConfigArgs),
+    /// Check a configuration (file, environment and flags, as `serve` would load it)
+    /// and exit: 0 when it is valid, 2 with the reason when not.
+    Checkconfig(ServeArgs),
+    /// Write a production configuration with fresh random secrets (API key, token
+    /// secret, dashboard password) to FILE (`-` for standard output).
+    Genconfig(GenconfigArgs),
+    /// Sign a connection token (HS256, with client.token_hmac_secret from the
+    /// configuration) for trying a node out; prints the token alone on standard output.
+    Gentoken(GentokenArgs),
+    /// Sign a subscription token for a private channel (HS256, with
+    /// client.subscription_token_hmac_secret or else client.token_hmac_secret).
+    Gensubtoken(GensubtokenArgs),
+    /// Verify a token as the configured node would and say what it grants; exit 0 when
+    /// valid, 1 when refused.
+    Checktoken(ChecktokenArgs),
+    /// Print the version and exit.
+    Version,
+}
+
+/// Where the token tools find the secret: the configuration as `serve` loads it.
+#[derive(Args, Debug)]
+struct ConfigSource {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Set any setting by its dotted key (e.g. `--set client.token_hmac_secret=...`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl ConfigSource {
+    fn load(&self) -> anyhow::Result<Config> {
+        ServeArgs {
+            config: self.config.clone(),
+            listen: None,
+            dev: false,
+            echo: false,
+            api_key: None,
+            token_hmac_secret: None,
+            log_format: None,
+            redis: Vec::new(),
+            set: self.set.clone(),
+        }
+        .load()
+    }
+}
+
+/// `starling genconfig`.
+#[derive(Args, Debug)]
+struct GenconfigArgs {
+    /// The file to write; `-` prints to standard output.
+    #[arg(
+        long,
+        short = 'o',
+        value_name = "FILE",
+        default_value = "starling.toml"
+    )]
+    output: PathBuf,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `starling gentoken`.
+#[derive(Args, Debug)]
+struct GentokenArgs {
+    #[command(flatten)]
+    source: ConfigSource,
+    /// The user id (`sub`).
+    #[arg(long, short = 'u')]
+    user: String,
+    /// Lifetime: 90s, 30m, 1h, 7d, 1h30m; `0` makes a token without `exp`.
+    #[arg(long, short = 't', default_value = "1h")]
+    ttl: String,
+    /// Limit the connection to these channels (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Connection info shown in presence, as JSON (e.g. `{"name":"Ann"}`).
+    #[arg(long)]
+    info: Option<String>,
+}
+
+/// `starling gensubtoken`.
+#[derive(Args, Debug)]
+struct GensubtokenArgs {
+    #[command(flatten)]
+    source: ConfigSource,
+    /// The user id (`sub`); must be the connection's user.
+    #[arg(long, short = 'u')]
+    user: String,
+    /// The channel it grants.
+    #[arg(long)]
+    channel: String,
+    /// Lifetime: 90s, 30m, 1h, 7d, 1h30m; `0` makes a token without `exp`.
+    #[arg(long, short = 't', default_value = "1h")]
+    ttl: String,
+    /// Channel info shown in presence, as JSON.
+    #[arg(long)]
+    info: Option<String>,
+}
+
+/// `starling checktoken`.
+#[derive(Args, Debug)]
+struct ChecktokenArgs {
+    #[command(flatten)]
+    source: ConfigSource,
+    /// The token (JWT) to verify.
+    token: String,
+}
+
+/// A `--ttl` value: zero means no expiry.
+fn ttl(text: &str) -> anyhow::Result<Option<std::time::Duration>> {
+    let d = starling::tools::parse_duration(text)?;
+    Ok((!d.is_zero()).then_some(d))
 }
 
 /// `starling config`: the options of `serve`, plus whether to print secrets.
@@ -75,6 +190,7 @@ current values. The keys:
   cluster.presence_ttl_secs
   redis.addresses redis.prefix redis.command_timeout_ms redis.probe_interval_secs
   redis.cluster redis.restart_epochs
+  admin.enabled admin.password admin.secret admin.session_ttl_secs
 Each is explained in docs/OPERATIONS.md.";
 
 /// Every setting also has a dotted key usable in the config file, as an environment
@@ -164,10 +280,16 @@ fn toml_string(v: &str) -> String {
     toml::Value::String(v.to_string()).to_string()
 }
 
+/// `checktoken` found the token refused (exit code 1; the reason is already printed).
+#[derive(Debug, thiserror::Error)]
+#[error("token refused")]
+struct Refused;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<Refused>() => ExitCode::from(1),
         Err(err) => {
             eprintln!("starling: error: {err:#}");
             ExitCode::from(2)
@@ -188,6 +310,85 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 toml::to_string_pretty(&shown).context("rendering the configuration")?
             );
+            Ok(())
+        }
+        Command::Checkconfig(args) => {
+            let config = args.load()?;
+            starling::auth::Auth::new(&config.client).context("the token keys")?;
+            let from = args
+                .config
+                .as_ref()
+                .map_or("defaults, environment and flags".to_string(), |p| {
+                    p.display().to_string()
+                });
+            println!("configuration OK ({from})");
+            Ok(())
+        }
+        Command::Genconfig(args) => {
+            let text = starling::tools::generate_config()?;
+            if args.output.as_os_str() == "-" {
+                print!("{text}");
+                return Ok(());
+            }
+            let mut file = std::fs::OpenOptions::new();
+            file.write(true);
+            if args.force {
+                file.create(true).truncate(true);
+            } else {
+                file.create_new(true);
+            }
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+            let mut f = file.open(&args.output).with_context(|| {
+                format!(
+                    "writing {} (use --force to overwrite)",
+                    args.output.display()
+                )
+            })?;
+            std::io::Write::write_all(&mut f, text.as_bytes())
+                .with_context(|| format!("writing {}", args.output.display()))?;
+            eprintln!(
+                "wrote {} (mode 600: it holds secrets); check it with `starling checkconfig --config {}`",
+                args.output.display(),
+                args.output.display()
+            );
+            Ok(())
+        }
+        Command::Gentoken(args) => {
+            let config = args.source.load()?;
+            let req = starling::tools::TokenRequest {
+                user: args.user,
+                ttl: ttl(&args.ttl)?,
+                channels: args.channels,
+                info: args.info,
+                ..Default::default()
+            };
+            println!("{}", starling::tools::mint_token(&config, &req)?);
+            Ok(())
+        }
+        Command::Gensubtoken(args) => {
+            let config = args.source.load()?;
+            let req = starling::tools::TokenRequest {
+                user: args.user,
+                ttl: ttl(&args.ttl)?,
+                channel: Some(args.channel),
+                info: args.info,
+                ..Default::default()
+            };
+            println!("{}", starling::tools::mint_token(&config, &req)?);
+            Ok(())
+        }
+        Command::Checktoken(args) => {
+            let config = args.source.load()?;
+            let verdict = starling::tools::check_token(&config, args.token.trim())?;
+            println!("{}", starling::tools::describe(&verdict));
+            if matches!(verdict, starling::tools::Verdict::Refused(_)) {
+                return Err(Refused.into());
+            }
+            Ok(())
+        }
+        Command::Version => {
+            println!("starling {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
         Command::Serve(args) => {
