@@ -39,6 +39,8 @@ pub struct AppState {
     pub namespaces: Namespaces,
     /// Token verification.
     pub auth: Auth,
+    /// Dashboard sessions (`None` unless `admin.enabled`).
+    pub admin: Option<crate::admin::AdminAuth>,
     /// Server-level counters.
     pub metrics: Metrics,
     /// Encodes pushes and replies into frames.
@@ -134,6 +136,8 @@ impl AppState {
             Some(journal)
         };
         let auth = Auth::new(&config.client).context("loading token keys")?;
+        let admin = crate::admin::AdminAuth::new(&config.admin, config.server.dev)
+            .context("the dashboard's session key")?;
         let name = node_name(&config, addr);
         if let Some(engine) = &engine {
             hub = hub.with_broker(engine.parts().broker);
@@ -157,6 +161,7 @@ impl AppState {
                 journal,
                 registry: Registry::default(),
                 auth,
+                admin,
                 metrics: Metrics::default(),
                 encoder,
                 started: Instant::now(),
@@ -199,6 +204,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(crate::ops::ready))
         .route("/metrics", get(crate::ops::metrics))
         .route("/api/openapi.json", get(crate::api::openapi))
+        .route("/", get(crate::web::demo))
+        .route("/admin", get(crate::web::admin))
+        .route("/admin/", get(crate::web::admin))
+        .route("/admin/api/session", get(crate::admin::session))
+        .route("/admin/api/login", post(crate::admin::login))
+        .route("/admin/api/snapshot", get(crate::admin::snapshot))
+        .route("/static/{*file}", get(crate::web::static_file))
         .merge(api)
         .fallback(crate::ops::not_found)
         .with_state(state)

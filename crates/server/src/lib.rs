@@ -2,6 +2,7 @@
 //! metrics and graceful shutdown, around the hub of `starling-core`.
 
 pub mod accept;
+pub mod admin;
 pub mod allocator;
 pub mod api;
 pub mod app;
@@ -24,4 +25,5 @@ pub mod subscriptions;
 mod testing;
 pub mod tools;
 pub mod upgrade;
+pub mod web;
 pub mod wheel;

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
 
@@ -58,10 +58,16 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 /// Any other path.
-pub async fn not_found() -> impl IntoResponse {
+pub async fn not_found() -> Response {
+    not_found_response()
+}
+
+/// The 404 answer of every unknown path.
+pub fn not_found_response() -> Response {
     (
         StatusCode::NOT_FOUND,
         [(header::CONTENT_TYPE, "application/json")],
         "{\"error\":{\"code\":404,\"message\":\"not found\"}}",
     )
+        .into_response()
 }

@@ -1,0 +1,246 @@
+//! The dashboard's side of the server: logging in with `admin.password`, the session
+//! tokens that follow (HS256, signed with `admin.secret`), and the snapshot the dashboard
+//! polls once a second. A session also opens the HTTP API (`Authorization: Bearer
+//! <session>`), so the dashboard's inspections and actions go through the same endpoints
+//! as a backend's, without the API key ever reaching a browser.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::config::AdminConfig;
+
+/// The claims of a dashboard session.
+#[derive(Debug, Serialize, Deserialize)]
+struct Session {
+    /// Always `"admin"`: a client connection token (same algorithm, another secret)
+    /// never carries it.
+    sub: String,
+    /// Marks the token's kind.
+    adm: bool,
+    exp: u64,
+}
+
+/// Signs and checks dashboard sessions.
+pub struct AdminAuth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    password: String,
+    /// Development mode without a password: the login takes any password.
+    open: bool,
+    ttl_secs: u64,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("open", &self.open)
+            .finish()
+    }
+}
+
+impl AdminAuth {
+    /// The keys of an enabled dashboard (`None` when `admin.enabled` is off). An empty
+    /// `admin.secret` takes a random one for the life of the process.
+    pub fn new(config: &AdminConfig, dev: bool) -> anyhow::Result<Option<AdminAuth>> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        let secret = if config.secret.is_empty() {
+            crate::tools::random_hex(32)?
+        } else {
+            config.secret.clone()
+        };
+        Ok(Some(AdminAuth {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            password: config.password.clone(),
+            open: dev && config.password.is_empty(),
+            ttl_secs: config.session_ttl_secs,
+        }))
+    }
+
+    /// A session for a correct password (compared in constant time).
+    fn login(&self, password: &str) -> Option<(String, u64)> {
+        if !self.open
+            && !crate::api::constant_time_eq(password.as_bytes(), self.password.as_bytes())
+        {
+            return None;
+        }
+        let claims = Session {
+            sub: "admin".into(),
+            adm: true,
+            exp: now_secs().saturating_add(self.ttl_secs),
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).ok()?;
+        Some((token, self.ttl_secs))
+    }
+
+    /// Whether `token` is a live session of this node's dashboard.
+    pub fn verify(&self, token: &str) -> bool {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        jsonwebtoken::decode::<Session>(token, &self.decoding, &validation)
+            .is_ok_and(|data| data.claims.adm && data.claims.sub == "admin")
+    }
+
+    /// Whether an `Authorization` header value carries a live session (`Bearer <token>`).
+    pub fn authorizes(&self, authorization: &[u8]) -> bool {
+        authorization
+            .strip_prefix(b"Bearer ")
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .is_some_and(|t| self.verify(t.trim()))
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": status.as_u16(), "message": message}})),
+    )
+        .into_response()
+}
+
+/// `GET /admin/api/session`: whether the dashboard is on and needs a password.
+pub async fn session(State(state): State<Arc<AppState>>) -> Response {
+    match &state.admin {
+        None => crate::ops::not_found_response(),
+        Some(auth) => Json(json!({
+            "password_required": !auth.open,
+            "node": &state.name,
+            "version": env!("CARGO_PKG_VERSION"),
+        }))
+        .into_response(),
+    }
+}
+
+/// The body of a login.
+#[derive(Debug, Deserialize)]
+pub struct Login {
+    #[serde(default)]
+    password: String,
+}
+
+/// `POST /admin/api/login`: a session token for the right password (401 otherwise).
+pub async fn login(State(state): State<Arc<AppState>>, body: Option<Json<Login>>) -> Response {
+    let Some(auth) = &state.admin else {
+        return crate::ops::not_found_response();
+    };
+    let password = body.map(|Json(b)| b.password).unwrap_or_default();
+    match auth.login(&password) {
+        Some((token, ttl)) => Json(json!({"token": token, "expires_in": ttl})).into_response(),
+        None => {
+            state.metrics.error(401);
+            error(StatusCode::UNAUTHORIZED, "wrong password")
+        }
+    }
+}
+
+/// `GET /admin/api/snapshot`: this node's numbers (every metric of `/metrics`, by its
+/// exposition name) and the nodes of the cluster, for the dashboard to chart. Counters
+/// are totals: the dashboard makes rates of two snapshots.
+pub async fn snapshot(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(auth) = &state.admin else {
+        return crate::ops::not_found_response();
+    };
+    let allowed = headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| auth.authorizes(v.as_bytes()));
+    if !allowed {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "log in first (Authorization: Bearer <session>)",
+        );
+    }
+    let text = crate::metrics::render(&state);
+    let time_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Json(json!({
+        "time_ms": u64::try_from(time_ms).unwrap_or(u64::MAX),
+        "info": crate::api::info_json(&state),
+        "metrics": parse_exposition(&text),
+    }))
+    .into_response()
+}
+
+/// The samples of a Prometheus text exposition, by `name{labels}` as written.
+pub fn parse_exposition(text: &str) -> BTreeMap<&str, Value> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(name, value)| {
+            let n: f64 = value.parse().ok()?;
+            let v = serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number);
+            Some((name, v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(password: &str, dev: bool) -> AdminAuth {
+        let config = AdminConfig {
+            enabled: true,
+            password: password.into(),
+            ..AdminConfig::default()
+        };
+        AdminAuth::new(&config, dev)
+            .expect("keys")
+            .expect("enabled")
+    }
+
+    #[test]
+    fn sessions_need_the_password_and_this_secret() {
+        let a = auth("pw", false);
+        assert!(a.login("nope").is_none());
+        let (token, ttl) = a.login("pw").expect("session");
+        assert_eq!(ttl, 8 * 3600);
+        assert!(a.verify(&token));
+        assert!(a.authorizes(format!("Bearer {token}").as_bytes()));
+        assert!(!a.authorizes(format!("apikey {token}").as_bytes()));
+        // Another process (another random secret) does not take it.
+        assert!(!auth("pw", false).verify(&token));
+        assert!(!a.verify("x.y.z"));
+    }
+
+    #[test]
+    fn dev_without_a_password_is_open_and_off_is_none() {
+        assert!(auth("", true).login("anything").is_some());
+        assert!(
+            auth("pw", true).login("anything").is_none(),
+            "a set password holds in dev"
+        );
+        let off = AdminConfig::default();
+        assert!(AdminAuth::new(&off, true).expect("ok").is_none());
+    }
+
+    #[test]
+    fn expositions_parse_to_samples() {
+        let text = "# HELP a x\n# TYPE a gauge\na 3\nb_total{code=\"4500\"} 7\nc 0.25\n";
+        let m = parse_exposition(text);
+        assert_eq!(m["a"], json!(3.0));
+        assert_eq!(m["b_total{code=\"4500\"}"], json!(7.0));
+        assert_eq!(m["c"], json!(0.25));
+        assert_eq!(m.len(), 3);
+    }
+}

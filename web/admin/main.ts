@@ -1,0 +1,307 @@
+// The dashboard: polls the node's snapshot once a second, charts it, and acts through the
+// HTTP API with its session token (never with the API key).
+
+import { drawChart, type Series } from './chart';
+
+type Metrics = Record<string, number>;
+interface NodeInfo {
+  name: string;
+  version: string;
+  uptime: number;
+  connections: number;
+  users: number;
+  channels: number;
+  subscriptions: number;
+}
+interface Snapshot {
+  time_ms: number;
+  info: NodeInfo & { nodes: NodeInfo[]; publications: number };
+  metrics: Metrics;
+}
+
+const TOKEN_KEY = 'starling-admin-session';
+const HISTORY = 120; // points kept for the charts: two minutes at one a second
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+
+let token = sessionStorage.getItem(TOKEN_KEY) ?? '';
+let previous: Snapshot | null = null;
+let timer: ReturnType<typeof setTimeout> | undefined;
+const connections: number[] = [];
+const messagesIn: number[] = [];
+const messagesOut: number[] = [];
+
+async function request(path: string, init: RequestInit = {}): Promise<Response> {
+  const headers = new Headers(init.headers);
+  if (token) headers.set('Authorization', `Bearer ${token}`);
+  if (init.body) headers.set('Content-Type', 'application/json');
+  return fetch(path, { ...init, headers });
+}
+
+/** Calls an HTTP API method; returns its `result` or throws with the server's message. */
+async function api(method: string, body: unknown): Promise<any> {
+  const response = await request(`/api/${method}`, { method: 'POST', body: JSON.stringify(body) });
+  const reply = await response.json().catch(() => ({}));
+  if (response.status === 401) return showLogin('The session has ended: log in again.');
+  if (!response.ok) throw new Error(reply?.error?.message ?? `HTTP ${response.status}`);
+  return reply.result;
+}
+
+function showLogin(message = ''): never {
+  token = '';
+  sessionStorage.removeItem(TOKEN_KEY);
+  clearTimeout(timer);
+  $('dashboard').hidden = true;
+  $('login').hidden = false;
+  $('login-error').textContent = message;
+  throw new Error(message || 'login required');
+}
+
+async function login(password: string): Promise<boolean> {
+  const response = await fetch('/admin/api/login', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ password }),
+  });
+  if (!response.ok) return false;
+  token = (await response.json()).token;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  return true;
+}
+
+function counter(m: Metrics, name: string): number {
+  return m[name] ?? 0;
+}
+
+function perSecond(name: string, now: Snapshot): number {
+  if (!previous) return 0;
+  const dt = (now.time_ms - previous.time_ms) / 1000;
+  const d = counter(now.metrics, name) - counter(previous.metrics, name);
+  return dt > 0 && d >= 0 ? d / dt : 0;
+}
+
+const number = new Intl.NumberFormat('en', { maximumFractionDigits: 1 });
+function bytes(n: number): string {
+  const units = ['B', 'KB', 'MB', 'GB'];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) {
+    n /= 1000;
+    i++;
+  }
+  return `${number.format(n)} ${units[i]}`;
+}
+
+function duration(secs: number): string {
+  const d = Math.floor(secs / 86400);
+  const h = Math.floor((secs % 86400) / 3600);
+  const m = Math.floor((secs % 3600) / 60);
+  return d ? `${d}d ${h}h` : h ? `${h}h ${m}m` : `${m}m ${secs % 60}s`;
+}
+
+function cell(row: HTMLTableRowElement, text: string | number) {
+  row.insertCell().textContent = String(text);
+}
+
+function fillTable(id: string, rows: (string | number)[][], empty: string) {
+  const body = $<HTMLTableElement>(id).tBodies[0];
+  body.replaceChildren();
+  for (const values of rows) {
+    const row = body.insertRow();
+    for (const v of values) cell(row, v);
+  }
+  if (!rows.length) {
+    const row = body.insertRow();
+    const c = row.insertCell();
+    c.colSpan = 7;
+    c.className = 'muted';
+    c.textContent = empty;
+  }
+}
+
+function render(s: Snapshot) {
+  const m = s.metrics;
+  const inRate = perSecond('starling_messages_in_total', s);
+  const outRate = perSecond('starling_messages_out_total', s);
+  const cards: [string, string][] = [
+    ['Nodes', String(s.info.nodes.length)],
+    ['Connections', number.format(s.info.connections)],
+    ['Users', number.format(s.info.users)],
+    ['Channels', number.format(s.info.channels)],
+    ['Subscriptions', number.format(s.info.subscriptions)],
+    ['Publications/s', number.format(perSecond('starling_publications_total', s))],
+    ['Messages in/s', number.format(inRate)],
+    ['Messages out/s', number.format(outRate)],
+    ['Bytes in/s', bytes(perSecond('starling_bytes_in_total', s))],
+    ['Bytes out/s', bytes(perSecond('starling_bytes_written_total', s))],
+    ['API requests/s', number.format(perSecond('starling_api_requests_total', s))],
+    ['Slow consumers', number.format(counter(m, 'starling_slow_consumers_total'))],
+  ];
+  const grid = $('cards');
+  grid.replaceChildren(
+    ...cards.map(([label, value]) => {
+      const card = document.createElement('div');
+      card.className = 'card';
+      card.dataset.metric = label;
+      const l = document.createElement('div');
+      l.className = 'label';
+      l.textContent = label;
+      const v = document.createElement('div');
+      v.className = 'value';
+      v.textContent = value;
+      card.append(l, v);
+      return card;
+    }),
+  );
+  $('node').textContent = `${s.info.node} · v${s.info.version} · up ${duration(s.info.uptime)}`;
+
+  for (const [series, value] of [
+    [connections, s.info.connections],
+    [messagesIn, inRate],
+    [messagesOut, outRate],
+  ] as [number[], number][]) {
+    series.push(value);
+    if (series.length > HISTORY) series.shift();
+  }
+  drawChart($('chart-connections'), [{ values: connections, color: '#2f6fdf' }]);
+  const messages: Series[] = [
+    { values: messagesIn, color: '#2f6fdf' },
+    { values: messagesOut, color: '#e0821b' },
+  ];
+  drawChart($('chart-messages'), messages);
+
+  fillTable(
+    'nodes',
+    s.info.nodes.map((n) => [n.name, n.version, duration(n.uptime), n.connections, n.users, n.channels, n.subscriptions]),
+    'no nodes',
+  );
+  const errors = Object.keys(m)
+    .map((key) => ({ key, code: /^starling_errors_total\{code="([^"]+)"\}$/.exec(key)?.[1] }))
+    .filter((e): e is { key: string; code: string } => !!e.code && m[e.key] > 0)
+    .map((e) => [e.code, m[e.key], number.format(perSecond(e.key, s))]);
+  fillTable('errors', errors, 'no errors');
+}
+
+async function refreshTop() {
+  const result = await api('channels', {});
+  const rows = Object.entries(result.channels as Record<string, { num_clients: number }>)
+    .sort((a, b) => b[1].num_clients - a[1].num_clients)
+    .slice(0, 10)
+    .map(([name, c]) => [name, c.num_clients]);
+  fillTable('top', rows, 'no channels with subscribers');
+}
+
+async function poll() {
+  try {
+    const response = await request('/admin/api/snapshot');
+    if (response.status === 401) return showLogin('The session has ended: log in again.');
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const s: Snapshot = await response.json();
+    render(s);
+    if (!previous || s.time_ms - previous.time_ms >= 0) previous = s;
+    $('live').textContent = 'live';
+    $('live').className = 'badge live';
+    if (Math.floor(s.time_ms / 1000) % 5 === 0 || !$('top').dataset.filled) {
+      $('top').dataset.filled = '1';
+      await refreshTop();
+    }
+  } catch (e) {
+    if (!token) return;
+    $('live').textContent = `unreachable: ${(e as Error).message}`;
+    $('live').className = 'badge down';
+  }
+  timer = setTimeout(poll, 1000);
+}
+
+function show(el: HTMLElement, text: string, bad = false) {
+  el.textContent = text;
+  el.className = bad ? 'error' : '';
+}
+
+async function inspect(channel: string) {
+  const out = $('inspect');
+  out.replaceChildren();
+  const section = (title: string, body: string) => {
+    const h = document.createElement('h3');
+    h.textContent = title;
+    const pre = document.createElement('pre');
+    pre.textContent = body;
+    out.append(h, pre);
+  };
+  const attempt = async (title: string, call: () => Promise<string>) => {
+    try {
+      section(title, await call());
+    } catch (e) {
+      section(title, (e as Error).message);
+    }
+  };
+  await attempt('Subscribers', async () => {
+    const r = await api('channels', { pattern: channel });
+    return String(r.channels[channel]?.num_clients ?? 0);
+  });
+  await attempt('Presence', async () => {
+    const r = await api('presence', { channel });
+    const clients = Object.values(r.clients as Record<string, { user: string; client: string }>);
+    return clients.length ? clients.map((c) => `${c.user || '(anonymous)'}  ${c.client}`).join('\n') : 'nobody';
+  });
+  await attempt('History (newest first)', async () => {
+    const r = await api('history', { channel, limit: 20, reverse: true });
+    const lines = (r.publications as { offset: number; data?: unknown; b64data?: string }[]).map(
+      (p) => `#${p.offset}  ${p.data !== undefined ? JSON.stringify(p.data) : `b64:${p.b64data}`}`,
+    );
+    return `epoch ${r.epoch}, offset ${r.offset}\n${lines.join('\n') || '(empty)'}`;
+  });
+}
+
+async function start() {
+  const session = await (await fetch('/admin/api/session')).json();
+  if (!token && !session.password_required) await login('');
+  if (!token) return showLogin();
+  $('login').hidden = true;
+  $('dashboard').hidden = false;
+  await poll();
+}
+
+$('login-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  if (await login($<HTMLInputElement>('password').value)) {
+    $<HTMLInputElement>('password').value = '';
+    start().catch(() => {});
+  } else {
+    $('login-error').textContent = 'Wrong password.';
+  }
+});
+
+$('inspect-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  inspect($<HTMLInputElement>('inspect-channel').value.trim()).catch(() => {});
+});
+
+$('publish-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const result = $('publish-result');
+  let data: unknown;
+  try {
+    data = JSON.parse($<HTMLTextAreaElement>('publish-data').value);
+  } catch {
+    return show(result, 'The data must be JSON, e.g. {"text":"hi"} or "hi".', true);
+  }
+  try {
+    const r = await api('publish', { channel: $<HTMLInputElement>('publish-channel').value.trim(), data });
+    show(result, `Published at offset ${r.offset} (epoch ${r.epoch}).`);
+  } catch (err) {
+    show(result, (err as Error).message, true);
+  }
+});
+
+$('disconnect-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const result = $('disconnect-result');
+  try {
+    const r = await api('disconnect', { user: $<HTMLInputElement>('disconnect-user').value.trim() });
+    show(result, `Disconnected ${r.disconnected} connection(s) on this node.`);
+  } catch (err) {
+    show(result, (err as Error).message, true);
+  }
+});
+
+start().catch(() => {});
