@@ -112,11 +112,13 @@ impl AppState {
             })
             .collect();
         // In dev mode every namespace exists and is open, so the quick start can use any.
-        // ... and keeps a little history, so recovery can be tried out.
+        // ... and keeps a little history, so recovery can be tried out, with presence and
+        // join/leave pushes (the demo chat's "here now" list).
         let fallback = config.server.dev.then_some(NamespaceOptions {
             allow_publish: true,
             allow_anonymous: true,
             presence: true,
+            join_leave: true,
             allow_delta: true,
             history: HistoryPolicy {
                 size: 100,
@@ -262,6 +264,12 @@ fn announce(state: &AppState, local: SocketAddr) {
     // Printed to stdout, not only logged: the quick start reads it and tests wait for it.
     println!("starling listening on http://{local}{mode}");
     println!("  WebSocket: ws://{local}/connection/websocket");
+    if state.config.server.dev {
+        println!("  Demo chat: http://{local}/ (open it in two tabs)");
+    }
+    if state.config.admin.enabled {
+        println!("  Dashboard: http://{local}/admin");
+    }
     if !state.config.api.key.is_empty() {
         println!("  HTTP API:  http://{local}/api/publish (Authorization: apikey <key>)");
     }
