@@ -356,7 +356,10 @@ export class Client extends Emitter<ClientEvents> {
     clearTimeout(this.refreshTimer);
     this._clientId = undefined;
     if (ws) {
-      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      // A no-op, not null: Node's `ws` throws an unhandled 'error' when a socket still
+      // connecting is closed and nobody listens.
+      ws.onerror = () => {};
       try {
         ws.close(code, reason);
       } catch {
