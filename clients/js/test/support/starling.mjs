@@ -34,6 +34,16 @@ export function token(claims, secret = SECRET) {
 
 export const nowSecs = () => Math.floor(Date.now() / 1000);
 
+/**
+ * The server reads every STARLING_<SECTION>_<KEY> variable as a setting and refuses unknown
+ * ones, STARLING_BIN included: hand it an environment without ours.
+ */
+function serverEnv() {
+  const env = { ...process.env, STARLING_LOG: process.env.TEST_STARLING_LOG ?? 'warn' };
+  delete env.STARLING_BIN;
+  return env;
+}
+
 export class Starling {
   /**
    * Starts a node and resolves once it listens and `/ready` answers 200.
@@ -53,7 +63,7 @@ export class Starling {
         '--set', 'server.shutdown_timeout_secs=5',
         ...args,
       ],
-      { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, STARLING_LOG: process.env.TEST_STARLING_LOG ?? 'warn' } },
+      { stdio: ['ignore', 'pipe', 'inherit'], env: serverEnv() },
     );
     const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
     const lines = createInterface({ input: child.stdout });
