@@ -309,6 +309,17 @@ fn command(enc: Encoding, msg: RawMsg<'_>) -> Result<Result<Command, CommandErro
                 channel(id, "history", &r.channel)?;
                 Method::History(r)
             }
+            "refresh" => {
+                let r: RefreshRequest = p(enc, id, "refresh", params)?;
+                if r.token.is_empty() {
+                    return Err(CommandError::InvalidParams {
+                        id,
+                        method: "refresh",
+                        reason: "empty token".into(),
+                    });
+                }
+                Method::Refresh(r)
+            }
             "ping" => {
                 let _: Empty = p(enc, id, "ping", params)?;
                 Method::Ping
@@ -396,6 +407,7 @@ fn server_message(enc: Encoding, msg: RawMsg<'_>) -> Result<ServerMessage, Decod
                     decode_value(enc, value).map_err(inv)?,
                 )),
                 "history" => Ok(ReplyBody::History(decode_value(enc, value).map_err(inv)?)),
+                "refresh" => Ok(ReplyBody::Refresh(decode_value(enc, value).map_err(inv)?)),
                 "ping" => {
                     let _: Empty = decode_value(enc, value).map_err(inv)?;
                     Ok(ReplyBody::Ping)

@@ -53,6 +53,7 @@ impl Serialize for BodySer<'_> {
             ReplyBody::Publish(r) => r.serialize(s),
             ReplyBody::Presence(r) => r.serialize(s),
             ReplyBody::PresenceStats(r) => r.serialize(s),
+            ReplyBody::Refresh(r) => r.serialize(s),
             ReplyBody::History(r) => r.serialize(s),
             ReplyBody::Ping => Empty {}.serialize(s),
         }
@@ -144,6 +145,7 @@ impl Serialize for CommandSer<'_> {
             Method::Publish(r) => m.serialize_entry(name, r)?,
             Method::Presence(r) => m.serialize_entry(name, r)?,
             Method::PresenceStats(r) => m.serialize_entry(name, r)?,
+            Method::Refresh(r) => m.serialize_entry(name, r)?,
             Method::History(r) => m.serialize_entry(name, r)?,
             Method::Ping | Method::Pong => m.serialize_entry(name, &Empty {})?,
         }

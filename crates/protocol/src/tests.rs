@@ -120,6 +120,15 @@ fn sample_commands() -> Vec<(&'static str, Command)> {
             ),
         ),
         (
+            r#"{"id":6,"refresh":{"token":"t.k.n"}}"#,
+            cmd(
+                6,
+                Method::Refresh(RefreshRequest {
+                    token: "t.k.n".into(),
+                }),
+            ),
+        ),
+        (
             r#"{"id":7,"history":{"channel":"c"}}"#,
             cmd(
                 7,
@@ -363,6 +372,10 @@ fn invalid_commands_reply_107() {
             "bad request: subscribe: empty channel",
         ),
         (
+            r#"{"id":1,"refresh":{"token":""}}"#,
+            "bad request: refresh: empty token",
+        ),
+        (
             r#"{"id":1,"subscribe":{"channel":5}}"#,
             "bad request: subscribe: invalid type: integer `5`, expected a string",
         ),
@@ -604,6 +617,16 @@ fn sample_replies() -> Vec<(Reply, &'static str)> {
             r#"{"id":7,"history":{"publications":[],"epoch":"","offset":0}}"#,
         ),
         (Reply::ok(8, ReplyBody::Ping), r#"{"id":8,"ping":{}}"#),
+        (
+            Reply::ok(
+                8,
+                ReplyBody::Refresh(RefreshResult {
+                    expires: true,
+                    ttl: Some(60),
+                }),
+            ),
+            r#"{"id":8,"refresh":{"expires":true,"ttl":60}}"#,
+        ),
         (
             Reply::error(9, codes::PERMISSION_DENIED),
             r#"{"id":9,"error":{"code":103,"message":"permission denied"}}"#,
@@ -978,6 +1001,9 @@ fn arb_method() -> impl Strategy<Value = Method> {
                     reverse
                 })
             ),
+        any::<String>()
+            .prop_filter("non-empty", |s| !s.is_empty())
+            .prop_map(|token| Method::Refresh(RefreshRequest { token })),
         Just(Method::Ping),
     ]
 }

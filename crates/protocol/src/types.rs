@@ -45,6 +45,8 @@ pub enum Method {
     PresenceStats(PresenceStatsRequest),
     /// `history`: publications kept for a channel.
     History(HistoryRequest),
+    /// `refresh`: replace the connection token before it expires (same user).
+    Refresh(RefreshRequest),
     /// `ping` (with an id): the server replies `{"id":N,"ping":{}}`.
     Ping,
     /// The empty command `{}` (no id): a client heartbeat/pong. Never replied to.
@@ -63,6 +65,7 @@ impl Method {
             Method::Presence(_) => "presence",
             Method::PresenceStats(_) => "presence_stats",
             Method::History(_) => "history",
+            Method::Refresh(_) => "refresh",
             Method::Ping => "ping",
             Method::Pong => "",
         }
@@ -83,6 +86,13 @@ pub struct ConnectRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     // `subs` (subscribe at connect) is reserved; ignored for now.
+}
+
+/// Params of `refresh`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    /// The new connection token (JWT) of the same user.
+    pub token: String,
 }
 
 /// Params of `subscribe`.
@@ -238,6 +248,8 @@ pub enum ReplyBody {
     PresenceStats(PresenceStatsResult),
     /// Result of `history`.
     History(HistoryResult),
+    /// Result of `refresh`.
+    Refresh(RefreshResult),
     /// Result of `ping` (`{}`).
     Ping,
 }
@@ -253,6 +265,7 @@ impl ReplyBody {
             ReplyBody::Presence(_) => "presence",
             ReplyBody::PresenceStats(_) => "presence_stats",
             ReplyBody::History(_) => "history",
+            ReplyBody::Refresh(_) => "refresh",
             ReplyBody::Ping => "ping",
         }
     }
@@ -269,6 +282,17 @@ pub struct ConnectResult {
     /// some traffic (a pong `{}`) back; 0 = no pings.
     pub ping: u32,
     /// The connection expires (token `exp`) and must be refreshed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub expires: bool,
+    /// Seconds until expiry, when `expires`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+}
+
+/// Result of `refresh`: the connection's new expiry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshResult {
+    /// The connection still expires (the new token has an `exp`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub expires: bool,
     /// Seconds until expiry, when `expires`.

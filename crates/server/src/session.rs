@@ -22,8 +22,8 @@ use starling_protocol::codes::{self, DisconnectCode};
 use starling_protocol::{
     ClientInfo, Command, CommandError, ConnectRequest, ConnectResult, Encoding, Error,
     HistoryRequest, HistoryResult, Method, PresenceResult, PresenceStatsResult, Publication,
-    PublishRequest, PublishResult, Reply, ReplyBody, SubscribeRequest, SubscribeResult,
-    UnsubscribeResult, decode_commands, encode_reply,
+    PublishRequest, PublishResult, RefreshResult, Reply, ReplyBody, SubscribeRequest,
+    SubscribeResult, UnsubscribeResult, decode_commands, encode_reply,
 };
 use tracing::debug;
 
@@ -385,6 +385,7 @@ impl Session {
             Method::Presence(req) => self.presence(&req.channel, false),
             Method::PresenceStats(req) => self.presence(&req.channel, true),
             Method::History(req) => self.history(req),
+            Method::Refresh(req) => Step::Ready(self.refresh(&req.token)?),
             Method::Ping => Step::Ready(Ok(ReplyBody::Ping)),
         };
         Ok(match step {
@@ -467,6 +468,38 @@ impl Session {
                 ttl: ttl.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
             }),
         ))
+    }
+
+    /// `refresh`: a new token of the same user moves the connection's expiry (and
+    /// replaces its channel list for later subscribes) without a reconnect. An expired
+    /// token is error 109 (the client gets another); an invalid one, or one for another
+    /// user, closes the connection as an invalid `connect` token would.
+    fn refresh(&mut self, token: &str) -> Result<Result<ReplyBody, Error>, DisconnectCode> {
+        let Some(identity) = &mut self.identity else {
+            return Err(codes::CONNECT_REQUIRED);
+        };
+        let claims = match self.state.auth.verify_connect(token) {
+            Ok(claims) => claims,
+            Err(AuthError::Expired) => return Ok(Err(codes::TOKEN_EXPIRED.error())),
+            Err(AuthError::Invalid(reason)) => {
+                debug!(key = self.key, "refresh refused: {reason}");
+                return Err(codes::UNAUTHORIZED_DISCONNECT);
+            }
+        };
+        if claims.sub != *identity.user {
+            debug!(key = self.key, "refresh refused: token is for another user");
+            return Err(codes::UNAUTHORIZED_DISCONNECT);
+        }
+        identity.allowed = (!claims.channels.is_empty())
+            .then(|| Box::new(claims.channels.into_iter().collect::<HashSet<_>>()));
+        identity.expires_at = claims
+            .exp
+            .map(|at| NonZeroU64::new(at).unwrap_or(NonZeroU64::MIN));
+        let ttl = claims.exp.map(|at| at.saturating_sub(now_secs()));
+        Ok(Ok(ReplyBody::Refresh(RefreshResult {
+            expires: ttl.is_some(),
+            ttl: ttl.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
+        })))
     }
 
     fn subscribe(&mut self, id: u32, req: SubscribeRequest, out: &mut Vec<u8>) -> Outcome {

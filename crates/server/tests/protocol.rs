@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Client, Server, now, token};
 use futures_util::SinkExt;
 use serde_json::json;
@@ -644,6 +646,61 @@ async fn token_expiry_disconnects() {
     assert_eq!(push["push"]["disconnect"]["code"], 4004, "{push}");
     let close = c.expect_close().await.expect("close frame");
     assert_eq!(u16::from(close.code), 4004);
+}
+
+/// `refresh` moves the expiry of a live connection: past the first token's `exp` it is
+/// still served, and it closes with 4004 at the new token's `exp`.
+#[tokio::test]
+async fn refresh_moves_the_expiry_without_a_reconnect() {
+    let server = Server::start(&[]);
+    let t = token(json!({"sub": "gil", "exp": now() + 1}));
+    let (mut c, _) = Client::connect(&server, Some(&t)).await;
+    let later = token(json!({"sub": "gil", "exp": now() + 4}));
+    let r = c.call("refresh", json!({"token": later})).await;
+    assert_eq!(r["refresh"]["expires"], true, "{r}");
+    assert!(
+        r["refresh"]["ttl"]
+            .as_u64()
+            .is_some_and(|t| (2..=4).contains(&t)),
+        "{r}"
+    );
+    // Wait out the first token's expiry (a timer under test, not a synchronization).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = c.call("ping", json!({})).await;
+    assert!(r.get("ping").is_some(), "served past the first exp: {r}");
+    let push = c.next_json().await;
+    assert_eq!(push["push"]["disconnect"]["code"], 4004, "{push}");
+    let close = c.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4004);
+}
+
+/// An expired token in `refresh` is error 109 and the connection stays; a token of
+/// another user, or a forged one, closes it with 4501.
+#[tokio::test]
+async fn refresh_refuses_expired_foreign_and_forged_tokens() {
+    let server = Server::start(&[]);
+    let t = token(json!({"sub": "hal", "exp": now() + 600}));
+    let (mut c, _) = Client::connect(&server, Some(&t)).await;
+    let expired = token(json!({"sub": "hal", "exp": now() - 5}));
+    let r = c.call("refresh", json!({"token": expired})).await;
+    assert_eq!(r["error"]["code"], 109, "{r}");
+    let r = c.call("ping", json!({})).await;
+    assert!(r.get("ping").is_some(), "still connected: {r}");
+    let foreign = token(json!({"sub": "ivy", "exp": now() + 600}));
+    c.send("refresh", json!({"token": foreign})).await;
+    let close = c.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4501, "another user's token");
+
+    let (mut c, _) = Client::connect(&server, Some(&t)).await;
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "hal", "exp": now() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"wrong secret"),
+    )
+    .expect("sign");
+    c.send("refresh", json!({"token": forged})).await;
+    let close = c.expect_close().await.expect("close frame");
+    assert_eq!(u16::from(close.code), 4501, "forged token");
 }
 
 const RSA_PRIVATE: &str = include_str!("data/rsa_private.pem");
