@@ -569,12 +569,17 @@ export class Client extends Emitter<ClientEvents> {
 
   // ---- token refresh ----
 
-  /** Refreshes shortly before expiry: half the ttl, at most 10 s ahead of it. */
+  /**
+   * Refreshes shortly before expiry: half the time left, at most 10 s ahead of it. The
+   * server's `ttl` is whole seconds counted from the start of the current second, so up to
+   * one second less may be left: count from `ttl - 1`. Never sooner than 500 ms, so that a
+   * getToken handing out nearly expired tokens cannot spin.
+   */
   private scheduleRefresh(ttlSecs: number): void {
     clearTimeout(this.refreshTimer);
     if (!this.opts.getToken) return; // nothing to refresh with: the server will close with 4004
-    const ttl = ttlSecs * 1000;
-    const delay = Math.max(0, ttl - Math.min(ttl / 2, 10000));
+    const left = Math.max(0, ttlSecs - 1) * 1000;
+    const delay = Math.max(500, left - Math.min(left / 2, 10000));
     this.refreshTimer = setTimeout(() => this.refresh(), delay);
   }
 

@@ -314,21 +314,21 @@ test('an expiring token is refreshed with the refresh command before expiry, wit
   let n = 0;
   const { server, client } = await setup(t, { token: 't0', getToken: async () => `t${++n}` });
   server.handler = (cmd, conn) => {
-    if (cmd.connect) return { connect: { client: 'c', version: 'fake', ping: 25, expires: true, ttl: 2 } };
+    if (cmd.connect) return { connect: { client: 'c', version: 'fake', ping: 25, expires: true, ttl: 3 } };
     if (cmd.refresh) return { refresh: { expires: true, ttl: 1 } };
     return defaultHandler(cmd, conn);
   };
   const ev = await connected(client);
   assert.equal(ev.expires, true);
-  assert.equal(ev.ttl, 2);
+  assert.equal(ev.ttl, 3);
   const started = Date.now();
   const conn = await server.connection(1);
   const first = await conn.waitCommand('refresh');
   assert.deepEqual(first.refresh, { token: 't1' });
   const elapsed = Date.now() - started;
-  // Half the ttl ahead of expiry: at 1 s of the 2 s, well before the server would close.
-  assert.ok(elapsed >= 950 && elapsed < 2000, `refreshed after ${elapsed} ms of a 2 s ttl`);
-  // The refresh reply's ttl schedules the next one.
+  // ttl 3 means 2 to 3 s left: half of the 2 s, well before the server would close.
+  assert.ok(elapsed >= 950 && elapsed < 2000, `refreshed after ${elapsed} ms of a 3 s ttl`);
+  // The refresh reply's ttl schedules the next one (ttl 1: as soon as allowed, 500 ms).
   const second = await conn.waitCommand('refresh', (c) => c.refresh.token === 't2');
   assert.ok(second);
   assert.equal(server.connections.length, 1);

@@ -205,6 +205,30 @@ describe('against the real server', { skip }, () => {
     assert.equal(sockets, 1);
   });
 
+  test('an expired token at connect: getToken, then connect again on the same socket', async () => {
+    let sockets = 0;
+    class Counting extends WebSocket {
+      constructor(...args) {
+        super(...args);
+        sockets++;
+      }
+    }
+    let calls = 0;
+    const c = client(node, {
+      websocket: Counting,
+      token: token({ sub: 'late', exp: nowSecs() - 10 }),
+      getToken: async () => {
+        calls++;
+        return token({ sub: 'late', exp: nowSecs() + 600 });
+      },
+    });
+    const connectError = nextEvent(c, 'error', { filter: (e) => e.type === 'connect' });
+    await connect(c);
+    assert.equal((await connectError).error.code, 109);
+    assert.equal(calls, 1);
+    assert.equal(sockets, 1);
+  });
+
   test('an expiring token: getToken is called and the connection refreshed in place', async (t) => {
     let calls = 0;
     const firstExp = nowSecs() + 3;
