@@ -98,7 +98,7 @@ async function refreshPresence() {
     const { clients } = await s.presence();
     if (s !== sub) return;
     const entries = Object.values(clients).map((c) =>
-      c.client === client.clientId ? `${myName()} (you)` : names.get(c.client) ?? `guest ${c.client.slice(-4)}`,
+      c.client === client.clientId ? `${myName()} (you)` : names.get(c.client) ?? `guest #${c.client.slice(c.client.lastIndexOf('-') + 1)}`,
     );
     entries.sort();
     $('here-count').textContent = `(${entries.length})`;
