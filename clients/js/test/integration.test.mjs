@@ -38,7 +38,8 @@ describe('against the real server', { skip }, () => {
     storage = tempStorage();
     node = await Starling.start({
       storage: storage.dir,
-      // A namespace with join/leave pushes (the dev fallback namespaces have presence only).
+      // A configured namespace with join/leave pushes (so the test does not rest on what
+      // --dev opens by default).
       args: ['--set', 'namespaces.room.join_leave=true', '--set', 'namespaces.room.history_size=10'],
     });
   });
