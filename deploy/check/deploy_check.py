@@ -47,7 +47,8 @@ class Failed(Exception):
 
 
 def rel(path):
-    return os.path.relpath(path, ROOT)
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else "rendered"
 
 
 def load_yaml_docs(path):
@@ -298,7 +299,8 @@ def cmd_k8s_policy():
     check(csc.get("allowPrivilegeEscalation") is False, "Deployment: allowPrivilegeEscalation is not false")
     check("ALL" in csc.get("capabilities", {}).get("drop", []), "Deployment: capabilities do not drop ALL")
     users = [a for w, a in dockerfile_instructions() if w == "USER"]
-    image_uid = int(users[-1].split(":")[0]) if users else None
+    image_uid = users[-1].split(":")[0] if users else None
+    image_uid = int(image_uid) if image_uid and image_uid.isdigit() else image_uid
     check(sc.get("runAsUser") == image_uid, f"Deployment: runAsUser {sc.get('runAsUser')} differs from the image's USER {image_uid}")
     path = lambda probe: c.get(probe, {}).get("httpGet", {}).get("path")
     check(path("readinessProbe") == "/ready", f"Deployment: readiness probe on {path('readinessProbe')}, expected /ready")
@@ -428,7 +430,7 @@ def main(argv):
     except Failed as e:
         print(str(e))
         return 1
-    except (KeyError, IndexError, TypeError, ValueError, yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+    except (OSError, KeyError, IndexError, TypeError, ValueError, yaml.YAMLError, tomllib.TOMLDecodeError) as e:
         print(f"cannot read the files: {type(e).__name__}: {e}")
         return 1
     return 0
