@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod readiness;
+pub mod rlimit;
 pub mod session;
 pub mod subscriptions;
 #[cfg(test)]

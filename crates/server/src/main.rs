@@ -394,6 +394,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.load()?;
             starling::logging::init(&config.log)?;
+            match starling::rlimit::raise_open_files() {
+                Ok(r) if r.before < r.soft => tracing::info!(
+                    before = r.before,
+                    now = r.soft,
+                    "raised the open-files limit to its hard limit"
+                ),
+                Ok(r) => tracing::info!(limit = r.soft, "open-files limit"),
+                Err(e) => tracing::warn!("reading the open-files limit: {e}"),
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
