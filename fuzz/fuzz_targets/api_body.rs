@@ -12,6 +12,8 @@ const METHODS: &[&str] = &[
     "channels",
     "presence",
     "disconnect",
+    "unsubscribe",
+    "user",
     "info",
 ];
 

@@ -37,6 +37,12 @@ pub struct Registry {
     emptied: tokio::sync::Notify,
     /// Connections admitted: open ones plus upgrades answered but not yet registered.
     slots: AtomicUsize,
+    /// Channels the server asked connections to leave (the unsubscribe API), by
+    /// connection, until each connection's task takes its own.
+    leave: Mutex<HashMap<ClientKey, Vec<Arc<str>>>>,
+    /// Requests in `leave`: a connection task reads this one word on each turn and
+    /// takes the lock only when it is not zero (almost never).
+    leaving: AtomicUsize,
 }
 
 impl Registry {
@@ -94,8 +100,49 @@ impl Registry {
         self.try_set_user(key, user, 0).unwrap_or(0)
     }
 
+    /// Asks every connection of `user` on this node to leave `channel` (each takes the
+    /// request on its next turn: see [`Registry::take_leave_requests`]); returns how many
+    /// were asked. Anonymous connections are not a user: `""` matches none.
+    pub fn unsubscribe_user(&self, user: &str, channel: &str) -> usize {
+        let inner = self.inner.lock();
+        let Some(keys) = inner.users.get(user) else {
+            return 0;
+        };
+        let channel: Arc<str> = Arc::from(channel);
+        let mut leave = self.leave.lock();
+        for key in keys {
+            if let Some(entry) = inner.clients.get(key) {
+                leave.entry(*key).or_default().push(channel.clone());
+                self.leaving.fetch_add(1, Ordering::Release);
+                entry.outbox.wake_task();
+            }
+        }
+        keys.len()
+    }
+
+    /// Whether any connection has a leave request waiting (one atomic load).
+    pub fn has_leave_requests(&self) -> bool {
+        self.leaving.load(Ordering::Acquire) != 0
+    }
+
+    /// The channels the server asked connection `key` to leave, taken.
+    pub fn take_leave_requests(&self, key: ClientKey) -> Vec<Arc<str>> {
+        let taken = self.leave.lock().remove(&key).unwrap_or_default();
+        if !taken.is_empty() {
+            self.leaving.fetch_sub(taken.len(), Ordering::Release);
+        }
+        taken
+    }
+
+    /// The number of connections `user` holds on this node.
+    pub fn user_connections(&self, user: &str) -> usize {
+        self.inner.lock().users.get(user).map_or(0, HashSet::len)
+    }
+
     /// Forgets a connection.
     pub fn remove(&self, key: ClientKey) {
+        // A request it never took goes with it.
+        drop(self.take_leave_requests(key));
         let mut inner = self.inner.lock();
         let Some(entry) = inner.clients.remove(&key) else {
             return;
@@ -181,6 +228,36 @@ mod tests {
         assert_eq!(reg.connections(), 1);
         assert_eq!(reg.disconnect_all(codes::SHUTDOWN), 1);
         assert_eq!(b.pending_disconnect(), Some(codes::SHUTDOWN));
+    }
+
+    #[test]
+    fn leave_requests_reach_the_user_connections_and_go_with_them() {
+        let reg = Registry::default();
+        for key in 1..=3 {
+            reg.add(key, Arc::new(Outbox::new(100)));
+        }
+        reg.set_user(1, Arc::from("alice"));
+        reg.set_user(2, Arc::from("alice"));
+        reg.set_user(3, Arc::from("bob"));
+        assert!(!reg.has_leave_requests());
+        assert_eq!(reg.unsubscribe_user("alice", "news"), 2);
+        assert_eq!(reg.unsubscribe_user("nobody", "news"), 0);
+        assert_eq!(reg.unsubscribe_user("", "news"), 0);
+        assert!(reg.has_leave_requests());
+        assert_eq!(reg.user_connections("alice"), 2);
+        let taken = reg.take_leave_requests(1);
+        assert_eq!(taken.iter().map(|c| &**c).collect::<Vec<_>>(), ["news"]);
+        assert!(reg.take_leave_requests(1).is_empty(), "taken once");
+        assert!(reg.take_leave_requests(3).is_empty(), "bob was not asked");
+        assert!(
+            reg.has_leave_requests(),
+            "connection 2 has not taken its own"
+        );
+        reg.remove(2);
+        assert!(
+            !reg.has_leave_requests(),
+            "a closed connection's request goes with it"
+        );
     }
 
     #[test]

@@ -301,6 +301,7 @@ const K_DISCONNECT: u8 = 2;
 const K_LEAVING: u8 = 3;
 const K_CHANNELS_QUERY: u8 = 4;
 const K_CHANNELS: u8 = 5;
+const K_UNSUBSCRIBE: u8 = 6;
 
 /// Most channels one `channels` answer may list (a decoder refuses more).
 const MAX_LISTED: u32 = 1 << 20;
@@ -327,6 +328,11 @@ pub fn encode_control(msg: &ControlMessage) -> Vec<u8> {
             out.push(K_DISCONNECT);
             put_bytes(&mut out, user.as_bytes());
             out.extend_from_slice(&code.to_le_bytes());
+        }
+        ControlMessage::Unsubscribe { user, channel } => {
+            out.push(K_UNSUBSCRIBE);
+            put_bytes(&mut out, user.as_bytes());
+            put_bytes(&mut out, channel.as_bytes());
         }
         ControlMessage::Leaving { node } => {
             out.push(K_LEAVING);
@@ -379,6 +385,10 @@ pub fn decode_control(b: &[u8]) -> Result<ControlMessage, DecodeError> {
         K_DISCONNECT => ControlMessage::Disconnect {
             user: r.string()?,
             code: r.u16()?,
+        },
+        K_UNSUBSCRIBE => ControlMessage::Unsubscribe {
+            user: r.string()?,
+            channel: r.string()?,
         },
         K_LEAVING => ControlMessage::Leaving { node: r.string()? },
         K_CHANNELS_QUERY => ControlMessage::ChannelsQuery {
@@ -471,6 +481,10 @@ mod tests {
             ControlMessage::Disconnect {
                 user: "u".into(),
                 code: 3000,
+            },
+            ControlMessage::Unsubscribe {
+                user: "u".into(),
+                channel: "chat:1".into(),
             },
             ControlMessage::Leaving { node: "n".into() },
             ControlMessage::ChannelsQuery {

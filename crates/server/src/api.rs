@@ -454,6 +454,8 @@ pub fn parse_request(method: &str, body: &[u8]) -> Result<(), ApiError> {
         "channels" => parse_body::<ChannelsRequest>(body).map(drop),
         "presence" => parse_body::<PresenceRequest>(body).map(drop),
         "disconnect" => parse_body::<DisconnectRequest>(body).map(drop),
+        "unsubscribe" => parse_body::<UnsubscribeRequest>(body).map(drop),
+        "user" => parse_body::<UserRequest>(body).map(drop),
         "info" => parse_body::<InfoRequest>(body).map(drop),
         other => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1071,6 +1073,70 @@ pub async fn disconnect(State(state): State<Arc<AppState>>, req: Request) -> Api
             .map_err(|e| ApiError::unavailable(&state, e))?;
     }
     ok(json!({ "disconnected": n }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeRequest {
+    user: String,
+    channel: String,
+}
+
+impl ApiBody for UnsubscribeRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        if self.user.is_empty() {
+            return Err(ApiError::bad_request("user must not be empty"));
+        }
+        check_channel("channel", &self.channel)
+    }
+}
+
+/// `POST /api/unsubscribe`: ends every subscription of a user to a channel (the client
+/// gets an `unsubscribe` push with code 2000 and stays connected).
+pub async fn unsubscribe(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
+    let (_in_flight, body): (_, UnsubscribeRequest) =
+        authorized(&state, &mut AxumInput::from(req)).await?;
+    let n = state.registry.unsubscribe_user(&body.user, &body.channel);
+    if state.node.cluster().is_some() {
+        let sink = crate::cluster::control_sink(Arc::downgrade(&state));
+        let message = starling_core::engine::ControlMessage::Unsubscribe {
+            user: body.user.clone(),
+            channel: body.channel.clone(),
+        };
+        state
+            .node
+            .broadcast_control(message, &sink)
+            .wait()
+            .await
+            .map_err(|e| ApiError::unavailable(&state, e))?;
+    }
+    ok(json!({ "unsubscribed": n }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserRequest {
+    user: String,
+}
+
+impl ApiBody for UserRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        if self.user.is_empty() {
+            return Err(ApiError::bad_request("user must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /api/user`: how many connections a user holds on this node.
+pub async fn user(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
+    let (_in_flight, body): (_, UserRequest) =
+        authorized(&state, &mut AxumInput::from(req)).await?;
+    ok(json!({
+        "user": body.user,
+        "node": &state.name,
+        "connections": state.registry.user_connections(&body.user),
+    }))
 }
 
 #[derive(Deserialize, Default)]

@@ -199,6 +199,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/presence", post(crate::api::presence))
         .route("/api/history", post(crate::api::history))
         .route("/api/disconnect", post(crate::api::disconnect))
+        .route("/api/unsubscribe", post(crate::api::unsubscribe))
+        .route("/api/user", post(crate::api::user))
         .route("/api/info", post(crate::api::info));
     Router::new()
         .route(crate::upgrade::PATH, get(crate::upgrade::websocket))

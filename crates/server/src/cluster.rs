@@ -211,6 +211,10 @@ pub fn control_sink(state: Weak<AppState>) -> ControlSink {
                 let n = state.registry.disconnect_user(&user, disconnect);
                 debug!(%user, n, "disconnected by a cluster message");
             }
+            ControlMessage::Unsubscribe { user, channel } => {
+                let n = state.registry.unsubscribe_user(&user, &channel);
+                debug!(%user, %channel, n, "unsubscribed by a cluster message");
+            }
         }
     })
 }

@@ -163,6 +163,14 @@ impl ConnectionTask {
                 self.closing = true;
                 continue;
             }
+            // The unsubscribe API's requests: one atomic load per turn while there are none.
+            if driver.state.registry.has_leave_requests()
+                && let Role::Client(session) = &mut driver.role
+            {
+                for channel in driver.state.registry.take_leave_requests(driver.key) {
+                    session.leave_by_server(&channel);
+                }
+            }
             if driver.ws.is_closed() && !driver.outbox.has_frames() {
                 return Poll::Ready(Ok(Finish::Graceful));
             }

@@ -52,6 +52,9 @@ struct Identity {
     expires_at: Option<NonZeroU64>,
 }
 
+/// The `unsubscribe` push code of a subscription ended through the server API.
+pub const SERVER_UNSUBSCRIBE: u32 = 2000;
+
 thread_local! {
     /// The user id of anonymous connections, one per thread (no shared counter to
     /// contend on).
@@ -202,6 +205,24 @@ impl Session {
 
     fn encoding(&self) -> Encoding {
         WireEncoder::encoding(self.format)
+    }
+
+    /// Leaves `channel` because the server asked (the unsubscribe API): the subscription
+    /// ends as an `unsubscribe` command would end it, and the client gets an
+    /// `unsubscribe` push with code 2000. Nothing happens when it is not subscribed.
+    pub fn leave_by_server(&mut self, channel: &str) {
+        let Some(name) = self.subscriptions.take(channel) else {
+            return;
+        };
+        self.state.node.unsubscribe(&name, self.key);
+        let push = starling_protocol::Push::Unsubscribe {
+            channel: channel.to_string(),
+            code: SERVER_UNSUBSCRIBE,
+            reason: "unsubscribed by the server".into(),
+        };
+        let mut out = Vec::new();
+        starling_protocol::encode_push(self.encoding(), &push, &mut out);
+        self.flush(&mut out);
     }
 
     /// Handles one WebSocket message holding one or more commands.

@@ -34,6 +34,11 @@ async fn every_endpoint_answers_as_documented() {
         ("channels", json!({})),
         ("presence", json!({"channel": "chat:lobby"})),
         ("info", json!({})),
+        (
+            "unsubscribe",
+            json!({"user": "nobody", "channel": "chat:lobby"}),
+        ),
+        ("user", json!({"user": "alice"})),
         ("disconnect", json!({"user": "nobody"})),
         ("history", json!({"channel": "chat:lobby"})),
     ];
@@ -97,6 +102,51 @@ async fn every_endpoint_answers_as_documented() {
     assert_eq!(r["result"]["disconnected"], 1);
     let close = c.expect_close().await.expect("close");
     assert_eq!(u16::from(close.code), 4503);
+}
+
+/// The unsubscribe API ends a user's subscription on the server: the client gets an
+/// `unsubscribe` push, hears no more of the channel, keeps its other subscriptions and
+/// its connection, and may subscribe again.
+#[tokio::test]
+async fn unsubscribe_ends_a_user_subscription_and_user_counts_connections() {
+    let server = Server::start(&["--dev"]);
+    let ann = common::token(json!({"sub": "ann"}));
+    let (mut c, _) = Client::connect(&server, Some(&ann)).await;
+    let (mut other, _) = Client::connect(&server, Some(&ann)).await;
+    for channel in ["news", "sport"] {
+        let r = c.call("subscribe", json!({"channel": channel})).await;
+        assert!(r.get("subscribe").is_some(), "{r}");
+    }
+    let (_, r) = server.api("user", json!({"user": "ann"})).await;
+    assert_eq!(r["result"]["connections"], 2, "{r}");
+    let (status, r) = server
+        .api("unsubscribe", json!({"user": "ann", "channel": "news"}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["result"]["unsubscribed"], 2,
+        "both connections were asked"
+    );
+    let push = c.next_json().await;
+    assert_eq!(push["push"]["channel"], "news", "{push}");
+    assert_eq!(push["push"]["unsubscribe"]["code"], 2000, "{push}");
+    // `other` was never subscribed: it gets nothing and stays.
+    let r = other.call("ping", json!({})).await;
+    assert!(r.get("ping").is_some(), "{r}");
+    server
+        .api("publish", json!({"channel": "news", "data": "gone"}))
+        .await;
+    server
+        .api("publish", json!({"channel": "sport", "data": "kept"}))
+        .await;
+    let (channel, p) = c.next_publication().await;
+    assert_eq!((channel.as_str(), &p["data"]), ("sport", &json!("kept")));
+    let r = c.call("subscribe", json!({"channel": "news"})).await;
+    assert!(r.get("subscribe").is_some(), "subscribes again: {r}");
+    let (status, r) = server
+        .api("unsubscribe", json!({"user": "", "channel": "news"}))
+        .await;
+    assert_eq!(status, 400, "{r}");
 }
 
 fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {

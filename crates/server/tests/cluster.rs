@@ -274,6 +274,19 @@ async fn presence_info_channels_and_disconnect_span_the_cluster() {
         body["result"]["channels"]["chat:p"]["num_clients"], 2,
         "{body}"
     );
+    // An unsubscribe through node a ends u2's subscription on node b.
+    let (status, body) = nodes[0]
+        .api("unsubscribe", json!({"user": "u2", "channel": "chat:p"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    loop {
+        let msg = c2.next_json().await;
+        if let Some(u) = msg.get("push").and_then(|p| p.get("unsubscribe")) {
+            assert_eq!(u["code"], 2000, "{msg}");
+            assert_eq!(msg["push"]["channel"], "chat:p");
+            break;
+        }
+    }
     // A disconnect through node a closes u2's connection on node b.
     let (status, body) = nodes[0].api("disconnect", json!({"user": "u2"})).await;
     assert_eq!(status, 200, "{body}");

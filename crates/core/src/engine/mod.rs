@@ -216,6 +216,14 @@ pub enum ControlMessage {
         /// Disconnect code to close with.
         code: u16,
     },
+    /// Unsubscribe every connection of `user` from `channel` (all nodes, including the
+    /// sender).
+    Unsubscribe {
+        /// The user.
+        user: String,
+        /// The channel.
+        channel: String,
+    },
     /// A node is shutting down and leaves the cluster now.
     Leaving {
         /// Its name.
