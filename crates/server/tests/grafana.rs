@@ -325,7 +325,31 @@ async fn the_dashboard_queries_only_metrics_that_exist() {
     let redis = RedisServer::start();
     let node = Server::start(&["--dev", "--redis", &redis.url(), "--set", "server.name=g"]);
     traffic(&node).await;
-    let cluster = families(&metrics(&node).await);
+    let text = metrics(&node).await;
+    let cluster = families(&text);
+    // In a cluster the publish is accepted by Redis (the session's pending step) and
+    // the recovery comes from the replica: counted the same way. `chat` is not
+    // configured there: dev mode's `:other`.
+    let other = "namespace=\":other\"";
+    for source in ["api", "client"] {
+        let series =
+            format!("starling_publish_duration_seconds_count{{{other},source=\"{source}\"}}");
+        assert_eq!(sample(&text, &series), 1.0, "{series}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            &format!("starling_recoveries_total{{{other},outcome=\"recovered\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("starling_broadcast_duration_seconds_count{{{other}}}")
+        ),
+        2.0
+    );
     let cluster_only: BTreeSet<String> = cluster
         .keys()
         .filter(|name| !exposed.contains_key(*name))
