@@ -23,10 +23,10 @@ pub use hub::{
 };
 pub use journal::{DurableAck, Journal, JournalError};
 pub use limits::{ConnectionBucket, TokenBucket};
-pub use metrics::HubCounters;
+pub use metrics::{Histogram, HubCounters};
 pub use namespace::{
     CHANNEL_NAME_PATTERN, ChannelError, ChannelRules, MAX_CHANNEL_LEN, NamespaceOptions,
-    Namespaces, validate_channel_name,
+    Namespaces, OTHER_NAMESPACE_LABEL, validate_channel_name,
 };
 pub use node::{Cluster, ControlSink, FirstFrame, Node, NodeHandler, Publish};
 pub use outbox::{DirectWrite, Outbox, PushOutcome};

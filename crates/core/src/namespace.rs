@@ -111,6 +111,9 @@ pub struct NamespaceOptions {
     pub lossy: bool,
     /// Subscribers may ask for publications as deltas (`delta: "fossil"`).
     pub allow_delta: bool,
+    /// The namespace's metric slot: set by [`Namespaces::new`] (whatever the caller
+    /// put here), it picks the namespace's series of the per-namespace metrics.
+    pub index: u16,
 }
 
 impl NamespaceOptions {
@@ -121,6 +124,7 @@ impl NamespaceOptions {
             history: self.history,
             lossy: self.lossy,
             presence: self.presence,
+            namespace: self.index,
         }
     }
 }
@@ -146,18 +150,59 @@ pub struct ChannelRules<'a> {
     pub owner: Option<&'a str>,
 }
 
+/// The `namespace` label of the metrics of channels whose namespace is not configured
+/// (dev mode opens every namespace): one series for all of them, so that clients cannot
+/// grow the metrics by inventing namespaces. No configured namespace can be named so (a
+/// namespace name has no `:`).
+pub const OTHER_NAMESPACE_LABEL: &str = ":other";
+
 /// The configured namespaces.
 #[derive(Debug, Clone, Default)]
 pub struct Namespaces {
     map: HashMap<String, NamespaceOptions>,
     /// Options for namespaces that are not configured (dev mode); `None` refuses them.
     fallback: Option<NamespaceOptions>,
+    /// The configured names in metric-slot order (sorted); the fallback's slot is next.
+    names: Vec<String>,
 }
 
 impl Namespaces {
     /// Namespaces from a map of names to options, with optional options for any other name.
-    pub fn new(map: HashMap<String, NamespaceOptions>, fallback: Option<NamespaceOptions>) -> Self {
-        Self { map, fallback }
+    /// Each namespace gets a metric slot (its `index`): the configured ones in name
+    /// order, then the fallback's.
+    pub fn new(
+        mut map: HashMap<String, NamespaceOptions>,
+        mut fallback: Option<NamespaceOptions>,
+    ) -> Self {
+        let mut names: Vec<String> = map.keys().cloned().collect();
+        names.sort_unstable();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(options) = map.get_mut(name) {
+                options.index = u16::try_from(i).unwrap_or(u16::MAX);
+            }
+        }
+        if let Some(options) = &mut fallback {
+            options.index = u16::try_from(names.len()).unwrap_or(u16::MAX);
+        }
+        Self {
+            map,
+            fallback,
+            names,
+        }
+    }
+
+    /// How many metric slots the namespaces use: one per configured namespace, plus one
+    /// shared by every unconfigured namespace when they are allowed (dev mode).
+    pub fn metric_slots(&self) -> usize {
+        self.names.len() + usize::from(self.fallback.is_some())
+    }
+
+    /// The `namespace` label of each metric slot, in slot order (not escaped).
+    pub fn metric_labels(&self) -> impl Iterator<Item = &str> {
+        self.names
+            .iter()
+            .map(String::as_str)
+            .chain(self.fallback.as_ref().map(|_| OTHER_NAMESPACE_LABEL))
     }
 
     /// Checks a channel name and finds its rules.
@@ -210,6 +255,35 @@ mod tests {
             ChannelError::UnknownNamespace("news".into())
         );
         assert!(namespaces(true).resolve("news:x").is_ok());
+    }
+
+    #[test]
+    fn namespaces_get_metric_slots_in_name_order() {
+        let ns = namespaces(true);
+        assert_eq!(ns.metric_slots(), 3);
+        assert_eq!(
+            ns.metric_labels().collect::<Vec<_>>(),
+            ["chat", "default", OTHER_NAMESPACE_LABEL]
+        );
+        let slot = |channel: &str| ns.resolve(channel).expect(channel).options.index;
+        assert_eq!(slot("chat:a"), 0);
+        assert_eq!(slot("a"), 1);
+        assert_eq!(slot("news:a"), 2);
+        assert_eq!(slot("sport:a"), 2);
+        assert_eq!(
+            ns.resolve("chat:a")
+                .expect("chat")
+                .options
+                .channel_options()
+                .namespace,
+            0
+        );
+        let closed = namespaces(false);
+        assert_eq!(closed.metric_slots(), 2);
+        assert_eq!(
+            closed.metric_labels().collect::<Vec<_>>(),
+            ["chat", "default"]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -23,7 +23,7 @@ use starling_protocol::codes;
 use crate::app::AppState;
 use crate::idempotency::{Claim, MAX_KEY_LEN, Recorded, Reservation};
 use crate::limits::Limit;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Source};
 
 /// The OpenAPI document, kept true by the `openapi` integration test.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -676,11 +676,14 @@ pub(crate) async fn publish_reply(state: &Arc<AppState>, input: &mut impl ApiInp
 
 async fn publish_with(state: &Arc<AppState>, input: &mut impl ApiInput) -> Result<Reply, ApiError> {
     let (_in_flight, body): (_, PublishRequest) = authorized(state, input).await?;
+    // The request is read and decoded: the publication has arrived.
+    let arrived = Instant::now();
     let rules = state
         .namespaces
         .resolve(&body.channel)
         .map_err(ApiError::channel)?;
     let data = data_bytes(state, &body.data)?;
+    let (namespace, bytes) = (rules.options.index, data.len());
     if body.durable && state.journal.is_none() {
         // Refused before anything is published, not after.
         return Err(ApiError::new(
@@ -723,6 +726,10 @@ async fn publish_with(state: &Arc<AppState>, input: &mut impl ApiInput) -> Resul
         .wait()
         .await
         .map_err(|e| ApiError::publish(state, e))?;
+    // Accepted (a durable publish's fsync wait is not part of it).
+    state
+        .metrics
+        .published(namespace, Source::Api, arrived.elapsed(), bytes);
     let result = PublishResult {
         offset: published.position.offset,
         epoch: published.position.epoch,
@@ -783,6 +790,7 @@ impl ApiBody for BroadcastRequest {
 pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
     let (_in_flight, body): (_, BroadcastRequest) =
         authorized(&state, &mut AxumInput::from(req)).await?;
+    let arrived = Instant::now();
     let data = data_bytes(&state, &body.data)?;
     let mut parts: Vec<&[u8]> = body.channels.iter().map(|c| c.as_bytes()).collect();
     parts.push(body.data.get().as_bytes());
@@ -804,7 +812,8 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
         .iter()
         .map(|channel| {
             state.namespaces.resolve(channel).map(|rules| {
-                state.node.publish(
+                let namespace = rules.options.index;
+                let step = state.node.publish(
                     Publish {
                         channel,
                         data: data.clone(),
@@ -814,14 +823,23 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
                         idempotency: idempotency.clone(),
                     },
                     &mut || true,
-                )
+                );
+                (namespace, step)
             })
         })
         .collect();
     for (channel, step) in body.channels.iter().zip(steps) {
         let published = match step {
             Err(e) => Err(ApiError::channel(e)),
-            Ok(step) => step.wait().await.map_err(|e| ApiError::publish(&state, e)),
+            Ok((namespace, step)) => {
+                let result = step.wait().await;
+                if result.is_ok() {
+                    state
+                        .metrics
+                        .published(namespace, Source::Api, arrived.elapsed(), data.len());
+                }
+                result.map_err(|e| ApiError::publish(&state, e))
+            }
         };
         match published {
             Ok(p) => {

@@ -84,10 +84,6 @@ impl AppState {
         engine: Option<Arc<dyn ClusterEngine>>,
     ) -> anyhow::Result<Arc<Self>> {
         let encoder = Arc::new(WireEncoder::new(config.websocket.compression_min_size));
-        let counters = Arc::new(HubCounters::default());
-        let mut hub = Hub::new(encoder.clone(), counters)
-            .with_max_channels(config.server.max_channels)
-            .with_max_history_bytes(config.server.history_max_bytes);
         let map: HashMap<String, NamespaceOptions> = config
             .namespaces
             .iter()
@@ -107,6 +103,8 @@ impl AppState {
                         },
                         lossy: ns.lossy,
                         allow_delta: ns.allow_delta,
+                        // Given by `Namespaces::new`.
+                        index: 0,
                     },
                 )
             })
@@ -128,6 +126,11 @@ impl AppState {
             ..NamespaceOptions::default()
         });
         let namespaces = Namespaces::new(map, fallback);
+        // One broadcast histogram per namespace (the configured ones are fixed from here).
+        let counters = Arc::new(HubCounters::with_namespaces(namespaces.metric_slots()));
+        let mut hub = Hub::new(encoder.clone(), counters)
+            .with_max_channels(config.server.max_channels)
+            .with_max_history_bytes(config.server.history_max_bytes);
         // Echo mode has no channels, so nothing to log; in a cluster the broker holds
         // the streams (and their durability).
         let journal = if config.storage.dir.is_empty() || config.server.echo || engine.is_some() {
@@ -145,6 +148,7 @@ impl AppState {
             hub = hub.with_broker(engine.parts().broker);
         }
         let hub = Arc::new(hub);
+        let metrics = Metrics::new(namespaces.metric_slots());
         let node_timeout = Duration::from_secs(config.cluster.node_timeout_secs);
         Ok(Arc::new_cyclic(|weak| {
             let (node, handler) = match &engine {
@@ -164,7 +168,7 @@ impl AppState {
                 registry: Registry::default(),
                 auth,
                 admin,
-                metrics: Metrics::default(),
+                metrics,
                 encoder,
                 started: Instant::now(),
                 draining: AtomicBool::new(false),

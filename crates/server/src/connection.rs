@@ -555,7 +555,9 @@ impl Driver {
                     payload,
                     self.negotiated.deflate.as_ref(),
                 );
-                self.outbox.push(frame);
+                if self.outbox.push(frame) == starling_core::PushOutcome::Overflow {
+                    crate::metrics::Metrics::add(&self.state.hub.counters().slow_consumers, 1);
+                }
                 Ok(())
             }
             Role::Client(session) => {

@@ -2,9 +2,74 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use starling_core::Histogram;
+use starling_core::metrics::escape_label;
 
 use crate::app::AppState;
 use crate::limits::Limit;
+
+/// Where a publication came from: the `source` label of
+/// `starling_publish_duration_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The HTTP API (`/api/publish`, `/api/broadcast`).
+    Api = 0,
+    /// A client's `publish` command.
+    Client = 1,
+}
+
+impl Source {
+    const ALL: [Source; 2] = [Source::Api, Source::Client];
+
+    fn label(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Client => "client",
+        }
+    }
+}
+
+/// How a subscribe with `recover` ended: the `outcome` label of
+/// `starling_recoveries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// The missed publications came with the subscribe reply (possibly none).
+    Recovered = 0,
+    /// They could not: another epoch (the stream started over) or no longer in history.
+    NotRecovered = 1,
+    /// They were more than the reply may carry (half of `client.max_queue_bytes`): the
+    /// client pages through history instead.
+    TooLarge = 2,
+}
+
+impl Recovery {
+    const ALL: [Recovery; 3] = [
+        Recovery::Recovered,
+        Recovery::NotRecovered,
+        Recovery::TooLarge,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Recovery::Recovered => "recovered",
+            Recovery::NotRecovered => "not_recovered",
+            Recovery::TooLarge => "too_large",
+        }
+    }
+}
+
+/// The metrics of one namespace slot (see `Namespaces::metric_slots`).
+#[derive(Debug, Default)]
+struct NamespaceMetrics {
+    /// Publish latency, indexed by [`Source`].
+    publish: [Histogram; 2],
+    /// Payload bytes of the publications accepted.
+    bytes: AtomicU64,
+    /// Recoveries, indexed by [`Recovery`].
+    recoveries: [AtomicU64; 3],
+}
 
 /// Close and error codes counted individually; others land in `other`.
 const CODES: &[u16] = &[
@@ -37,10 +102,20 @@ pub struct Metrics {
     limit_refusals: [AtomicU64; Limit::ALL.len()],
     errors: Vec<AtomicU64>,
     other_errors: AtomicU64,
+    /// Per namespace slot (`NamespaceOptions::index`).
+    namespaces: Box<[NamespaceMetrics]>,
 }
 
 impl Default for Metrics {
+    /// Metrics without namespace slots (the per-namespace ones are not kept).
     fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl Metrics {
+    /// Metrics with `namespace_slots` namespace slots (`Namespaces::metric_slots`).
+    pub fn new(namespace_slots: usize) -> Self {
         Self {
             connections_accepted: AtomicU64::new(0),
             upgrades_refused: AtomicU64::new(0),
@@ -53,11 +128,28 @@ impl Default for Metrics {
             limit_refusals: Default::default(),
             errors: CODES.iter().map(|_| AtomicU64::new(0)).collect(),
             other_errors: AtomicU64::new(0),
+            namespaces: (0..namespace_slots)
+                .map(|_| NamespaceMetrics::default())
+                .collect(),
         }
     }
-}
 
-impl Metrics {
+    /// Counts a publication of `bytes` accepted in namespace slot `namespace`, `elapsed`
+    /// after it arrived from `source` (lock-free: three relaxed atomic adds).
+    pub fn published(&self, namespace: u16, source: Source, elapsed: Duration, bytes: usize) {
+        if let Some(ns) = self.namespaces.get(usize::from(namespace)) {
+            ns.publish[source as usize].observe(elapsed);
+            ns.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a recovery's outcome in namespace slot `namespace`.
+    pub fn recovery(&self, namespace: u16, outcome: Recovery) {
+        if let Some(ns) = self.namespaces.get(usize::from(namespace)) {
+            ns.recoveries[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts one error reply or disconnect with `code`.
     pub fn error(&self, code: u32) {
         match CODES.iter().position(|c| u32::from(*c) == code) {
@@ -86,12 +178,111 @@ fn line(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     );
 }
 
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The version, commit and compiler of this build (`build.rs`), as label values.
+const BUILD: [(&str, &str); 3] = [
+    ("version", env!("CARGO_PKG_VERSION")),
+    ("commit", env!("BUILD_INFO_COMMIT")),
+    ("rustc", env!("BUILD_INFO_RUSTC")),
+];
+
+/// Renders the build info and the per-namespace metrics.
+fn render_namespaces(out: &mut String, state: &AppState) {
+    let m = &state.metrics;
+    let h = state.hub.counters();
+    let labels: Vec<_> = state
+        .namespaces
+        .metric_labels()
+        .map(|l| format!("namespace=\"{}\"", escape_label(l)))
+        .collect();
+    header(
+        out,
+        "starling_publish_duration_seconds",
+        "histogram",
+        "Time from a publication's arrival (API request or client publish command decoded) to its acceptance by the hub or the cluster broker, by namespace and source (api, client). Accepted publications only.",
+    );
+    for (ns, labels) in m.namespaces.iter().zip(&labels) {
+        for source in Source::ALL {
+            ns.publish[source as usize].render(
+                out,
+                "starling_publish_duration_seconds",
+                &format!("{labels},source=\"{}\"", source.label()),
+            );
+        }
+    }
+    header(
+        out,
+        "starling_broadcast_duration_seconds",
+        "histogram",
+        "Time the hub takes to queue one publication to all of a channel's local subscribers (encoding included), by namespace; publications to channels with local subscribers only.",
+    );
+    for (histogram, labels) in h.broadcast.iter().zip(&labels) {
+        histogram.render(out, "starling_broadcast_duration_seconds", labels);
+    }
+    header(
+        out,
+        "starling_recoveries_total",
+        "counter",
+        "Subscribes asking to recover, by namespace and outcome: recovered, not_recovered (another epoch or gone from history), too_large (more than half of client.max_queue_bytes).",
+    );
+    for (ns, labels) in m.namespaces.iter().zip(&labels) {
+        for outcome in Recovery::ALL {
+            let _ = writeln!(
+                out,
+                "starling_recoveries_total{{{labels},outcome=\"{}\"}} {}",
+                outcome.label(),
+                ns.recoveries[outcome as usize].load(Ordering::Relaxed)
+            );
+        }
+    }
+    header(
+        out,
+        "starling_namespace_publications_total",
+        "counter",
+        "Publications accepted from the API and from clients, by namespace (the count of starling_publish_duration_seconds over both sources).",
+    );
+    for (ns, labels) in m.namespaces.iter().zip(&labels) {
+        let count: u64 = ns.publish.iter().map(Histogram::count).sum();
+        let _ = writeln!(
+            out,
+            "starling_namespace_publications_total{{{labels}}} {count}"
+        );
+    }
+    header(
+        out,
+        "starling_namespace_bytes_total",
+        "counter",
+        "Payload bytes of the publications accepted from the API and from clients, by namespace.",
+    );
+    for (ns, labels) in m.namespaces.iter().zip(&labels) {
+        let _ = writeln!(
+            out,
+            "starling_namespace_bytes_total{{{labels}}} {}",
+            ns.bytes.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// Renders every metric in the Prometheus text format (version 0.0.4).
 pub fn render(state: &AppState) -> String {
     let m = &state.metrics;
     let h = state.hub.counters();
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let mut out = String::with_capacity(4096);
+    let mut out = String::with_capacity(16384);
+    header(
+        &mut out,
+        "starling_build_info",
+        "gauge",
+        "Always 1; the labels say which build runs (version, git commit, rustc).",
+    );
+    let build: Vec<String> = BUILD
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+        .collect();
+    let _ = writeln!(out, "starling_build_info{{{}}} 1", build.join(","));
     line(
         &mut out,
         "starling_connections",
@@ -199,7 +390,7 @@ pub fn render(state: &AppState) -> String {
         &mut out,
         "starling_slow_consumers_total",
         "counter",
-        "Connections closed because their queue overflowed.",
+        "Connections cut (4002) because a frame did not fit their queue (client.max_queue_bytes).",
         get(&h.slow_consumers),
     );
     line(
@@ -220,7 +411,7 @@ pub fn render(state: &AppState) -> String {
         &mut out,
         "starling_recoveries_too_large_total",
         "counter",
-        "Recoveries answered recovered=false because the missed publications exceeded half of client.max_queue_bytes.",
+        "Recoveries answered recovered=false because the missed publications exceeded half of client.max_queue_bytes (superseded by starling_recoveries_total{outcome=\"too_large\"}, by namespace; kept for one release).",
         get(&h.recoveries_too_large),
     );
     line(
@@ -404,6 +595,7 @@ pub fn render(state: &AppState) -> String {
             );
         }
     }
+    render_namespaces(&mut out, state);
     line(
         &mut out,
         "starling_uptime_seconds",

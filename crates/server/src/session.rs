@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use starling_core::engine::{EngineFuture, Step};
 use starling_core::{
     ClientKey, ConnectionBucket, FrameFormat, HistoryQuery, HistoryReadError, Outbox, Publish,
-    PublishError, RecoverFrom, SubscribeError, Subscriber,
+    PublishError, PushOutcome, RecoverFrom, SubscribeError, Subscriber,
 };
 use starling_protocol::codes::{self, DisconnectCode};
 use starling_protocol::{
@@ -31,6 +31,7 @@ use crate::app::AppState;
 use crate::auth::AuthError;
 use crate::encoder::WireEncoder;
 use crate::limits::Limit;
+use crate::metrics::{Recovery, Source};
 use crate::subscriptions::Subscriptions;
 
 /// The authenticated side of a session.
@@ -264,7 +265,7 @@ impl Session {
                 Ok(command) if !self.within_rate(now) => {
                     Some(Reply::error(command.id, codes::TOO_MANY_REQUESTS))
                 }
-                Ok(command) => match self.dispatch(command, out)? {
+                Ok(command) => match self.dispatch(command, out, now)? {
                     Outcome::Reply(reply) => reply,
                     Outcome::Pending(op) => {
                         self.pending = Some(Box::new(Pending {
@@ -375,14 +376,24 @@ impl Session {
 
     fn flush(&self, out: &mut Vec<u8>) {
         if !out.is_empty() {
-            self.outbox.push(self.state.encoder.frame(self.format, out));
+            let frame = self.state.encoder.frame(self.format, out);
+            if self.outbox.push(frame) == PushOutcome::Overflow {
+                // Cut by its own replies: a slow consumer as much as one cut by fan-out.
+                crate::metrics::Metrics::add(&self.state.hub.counters().slow_consumers, 1);
+            }
             out.clear();
         }
     }
 
-    /// Runs one command. A reply of `None` means no reply (a client pong). Replies that
-    /// must precede later pushes (subscribe) are queued directly together with `out`.
-    fn dispatch(&mut self, command: Command, out: &mut Vec<u8>) -> Result<Outcome, DisconnectCode> {
+    /// Runs one command, which arrived at `now`. A reply of `None` means no reply (a
+    /// client pong). Replies that must precede later pushes (subscribe) are queued
+    /// directly together with `out`.
+    fn dispatch(
+        &mut self,
+        command: Command,
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> Result<Outcome, DisconnectCode> {
         let id = command.id;
         let method = match command.method {
             Method::Connect(req) => return self.connect(id, req).map(|r| Outcome::Reply(Some(r))),
@@ -402,7 +413,7 @@ impl Session {
                 }
                 Step::Ready(Ok(ReplyBody::Unsubscribe(UnsubscribeResult {})))
             }
-            Method::Publish(req) => self.publish(req),
+            Method::Publish(req) => self.publish(req, now),
             Method::Presence(req) => self.presence(&req.channel, false),
             Method::PresenceStats(req) => self.presence(&req.channel, true),
             Method::History(req) => self.history(req),
@@ -616,7 +627,14 @@ impl Session {
         // Replies to the message's earlier commands leave first: the subscribe reply is
         // a frame of its own, queued when the subscriber joins.
         self.flush(out);
-        let first = subscribe_reply(self.state.clone(), self.format, id, self.reply_cap(), delta);
+        let first = subscribe_reply(
+            self.state.clone(),
+            self.format,
+            id,
+            self.reply_cap(),
+            delta,
+            req.recover.then_some(rules.options.index),
+        );
         let (creations, node) = (&mut self.creations, &*self.state);
         let mut may_create = || creation_allowed(creations, node);
         let step = self.state.node.subscribe(
@@ -656,16 +674,19 @@ impl Session {
         self.state.config.client.max_queue_bytes / 2
     }
 
-    fn publish(&mut self, req: PublishRequest) -> Step<Result<ReplyBody, Error>> {
-        match self.publish_step(req) {
+    fn publish(&mut self, req: PublishRequest, arrived: Instant) -> Step<Result<ReplyBody, Error>> {
+        match self.publish_step(req, arrived) {
             Ok(step) => step,
             Err(e) => Step::Ready(Err(e)),
         }
     }
 
+    /// A client's publish, which arrived at `arrived`: its latency to the hub's (or the
+    /// broker's) acceptance is observed when the result comes.
     fn publish_step(
         &mut self,
         req: PublishRequest,
+        arrived: Instant,
     ) -> Result<Step<Result<ReplyBody, Error>>, Error> {
         let identity = self
             .identity
@@ -697,6 +718,7 @@ impl Session {
             ));
         }
         let info = Some(identity.info.clone());
+        let (namespace, bytes) = (rules.options.index, req.data.len());
         // Publishing into a history namespace creates the channel (to keep the history):
         // the same per-connection creation budget as `subscribe`.
         let (creations, node) = (&mut self.creations, &*self.state);
@@ -715,6 +737,9 @@ impl Session {
         let state = self.state.clone();
         Ok(step.map(move |result| {
             let published = result.map_err(|e| publish_error(&state, e))?;
+            state
+                .metrics
+                .published(namespace, Source::Client, arrived.elapsed(), bytes);
             Ok(ReplyBody::Publish(PublishResult {
                 offset: published.position.offset,
                 epoch: published.position.epoch.to_string(),
@@ -811,13 +836,15 @@ impl Session {
 /// The subscribe reply, built when the subscriber joins: it carries the recovered
 /// publications unless their encoded size passes `cap` (then the client pages through
 /// history instead of being cut as a slow consumer by its own reply), and says whether
-/// delta mode is on. (Recovered publications are in full, as history always is.)
+/// delta mode is on. (Recovered publications are in full, as history always is.) A
+/// recovery (`recovery`: the namespace slot, when asked for) counts its outcome.
 fn subscribe_reply(
     state: Arc<AppState>,
     format: FrameFormat,
     id: u32,
     cap: usize,
     delta: bool,
+    recovery: Option<u16>,
 ) -> starling_core::FirstFrame {
     Box::new(move |joined| {
         let encoding = WireEncoder::encoding(format);
@@ -836,6 +863,11 @@ fn subscribe_reply(
         };
         let mut out = Vec::new();
         encode_reply(encoding, &reply(joined.recovered.as_ref()), &mut out);
+        let mut outcome = match (&joined.recovered, joined.too_large) {
+            (Some(_), _) => Recovery::Recovered,
+            (None, true) => Recovery::TooLarge,
+            (None, false) => Recovery::NotRecovered,
+        };
         if joined.recovered.is_some() && out.len() > cap {
             out.clear();
             encode_reply(encoding, &reply(None), &mut out);
@@ -844,6 +876,10 @@ fn subscribe_reply(
                 .counters()
                 .recoveries_too_large
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            outcome = Recovery::TooLarge;
+        }
+        if let Some(namespace) = recovery {
+            state.metrics.recovery(namespace, outcome);
         }
         Some(state.encoder.frame(format, &out))
     })

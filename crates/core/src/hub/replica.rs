@@ -191,10 +191,12 @@ impl Hub {
         }
         let now = now_ms();
         self.evict(state, now, options.history);
-        let recovered = match recover {
-            None => None,
+        let (recovered, too_large) = match recover {
+            None => (None, false),
             Some(from) => match self.recover(state, from, page) {
-                Some(recovered) => recovered,
+                Some(Recovery::Recovered(publications)) => (Some(publications), false),
+                Some(Recovery::TooLarge) => (None, true),
+                Some(Recovery::Lost) => (None, false),
                 None => {
                     return Ok(JoinOutcome::Read {
                         since: Some(from.offset),
@@ -206,9 +208,10 @@ impl Hub {
             position: state.position(),
             recoverable: options.history.enabled(),
             recovered,
+            too_large,
         };
         if let Some(frame) = first(&joined) {
-            subscriber.outbox.push(frame);
+            self.push_first(&subscriber, frame);
         }
         // (The join is announced through the broker, to every node.)
         state.add_member(subscriber);
@@ -282,28 +285,28 @@ impl Hub {
         None
     }
 
-    /// The publications a recovering subscriber missed, `Some(None)` when they cannot
-    /// be recovered (another epoch, gone from history, over the byte cap), `None` when
-    /// a broker read is needed first.
+    /// The publications a recovering subscriber missed, or why they cannot be recovered
+    /// (another epoch or gone from history: `Lost`; over the byte cap: `TooLarge`);
+    /// `None` when a broker read is needed first.
     fn recover(
         &self,
         state: &ChannelState,
         from: &RecoverFrom,
         page: Option<&HistoryPage>,
-    ) -> Option<Option<Vec<Publication>>> {
+    ) -> Option<Recovery> {
         if *from.epoch != *state.epoch {
-            return Some(None);
+            return Some(Recovery::Lost);
         }
         match state
             .history
             .since(from.offset, state.offset, from.max_bytes)
         {
-            Ok(publications) => return Some(Some(publications)),
+            Ok(publications) => return Some(Recovery::Recovered(publications)),
             Err(HistoryError::TooLarge) => {
                 self.counters
                     .recoveries_too_large
                     .fetch_add(1, Ordering::Relaxed);
-                return Some(None);
+                return Some(Recovery::TooLarge);
             }
             Err(HistoryError::Unrecoverable) => {}
         }
@@ -311,7 +314,7 @@ impl Hub {
         // cache for what arrived after the read.
         let page = page?;
         if page.position.epoch != state.epoch || !page.complete {
-            return Some(None);
+            return Some(Recovery::Lost);
         }
         let mut out: Vec<Publication> = page
             .publications
@@ -324,7 +327,7 @@ impl Hub {
             self.counters
                 .recoveries_too_large
                 .fetch_add(1, Ordering::Relaxed);
-            return Some(None);
+            return Some(Recovery::TooLarge);
         }
         let read_to = out.last().map_or(from.offset, |p| p.offset);
         if read_to < state.offset {
@@ -335,14 +338,14 @@ impl Hub {
                     self.counters
                         .recoveries_too_large
                         .fetch_add(1, Ordering::Relaxed);
-                    return Some(None);
+                    return Some(Recovery::TooLarge);
                 }
                 // The read stopped short (its limit) and the cache does not bridge
                 // the rest: the client pages through history.
-                Err(HistoryError::Unrecoverable) => return Some(None),
+                Err(HistoryError::Unrecoverable) => return Some(Recovery::Lost),
             }
         }
-        Some(Some(out))
+        Some(Recovery::Recovered(out))
     }
 
     /// A publication from the broker. Delivered at once when it is the next one; held
@@ -541,6 +544,16 @@ impl Hub {
         }
         out
     }
+}
+
+/// How a recovery from the replica ended (see `Hub::recover`).
+enum Recovery {
+    /// The missed publications, oldest first.
+    Recovered(Vec<Publication>),
+    /// They passed the recovery's byte cap.
+    TooLarge,
+    /// Another epoch, or no longer in history.
+    Lost,
 }
 
 fn entry_name(channel: &str) -> Arc<str> {
