@@ -388,7 +388,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Version => {
-            println!("starling {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "starling {} (commit {}, rustc {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("BUILD_INFO_COMMIT"),
+                env!("BUILD_INFO_RUSTC")
+            );
             Ok(())
         }
         Command::Serve(args) => {

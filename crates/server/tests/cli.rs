@@ -100,13 +100,13 @@ fn checkconfig_names_what_is_wrong() {
 }
 
 #[test]
-fn version_prints_the_package_version() {
+fn version_prints_the_package_version_commit_and_compiler() {
     let o = starling(&["version"]);
     assert!(o.status.success());
-    assert_eq!(
-        stdout(&o),
-        format!("starling {}", env!("CARGO_PKG_VERSION"))
-    );
+    let line = stdout(&o);
+    let head = format!("starling {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(line.starts_with(&head), "{line}");
+    assert!(line.contains(", rustc "), "{line}");
 }
 
 /// The tokens the tools make open a real node: a connection token with a channel list,
