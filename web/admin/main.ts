@@ -15,8 +15,9 @@ interface NodeInfo {
 }
 interface Snapshot {
   time_ms: number;
-  info: NodeInfo & { nodes: NodeInfo[]; publications: number };
+  info: NodeInfo & { node: string; nodes: NodeInfo[]; publications: number };
   metrics: Metrics;
+  top_channels: { channel: string; per_second: number; subscribers: number }[];
 }
 
 const TOKEN_KEY = 'starling-admin-session';
@@ -179,6 +180,19 @@ function render(s: Snapshot) {
     .filter((e): e is { key: string; code: string } => !!e.code && m[e.key] > 0)
     .map((e) => [e.code, m[e.key], number.format(perSecond(e.key, s))]);
   fillTable('errors', errors, 'no errors');
+  fillTable(
+    'top-rate',
+    s.top_channels.map((t) => [t.channel, number.format(t.per_second), t.subscribers]),
+    'no publications in the last seconds',
+  );
+  const namespaces = Object.keys(m)
+    .map((key) => ({ key, ns: /^starling_namespace_publications_total\{namespace="([^"]*)"\}$/.exec(key)?.[1] }))
+    .filter((e): e is { key: string; ns: string } => e.ns !== undefined)
+    .map((e) => {
+      const bytesKey = `starling_namespace_bytes_total{namespace="${e.ns}"}`;
+      return [e.ns, number.format(perSecond(e.key, s)), bytes(perSecond(bytesKey, s)), m[e.key]];
+    });
+  fillTable('namespaces', namespaces, 'no namespaces');
 }
 
 async function refreshTop() {
@@ -217,23 +231,44 @@ function show(el: HTMLElement, text: string, bad = false) {
   el.className = bad ? 'error' : '';
 }
 
+let inspected = '';
+let oldestShown: { offset: number; epoch: string } | null = null;
+
+function section(title: string, body: string) {
+  const h = document.createElement('h3');
+  h.textContent = title;
+  const pre = document.createElement('pre');
+  pre.textContent = body;
+  $('inspect').append(h, pre);
+}
+
+async function attempt(title: string, call: () => Promise<string>) {
+  try {
+    section(title, await call());
+  } catch (e) {
+    section(title, (e as Error).message);
+  }
+}
+
+/** One page of history, newest first, before `before` when given. */
+async function historyPage(channel: string, before: { offset: number; epoch: string } | null) {
+  const body: Record<string, unknown> = { channel, limit: 20, reverse: true };
+  if (before) body.since = before;
+  const r = await api('history', body);
+  const pubs = r.publications as { offset: number; data?: unknown; b64data?: string }[];
+  const last = pubs.at(-1);
+  oldestShown = last && last.offset > 1 ? { offset: last.offset, epoch: r.epoch } : null;
+  $('inspect-older').hidden = !oldestShown;
+  const lines = pubs.map((p) => `#${p.offset}  ${p.data !== undefined ? JSON.stringify(p.data) : `b64:${p.b64data}`}`);
+  const title = before ? `History before #${before.offset}` : 'History (newest first)';
+  section(title, `epoch ${r.epoch}, newest offset ${r.offset}\n${lines.join('\n') || '(empty)'}`);
+}
+
 async function inspect(channel: string) {
-  const out = $('inspect');
-  out.replaceChildren();
-  const section = (title: string, body: string) => {
-    const h = document.createElement('h3');
-    h.textContent = title;
-    const pre = document.createElement('pre');
-    pre.textContent = body;
-    out.append(h, pre);
-  };
-  const attempt = async (title: string, call: () => Promise<string>) => {
-    try {
-      section(title, await call());
-    } catch (e) {
-      section(title, (e as Error).message);
-    }
-  };
+  inspected = channel;
+  oldestShown = null;
+  $('inspect').replaceChildren();
+  $('inspect-older').hidden = true;
   await attempt('Subscribers', async () => {
     const r = await api('channels', { pattern: channel });
     return String(r.channels[channel]?.num_clients ?? 0);
@@ -243,13 +278,11 @@ async function inspect(channel: string) {
     const clients = Object.values(r.clients as Record<string, { user: string; client: string }>);
     return clients.length ? clients.map((c) => `${c.user || '(anonymous)'}  ${c.client}`).join('\n') : 'nobody';
   });
-  await attempt('History (newest first)', async () => {
-    const r = await api('history', { channel, limit: 20, reverse: true });
-    const lines = (r.publications as { offset: number; data?: unknown; b64data?: string }[]).map(
-      (p) => `#${p.offset}  ${p.data !== undefined ? JSON.stringify(p.data) : `b64:${p.b64data}`}`,
-    );
-    return `epoch ${r.epoch}, offset ${r.offset}\n${lines.join('\n') || '(empty)'}`;
-  });
+  try {
+    await historyPage(channel, null);
+  } catch (e) {
+    section('History', (e as Error).message);
+  }
 }
 
 async function start() {
@@ -293,12 +326,41 @@ $('publish-form').addEventListener('submit', async (e) => {
   }
 });
 
-$('disconnect-form').addEventListener('submit', async (e) => {
+$('inspect-older').addEventListener('click', () => {
+  if (oldestShown) historyPage(inspected, oldestShown).catch((e) => section('History', (e as Error).message));
+});
+
+const userId = () => $<HTMLInputElement>('user-id').value.trim();
+
+$('user-form').addEventListener('submit', async (e) => {
   e.preventDefault();
-  const result = $('disconnect-result');
+  const result = $('user-result');
   try {
-    const r = await api('disconnect', { user: $<HTMLInputElement>('disconnect-user').value.trim() });
-    show(result, `Disconnected ${r.disconnected} connection(s) on this node.`);
+    const r = await api('user', { user: userId() });
+    show(result, `${r.user}: ${r.connections} connection(s) on node ${r.node}.`);
+  } catch (err) {
+    show(result, (err as Error).message, true);
+  }
+});
+
+$('user-disconnect').addEventListener('click', async () => {
+  const result = $('user-result');
+  if (!userId()) return show(result, 'Name a user first.', true);
+  try {
+    const r = await api('disconnect', { user: userId() });
+    show(result, `Disconnected ${r.disconnected} connection(s) on this node (and the user's others on every node).`);
+  } catch (err) {
+    show(result, (err as Error).message, true);
+  }
+});
+
+$('user-unsubscribe').addEventListener('click', async () => {
+  const result = $('user-result');
+  const channel = $<HTMLInputElement>('user-channel').value.trim();
+  if (!userId() || !channel) return show(result, 'Name a user and a channel first.', true);
+  try {
+    const r = await api('unsubscribe', { user: userId(), channel });
+    show(result, `Asked ${r.unsubscribed} connection(s) on this node to leave ${channel} (and on every other node).`);
   } catch (err) {
     show(result, (err as Error).message, true);
   }

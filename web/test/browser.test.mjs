@@ -135,6 +135,14 @@ test('two pages chat, see each other, and one recovers what it missed offline', 
     await dash.click('#publish-form button');
     await dash.waitForSelector('#publish-result:has-text("Published at offset")');
     await a.page.waitForSelector('#messages li:has-text("from the dashboard")');
+    // The room is among the busiest channels once two readings (5 s apart) saw it move.
+    await dash.waitForSelector(`#top-rate td:has-text("chat:${room}")`);
+    // Older history pages back from the oldest shown.
+    assert.equal(await dash.isHidden('#inspect-older'), true, 'six publications fit one page');
+    // A user lookup (the chat's users are anonymous: nobody by that name).
+    await dash.fill('#user-id', 'nobody');
+    await dash.click('#user-form button');
+    await dash.waitForSelector('#user-result:has-text("nobody: 0 connection(s)")');
     // A few seconds of charts for the screenshot.
     await dash.waitForFunction(() => document.querySelectorAll('#nodes tbody tr').length === 1);
     await dash.screenshot({ path: join(shots, 'dashboard.png'), fullPage: true });

@@ -4,9 +4,9 @@
 //! <session>`), so the dashboard's inspections and actions go through the same endpoints
 //! as a backend's, without the API key ever reaching a browser.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
@@ -30,28 +30,85 @@ struct Session {
     exp: u64,
 }
 
-/// Signs and checks dashboard sessions.
-pub struct AdminAuth {
+/// The dashboard's server side: signs and checks its sessions, keeps its channel
+/// readings.
+pub struct Admin {
     encoding: EncodingKey,
     decoding: DecodingKey,
     password: String,
     /// Development mode without a password: the login takes any password.
     open: bool,
     ttl_secs: u64,
+    top: parking_lot::Mutex<TopChannels>,
 }
 
-impl std::fmt::Debug for AdminAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminAuth")
-            .field("open", &self.open)
-            .finish()
+/// Channels by publication rate, from two readings of every channel's offset at least
+/// [`TOP_INTERVAL`] apart (the walk costs what `/api/channels` costs, so the dashboards'
+/// polls share one reading per interval).
+#[derive(Default)]
+struct TopChannels {
+    last: Option<(Instant, HashMap<Arc<str>, u64>)>,
+    ranked: Vec<Value>,
+}
+
+/// Least time between two readings of the channels' offsets.
+const TOP_INTERVAL: Duration = Duration::from_secs(5);
+/// Channels listed.
+const TOP_LISTED: usize = 10;
+
+impl TopChannels {
+    /// The ranking, read anew when the last reading is [`TOP_INTERVAL`] old.
+    fn ranked(
+        &mut self,
+        now: Instant,
+        read: impl FnOnce() -> Vec<(Arc<str>, usize, u64)>,
+    ) -> Vec<Value> {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(at, _)| now.duration_since(*at) < TOP_INTERVAL)
+        {
+            return self.ranked.clone();
+        }
+        let reading = read();
+        if let Some((at, before)) = &self.last {
+            let secs = now.duration_since(*at).as_secs_f64().max(0.001);
+            let mut rates: Vec<(f64, &Arc<str>, usize)> = reading
+                .iter()
+                .filter_map(|(name, subscribers, offset)| {
+                    // A new channel counts from zero; a new epoch (offset back) is skipped.
+                    let was = before.get(name).copied().unwrap_or(0);
+                    (*offset > was).then(|| ((*offset - was) as f64 / secs, name, *subscribers))
+                })
+                .collect();
+            rates.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+            self.ranked = rates
+                .into_iter()
+                .take(TOP_LISTED)
+                .map(|(rate, name, subscribers)| {
+                    json!({"channel": &**name, "per_second": rate, "subscribers": subscribers})
+                })
+                .collect();
+        }
+        let offsets = reading
+            .into_iter()
+            .map(|(name, _, offset)| (name, offset))
+            .collect();
+        self.last = Some((now, offsets));
+        self.ranked.clone()
     }
 }
 
-impl AdminAuth {
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").field("open", &self.open).finish()
+    }
+}
+
+impl Admin {
     /// The keys of an enabled dashboard (`None` when `admin.enabled` is off). An empty
     /// `admin.secret` takes a random one for the life of the process.
-    pub fn new(config: &AdminConfig, dev: bool) -> anyhow::Result<Option<AdminAuth>> {
+    pub fn new(config: &AdminConfig, dev: bool) -> anyhow::Result<Option<Admin>> {
         if !config.enabled {
             return Ok(None);
         }
@@ -60,12 +117,13 @@ impl AdminAuth {
         } else {
             config.secret.clone()
         };
-        Ok(Some(AdminAuth {
+        Ok(Some(Admin {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             password: config.password.clone(),
             open: dev && config.password.is_empty(),
             ttl_secs: config.session_ttl_secs,
+            top: parking_lot::Mutex::default(),
         }))
     }
 
@@ -154,8 +212,8 @@ pub async fn login(State(state): State<Arc<AppState>>, body: Option<Json<Login>>
 }
 
 /// `GET /admin/api/snapshot`: this node's numbers (every metric of `/metrics`, by its
-/// exposition name) and the nodes of the cluster, for the dashboard to chart. Counters
-/// are totals: the dashboard makes rates of two snapshots.
+/// exposition name), the nodes of the cluster and this node's busiest channels, for the
+/// dashboard to chart. Counters are totals: the dashboard makes rates of two snapshots.
 pub async fn snapshot(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let Some(auth) = &state.admin else {
         return crate::ops::not_found_response();
@@ -173,10 +231,15 @@ pub async fn snapshot(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     let time_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
+    let top = auth
+        .top
+        .lock()
+        .ranked(Instant::now(), || state.hub.channel_offsets());
     Json(json!({
         "time_ms": u64::try_from(time_ms).unwrap_or(u64::MAX),
         "info": crate::api::info_json(&state),
         "metrics": parse_exposition(&text),
+        "top_channels": top,
     }))
     .into_response()
 }
@@ -198,15 +261,13 @@ pub fn parse_exposition(text: &str) -> BTreeMap<&str, Value> {
 mod tests {
     use super::*;
 
-    fn auth(password: &str, dev: bool) -> AdminAuth {
+    fn auth(password: &str, dev: bool) -> Admin {
         let config = AdminConfig {
             enabled: true,
             password: password.into(),
             ..AdminConfig::default()
         };
-        AdminAuth::new(&config, dev)
-            .expect("keys")
-            .expect("enabled")
+        Admin::new(&config, dev).expect("keys").expect("enabled")
     }
 
     #[test]
@@ -231,7 +292,35 @@ mod tests {
             "a set password holds in dev"
         );
         let off = AdminConfig::default();
-        assert!(AdminAuth::new(&off, true).expect("ok").is_none());
+        assert!(Admin::new(&off, true).expect("ok").is_none());
+    }
+
+    #[test]
+    fn top_channels_rank_by_rate_between_readings() {
+        let mut top = TopChannels::default();
+        let t0 = Instant::now();
+        let name = |s: &str| -> Arc<str> { Arc::from(s) };
+        let first = vec![(name("a"), 1, 10), (name("b"), 5, 100), (name("c"), 0, 7)];
+        assert!(
+            top.ranked(t0, || first).is_empty(),
+            "one reading gives no rate"
+        );
+        let unused = || -> Vec<(Arc<str>, usize, u64)> { panic!("read within the interval") };
+        assert!(top.ranked(t0 + Duration::from_secs(1), unused).is_empty());
+        let second = vec![
+            (name("a"), 1, 60),
+            (name("b"), 5, 110),
+            (name("c"), 0, 7),
+            (name("d"), 2, 5),
+        ];
+        let ranked = top.ranked(t0 + Duration::from_secs(10), || second);
+        let names: Vec<&str> = ranked
+            .iter()
+            .filter_map(|r| r["channel"].as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "d"], "idle c is left out");
+        assert_eq!(ranked[0]["per_second"], json!(5.0));
+        assert_eq!(ranked[0]["subscribers"], json!(1));
     }
 
     #[test]

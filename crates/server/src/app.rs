@@ -40,7 +40,7 @@ pub struct AppState {
     /// Token verification.
     pub auth: Auth,
     /// Dashboard sessions (`None` unless `admin.enabled`).
-    pub admin: Option<crate::admin::AdminAuth>,
+    pub admin: Option<crate::admin::Admin>,
     /// Server-level counters.
     pub metrics: Metrics,
     /// Encodes pushes and replies into frames.
@@ -141,7 +141,7 @@ impl AppState {
             Some(journal)
         };
         let auth = Auth::new(&config.client).context("loading token keys")?;
-        let admin = crate::admin::AdminAuth::new(&config.admin, config.server.dev)
+        let admin = crate::admin::Admin::new(&config.admin, config.server.dev)
             .context("the dashboard's session key")?;
         let name = node_name(&config, addr);
         if let Some(engine) = &engine {

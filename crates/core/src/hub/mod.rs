@@ -1284,6 +1284,27 @@ impl Hub {
         out
     }
 
+    /// Every channel with its subscriber count and latest offset: two readings some
+    /// seconds apart give each channel's publication rate (the dashboard's top channels).
+    /// Walks the shards one by one, each under its own lock, like [`Hub::channels`].
+    pub fn channel_offsets(&self) -> Vec<(Arc<str>, usize, u64)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (name, entry) in shard.iter() {
+                let state = entry.state.lock();
+                if !state.gone {
+                    out.push((
+                        name.clone(),
+                        state.subscribers.len(),
+                        state.position().offset,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// The current stream position of a channel, if it exists.
     pub fn position(&self, channel: &str) -> Option<StreamPosition> {
         let entry = self.channel(channel)?;
