@@ -40,7 +40,14 @@ pub struct Admin {
     open: bool,
     ttl_secs: u64,
     top: parking_lot::Mutex<TopChannels>,
+    /// Wrong passwords in the current minute (start, count): a guesser gets
+    /// [`MAX_FAILED_LOGINS`] a minute for the whole node, whatever its address.
+    failures: parking_lot::Mutex<(Instant, u32)>,
 }
+
+/// Wrong passwords a node takes per minute before it refuses logins (429) until the
+/// minute is over.
+pub const MAX_FAILED_LOGINS: u32 = 10;
 
 /// Channels by publication rate, from two readings of every channel's offset at least
 /// [`TOP_INTERVAL`] apart (the walk costs what `/api/channels` costs, so the dashboards'
@@ -124,16 +131,32 @@ impl Admin {
             open: dev && config.password.is_empty(),
             ttl_secs: config.session_ttl_secs,
             top: parking_lot::Mutex::default(),
+            failures: parking_lot::Mutex::new((Instant::now(), 0)),
         }))
     }
 
-    /// A session for a correct password (compared in constant time).
-    fn login(&self, password: &str) -> Option<(String, u64)> {
+    /// A session for a correct password (compared in constant time); `Err(())` while
+    /// logins are refused for too many wrong passwords this minute.
+    fn login_at(&self, password: &str, now: Instant) -> Result<Option<(String, u64)>, ()> {
+        let mut failures = self.failures.lock();
+        if now.duration_since(failures.0) >= Duration::from_secs(60) {
+            *failures = (now, 0);
+        }
+        if failures.1 >= MAX_FAILED_LOGINS {
+            return Err(());
+        }
         if !self.open
             && !crate::api::constant_time_eq(password.as_bytes(), self.password.as_bytes())
         {
-            return None;
+            failures.1 += 1;
+            return Ok(None);
         }
+        drop(failures);
+        Ok(self.session())
+    }
+
+    /// A new session token, and its lifetime in seconds.
+    fn session(&self) -> Option<(String, u64)> {
         let claims = Session {
             sub: "admin".into(),
             adm: true,
@@ -202,11 +225,23 @@ pub async fn login(State(state): State<Arc<AppState>>, body: Option<Json<Login>>
         return crate::ops::not_found_response();
     };
     let password = body.map(|Json(b)| b.password).unwrap_or_default();
-    match auth.login(&password) {
-        Some((token, ttl)) => Json(json!({"token": token, "expires_in": ttl})).into_response(),
-        None => {
+    match auth.login_at(&password, Instant::now()) {
+        Ok(Some((token, ttl))) => Json(json!({"token": token, "expires_in": ttl})).into_response(),
+        Ok(None) => {
             state.metrics.error(401);
             error(StatusCode::UNAUTHORIZED, "wrong password")
+        }
+        Err(()) => {
+            state.metrics.error(429);
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many wrong passwords: try again in a minute",
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("60"),
+            );
+            r
         }
     }
 }
@@ -273,8 +308,12 @@ mod tests {
     #[test]
     fn sessions_need_the_password_and_this_secret() {
         let a = auth("pw", false);
-        assert!(a.login("nope").is_none());
-        let (token, ttl) = a.login("pw").expect("session");
+        let now = Instant::now();
+        assert_eq!(a.login_at("nope", now), Ok(None));
+        let (token, ttl) = a
+            .login_at("pw", now)
+            .expect("not limited")
+            .expect("session");
         assert_eq!(ttl, 8 * 3600);
         assert!(a.verify(&token));
         assert!(a.authorizes(format!("Bearer {token}").as_bytes()));
@@ -286,13 +325,30 @@ mod tests {
 
     #[test]
     fn dev_without_a_password_is_open_and_off_is_none() {
-        assert!(auth("", true).login("anything").is_some());
+        let now = Instant::now();
+        assert!(auth("", true).login_at("x", now).expect("ok").is_some());
         assert!(
-            auth("pw", true).login("anything").is_none(),
+            auth("pw", true).login_at("x", now).expect("ok").is_none(),
             "a set password holds in dev"
         );
         let off = AdminConfig::default();
         assert!(Admin::new(&off, true).expect("ok").is_none());
+    }
+
+    #[test]
+    fn wrong_passwords_are_limited_per_minute() {
+        let a = auth("pw", false);
+        let t0 = Instant::now();
+        for _ in 0..MAX_FAILED_LOGINS {
+            assert_eq!(a.login_at("guess", t0), Ok(None));
+        }
+        assert_eq!(a.login_at("guess", t0), Err(()), "limited");
+        assert!(
+            a.login_at("pw", t0).is_err(),
+            "even the right one, this minute"
+        );
+        let later = t0 + Duration::from_secs(61);
+        assert!(a.login_at("pw", later).expect("a new minute").is_some());
     }
 
     #[test]
