@@ -81,7 +81,7 @@ async function say(page, text) {
 
 const messageTexts = (page) => page.$$eval('#messages li .text', (els) => els.map((e) => e.textContent));
 
-test('two pages chat, see each other, and one recovers what it missed offline', async () => {
+test('two pages chat, see each other, and one recovers what it missed offline (twice: its own button, the browser\'s offline event)', async () => {
   const server = await startServer(['--dev']);
   try {
     const room = `t${Date.now()}`;
@@ -110,6 +110,17 @@ test('two pages chat, see each other, and one recovers what it missed offline', 
     assert.equal(await b.page.$$eval('#messages li.recovered', (els) => els.length), 3);
     assert.deepEqual(await messageTexts(b.page), await messageTexts(a.page), 'both pages hold the same conversation');
 
+    // The browser itself loses the network (the offline event): the client drops its
+    // socket, waits for the online event, and recovers what was said meanwhile.
+    await b.context.setOffline(true);
+    await b.page.waitForSelector('#state.connecting');
+    for (const n of [1, 2]) await say(a.page, `while offline ${n}`);
+    await a.page.waitForSelector('#messages li:has-text("while offline 2")');
+    await b.context.setOffline(false);
+    await b.page.waitForSelector('#notice:has-text("recovered 2 missed messages")');
+    await b.page.waitForSelector('#messages li.recovered:has-text("while offline 2")');
+    assert.deepEqual(await messageTexts(b.page), await messageTexts(a.page));
+
     // A third page joining later gets the conversation from history.
     const c = await openChat(server, room, 'Cy');
     await c.page.waitForSelector('#messages li:has-text("missed 3")');
@@ -137,8 +148,8 @@ test('two pages chat, see each other, and one recovers what it missed offline', 
     await a.page.waitForSelector('#messages li:has-text("from the dashboard")');
     // The room is among the busiest channels once two readings (5 s apart) saw it move.
     await dash.waitForSelector(`#top-rate td:has-text("chat:${room}")`);
-    // Older history pages back from the oldest shown.
-    assert.equal(await dash.isHidden('#inspect-older'), true, 'six publications fit one page');
+    // Eight publications fit one history page: no older page to offer.
+    assert.equal(await dash.isHidden('#inspect-older'), true);
     // A user lookup (the chat's users are anonymous: nobody by that name).
     await dash.fill('#user-id', 'nobody');
     await dash.click('#user-form button');
