@@ -27,6 +27,8 @@
 //!   reading one segment at a time through a bounded buffer.
 
 mod format;
+mod id;
+mod reader;
 mod recover;
 mod writer;
 
@@ -42,9 +44,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub use format::MAX_RECORD_BYTES;
+pub use id::{LogId, ParseLogIdError};
+pub use reader::{Batch, Gap, LogReader, ReadError, ReaderStats};
 
 /// Source of "now" for age-based retention, in milliseconds since the Unix epoch.
 ///
@@ -272,6 +276,9 @@ pub(crate) struct Shared {
     /// [`LINGER`] instead, and appenders do not wake it: one wake-up per batch instead
     /// of one per record (a futex call and a context switch each).
     pub(crate) sleeping: AtomicBool,
+    /// How far the log is fsynced, for tailing readers; set by the writer after every
+    /// fsync (and at open), before it updates the watch channel.
+    pub(crate) synced: Mutex<reader::SyncedState>,
 }
 
 impl Shared {
@@ -313,12 +320,19 @@ pub(crate) enum Cmd {
     /// Makes every write fail (as on a full disk) until `FailWrites(false)`.
     #[cfg(test)]
     FailWrites(bool),
+    /// Writes what is buffered to the OS without fsyncing it, then replies.
+    #[cfg(test)]
+    Flush(SyncSender<()>),
 }
 
 /// The node's durable message log. `Send + Sync`; share it in an `Arc`.
 pub struct Log {
     tx: SyncSender<Cmd>,
     shared: Arc<Shared>,
+    dir: PathBuf,
+    id: LogId,
+    /// The sequence number after the last fsynced record; the writer holds the sender.
+    synced: watch::Receiver<u64>,
     /// The writer thread, to wake it (it never blocks on the queue: see
     /// [`Shared::sleeping`]).
     writer: std::thread::Thread,
@@ -345,8 +359,13 @@ impl Log {
         let known_skips = take_clean_marker(&config.dir)?;
 
         let scan = recover::scan(&config.dir)?;
+        // Without segments the sequence numbers start at 0 again: a new identity, so
+        // that positions saved against the old numbers are not taken for this log's.
+        let id = id::load_or_create(&config.dir, scan.metas.is_empty())?;
         let shared = Arc::new(Shared::default());
-        let (writer, deleted) = writer::Writer::open(&config, scan.metas.clone(), shared.clone())?;
+        let (synced_tx, synced) = watch::channel(0);
+        let (writer, deleted) =
+            writer::Writer::open(&config, scan.metas.clone(), shared.clone(), synced_tx)?;
         writer.publish_stats();
         // Skipped regions the previous clean stop already knew about were accounted for
         // then (the caller renewed epochs at that start); new ones make this start unclean.
@@ -375,6 +394,9 @@ impl Log {
             Log {
                 tx,
                 shared,
+                dir: config.dir,
+                id,
+                synced,
                 writer: thread.thread().clone(),
                 thread: Mutex::new(Some(thread)),
                 _lock: lock,
@@ -466,6 +488,43 @@ impl Log {
         rx.recv().map_err(|_| self.gone())?
     }
 
+    /// The log's identity: random, written into the directory when the log starts from
+    /// no segments, and kept as long as it has any. Sequence numbers belong to it: a
+    /// consumer that saves a position saves the id with it, and a different id means its
+    /// position says nothing about this log (start over from the oldest record).
+    pub fn id(&self) -> LogId {
+        self.id
+    }
+
+    /// The sequence number after the last fsynced record (0 while none is): the records
+    /// a [`LogReader`] can return are the ones below it. Everything found at open counts
+    /// as fsynced (open fsyncs it); after that it moves at each group commit, at least
+    /// every [`LogConfig::sync_interval`] while non-durable records wait, and never
+    /// back.
+    pub fn synced_position(&self) -> u64 {
+        *self.synced.borrow()
+    }
+
+    /// A channel of [`synced_position`](Self::synced_position), updated by the writer
+    /// thread after each fsync that made records durable: wait on it for records to
+    /// read instead of polling. It closes (`changed` and `wait_for` return an error) once
+    /// the log is dropped and its writer stopped.
+    pub fn watch_synced(&self) -> watch::Receiver<u64> {
+        self.synced.clone()
+    }
+
+    /// A tailing reader of the records numbered `from` and up, in order, across segment
+    /// files, while appends go on; it returns only fsynced records. `from` is usually a
+    /// position a reader returned before (saved with [`id`](Self::id)), or 0 for the
+    /// oldest record (a [`Gap`] then tells how many retention already deleted).
+    ///
+    /// Refused with [`ReadError::Ahead`] when `from` is past
+    /// [`synced_position`](Self::synced_position): no position this log handed out can
+    /// be. Cheap: the reader opens files only when asked for a batch.
+    pub fn reader(&self, from: u64) -> Result<LogReader, ReadError> {
+        LogReader::new(self.dir.clone(), self.shared.clone(), from)
+    }
+
     /// Whether the log is failed now, with the error that made it fail.
     pub fn failure(&self) -> Option<LogError> {
         self.shared.failure()
@@ -542,6 +601,15 @@ impl Log {
     #[cfg(test)]
     pub(crate) fn fail_writes(&self, on: bool) {
         let _ = self.send(Cmd::FailWrites(on));
+    }
+
+    /// Test hook: returns once everything appended so far is written to the OS, but not
+    /// fsynced (the state a crash of the machine, not of the process, can lose).
+    #[cfg(test)]
+    pub(crate) fn flush_unsynced(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let _ = self.send(Cmd::Flush(tx));
+        let _ = rx.recv();
     }
 }
 

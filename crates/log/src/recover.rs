@@ -15,6 +15,15 @@ use crate::{LogError, Record, io_err};
 const READ_CHUNK: usize = 256 * 1024;
 /// Smallest possible record body: three length prefixes, offset and time.
 const MIN_BODY: usize = 4 + 4 + 8 + 8 + 4;
+/// Smallest possible frame on disk. A corrupt region of `n` bytes hid at most
+/// `n / MIN_FRAME` records (the region starts and ends at frame boundaries).
+const MIN_FRAME: u64 = FRAME_HEADER_LEN + MIN_BODY as u64;
+
+/// The most records a skipped region of `bytes` bytes can have hidden (at least one: a
+/// region is only ever found where a record should start).
+pub(crate) fn hidden_bound(bytes: u64) -> u64 {
+    (bytes / MIN_FRAME).max(1)
+}
 
 /// What the writer needs to know about a segment.
 #[derive(Debug, Clone)]
@@ -32,6 +41,21 @@ pub(crate) struct SegmentMeta {
     /// Start positions of the corrupt regions skipped in it (each hid at least one
     /// record, so the next segment's base may be higher than `base + records`).
     pub skipped: Vec<u64>,
+    /// Upper bound of the records those regions hid ([`hidden_bound`] of each). A
+    /// segment that continues after skipped regions starts its successor at
+    /// [`end`](Self::end), so that no sequence number a hidden record had is ever given
+    /// to another record.
+    pub hidden_max: u64,
+}
+
+impl SegmentMeta {
+    /// The sequence number after this segment's records, hidden ones included (an
+    /// upper bound when regions were skipped): where its successor starts.
+    pub fn end(&self) -> u64 {
+        self.base
+            .saturating_add(self.records)
+            .saturating_add(self.hidden_max)
+    }
 }
 
 /// The result of the validation pass.
@@ -129,6 +153,7 @@ fn scan_segment(
         max_time_ms: None,
         path: path.to_path_buf(),
         skipped: Vec::new(),
+        hidden_max: 0,
     };
     let mut reader = Reader::open(path, len)?;
     let header_ok = reader
@@ -185,6 +210,7 @@ fn scan_segment(
                     );
                 }
                 meta.skipped.push(pos);
+                meta.hidden_max += hidden_bound(skip as u64);
                 scan.skipped_regions += 1;
                 scan.skipped_bytes += skip as u64;
                 reader.consume(skip);
@@ -214,6 +240,7 @@ fn scan_segment(
                     "skipping the corrupt end of a sealed log segment"
                 );
                 meta.skipped.push(pos);
+                meta.hidden_max += hidden_bound(len - pos);
                 scan.skipped_regions += 1;
                 scan.skipped_bytes += len - pos;
                 break;
@@ -225,7 +252,11 @@ fn scan_segment(
 }
 
 /// A forward reader over a segment file with a bounded, compacting buffer.
-struct Reader {
+///
+/// Also the tailing reader's (`reader.rs`): it never reads past `limit`, so a reader of
+/// the active segment whose limit is the fsynced length never looks at bytes the writer
+/// may still be writing.
+pub(crate) struct Reader {
     file: File,
     buf: Vec<u8>,
     start: usize,
@@ -239,29 +270,49 @@ struct Reader {
 impl Reader {
     fn open(path: &Path, limit: u64) -> Result<Reader, LogError> {
         let file = File::open(path).map_err(|e| io_err(path, e))?;
-        Ok(Reader {
+        Ok(Reader::from_file(file, 0, limit))
+    }
+
+    /// A reader of `file` starting at byte `pos`, stopping at `limit`.
+    pub(crate) fn from_file(file: File, pos: u64, limit: u64) -> Reader {
+        Reader {
             file,
             buf: Vec::new(),
             start: 0,
             end: 0,
-            pos: 0,
+            pos,
             limit,
-        })
+        }
     }
 
-    fn position(&self) -> u64 {
+    /// The open segment file.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Moves the limit (the tailing reader follows the active segment's fsynced length).
+    /// Bytes already buffered stay valid: below the old limit the file never changes.
+    pub(crate) fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub(crate) fn position(&self) -> u64 {
         self.pos
     }
 
-    fn remaining(&self) -> u64 {
+    pub(crate) fn remaining(&self) -> u64 {
         self.limit.saturating_sub(self.pos)
     }
 
-    fn available(&self) -> &[u8] {
+    pub(crate) fn available(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
-    fn consume(&mut self, n: usize) {
+    pub(crate) fn consume(&mut self, n: usize) {
         let from_buf = n.min(self.end - self.start);
         self.start += from_buf;
         self.pos += n as u64;
@@ -274,7 +325,7 @@ impl Reader {
 
     /// Makes at least `need` bytes available from the current position; `false` if the
     /// segment ends first.
-    fn fill(&mut self, need: usize) -> io::Result<bool> {
+    pub(crate) fn fill(&mut self, need: usize) -> io::Result<bool> {
         if (need as u64) > self.remaining() {
             return Ok(false);
         }
@@ -308,7 +359,7 @@ impl Reader {
 
     /// Decodes the frame at the current position. The outer error is an I/O error; the
     /// inner one says why the bytes are not a frame.
-    fn frame(&mut self) -> io::Result<Result<(Record, usize), FrameError>> {
+    pub(crate) fn frame(&mut self) -> io::Result<Result<(Record, usize), FrameError>> {
         if !self.fill(FRAME_HEADER_LEN as usize)? {
             return Ok(Err(FrameError::Torn));
         }
@@ -327,7 +378,7 @@ impl Reader {
     /// Looks for the next position after the current one where a whole valid frame
     /// starts (plausible length, consistent inner lengths, crc, parsable body). Returns
     /// how many bytes to skip to reach it, or `None` if no valid frame follows.
-    fn resync(&mut self) -> io::Result<Option<usize>> {
+    pub(crate) fn resync(&mut self) -> io::Result<Option<usize>> {
         let origin = self.pos;
         self.consume(1);
         while self.remaining() >= FRAME_HEADER_LEN + MIN_BODY as u64 {
@@ -410,4 +461,24 @@ fn rewrite_header(path: &Path, base: u64) -> Result<(), LogError> {
     file.write_all(&format::header(base))
         .map_err(|e| io_err(path, e))?;
     file.sync_all().map_err(|e| io_err(path, e))
+}
+
+/// Counts the valid frames from `reader`'s position to its limit, skipping corrupt
+/// regions by the same rule as [`scan`] and [`replay_segment`] (so all three agree on
+/// which frames a segment holds).
+pub(crate) fn count_frames(reader: &mut Reader) -> io::Result<u64> {
+    let mut n = 0;
+    while reader.remaining() > 0 {
+        match reader.frame()? {
+            Ok((_, used)) => {
+                reader.consume(used);
+                n += 1;
+            }
+            Err(_) => match reader.resync()? {
+                Some(skip) => reader.consume(skip),
+                None => break,
+            },
+        }
+    }
+    Ok(n)
 }

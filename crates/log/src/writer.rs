@@ -10,9 +10,10 @@ use std::sync::atomic::{Ordering, fence};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::format::{self, HEADER_LEN};
+use crate::reader::SyncedState;
 use crate::recover::SegmentMeta;
 use crate::{CLEAN_MARKER, Clock, Cmd, LogConfig, LogError, Record, Shared, io_err};
 
@@ -55,6 +56,10 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     /// The active segment up to its last fsync: where a recovery cuts it back to.
     synced: Synced,
+    /// The sequence number after the last fsynced record, for [`crate::Log::watch_synced`].
+    /// Owned by the writer thread, so that receivers see the channel close when the
+    /// writer is gone (the log dropped) instead of waiting forever.
+    synced_tx: watch::Sender<u64>,
     /// A record was lost during this run (a write error): no `CLEAN` marker at the stop.
     lost: bool,
     /// The `CLEAN` marker is on disk (after `close`); the next append removes it.
@@ -79,12 +84,22 @@ impl Writer {
         config: &LogConfig,
         mut metas: Vec<SegmentMeta>,
         shared: Arc<Shared>,
+        synced_tx: watch::Sender<u64>,
     ) -> Result<(Writer, usize), LogError> {
         let file = match metas.last() {
-            Some(active) => OpenOptions::new()
-                .append(true)
-                .open(&active.path)
-                .map_err(|e| io_err(&active.path, e))?,
+            Some(active) => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&active.path)
+                    .map_err(|e| io_err(&active.path, e))?;
+                // A process that crashed (rather than the machine) leaves records in the
+                // page cache that were never fsynced; the scan found them, and from now
+                // on they count as fsynced (the tailing reader hands them out). Make it
+                // true before anything is read. Older segments were fsynced when the
+                // next one was started.
+                file.sync_all().map_err(|e| io_err(&active.path, e))?;
+                file
+            }
             None => {
                 let (file, meta) =
                     create_segment(&config.dir, 0).map_err(|(p, e)| io_err(&p, e))?;
@@ -121,6 +136,7 @@ impl Writer {
             failed: None,
             shared,
             synced,
+            synced_tx,
             lost: false,
             marker_written: false,
             retry_interval: config.retry_interval,
@@ -131,6 +147,15 @@ impl Writer {
             #[cfg(test)]
             fail_writes: false,
         };
+        if !writer.active().skipped.is_empty() {
+            // The last segment hides records in a corrupt region, and how many is unknown:
+            // appending to it would number the new records as if there were none, giving
+            // them numbers that hidden (and later) records had, which a tailing reader
+            // may already have handed out. Start a new segment after the most records
+            // the regions can have hidden instead (`SegmentMeta::end`).
+            writer.rotate().map_err(|(path, e)| io_err(&path, e))?;
+        }
+        writer.publish_synced();
         let deleted = writer.retention().map_err(|(path, e)| io_err(&path, e))?;
         Ok((writer, deleted))
     }
@@ -189,6 +214,11 @@ impl Writer {
                             }
                             #[cfg(test)]
                             Cmd::FailWrites(on) => self.fail_writes = on,
+                            #[cfg(test)]
+                            Cmd::Flush(reply) => {
+                                self.commit(false);
+                                let _ = reply.send(());
+                            }
                         }
                         if !shutdown && taken < self.batch_limit {
                             next = rx.try_recv().ok();
@@ -478,6 +508,29 @@ impl Writer {
             records: active.records,
             max_time_ms: active.max_time_ms,
         };
+        self.publish_synced();
+    }
+
+    /// Tells tailing readers how far the log is fsynced: first the state they read by
+    /// (under its lock, so that segment, length and sequence number agree), then the
+    /// watch channel, so that a reader woken by the channel finds the new state.
+    fn publish_synced(&self) {
+        let active = self.active();
+        let state = SyncedState {
+            active_base: active.base,
+            bytes: self.synced.bytes,
+            seq: active
+                .base
+                .saturating_add(self.synced.records)
+                .saturating_add(active.hidden_max),
+        };
+        *self.shared.synced.lock() = state;
+        // Woken only when records became durable; a rotation alone moves no record.
+        self.synced_tx.send_if_modified(|seq| {
+            let moved = *seq != state.seq;
+            *seq = state.seq;
+            moved
+        });
     }
 
     /// Closes the active segment (flush + fsync) and starts a new one.
@@ -487,8 +540,8 @@ impl Writer {
         self.file.get_ref().sync_data().map_err(|e| (old, e))?;
         self.dirty = false;
         self.mark_synced();
-        let active = self.active();
-        let base = active.base + active.records;
+        // Past any records hidden by corrupt regions, so that no number is reused.
+        let base = self.active().end();
         let (file, meta) = create_segment(&self.dir, base)?;
         // The old BufWriter is empty (flushed above), so replacing it loses nothing.
         self.file = BufWriter::with_capacity(WRITE_BUFFER, file);
@@ -619,6 +672,7 @@ fn create_segment(dir: &Path, base: u64) -> Result<(File, SegmentMeta), (PathBuf
         max_time_ms: None,
         path,
         skipped: Vec::new(),
+        hidden_max: 0,
     };
     Ok((file, meta))
 }
