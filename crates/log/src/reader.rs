@@ -336,6 +336,7 @@ impl LogReader {
             Some(skip) => skip as u64,
             None => cur.reader.remaining(),
         };
+        let first_hidden = cur.next;
         if !cur.skipped && cur.sealed {
             // The region hid an unknown number of records: number the rest of the
             // segment backwards from its successor's base, so that no record gets a
@@ -349,14 +350,18 @@ impl LogReader {
         }
         cur.skipped = true;
         cur.reader.consume(usize::try_from(skip).unwrap_or(usize::MAX));
-        self.count_region(cur.base, at, skip, cur.next >= self.position, batch);
+        // The region hid the numbers `first_hidden..cur.next` (anchored), or some from
+        // `first_hidden` on (counted on): it costs this reader something unless they
+        // are all below its position.
+        let lost_here = first_hidden >= self.position || cur.next > self.position;
+        self.count_region(cur.base, at, skip, lost_here, batch);
         Ok(())
     }
 
-    /// Counts a skipped region once, and only past the reader's position (the regions
-    /// crossed while finding the position were counted by whoever read there before).
-    fn count_region(&mut self, base: u64, at: u64, bytes: u64, past_position: bool, batch: &mut Batch) {
-        if !past_position || self.counted.is_some_and(|c| c >= (base, at)) {
+    /// Counts a skipped region once, and only when it hid numbers at or past the
+    /// reader's position (regions crossed while finding the position are older news).
+    fn count_region(&mut self, base: u64, at: u64, bytes: u64, lost_here: bool, batch: &mut Batch) {
+        if !lost_here || self.counted.is_some_and(|c| c >= (base, at)) {
             return;
         }
         self.counted = Some((base, at));
@@ -480,7 +485,9 @@ impl LogReader {
                 // records (numbers up to the successor's base) are skipped with it.
                 tracing::warn!(path = %path.display(), "log reader skipping a segment with an invalid header");
                 reader.consume(usize::try_from(limit).unwrap_or(usize::MAX));
-                self.count_region(base, 0, limit, base >= self.position, batch);
+                // It hid the numbers up to its successor's base.
+                let end = self.successor(base)?.unwrap_or(u64::MAX);
+                self.count_region(base, 0, limit, end > self.position, batch);
                 skipped = true;
             }
             Err(e) => {

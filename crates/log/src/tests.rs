@@ -10,6 +10,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::format::{HEADER_LEN, frame_len, parse_segment_name};
 
+mod reader;
+
 fn rec(i: u64) -> Record {
     Record {
         channel: format!("chan-{}", i % 3),
