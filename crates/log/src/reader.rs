@@ -18,12 +18,13 @@
 //!
 //! Sequence numbers: record `i` of a segment (counting valid frames) has number
 //! `base + i`, exactly as the writer counted when it wrote it. A corrupt region hides an
-//! unknown number of records, so after one the reader numbers the rest of a sealed
-//! segment from its successor's base backwards (anchored at the end: a record never gets
-//! a number below the one it was written with, so resuming from a saved position may
-//! repeat records, never skip them). In the active segment, where no successor exists
-//! yet, it counts on and realigns with the writer's numbering once it reaches the
-//! fsynced end.
+//! unknown number of records, so after the first one in a segment the reader numbers
+//! the rest backwards from a point whose number is known: the successor's base for a
+//! sealed segment, the writer's published (fsynced length, sequence number) for the
+//! active one. With one region that gives every record its true number; with more, or
+//! after open reserved numbers past a damaged last segment, numbers can only come out
+//! higher than written, never lower: resuming from a saved position may repeat records,
+//! never skip one.
 
 use std::fs::{self, File};
 use std::io;
@@ -191,8 +192,7 @@ struct Cursor {
     next: u64,
     /// The segment is no longer the active one: its limit is its final length.
     sealed: bool,
-    /// A corrupt region was met in this segment (the numbering was anchored then, when
-    /// the segment was sealed).
+    /// A corrupt region was met in this segment (the numbering was anchored then).
     skipped: bool,
 }
 
@@ -294,9 +294,9 @@ impl LogReader {
                     continue;
                 }
                 if cur.base == state.active_base && cur.reader.position() >= state.bytes {
-                    // Everything fsynced has been read. If a corrupt region made this
-                    // reader count fewer records than the writer wrote, take the writer's
-                    // numbering back: the next record appended is `state.seq`.
+                    // Everything fsynced has been read: the next record appended is
+                    // `state.seq`. (Already the reader's number, unless the file ended
+                    // short of the fsynced length, which only damage does.)
                     cur.next = cur.next.max(state.seq);
                     self.position = self.position.max(state.seq);
                 }
@@ -321,7 +321,7 @@ impl LogReader {
                     cur.next += 1;
                     cur.reader.consume(used);
                 }
-                Err(_) => self.skip_region(&mut cur, at, batch)?,
+                Err(_) => self.skip_region(&mut cur, at, state, batch)?,
             }
             self.cursor = Some(cur);
         }
@@ -331,28 +331,42 @@ impl LogReader {
     /// open does: to the next position where a whole valid frame starts, or to the
     /// limit when none does (the end of a sealed segment; in the active segment, the
     /// writer's next frame starts at the fsynced length).
-    fn skip_region(&mut self, cur: &mut Cursor, at: u64, batch: &mut Batch) -> Result<(), ReadError> {
+    fn skip_region(
+        &mut self,
+        cur: &mut Cursor,
+        at: u64,
+        state: SyncedState,
+        batch: &mut Batch,
+    ) -> Result<(), ReadError> {
         let skip = match cur.reader.resync().map_err(|e| io_err(&cur.path, e))? {
             Some(skip) => skip as u64,
             None => cur.reader.remaining(),
         };
         let first_hidden = cur.next;
-        if !cur.skipped && cur.sealed {
+        if !cur.skipped {
             // The region hid an unknown number of records: number the rest of the
-            // segment backwards from its successor's base, so that no record gets a
-            // lower number than it was written with.
-            if let Some(next_base) = self.successor(cur.base)? {
+            // segment back from a point whose number is known, the successor's base
+            // for a sealed segment, the fsynced end for the active one (the writer
+            // counted every frame it wrote, the damaged ones too). A record then never
+            // gets a lower number than it was written with, and every reader, whenever
+            // made, numbers it the same way.
+            let anchor = if cur.sealed {
+                self.successor(cur.base)?.map(|next| (cur.reader.limit(), next))
+            } else {
+                Some((state.bytes, state.seq))
+            };
+            if let Some((end, end_seq)) = anchor {
                 let file = cur.reader.file().try_clone().map_err(|e| io_err(&cur.path, e))?;
-                let mut rest = Reader::from_file(file, at + skip, cur.reader.limit());
+                let mut rest = Reader::from_file(file, at + skip, end);
                 let after = recover::count_frames(&mut rest).map_err(|e| io_err(&cur.path, e))?;
-                cur.next = cur.next.max(next_base.saturating_sub(after));
+                cur.next = cur.next.max(end_seq.saturating_sub(after));
             }
         }
         cur.skipped = true;
         cur.reader.consume(usize::try_from(skip).unwrap_or(usize::MAX));
-        // The region hid the numbers `first_hidden..cur.next` (anchored), or some from
-        // `first_hidden` on (counted on): it costs this reader something unless they
-        // are all below its position.
+        // The region hid the numbers `first_hidden..cur.next`, or some from
+        // `first_hidden` on: it costs this reader something unless they are all below
+        // its position.
         let lost_here = first_hidden >= self.position || cur.next > self.position;
         self.count_region(cur.base, at, skip, lost_here, batch);
         Ok(())

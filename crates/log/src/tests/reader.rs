@@ -178,7 +178,7 @@ fn the_watch_channel_follows_fsyncs_and_closes_with_the_log() {
 fn a_concurrent_reader_gets_every_record_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
-        segment_bytes: 300,
+        segment_bytes: 2_000,
         // Non-durable records become readable through the writer's own timer too.
         sync_interval: Duration::from_millis(2),
         ..cfg(dir.path())
@@ -186,16 +186,19 @@ fn a_concurrent_reader_gets_every_record_once_in_order() {
     let (log, _) = open_all(config).unwrap();
     let log = Arc::new(log);
     const N: u64 = 3_000;
+    // The appender stops after record 999 (durable) until the reader has read it all.
+    const PAUSE: u64 = 1_000;
+    let (go_on, paused) = std::sync::mpsc::channel::<()>();
     let appender = {
         let log = log.clone();
         std::thread::spawn(move || {
             for i in 0..N {
                 let rx = log
-                    .append_blocking(rec(i), i % 97 == 0 || i % 500 == 0)
+                    .append_blocking(rec(i), i % 97 == 0 || i == PAUSE - 1)
                     .unwrap();
-                if i % 500 == 0 {
-                    // Now and then wait for a commit, so the reader catches up mid-run.
+                if i == PAUSE - 1 {
                     wait(rx).unwrap();
+                    paused.recv().unwrap();
                 }
             }
             log.sync().unwrap();
@@ -204,8 +207,15 @@ fn a_concurrent_reader_gets_every_record_once_in_order() {
     let mut reader = log.reader(0).unwrap();
     let mut watch = log.watch_synced();
     let mut next = 0;
-    let mut waits = 0;
+    let mut released = false;
     while next < N {
+        if next == PAUSE && !released {
+            // Caught up with a writer that appends nothing: nothing more to read.
+            assert_eq!(log.synced_position(), PAUSE);
+            assert!(reader.next_batch(17, 700).unwrap().is_empty());
+            go_on.send(()).unwrap();
+            released = true;
+        }
         let batch = reader.next_batch(17, 700).unwrap();
         // The log's synced position only grows: what the reader saw is below it.
         let synced = log.synced_position();
@@ -215,7 +225,6 @@ fn a_concurrent_reader_gets_every_record_once_in_order() {
         if batch.records.is_empty() {
             let at = reader.position();
             block_on(watch.wait_for(|s| *s > at)).unwrap();
-            waits += 1;
             continue;
         }
         for (seq, record) in batch.records {
@@ -227,11 +236,11 @@ fn a_concurrent_reader_gets_every_record_once_in_order() {
         assert_eq!(reader.position(), next);
     }
     appender.join().unwrap();
+    assert!(released);
     assert!(reader.next_batch(17, 700).unwrap().is_empty());
     assert_eq!(reader.position(), N);
     assert_eq!(log.synced_position(), N);
-    assert!(segments(dir.path()).len() > 50, "rolled over segments");
-    assert!(waits > 0, "the reader caught up with the writer at least once");
+    assert!(segments(dir.path()).len() > 40, "rolled over segments");
 }
 
 #[test]
@@ -541,23 +550,26 @@ fn corruption_met_while_running_is_skipped_and_the_numbering_realigns() {
     }
     let mut reader = log.reader(0).unwrap();
     let got = drain(&mut reader, 8, usize::MAX);
-    // Not knowing how many records the region hid, the reader counts on: the records
-    // after it come one number early, and at the fsynced end it takes the writer's
-    // numbering back.
-    let mut expected = numbered(0..5);
-    expected.extend((6..30).map(|i| (i - 1, rec(i))));
-    assert_eq!(got.records, expected);
+    // The records after the region are numbered back from the fsynced end, whose
+    // number the writer published: their true numbers.
+    assert_eq!(got.records, numbered((0..30).filter(|i| *i != 5)));
     assert_eq!(got.skipped_regions, 1);
+    assert_eq!(got.skipped_bytes, frame_len(&rec(5)));
     assert_eq!(reader.position(), 30);
     wait(log.append(rec(30), true).unwrap()).unwrap();
     assert_eq!(reader.next_batch(8, usize::MAX).unwrap().records, numbered(30..31));
-    // Say the archive saved position 20 (it holds rec(..=20)) and the node restarts:
-    // open finds the region, numbers the records after it from the next segment back
-    // (their true numbers here), and the archive repeats one record, loses none.
+    // A reader made later from a saved position numbers them the same way.
+    for from in [3, 5, 6, 20, 30] {
+        let got = drain(&mut log.reader(from).unwrap(), 8, usize::MAX);
+        assert_eq!(got.records, numbered((from..31).filter(|i| *i != 5)), "from {from}");
+    }
+    // After a restart, open finds the region in the last segment and starts a new
+    // segment past the most records it can have hidden; the records keep their numbers.
     drop(reader);
     drop(log);
     let (log, _, report) = open_report(cfg(dir.path()));
     assert_eq!(report.skipped_regions, 1);
+    assert_eq!(log.synced_position(), 31 - 1 + hidden_bound(frame_len(&rec(5))));
     let got = drain(&mut log.reader(20).unwrap(), 8, usize::MAX);
     assert_eq!(got.records, numbered(20..31));
 }
@@ -655,7 +667,7 @@ fn read_op() -> impl Strategy<Value = ReadOp> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     /// Whatever the interleaving, the reader returns the appended records in order, each
     /// once, numbered as appended, never one beyond the synced position, and everything
