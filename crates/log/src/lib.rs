@@ -25,6 +25,42 @@
 //!   when a valid one follows it (counted), truncates a torn or corrupt tail of the last
 //!   segment (a crash mid-write), and replays the retained records through a callback,
 //!   reading one segment at a time through a bounded buffer.
+//!
+//! # Sequence numbers
+//!
+//! Every record has a global sequence number: a segment is named after its first
+//! record's, and the `i`-th valid record in it has `base + i`. They are stable across
+//! restarts ([`Log::open`] recomputes them from the files) and, within one
+//! [`Log::id`], a number a reader handed out is never given to another record:
+//!
+//! - a torn tail cut at open only ever held records that were not fsynced (on a disk
+//!   that keeps what it acknowledged as fsynced); their numbers go to the next appends,
+//!   and readers return only fsynced records, so no consumer ever had them;
+//! - open fsyncs the last segment first, so what a crashed process left in the page
+//!   cache is durable before any reader sees it;
+//! - a corrupt region hides an unknown number of records: when the last segment has one
+//!   at open, the log starts a new segment past the most records it can have hidden
+//!   (numbers skip ahead, never back), and readers number the records after a region
+//!   backwards from a known point (see [`LogReader`]), so a number can come out higher
+//!   than written (a repeat for a consumer resuming there), never lower (a loss);
+//! - numbers restart at 0 only when the log starts from no segments (a new or wiped
+//!   directory); the log then gets a new random [`LogId`] (file `ID`), so a consumer
+//!   that saved a position with the id can tell it belongs to another log.
+//!
+//! # Tailing reader
+//!
+//! [`Log::reader`] makes a [`LogReader`] that reads the records numbered from a given
+//! position on, in order, across segment files, while the writer appends. It returns
+//! only fsynced records: after every fsync the writer publishes how far the log is
+//! fsynced ([`Log::synced_position`], and a `tokio::sync::watch` channel,
+//! [`Log::watch_synced`], to wait on instead of polling), and the reader never reads the
+//! active segment past the fsynced length, so it never meets a frame being written.
+//! Non-durable records are fsynced at least every [`LogConfig::sync_interval`], which
+//! bounds how far a reader lags the writer. [`LogReader::next_batch`] reads files (run
+//! it on a dedicated thread or `spawn_blocking`), at most a given number of records and
+//! bytes through a bounded buffer. Segments that retention deleted before the reader
+//! got to them come back as a [`Gap`] (counted, the reader goes on at the oldest
+//! retained record); corrupt records are skipped and counted like at open.
 
 mod format;
 mod id;
@@ -345,10 +381,13 @@ impl Log {
     /// Opens the log in `config.dir` (creating it): removes the `CLEAN` marker (reporting
     /// whether it was there), scans the existing segments in order, validates every
     /// record (length + crc32), skips corrupt records that a valid one follows, truncates
-    /// a torn or corrupt tail of the last segment (a crash mid-write), applies retention,
-    /// and then hands every retained record, in append order, to `replay` (the caller
-    /// rebuilds its in-memory state from them). Segments are read through a bounded
-    /// buffer, never whole; the scan reads the log twice (validate, then replay).
+    /// a torn or corrupt tail of the last segment (a crash mid-write), fsyncs the last
+    /// segment (everything found counts as fsynced from then on), starts a new segment
+    /// if the last one hides records in a corrupt region, applies retention, and then
+    /// hands every retained record, in append order, to `replay` (the caller rebuilds
+    /// its in-memory state from them). Segments are read through a bounded buffer, never
+    /// whole; the scan reads the log twice (validate, then replay). Makes the log's
+    /// [`id`](Self::id) when it starts from no segments.
     pub fn open(
         config: LogConfig,
         mut replay: impl FnMut(Record),

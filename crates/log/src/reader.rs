@@ -279,7 +279,11 @@ impl LogReader {
             if !cur.sealed {
                 if cur.base < state.active_base {
                     // Rotated away since: complete and fsynced, read it to its end.
-                    let len = cur.reader.file().metadata().map_err(|e| io_err(&cur.path, e))?;
+                    let len = cur
+                        .reader
+                        .file()
+                        .metadata()
+                        .map_err(|e| io_err(&cur.path, e))?;
                     cur.reader.set_limit(len.len());
                     cur.sealed = true;
                 } else {
@@ -351,19 +355,25 @@ impl LogReader {
             // gets a lower number than it was written with, and every reader, whenever
             // made, numbers it the same way.
             let anchor = if cur.sealed {
-                self.successor(cur.base)?.map(|next| (cur.reader.limit(), next))
+                self.successor(cur.base)?
+                    .map(|next| (cur.reader.limit(), next))
             } else {
                 Some((state.bytes, state.seq))
             };
             if let Some((end, end_seq)) = anchor {
-                let file = cur.reader.file().try_clone().map_err(|e| io_err(&cur.path, e))?;
+                let file = cur
+                    .reader
+                    .file()
+                    .try_clone()
+                    .map_err(|e| io_err(&cur.path, e))?;
                 let mut rest = Reader::from_file(file, at + skip, end);
                 let after = recover::count_frames(&mut rest).map_err(|e| io_err(&cur.path, e))?;
                 cur.next = cur.next.max(end_seq.saturating_sub(after));
             }
         }
         cur.skipped = true;
-        cur.reader.consume(usize::try_from(skip).unwrap_or(usize::MAX));
+        cur.reader
+            .consume(usize::try_from(skip).unwrap_or(usize::MAX));
         // The region hid the numbers `first_hidden..cur.next`, or some from
         // `first_hidden` on: it costs this reader something unless they are all below
         // its position.
@@ -415,7 +425,12 @@ impl LogReader {
 
     /// Moves on from a sealed segment read to its end. Returns `false` when the batch
     /// must end first (the cursor is kept and the move is made again on the next call).
-    fn advance(&mut self, cur: Cursor, state: SyncedState, batch: &mut Batch) -> Result<bool, ReadError> {
+    fn advance(
+        &mut self,
+        cur: Cursor,
+        state: SyncedState,
+        batch: &mut Batch,
+    ) -> Result<bool, ReadError> {
         let bases = self.list(state.active_base)?;
         let Some(&next) = bases.iter().find(|&&b| b > cur.base) else {
             // A sealed segment always has a successor; the directory was changed under
@@ -486,7 +501,10 @@ impl LogReader {
             state.bytes
         };
         let mut reader = Reader::from_file(file, 0, limit);
-        let header = if reader.fill(HEADER_LEN as usize).map_err(|e| io_err(&path, e))? {
+        let header = if reader
+            .fill(HEADER_LEN as usize)
+            .map_err(|e| io_err(&path, e))?
+        {
             format::check_header(reader.available(), base)
         } else {
             Err(FrameError::Torn)
@@ -537,7 +555,10 @@ impl LogReader {
         let mut bases = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(|e| io_err(&self.dir, e))? {
             let entry = entry.map_err(|e| io_err(&self.dir, e))?;
-            if let Some(base) = entry.file_name().to_str().and_then(format::parse_segment_name)
+            if let Some(base) = entry
+                .file_name()
+                .to_str()
+                .and_then(format::parse_segment_name)
                 && base <= max_base
             {
                 bases.push(base);

@@ -126,7 +126,10 @@ fn the_reader_returns_only_fsynced_records() {
     // (a power loss could): not for the reader.
     log.flush_unsynced();
     let seg = segments(dir.path()).pop().unwrap();
-    assert_eq!(fs::metadata(&seg).unwrap().len(), HEADER_LEN + frames(0, 10));
+    assert_eq!(
+        fs::metadata(&seg).unwrap().len(),
+        HEADER_LEN + frames(0, 10)
+    );
     assert_eq!(log.synced_position(), 0);
     assert!(reader.next_batch(100, usize::MAX).unwrap().is_empty());
     assert_eq!(reader.position(), 0);
@@ -159,7 +162,10 @@ fn the_watch_channel_follows_fsyncs_and_closes_with_the_log() {
     assert_eq!(*watch.borrow(), 0);
     log.append(rec(0), false).unwrap();
     let rx = log.append(rec(1), true).unwrap();
-    assert_eq!(block_on(watch.wait_for(|s| *s >= 2)).map(|s| *s).unwrap(), 2);
+    assert_eq!(
+        block_on(watch.wait_for(|s| *s >= 2)).map(|s| *s).unwrap(),
+        2
+    );
     wait(rx).unwrap();
     // A reader made before the log stops reads what the stop fsynced.
     let mut reader = log.reader(0).unwrap();
@@ -168,10 +174,7 @@ fn the_watch_channel_follows_fsyncs_and_closes_with_the_log() {
     // The stop fsynced rec(2), then the writer thread ended.
     assert_eq!(*watch.borrow_and_update(), 3);
     assert!(block_on(watch.changed()).is_err(), "the writer is gone");
-    assert_eq!(
-        drain(&mut reader, 10, usize::MAX).records,
-        numbered(0..3)
-    );
+    assert_eq!(drain(&mut reader, 10, usize::MAX).records, numbered(0..3));
 }
 
 #[test]
@@ -230,7 +233,10 @@ fn a_concurrent_reader_gets_every_record_once_in_order() {
         for (seq, record) in batch.records {
             assert_eq!(seq, next, "in order, each once");
             assert_eq!(record, rec(seq));
-            assert!(seq < synced, "record {seq} returned beyond the synced {synced}");
+            assert!(
+                seq < synced,
+                "record {seq} returned beyond the synced {synced}"
+            );
             next += 1;
         }
         assert_eq!(reader.position(), next);
@@ -334,7 +340,11 @@ fn retention_behind_the_reader_is_reported_as_a_gap() {
     )
     .unwrap();
     assert!(oldest > 100, "retention deleted past the reader ({oldest})");
-    assert!(!segments(dir.path()).iter().any(|p| p.ends_with(format::segment_name(0))));
+    assert!(
+        !segments(dir.path())
+            .iter()
+            .any(|p| p.ends_with(format::segment_name(0)))
+    );
 
     // The reader finishes the segment it has open (deleted or not), then finds the
     // next ones gone: one gap, up to the oldest retained record, and on from there.
@@ -342,8 +352,18 @@ fn retention_behind_the_reader_is_reported_as_a_gap() {
     assert_eq!(rest.gaps.len(), 1, "{:?}", rest.gaps);
     let gap = rest.gaps[0];
     assert_eq!(gap.resumed_at, oldest);
-    let before: Vec<_> = rest.records.iter().filter(|(s, _)| *s < gap.from).cloned().collect();
-    let after: Vec<_> = rest.records.iter().filter(|(s, _)| *s >= gap.resumed_at).cloned().collect();
+    let before: Vec<_> = rest
+        .records
+        .iter()
+        .filter(|(s, _)| *s < gap.from)
+        .cloned()
+        .collect();
+    let after: Vec<_> = rest
+        .records
+        .iter()
+        .filter(|(s, _)| *s >= gap.resumed_at)
+        .cloned()
+        .collect();
     assert_eq!(before, numbered(10..gap.from));
     assert_eq!(after, numbered(oldest..400));
     assert_eq!(10 + rest.records.len() as u64 + gap.records(), 400);
@@ -436,17 +456,29 @@ fn records_lost_in_a_torn_tail_were_never_read() {
     let synced_len = HEADER_LEN + frames(0, 10);
     // The machine crashes. What reaches the disk of the unsynced part: some of it (the
     // write tore inside record 12), or none of it (torn inside record 10).
-    for (cut, survivors) in [(synced_len + frames(10, 12) + 3, 12u64), (synced_len + 5, 10)] {
+    for (cut, survivors) in [
+        (synced_len + frames(10, 12) + 3, 12u64),
+        (synced_len + 5, 10),
+    ] {
         let crashed = tempfile::tempdir().unwrap();
         crash_image(dir.path(), crashed.path());
         let seg = segments(crashed.path()).pop().unwrap();
-        fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
 
         let (log, back, report) = open_report(cfg(crashed.path()));
         assert_eq!(back, (0..survivors).map(rec).collect::<Vec<_>>());
         assert!(report.truncated_bytes > 0);
         assert!(!report.clean);
-        assert_eq!(log.id(), id, "same log: the numbers below the saved position hold");
+        assert_eq!(
+            log.id(),
+            id,
+            "same log: the numbers below the saved position hold"
+        );
         assert_eq!(log.synced_position(), survivors);
         // New records take the numbers of the lost ones: the archive never had those.
         wait(log.append(rec(100), true).unwrap()).unwrap();
@@ -484,7 +516,10 @@ fn a_corrupt_record_in_a_sealed_segment_is_skipped_and_counted() {
     assert_eq!(got.skipped_regions, 1);
     assert_eq!(got.skipped_bytes, frame_len(&rec(2)));
     // From a position saved before or after the damage appeared.
-    assert_eq!(drain(&mut log.reader(2).unwrap(), 7, usize::MAX).records, numbered(3..40));
+    assert_eq!(
+        drain(&mut log.reader(2).unwrap(), 7, usize::MAX).records,
+        numbered(3..40)
+    );
     let from_3 = drain(&mut log.reader(3).unwrap(), 7, usize::MAX);
     assert_eq!(from_3.records, numbered(3..40));
     assert_eq!(from_3.skipped_regions, 0, "counted only past the position");
@@ -523,7 +558,10 @@ fn corruption_in_the_last_segment_never_lets_numbers_go_back() {
     let mut expected = numbered(0..10);
     expected.extend((13..n).map(|i| (i + shift, rec(i))));
     expected.push((end, rec(100)));
-    assert_eq!(got.records, expected, "numbers only move up past the region");
+    assert_eq!(
+        got.records, expected,
+        "numbers only move up past the region"
+    );
     // A consumer that archived up to record 19 (position 20) before the damage repeats
     // a few records and loses none.
     let resumed = drain(&mut log.reader(20).unwrap(), 100, usize::MAX);
@@ -557,11 +595,18 @@ fn corruption_met_while_running_is_skipped_and_the_numbering_realigns() {
     assert_eq!(got.skipped_bytes, frame_len(&rec(5)));
     assert_eq!(reader.position(), 30);
     wait(log.append(rec(30), true).unwrap()).unwrap();
-    assert_eq!(reader.next_batch(8, usize::MAX).unwrap().records, numbered(30..31));
+    assert_eq!(
+        reader.next_batch(8, usize::MAX).unwrap().records,
+        numbered(30..31)
+    );
     // A reader made later from a saved position numbers them the same way.
     for from in [3, 5, 6, 20, 30] {
         let got = drain(&mut log.reader(from).unwrap(), 8, usize::MAX);
-        assert_eq!(got.records, numbered((from..31).filter(|i| *i != 5)), "from {from}");
+        assert_eq!(
+            got.records,
+            numbered((from..31).filter(|i| *i != 5)),
+            "from {from}"
+        );
     }
     // After a restart, open finds the region in the last segment and starts a new
     // segment past the most records it can have hidden; the records keep their numbers.
@@ -569,7 +614,10 @@ fn corruption_met_while_running_is_skipped_and_the_numbering_realigns() {
     drop(log);
     let (log, _, report) = open_report(cfg(dir.path()));
     assert_eq!(report.skipped_regions, 1);
-    assert_eq!(log.synced_position(), 31 - 1 + hidden_bound(frame_len(&rec(5))));
+    assert_eq!(
+        log.synced_position(),
+        31 - 1 + hidden_bound(frame_len(&rec(5)))
+    );
     let got = drain(&mut log.reader(20).unwrap(), 8, usize::MAX);
     assert_eq!(got.records, numbered(20..31));
 }
@@ -622,7 +670,10 @@ fn the_log_id_changes_only_when_the_numbers_start_over() {
     let id2 = log.id();
     assert_ne!(id2, id);
     wait(log.append(rec(5), true).unwrap()).unwrap();
-    assert_eq!(drain(&mut log.reader(5).unwrap(), 10, usize::MAX).records, numbered(5..6));
+    assert_eq!(
+        drain(&mut log.reader(5).unwrap(), 10, usize::MAX).records,
+        numbered(5..6)
+    );
     drop(log);
 
     // The segments removed (the directory wiped but for the id): numbers start at 0
@@ -644,11 +695,17 @@ fn the_log_id_changes_only_when_the_numbers_start_over() {
 
 #[derive(Debug, Clone)]
 enum ReadOp {
-    Append { n: u8, durable: bool },
+    Append {
+        n: u8,
+        durable: bool,
+    },
     Sync,
     /// Written to the OS, not fsynced.
     Flush,
-    Read { max_records: u8, max_bytes: u16 },
+    Read {
+        max_records: u8,
+        max_bytes: u16,
+    },
     /// Read until a batch is empty.
     Drain,
     /// Orderly stop (fsyncs everything), open again, a new reader from the saved position.
