@@ -35,7 +35,7 @@ use crate::ArchiveError;
 use crate::error::ErrorClass;
 use crate::schema::{drop_partitions_older_than, ensure_partitions, migrate};
 use crate::write::{
-    ConnectionEvent, LogPosition, PublicationRow, write_events, write_publications,
+    ConnectionEvent, LogPosition, PublicationRow, WriteReport, write_events, write_publications,
 };
 
 /// How the writer connects, batches and waits.
@@ -113,6 +113,24 @@ enum Refused<T> {
 
 /// A publication with the log position after it.
 type Entry = (PublicationRow, Option<LogPosition>);
+
+/// The task's current batch of publications: the rows, and each one's log position.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<PublicationRow>,
+    positions: Vec<Option<LogPosition>>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.positions.clear();
+    }
+}
 
 struct Queue<T> {
     state: Mutex<QueueState<T>>,
@@ -541,7 +559,8 @@ async fn run(shared: Arc<Shared>) {
     let counters = &shared.counters;
     let mut conn: Option<Conn> = None;
     let mut backoff = config.backoff_min;
-    let mut publications: Vec<Entry> = Vec::new();
+    let mut taken: Vec<Entry> = Vec::new();
+    let mut publications = Batch::default();
     let mut events: Vec<ConnectionEvent> = Vec::new();
     let mut next_upkeep = Instant::now();
     let mut failing = false;
@@ -552,7 +571,8 @@ async fn run(shared: Arc<Shared>) {
             }
             shared
                 .publications
-                .take(config.batch_rows, config.batch_bytes, &mut publications);
+                .take(config.batch_rows, config.batch_bytes, &mut taken);
+            (publications.rows, publications.positions) = taken.drain(..).unzip();
             shared
                 .events
                 .take(config.batch_rows, usize::MAX, &mut events);
@@ -576,6 +596,29 @@ async fn run(shared: Arc<Shared>) {
             write_batch(&mut c.client, &shared, &mut publications, &mut events).await
         }
         .await;
+        let mut result = result;
+        if let Err(e) = &result
+            && e.class() == ErrorClass::Reject
+        {
+            result = match conn.as_mut() {
+                // Publications are written first: when there are any, they were refused.
+                Some(c) if !publications.is_empty() => {
+                    isolate(&shared, &mut c.client, &mut publications).await
+                }
+                _ => {
+                    tracing::error!(
+                        rows = events.len(),
+                        error = %e,
+                        "archive: PostgreSQL refused a batch of connection events as data; skipped"
+                    );
+                    *counters.last_error.lock() = Some(e.to_string());
+                    bump(&counters.rejected_events, events.len() as u64);
+                    shared.events.done();
+                    events.clear();
+                    Ok(())
+                }
+            };
+        }
         match result {
             Ok(()) => {
                 backoff = config.backoff_min;
@@ -598,15 +641,9 @@ async fn run(shared: Arc<Shared>) {
                         conn = None;
                         counters.connected.store(false, Ordering::Relaxed);
                     }
-                    ErrorClass::Schema => {
-                        // Migrate again before the retry.
-                        next_upkeep = Instant::now();
-                    }
-                    ErrorClass::Retry => {}
-                    ErrorClass::Reject => {
-                        reject(&shared, conn.as_mut(), &mut publications, &mut events).await;
-                        continue;
-                    }
+                    // Migrate again before the retry.
+                    ErrorClass::Schema => next_upkeep = Instant::now(),
+                    ErrorClass::Retry | ErrorClass::Reject => {}
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(config.backoff_max);
@@ -688,30 +725,20 @@ async fn upkeep(client: &mut Client, config: &WriterConfig) -> Result<(), Archiv
 async fn write_batch(
     client: &mut Client,
     shared: &Shared,
-    publications: &mut Vec<Entry>,
+    publications: &mut Batch,
     events: &mut Vec<ConnectionEvent>,
 ) -> Result<(), ArchiveError> {
     let config = &shared.config;
     let counters = &shared.counters;
     if !publications.is_empty() {
         let started = Instant::now();
-        let cursor = publications.iter().rev().find_map(|(_, p)| p.clone());
-        let rows: Vec<PublicationRow> = publications.iter().map(|(r, _)| r.clone()).collect();
+        let cursor = publications.positions.iter().rev().find_map(Option::as_ref);
         let report = timed(
             config.timeout,
-            write_publications(client, &config.node, &rows, cursor.as_ref()),
+            write_publications(client, &config.node, &publications.rows, cursor),
         )
         .await?;
-        observe(counters, started.elapsed());
-        bump(&counters.publications, report.inserted);
-        bump(&counters.duplicates, report.duplicates);
-        if let Some(newest) = rows.iter().map(|r| r.time).max() {
-            let micros = newest
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-            counters.newest_micros.fetch_max(micros, Ordering::Relaxed);
-        }
-        *counters.cursor.lock() = report.cursor;
+        record(counters, &publications.rows, report, started.elapsed());
         shared.publications.done();
         publications.clear();
     }
@@ -740,44 +767,74 @@ fn observe(counters: &Counters, took: Duration) {
     bump(&counters.batch_buckets[i], 1);
 }
 
-/// A batch PostgreSQL refuses as data: skip it, counted. For publications the cursor
-/// still moves past it (best effort: if that fails too, the rows are re-read after a
-/// restart and refused again).
-async fn reject(
+/// Counts a committed batch of publications.
+fn record(counters: &Counters, rows: &[PublicationRow], report: WriteReport, took: Duration) {
+    observe(counters, took);
+    bump(&counters.publications, report.inserted);
+    bump(&counters.duplicates, report.duplicates);
+    if let Some(newest) = rows.iter().map(|r| r.time).max() {
+        let micros = newest
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        counters.newest_micros.fetch_max(micros, Ordering::Relaxed);
+    }
+    *counters.cursor.lock() = report.cursor;
+}
+
+/// A batch of publications PostgreSQL refused as data: written again one row at a time,
+/// so only the refused rows are skipped (counted in `rejected_publications`, logged);
+/// the cursor moves past each of them, else the log reader would offer them again
+/// after every restart. Another kind of error stops the isolation: the rows not written
+/// yet stay in `publications` for the ordinary retry.
+async fn isolate(
     shared: &Shared,
-    conn: Option<&mut Conn>,
-    publications: &mut Vec<Entry>,
-    events: &mut Vec<ConnectionEvent>,
-) {
+    client: &mut Client,
+    publications: &mut Batch,
+) -> Result<(), ArchiveError> {
+    let config = &shared.config;
     let counters = &shared.counters;
-    // Which part failed is not known: the publications are written first, so when there
-    // are any, they are the refused part.
-    if !publications.is_empty() {
-        tracing::error!(
-            rows = publications.len(),
-            "archive: PostgreSQL refused a batch of publications as data; skipping it"
-        );
-        let cursor = publications.iter().rev().find_map(|(_, p)| p.clone());
-        if let (Some(conn), Some(cursor)) = (conn, cursor) {
-            let moved = timed(
-                shared.config.timeout,
-                write_publications(&mut conn.client, &shared.config.node, &[], Some(&cursor)),
+    let mut done = 0;
+    let result = async {
+        for (row, position) in publications.rows.iter().zip(&publications.positions) {
+            let rows = std::slice::from_ref(row);
+            let started = Instant::now();
+            let written = timed(
+                config.timeout,
+                write_publications(client, &config.node, rows, position.as_ref()),
             )
             .await;
-            if let Ok(report) = moved {
-                *counters.cursor.lock() = report.cursor;
+            match written {
+                Ok(report) => record(counters, rows, report, started.elapsed()),
+                Err(e) if e.class() == ErrorClass::Reject => {
+                    tracing::error!(
+                        channel = %row.channel,
+                        epoch = %row.epoch,
+                        offset = row.offset,
+                        error = %e,
+                        "archive: PostgreSQL refuses this publication as data; skipped"
+                    );
+                    bump(&counters.rejected_publications, 1);
+                    *counters.last_error.lock() = Some(e.to_string());
+                    if let Some(position) = position {
+                        let report = timed(
+                            config.timeout,
+                            write_publications(client, &config.node, &[], Some(position)),
+                        )
+                        .await?;
+                        *counters.cursor.lock() = report.cursor;
+                    }
+                }
+                Err(e) => return Err(e),
             }
+            done += 1;
         }
-        bump(&counters.rejected_publications, publications.len() as u64);
-        shared.publications.done();
-        publications.clear();
-    } else {
-        tracing::error!(
-            rows = events.len(),
-            "archive: PostgreSQL refused a batch of connection events as data; skipping it"
-        );
-        bump(&counters.rejected_events, events.len() as u64);
-        shared.events.done();
-        events.clear();
+        Ok(())
     }
+    .await;
+    publications.rows.drain(..done);
+    publications.positions.drain(..done);
+    if publications.is_empty() {
+        shared.publications.done();
+    }
+    result
 }
