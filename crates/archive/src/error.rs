@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// PostgreSQL refused a statement, or the connection failed.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// A value does not fit the column (PostgreSQL's `bigint` is signed).
     #[error("{what} {value} does not fit a PostgreSQL bigint")]
@@ -79,4 +79,21 @@ pub enum ErrorClass {
     /// The batch is counted as rejected and skipped (for publications the cursor still
     /// advances past it, else the log reader would offer it forever).
     Reject,
+}
+
+/// tokio-postgres shows a server error as "db error" alone: add the server's words
+/// (severity, SQLSTATE, message, detail).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!(
+                "{} {}: {} ({detail})",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            ),
+            None => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        },
+        None => e.to_string(),
+    }
 }

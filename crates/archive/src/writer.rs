@@ -600,6 +600,7 @@ async fn run(shared: Arc<Shared>) {
         if let Err(e) = &result
             && e.class() == ErrorClass::Reject
         {
+            bump(&counters.batch_errors, 1);
             result = match conn.as_mut() {
                 // Publications are written first: when there are any, they were refused.
                 Some(c) if !publications.is_empty() => {
