@@ -51,6 +51,9 @@ pub struct WriterConfig {
     pub queue_bytes: usize,
     /// Connection events the event queue holds at most.
     pub event_queue_rows: usize,
+    /// Bytes of connection events the event queue holds at most
+    /// ([`ConnectionEvent::weight`]).
+    pub event_queue_bytes: usize,
     /// A batch holds at most this many rows.
     pub batch_rows: usize,
     /// A batch holds at most this many bytes (a single larger row goes alone).
@@ -73,7 +76,7 @@ pub struct WriterConfig {
 
 impl WriterConfig {
     /// Defaults for `node` on `postgres`: 100,000 rows / 64 MiB of publications, 100,000
-    /// events, batches of 5,000 rows / 8 MiB or 200 ms, backoff 100 ms to 5 s, 30 s
+    /// events / 16 MiB, batches of 5,000 rows / 8 MiB or 200 ms, backoff 100 ms to 5 s, 30 s
     /// timeout, partitions 2 days ahead, no retention.
     pub fn new(postgres: tokio_postgres::Config, node: impl Into<String>) -> WriterConfig {
         WriterConfig {
@@ -82,6 +85,7 @@ impl WriterConfig {
             queue_rows: 100_000,
             queue_bytes: 64 << 20,
             event_queue_rows: 100_000,
+            event_queue_bytes: 16 << 20,
             batch_rows: 5_000,
             batch_bytes: 8 << 20,
             linger: Duration::from_millis(200),
@@ -187,7 +191,7 @@ impl<T> Queue<T> {
         }
         // A row larger than the whole byte budget still goes in alone.
         if s.items.len() >= self.max_rows
-            || (!s.items.is_empty() && s.bytes + weight > self.max_bytes)
+            || (!s.items.is_empty() && s.bytes.saturating_add(weight) > self.max_bytes)
         {
             return Err(Refused::Full(item));
         }
@@ -368,7 +372,7 @@ impl Writer {
     pub fn start(config: WriterConfig) -> Writer {
         let shared = Arc::new(Shared {
             publications: Queue::new(config.queue_rows, config.queue_bytes),
-            events: Queue::new(config.event_queue_rows, usize::MAX),
+            events: Queue::new(config.event_queue_rows, config.event_queue_bytes),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
             counters: Counters::default(),
@@ -838,4 +842,84 @@ async fn isolate(
         shared.publications.done();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_bounded_in_rows_and_bytes_and_takes_batches() {
+        let q: Queue<u32> = Queue::new(4, 100);
+        assert!(
+            matches!(q.push(1, 40, 3, 1_000), Ok(Pushed::Wake)),
+            "was empty"
+        );
+        assert!(matches!(q.push(2, 40, 3, 1_000), Ok(Pushed::Quiet)));
+        assert!(
+            matches!(q.push(3, 40, 3, 1_000), Err(Refused::Full(3))),
+            "bytes"
+        );
+        assert!(
+            matches!(q.push(4, 20, 3, 1_000), Ok(Pushed::Wake)),
+            "a full batch"
+        );
+        assert!(matches!(q.push(5, 0, 3, 1_000), Ok(Pushed::Quiet)));
+        assert!(
+            matches!(q.push(6, 0, 3, 1_000), Err(Refused::Full(6))),
+            "rows"
+        );
+        let mut out = Vec::new();
+        q.take(10, 60, &mut out);
+        assert_eq!(out, vec![1], "the second would pass the batch's bytes");
+        assert_eq!(q.waiting(), (3, 1));
+        q.done();
+        out.clear();
+        q.take(2, 1_000, &mut out);
+        assert_eq!(out, vec![2, 4]);
+        assert_eq!(q.level().0, 1);
+        q.close();
+        assert!(matches!(q.push(7, 0, 3, 1_000), Err(Refused::Closed)));
+    }
+
+    #[test]
+    fn a_row_larger_than_the_byte_budget_goes_alone() {
+        let q: Queue<u32> = Queue::new(10, 100);
+        assert!(q.push(1, 500, 10, 50).is_ok());
+        assert!(matches!(q.push(2, 1, 10, 50), Err(Refused::Full(2))));
+        let mut out = Vec::new();
+        q.take(10, 50, &mut out);
+        assert_eq!(out, vec![1]);
+    }
+
+    #[test]
+    fn lag_is_zero_when_nothing_waits() {
+        let now = SystemTime::now();
+        let mut stats = WriterStats {
+            publications: 0,
+            duplicates: 0,
+            events: 0,
+            batches: 0,
+            batch_errors: 0,
+            rejected_publications: 0,
+            rejected_events: 0,
+            dropped_publications: 0,
+            dropped_events: 0,
+            connects: 0,
+            connected: false,
+            queued_publications: 0,
+            queued_events: 0,
+            in_batch: 0,
+            newest_archived: None,
+            cursor: None,
+            last_error: None,
+            batch_seconds_buckets: Vec::new(),
+            batch_seconds_sum: 0.0,
+        };
+        assert_eq!(stats.lag(now), Some(Duration::ZERO));
+        stats.queued_publications = 5;
+        assert_eq!(stats.lag(now), None);
+        stats.newest_archived = Some(now - Duration::from_secs(7));
+        assert_eq!(stats.lag(now), Some(Duration::from_secs(7)));
+    }
 }
