@@ -163,7 +163,13 @@ pub async fn ensure_days(client: &mut Client, days: &[Day]) -> Result<Vec<String
     Ok(missing)
 }
 
-/// Which of `names` are not tables (in the session's search path).
+/// Which of `names` are not tables in the schema the archive's tables are created in
+/// (the first of the search path).
+///
+/// Read from `pg_class` with the statement's snapshot, not with `to_regclass`: name
+/// lookups go through the session's catalog cache, which an advisory lock does not
+/// refresh, so right after waiting for another node's partition creation `to_regclass`
+/// could still say "missing" (seen in a test).
 async fn missing(
     client: &impl tokio_postgres::GenericClient,
     names: &[String],
@@ -171,7 +177,10 @@ async fn missing(
     let rows = client
         .query(
             "SELECT n FROM unnest($1::text[]) WITH ORDINALITY AS u(n, i)
-             WHERE to_regclass(n) IS NULL ORDER BY i",
+             WHERE NOT EXISTS (
+                 SELECT 1 FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+                 WHERE c.relname = u.n AND s.nspname = current_schema())
+             ORDER BY i",
             &[&names],
         )
         .await?;

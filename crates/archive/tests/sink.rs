@@ -112,6 +112,16 @@ async fn partitions_are_made_ahead_with_utc_bounds_and_on_demand_for_an_old_day(
         "the second run finds them all"
     );
     assert_eq!(list_partitions(&client).await.unwrap().len(), 6);
+    // Two nodes making the same partitions at once take turns on the DDL lock.
+    let mut other = migrated(&pg).await;
+    let later = utc(2024, 7, 1, 0, 0, 0);
+    let (a, b) = tokio::join!(
+        ensure_partitions(&mut client, later, 1),
+        ensure_partitions(&mut other, later, 1)
+    );
+    let (a, b) = (a.expect("first"), b.expect("second"));
+    assert_eq!(a.len() + b.len(), 4, "each made once: {a:?} {b:?}");
+    assert_eq!(list_partitions(&client).await.unwrap().len(), 10);
     let bound: String = client
         .query_one(
             "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_class c
