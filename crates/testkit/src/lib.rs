@@ -1,9 +1,10 @@
 //! Test support shared by the workspace's integration tests: real helper processes
-//! (`redis-server`, `haproxy`, `nginx`) started on free loopback ports, killed on drop,
+//! (`redis-server`, `postgres`, `haproxy`, `nginx`) started on free loopback ports, killed on drop,
 //! so that fault tests can stop and restart them.
 
 pub mod haproxy;
 pub mod nginx;
+pub mod postgres;
 pub mod proxy;
 pub mod redis;
 
