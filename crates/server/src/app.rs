@@ -39,6 +39,8 @@ pub struct AppState {
     pub namespaces: Namespaces,
     /// Token verification.
     pub auth: Auth,
+    /// The PostgreSQL archive, once started (`archive.enabled`).
+    pub archive: std::sync::OnceLock<Arc<crate::archive::ArchiveSink>>,
     /// Dashboard sessions (`None` unless `admin.enabled`).
     pub admin: Option<crate::admin::Admin>,
     /// Server-level counters.
@@ -167,6 +169,7 @@ impl AppState {
                 journal,
                 registry: Registry::default(),
                 auth,
+                archive: std::sync::OnceLock::new(),
                 admin,
                 metrics,
                 encoder,
@@ -232,6 +235,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr().context("reading the bound address")?;
     let engine = crate::cluster::connect(&config, &node_name(&config, local)).await?;
     let state = AppState::with_engine(config, local, engine)?;
+    if state.config.archive.enabled
+        && let Some(journal) = &state.journal
+    {
+        let sink = crate::archive::ArchiveSink::start(
+            &state.config.archive,
+            &state.name,
+            journal.log().clone(),
+        )
+        .context("starting the archive")?;
+        let _ = state.archive.set(sink);
+    }
     // Before the announcement: whoever reads it may send a signal at once.
     let shutdown = shutdown_signal();
     announce(&state, local);
@@ -457,6 +471,13 @@ pub async fn run(
             ),
             Ok(Err(e)) => warn!("message log sync at shutdown failed: {e}"),
             Err(e) => warn!("message log sync task failed: {e}"),
+        }
+    }
+    if let Some(archive) = state.archive.get() {
+        // What is queued is written now; what the reader has not reached yet is read
+        // again from the stored cursor at the next start.
+        if !archive.shutdown(Duration::from_secs(5)).await {
+            warn!("archive: rows still queued at shutdown are archived after the next start");
         }
     }
     info!("stopped");

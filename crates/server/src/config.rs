@@ -80,6 +80,47 @@ pub struct Config {
     pub redis: RedisConfig,
     /// The web dashboard at `/admin`.
     pub admin: AdminConfig,
+    /// The PostgreSQL archive of every publication and connection event.
+    pub archive: ArchiveConfig,
+}
+
+/// The archive: every publication (read from the message log) and the connection events,
+/// written to PostgreSQL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Archive to PostgreSQL. Needs `url` and the message log (a single node: the log
+    /// is what the archive reads, at least once).
+    pub enabled: bool,
+    /// PostgreSQL connection string, as `key=value` pairs (`host=127.0.0.1 user=starling
+    /// dbname=starling password=...`) or a URL (`postgresql://starling@127.0.0.1/starling`).
+    /// No TLS: a loopback or Unix-socket address, or a TLS proxy.
+    pub url: String,
+    /// Also archive connection events (connect, disconnect with its code, subscribe,
+    /// unsubscribe), best effort: dropped (and counted) when the queue is full.
+    pub events: bool,
+    /// Rows in one batch (one `COPY`) at most.
+    pub batch_rows: usize,
+    /// Milliseconds the first row of a batch waits for more.
+    pub linger_ms: u64,
+    /// Days of daily partitions created ahead of today.
+    pub partitions_ahead_days: u32,
+    /// Days of archive kept: older daily partitions are dropped (hourly). 0 = keep all.
+    pub retention_days: u32,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: String::new(),
+            events: true,
+            batch_rows: 5000,
+            linger_ms: 200,
+            partitions_ahead_days: 2,
+            retention_days: 0,
+        }
+    }
 }
 
 /// The web dashboard at `/admin` and the JSON API behind it.
@@ -481,6 +522,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             redis: RedisConfig::default(),
             admin: AdminConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }
@@ -508,6 +550,9 @@ impl Config {
             if !secret.is_empty() {
                 *secret = REDACTED.to_string();
             }
+        }
+        if !c.archive.url.is_empty() {
+            c.archive.url = REDACTED.to_string();
         }
         // A Redis URL may carry a password: `redis://user:pass@host` shows the host only.
         for address in &mut c.redis.addresses {
@@ -611,6 +656,43 @@ impl Config {
                 "admin.enabled needs admin.password (the dashboard's login); `starling genconfig` makes one"
                     .into(),
             ));
+        }
+        if self.archive.enabled {
+            if self.archive.url.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "archive.enabled needs archive.url (a PostgreSQL connection string)".into(),
+                ));
+            }
+            if let Err(e) = self
+                .archive
+                .url
+                .parse::<starling_archive::tokio_postgres::Config>()
+            {
+                return Err(ConfigError::Invalid(format!("archive.url: {e}")));
+            }
+            if self.cluster.engine != "memory" {
+                return Err(ConfigError::Invalid(
+                    "archive.enabled with cluster.engine = \"redis\" is not supported yet: the \
+                     archive reads the node's message log, which a cluster node does not keep"
+                        .into(),
+                ));
+            }
+            if self.server.echo {
+                return Err(ConfigError::Invalid(
+                    "archive.enabled in echo mode: an echo server publishes nothing".into(),
+                ));
+            }
+            if self.storage.dir.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "archive.enabled needs the message log (storage.dir): the archive reads it"
+                        .into(),
+                ));
+            }
+            if self.archive.batch_rows == 0 {
+                return Err(ConfigError::Invalid(
+                    "archive.batch_rows must be positive".into(),
+                ));
+            }
         }
         if self.admin.session_ttl_secs == 0 {
             return Err(ConfigError::Invalid(
@@ -995,6 +1077,40 @@ mod tests {
             Config::load(None, env(&[]), &[("server.dev".into(), "true".into())]).expect("loads");
         assert!(dev.admin.enabled, "--dev opens the dashboard");
         assert!(!Config::default().admin.enabled, "off by default");
+    }
+
+    #[test]
+    fn the_archive_needs_a_url_the_log_and_a_single_node() {
+        let on = ("archive.enabled".to_string(), "true".to_string());
+        let load = |extra: &[(&str, &str)]| {
+            let mut overrides = vec![on.clone()];
+            overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            Config::load(None, env(&[]), &overrides)
+        };
+        let url = (
+            "archive.url",
+            "\"host=127.0.0.1 user=u password=pw dbname=d\"",
+        );
+        let err = load(&[]).expect_err("no url");
+        assert!(err.to_string().contains("archive.url"), "{err}");
+        let err = load(&[("archive.url", "\"host=a bogus\"")]).expect_err("bad url");
+        assert!(err.to_string().contains("archive.url"), "{err}");
+        let err = load(&[url, ("storage.dir", "\"\"")]).expect_err("no log");
+        assert!(err.to_string().contains("storage.dir"), "{err}");
+        let err = load(&[
+            url,
+            ("cluster.engine", "\"redis\""),
+            ("redis.addresses", "[\"redis://127.0.0.1:1\"]"),
+        ])
+        .expect_err("cluster");
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+        let c = load(&[url]).expect("loads");
+        assert!(c.archive.enabled);
+        let shown = toml::to_string_pretty(&c.redacted()).expect("toml");
+        assert!(
+            !shown.contains("pw"),
+            "the URL may hold a password: {shown}"
+        );
     }
 
     #[test]

@@ -620,7 +620,7 @@ impl Drop for Driver {
         // (Also on a panic: the socket must not outlive the task through the outbox.)
         self.outbox.detach();
         if let Role::Client(session) = &mut self.role {
-            session.close();
+            session.end(self.outbox.pending_disconnect().map(|d| d.code));
         }
         self.state.registry.remove(self.key);
     }

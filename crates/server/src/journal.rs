@@ -45,7 +45,8 @@ fn encode(channel: &str, publication: &Publication) -> Bytes {
     Bytes::from(out)
 }
 
-fn decode(record: &Record) -> Option<Publication> {
+/// The publication a log record holds (`None` for an epoch record or bad bytes).
+pub(crate) fn decode(record: &Record) -> Option<Publication> {
     let messages = decode_server_messages(Encoding::MsgPack, &record.payload).ok()?;
     messages.into_iter().find_map(|m| match m {
         ServerMessage::Push(Push::Publication { publication, .. }) => Some(publication),

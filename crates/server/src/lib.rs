@@ -6,6 +6,7 @@ pub mod admin;
 pub mod allocator;
 pub mod api;
 pub mod app;
+pub mod archive;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -48,8 +48,19 @@ enum Command {
     /// Verify a token as the configured node would and say what it grants; exit 0 when
     /// valid, 1 when refused.
     Checktoken(ChecktokenArgs),
+    /// The PostgreSQL archive (archive.url from the configuration).
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// Print the version and exit.
     Version,
+}
+
+/// `starling archive ...`.
+#[derive(Subcommand, Debug)]
+enum ArchiveCommand {
+    /// Create or migrate the archive's schema in PostgreSQL (the node also does it when
+    /// it starts with archive.enabled), then exit.
+    Migrate(ConfigSource),
 }
 
 /// Where the token tools find the secret: the configuration as `serve` loads it.
@@ -191,6 +202,8 @@ current values. The keys:
   redis.addresses redis.prefix redis.command_timeout_ms redis.probe_interval_secs
   redis.cluster redis.restart_epochs
   admin.enabled admin.password admin.secret admin.session_ttl_secs
+  archive.enabled archive.url archive.events archive.batch_rows archive.linger_ms
+  archive.partitions_ahead_days archive.retention_days
 Each is explained in docs/OPERATIONS.md.";
 
 /// Every setting also has a dotted key usable in the config file, as an environment
@@ -384,6 +397,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", starling::tools::describe(&verdict));
             if matches!(verdict, starling::tools::Verdict::Refused(_)) {
                 return Err(Refused.into());
+            }
+            Ok(())
+        }
+        Command::Archive(ArchiveCommand::Migrate(source)) => {
+            let config = source.load()?;
+            if config.archive.url.is_empty() {
+                anyhow::bail!("archive.url is not set (the PostgreSQL connection string)");
+            }
+            let postgres: starling_archive::tokio_postgres::Config =
+                config.archive.url.parse().context("archive.url")?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let report = runtime.block_on(async {
+                let (mut client, connection) = postgres
+                    .connect(starling_archive::tokio_postgres::NoTls)
+                    .await
+                    .context("connecting to PostgreSQL (archive.url)")?;
+                let task = tokio::spawn(connection);
+                let report = starling_archive::migrate(&mut client)
+                    .await
+                    .context("migrating the archive schema")?;
+                drop(client);
+                let _ = task.await;
+                anyhow::Ok(report)
+            })?;
+            if report.from == report.to {
+                println!("archive schema is current (version {})", report.to);
+            } else {
+                println!(
+                    "archive schema migrated from version {} to {}",
+                    report.from, report.to
+                );
             }
             Ok(())
         }

@@ -596,6 +596,9 @@ pub fn render(state: &AppState) -> String {
         }
     }
     render_namespaces(&mut out, state);
+    if let Some(archive) = state.archive.get() {
+        archive.render(&mut out);
+    }
     line(
         &mut out,
         "starling_uptime_seconds",

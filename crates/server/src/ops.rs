@@ -20,7 +20,8 @@ pub async fn health() -> impl IntoResponse {
 
 /// `GET /ready`: 200 while the node accepts connections; 503 while it drains, while the
 /// message log is failed (publications are not persisted then), and while the cluster
-/// engine cannot reach its broker.
+/// engine cannot reach its broker. With the archive on, the body says how it is doing
+/// (`archive`: connected, lag, queued rows, last error), without changing the status.
 pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let json = [(header::CONTENT_TYPE, "application/json")];
     if state.draining.load(Ordering::SeqCst) {
@@ -46,7 +47,15 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         });
         return (StatusCode::SERVICE_UNAVAILABLE, json, body.to_string());
     }
-    (StatusCode::OK, json, "{\"status\":\"ready\"}".to_string())
+    // The archive lags or is cut off from PostgreSQL without making the node unready:
+    // it keeps serving, and the log holds what the archive has not taken yet.
+    match state.archive.get() {
+        Some(archive) => {
+            let body = serde_json::json!({"status": "ready", "archive": archive.health()});
+            (StatusCode::OK, json, body.to_string())
+        }
+        None => (StatusCode::OK, json, "{\"status\":\"ready\"}".to_string()),
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
 
+use starling_archive::EventKind;
 use starling_core::engine::{EngineFuture, Step};
 use starling_core::{
     ClientKey, ConnectionBucket, FrameFormat, HistoryQuery, HistoryReadError, Outbox, Publish,
@@ -208,6 +209,20 @@ impl Session {
         WireEncoder::encoding(self.format)
     }
 
+    /// Sends a connection event of this connection to the archive, when there is one.
+    fn archive_event(&self, kind: EventKind, channel: Option<&str>, code: Option<u16>) {
+        if let (Some(archive), Some(identity)) = (self.state.archive.get(), &self.identity) {
+            let info = &identity.info;
+            archive.event(kind, Some(&info.user), Some(&info.client), channel, code);
+        }
+    }
+
+    /// The connection ends (`code`: the close code the server sent, if it closed it).
+    pub fn end(&mut self, code: Option<u16>) {
+        self.archive_event(EventKind::Disconnect, None, code);
+        self.close();
+    }
+
     /// Leaves `channel` because the server asked (the unsubscribe API): the subscription
     /// ends as an `unsubscribe` command would end it, and the client gets an
     /// `unsubscribe` push with code 2000. Nothing happens when it is not subscribed.
@@ -216,6 +231,8 @@ impl Session {
             return;
         };
         self.state.node.unsubscribe(&name, self.key);
+        let code = u16::try_from(SERVER_UNSUBSCRIBE).ok();
+        self.archive_event(EventKind::Unsubscribe, Some(&name), code);
         let push = starling_protocol::Push::Unsubscribe {
             channel: channel.to_string(),
             code: SERVER_UNSUBSCRIBE,
@@ -314,6 +331,7 @@ impl Session {
             let mut out = Vec::new();
             match done.result {
                 Ok(Finished::Subscribed(name)) => {
+                    self.archive_event(EventKind::Subscribe, Some(&name), None);
                     self.subscriptions.insert(name);
                 }
                 Ok(Finished::Body(body)) => self.encode(
@@ -410,6 +428,7 @@ impl Session {
             Method::Unsubscribe(req) => {
                 if let Some(name) = self.subscriptions.take(req.channel.as_str()) {
                     self.state.node.unsubscribe(&name, self.key);
+                    self.archive_event(EventKind::Unsubscribe, Some(&name), None);
                 }
                 Step::Ready(Ok(ReplyBody::Unsubscribe(UnsubscribeResult {})))
             }
@@ -490,6 +509,7 @@ impl Session {
             allowed,
             expires_at: expires_at.map(|at| NonZeroU64::new(at).unwrap_or(NonZeroU64::MIN)),
         });
+        self.archive_event(EventKind::Connect, None, None);
         Ok(Reply::ok(
             id,
             ReplyBody::Connect(ConnectResult {
@@ -648,6 +668,7 @@ impl Session {
         match step {
             Step::Ready(result) => match subscribed(&self.state, result) {
                 Ok(Finished::Subscribed(name)) => {
+                    self.archive_event(EventKind::Subscribe, Some(&name), None);
                     self.subscriptions.insert(name);
                     Outcome::Reply(None)
                 }
