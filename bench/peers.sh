@@ -30,6 +30,9 @@
 #              SIZE-byte bodies, WRK_DURATION (10) s. Starling twice: with its message log
 #              (a fresh storage.dir) and without (storage.dir=""), channel log:bench whose
 #              namespace keeps history (as `scripts/bench.sh log`). Not for NATS.
+#              ARCHIVE_URL (a PostgreSQL connection string) adds a third Starling run
+#              with the archive on (variant log-archive); FANOUT_VARIANT=archive runs
+#              the fan-out with it on too.
 #   users      the application scenario (`starling-bench users`): USERS (10,000) users,
 #              each one connection subscribed to its personal channel and its group's
 #              (groups of USERS_GROUP_SIZE, 100), USERS_RATE (1) publication/s to every
@@ -211,6 +214,9 @@ start_server() {
                 sets+=(--set "storage.dir=$LOGDIR/data.$RANDOM$RANDOM")
             fi
             [[ "$variant" == *history* ]] && sets+=(--set namespaces.log.history_size=100)
+            # The PostgreSQL archive on (ARCHIVE_URL: a connection string).
+            [[ "$variant" == *archive* ]] && sets+=(--set archive.enabled=true
+                --set "archive.url=\"$ARCHIVE_URL\"")
             "$BIN/starling" serve --dev --listen 127.0.0.1:0 "${sets[@]}" >"$log" 2>&1 &
             pid=$!
             track_pid "$pid"
@@ -454,7 +460,7 @@ fanout_once() {
     LAST_OUT=""
     msgs=$(messages_for "$rate" "$secs")
     limit=$((TIMEOUT > secs + 60 ? TIMEOUT : secs + 60))
-    start_server "$server" || { record server="$server" scenario="$scenario" variant="$variant" run="$run" rate="$rate" --error "server did not start"; stop_server; return 1; }
+    start_server "$server" "$variant" || { record server="$server" scenario="$scenario" variant="$variant" run="$run" rate="$rate" --error "server did not start"; stop_server; return 1; }
     local args
     mapfile -t args < <(fanout_args)
     local status=0
@@ -471,7 +477,7 @@ run_fanout() { # SERVER RUN
     for rate in $RATES; do
         time_left || return 0
         say "fanout: $1, $SUBS subscribers, $rate publication(s)/s for $DURATION s (run $2)"
-        fanout_once "$1" fanout "rate=$rate" "$2" "$rate" "$DURATION" || true
+        fanout_once "$1" fanout "${FANOUT_VARIANT:+$FANOUT_VARIANT,}rate=$rate" "$2" "$rate" "$DURATION" || true
     done
 }
 
@@ -530,7 +536,9 @@ run_http() { # SERVER RUN
         nats) say "http: nats has no HTTP publish API (skipped)" ;;
         starling)
             http_once starling log "$2"
-            http_once starling nolog "$2" ;;
+            http_once starling nolog "$2"
+            [[ -n "${ARCHIVE_URL:-}" ]] && http_once starling log-archive "$2"
+            return 0 ;;
         *) http_once "$1" "" "$2" ;;
     esac
 }
