@@ -366,7 +366,7 @@ pub fn node_answer(state: &AppState, query: &Query) -> Value {
         .filter(|(_, n)| *n > 0)
         .collect();
     // Most first, as the archive orders them; the sort is stable, so ties by code.
-    closes.sort_by(|a, b| b.1.cmp(&a.1));
+    closes.sort_by_key(|c| std::cmp::Reverse(c.1));
     let mut events = Vec::new();
     if connects > 0 {
         events.push(json!({"kind": "connect", "code": null, "events": connects}));
