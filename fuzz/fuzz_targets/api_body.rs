@@ -15,6 +15,7 @@ const METHODS: &[&str] = &[
     "unsubscribe",
     "user",
     "info",
+    "analytics",
 ];
 
 fuzz_target!(|body: &[u8]| {

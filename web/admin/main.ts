@@ -285,12 +285,64 @@ async function inspect(channel: string) {
   }
 }
 
+interface Analytics {
+  source: 'archive' | 'node';
+  note?: string;
+  bucket: string;
+  traffic: { time_ms: number; namespace: string; messages: number; bytes: number }[];
+  top_channels: { channel: string; messages: number; bytes: number }[];
+  top_publishers: { user: string | null; messages: number; bytes: number }[];
+  connections: { current: number; peaks: { time_ms: number; peak: number; at_end: number }[] };
+  events_by_code: { kind: string; code: number | null; events: number }[];
+  publish_latency_p99: { time_ms: number; seconds: number }[];
+}
+
+const clock = (ms: number) => new Date(ms).toISOString().slice(11, 16);
+
+/** The Analytics section: `POST /api/analytics` over the chosen window, newest first. */
+async function refreshAnalytics() {
+  const window_secs = Number($<HTMLSelectElement>('analytics-window').value);
+  let a: Analytics;
+  try {
+    a = await api('analytics', { window_secs });
+  } catch (e) {
+    $('analytics-source').textContent = '';
+    $('analytics-note').textContent = (e as Error).message;
+    return;
+  }
+  $('analytics-source').textContent = `source: ${a.source}, per ${a.bucket}, ${a.connections.current} connected now`;
+  $('analytics-note').textContent = a.note ?? '';
+  fillTable(
+    'analytics-traffic',
+    [...a.traffic].reverse().map((t) => [clock(t.time_ms), t.namespace, t.messages, bytes(t.bytes)]),
+    'no publications in the window',
+  );
+  fillTable(
+    'analytics-latency',
+    [...a.publish_latency_p99].reverse().map((l) => [clock(l.time_ms), `${number.format(l.seconds * 1000)} ms`]),
+    'no publications in the last hour',
+  );
+  fillTable('analytics-channels', a.top_channels.map((c) => [c.channel, c.messages, bytes(c.bytes)]), 'none');
+  fillTable(
+    'analytics-publishers',
+    a.top_publishers.map((p) => [p.user ?? '(HTTP API)', p.messages, bytes(p.bytes)]),
+    'none',
+  );
+  fillTable('analytics-events', a.events_by_code.map((e) => [e.kind, e.code ?? '-', e.events]), 'none');
+}
+
+let analyticsTimer: ReturnType<typeof setInterval> | undefined;
+
 async function start() {
   const session = await (await fetch('/admin/api/session')).json();
   if (!token && !session.password_required) await login('');
   if (!token) return showLogin();
   $('login').hidden = true;
   $('dashboard').hidden = false;
+  // Minutes are its finest grain: once a minute is enough.
+  clearInterval(analyticsTimer);
+  analyticsTimer = setInterval(() => refreshAnalytics().catch(() => {}), 60_000);
+  refreshAnalytics().catch(() => {});
   await poll();
 }
 
@@ -302,6 +354,10 @@ $('login-form').addEventListener('submit', async (e) => {
   } else {
     $('login-error').textContent = 'Wrong password.';
   }
+});
+
+$('analytics-window').addEventListener('change', () => {
+  refreshAnalytics().catch(() => {});
 });
 
 $('inspect-form').addEventListener('submit', (e) => {

@@ -136,6 +136,11 @@ test('two pages chat, see each other, and one recovers what it missed offline (t
       () => document.querySelector('[data-metric="Connections"] .value')?.textContent === '3',
     );
     await dash.waitForSelector(`#top td:has-text("chat:${room}")`);
+    // Analytics: no archive in dev, so the node answers; another window reloads it.
+    await dash.waitForSelector('#analytics-source:has-text("source: node")');
+    await dash.waitForSelector('#analytics-traffic tbody td:not(.muted)');
+    await dash.selectOption('#analytics-window', '86400');
+    await dash.waitForSelector('#analytics-source:has-text("per hour")');
     // Inspect the room: three subscribers, its history.
     await dash.fill('#inspect-channel', `chat:${room}`);
     await dash.click('#inspect-form button');

@@ -95,7 +95,8 @@ pub const BUCKET_LABELS: [&str; 18] = [
     "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5",
 ];
 
-const BUCKETS: usize = BUCKET_BOUNDS_NS.len() + 1;
+/// Buckets of a [`Histogram`]: one per bound in [`BUCKET_BOUNDS_NS`], then `+Inf`.
+pub const BUCKETS: usize = BUCKET_BOUNDS_NS.len() + 1;
 
 /// A Prometheus histogram of durations with fixed buckets ([`BUCKET_BOUNDS_NS`]):
 /// lock-free (an observation is a bucket search and two relaxed `fetch_add`s), no
@@ -140,6 +141,13 @@ impl Histogram {
     /// Observations so far.
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Observations so far in each bucket (not cumulative; the last is `+Inf`): the
+    /// difference of two readings is the histogram of what was observed in between (the
+    /// per-minute quantiles of `POST /api/analytics`).
+    pub fn bucket_counts(&self) -> [u64; BUCKETS] {
+        std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
     }
 
     /// Sum of the observations so far, in nanoseconds.

@@ -43,6 +43,9 @@ pub struct Registry {
     /// Requests in `leave`: a connection task reads this one word on each turn and
     /// takes the lock only when it is not zero (almost never).
     leaving: AtomicUsize,
+    /// The most connections open at once since [`Registry::take_peak`] last read it
+    /// (raised under the lock `add` already holds: one atomic max per connect).
+    peak: AtomicUsize,
 }
 
 impl Registry {
@@ -88,10 +91,24 @@ impl Registry {
 
     /// Registers a new connection (not yet authenticated).
     pub fn add(&self, key: ClientKey, outbox: Arc<Outbox>) {
-        self.inner
-            .lock()
-            .clients
-            .insert(key, Entry { outbox, user: None });
+        let mut inner = self.inner.lock();
+        inner.clients.insert(key, Entry { outbox, user: None });
+        self.peak.fetch_max(inner.clients.len(), Ordering::Relaxed);
+    }
+
+    /// The most connections open at once since the last call (or since the start), at
+    /// least those open now; starts the next period at the count open now.
+    pub fn take_peak(&self) -> usize {
+        let inner = self.inner.lock();
+        let now = inner.clients.len();
+        self.peak.swap(now, Ordering::Relaxed).max(now)
+    }
+
+    /// The most connections open at once since [`Registry::take_peak`] last read it,
+    /// without starting a new period.
+    pub fn peak(&self) -> usize {
+        let inner = self.inner.lock();
+        self.peak.load(Ordering::Relaxed).max(inner.clients.len())
     }
 
     /// Records the user a connection authenticated as; returns how many connections

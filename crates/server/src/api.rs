@@ -457,6 +457,7 @@ pub fn parse_request(method: &str, body: &[u8]) -> Result<(), ApiError> {
         "unsubscribe" => parse_body::<UnsubscribeRequest>(body).map(drop),
         "user" => parse_body::<UserRequest>(body).map(drop),
         "info" => parse_body::<InfoRequest>(body).map(drop),
+        "analytics" => parse_body::<AnalyticsRequest>(body).map(drop),
         other => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             codes::METHOD_NOT_FOUND,
@@ -1216,6 +1217,101 @@ pub fn info_json(state: &AppState) -> Value {
         "channels": h.channels.load(Ordering::Relaxed),
         "subscriptions": h.subscriptions.load(Ordering::Relaxed),
         "publications": h.publications.load(Ordering::Relaxed),
+    })
+}
+
+/// The longest `window_secs` of `/api/analytics`: 31 days, the archive's usual reach.
+const MAX_ANALYTICS_WINDOW_SECS: u64 = 31 * 24 * 3600;
+/// The most rows `/api/analytics` lists in its top lists.
+const MAX_ANALYTICS_LIMIT: u32 = 100;
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum AnalyticsBucket {
+    Minute,
+    Hour,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct AnalyticsRequest {
+    window_secs: Option<u64>,
+    bucket: Option<AnalyticsBucket>,
+    limit: Option<u32>,
+    namespace: Option<String>,
+}
+
+impl ApiBody for AnalyticsRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        if let Some(w) = self.window_secs
+            && !(1..=MAX_ANALYTICS_WINDOW_SECS).contains(&w)
+        {
+            return Err(ApiError::bad_request(format!(
+                "window_secs must be 1 to {MAX_ANALYTICS_WINDOW_SECS}, not {w}"
+            )));
+        }
+        if let Some(l) = self.limit
+            && !(1..=MAX_ANALYTICS_LIMIT).contains(&l)
+        {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to {MAX_ANALYTICS_LIMIT}, not {l}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl AnalyticsRequest {
+    fn query(self) -> crate::analytics::Query {
+        use crate::analytics::Width;
+        let window = Duration::from_secs(self.window_secs.unwrap_or(3600));
+        crate::analytics::Query {
+            window,
+            width: match self.bucket {
+                Some(AnalyticsBucket::Minute) => Width::Minute,
+                Some(AnalyticsBucket::Hour) => Width::Hour,
+                None => Width::for_window(window),
+            },
+            limit: self.limit.unwrap_or(10),
+            namespace: self.namespace,
+        }
+    }
+}
+
+/// How long `/api/analytics` waits for PostgreSQL (connect and the five queries).
+const ANALYTICS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `POST /api/analytics`: traffic, top channels and publishers, connections,
+/// disconnects by code and publish latency over a window; from the archive when it is
+/// configured, else from this node's counters (`crate::analytics`).
+pub async fn analytics(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
+    let (_in_flight, body): (_, AnalyticsRequest) =
+        authorized(&state, &mut AxumInput::from(req)).await?;
+    let query = body.query();
+    let Some(archive) = state.archive.get() else {
+        return ok(crate::analytics::node_answer(&state, &query));
+    };
+    let answer = tokio::time::timeout(ANALYTICS_TIMEOUT, async {
+        let client = archive.connect().await?;
+        crate::analytics::archive_answer(&state, &client, &query).await
+    })
+    .await;
+    let message = match answer {
+        Ok(Ok(result)) => return ok(result),
+        Ok(Err(e)) => format!("the archive (PostgreSQL) cannot answer: {e}; retry"),
+        Err(_) => format!(
+            "the archive (PostgreSQL) did not answer within {} s; retry",
+            ANALYTICS_TIMEOUT.as_secs()
+        ),
+    };
+    state.metrics.error(codes::NOT_AVAILABLE.code);
+    Err(ApiError {
+        retry_after: Some(5),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::NOT_AVAILABLE,
+            message,
+        )
     })
 }
 

@@ -39,6 +39,9 @@ pub struct AppState {
     pub namespaces: Namespaces,
     /// Token verification.
     pub auth: Auth,
+    /// The node's per-minute counter snapshots (`POST /api/analytics` without the
+    /// archive, and its latency with it).
+    pub analytics: crate::analytics::Ring,
     /// The PostgreSQL archive, once started (`archive.enabled`).
     pub archive: std::sync::OnceLock<Arc<crate::archive::ArchiveSink>>,
     /// Dashboard sessions (`None` unless `admin.enabled`).
@@ -151,6 +154,17 @@ impl AppState {
         }
         let hub = Arc::new(hub);
         let metrics = Metrics::new(namespaces.metric_slots());
+        // The counters start at zero now: the first interval runs from here.
+        let analytics = crate::analytics::Ring::new(
+            Duration::from_secs(60),
+            crate::analytics::RING_MINUTES,
+            crate::analytics::Snapshot {
+                at_ms: crate::analytics::now_ms(),
+                counters: metrics.reading(),
+                connections: 0,
+                peak: 0,
+            },
+        );
         let node_timeout = Duration::from_secs(config.cluster.node_timeout_secs);
         Ok(Arc::new_cyclic(|weak| {
             let (node, handler) = match &engine {
@@ -169,6 +183,7 @@ impl AppState {
                 journal,
                 registry: Registry::default(),
                 auth,
+                analytics,
                 archive: std::sync::OnceLock::new(),
                 admin,
                 metrics,
@@ -208,7 +223,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/disconnect", post(crate::api::disconnect))
         .route("/api/unsubscribe", post(crate::api::unsubscribe))
         .route("/api/user", post(crate::api::user))
-        .route("/api/info", post(crate::api::info));
+        .route("/api/info", post(crate::api::info))
+        .route("/api/analytics", post(crate::api::analytics));
     Router::new()
         .route(crate::upgrade::PATH, get(crate::upgrade::websocket))
         .route("/health", get(crate::ops::health))
@@ -246,6 +262,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("starting the archive")?;
         let _ = state.archive.set(sink);
     }
+    tokio::spawn(crate::analytics::run_sampler(Arc::downgrade(&state)));
     // Before the announcement: whoever reads it may send a signal at once.
     let shutdown = shutdown_signal();
     announce(&state, local);

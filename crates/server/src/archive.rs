@@ -32,6 +32,8 @@ const READ_BYTES: usize = 4 * 1024 * 1024;
 /// The running archive of a node.
 pub struct ArchiveSink {
     writer: Writer,
+    /// Where the archive is, for the analytics' own short-lived connections.
+    postgres: tokio_postgres::Config,
     events: bool,
     /// Log gaps met (retention deleted records before they were archived).
     gaps: AtomicU64,
@@ -58,6 +60,7 @@ impl ArchiveSink {
         writer_config.retention_days = (config.retention_days > 0).then_some(config.retention_days);
         let sink = Arc::new(ArchiveSink {
             writer: Writer::start(writer_config),
+            postgres: postgres.clone(),
             events: config.events,
             gaps: AtomicU64::new(0),
             gap_records: AtomicU64::new(0),
@@ -89,6 +92,19 @@ impl ArchiveSink {
             channel: channel.map(str::to_string),
             code,
         });
+    }
+
+    /// A new connection to the archive's database, for a read (`POST /api/analytics`):
+    /// one per request, so that a slow query never holds up the writer's connection.
+    /// The connection ends when the client is dropped.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, starling_archive::ArchiveError> {
+        let (client, connection) = self.postgres.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("archive: an analytics connection ended: {e}");
+            }
+        });
+        Ok(client)
     }
 
     /// Writes what is queued, for up to `grace` (graceful shutdown).

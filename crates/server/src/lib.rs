@@ -4,6 +4,7 @@
 pub mod accept;
 pub mod admin;
 pub mod allocator;
+pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod archive;

@@ -169,6 +169,62 @@ impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Reads the counters the node's own analytics difference (`crate::analytics`):
+    /// per namespace slot the publications and bytes, the publish-latency buckets of
+    /// every namespace and source summed, the connections accepted and the disconnects
+    /// by close code ([`close_codes`] order). Relaxed loads: a reading taken while a
+    /// publication is counted may hold its count and not yet its bytes, which the next
+    /// reading settles.
+    pub fn reading(&self) -> Reading {
+        let mut latency = [0u64; starling_core::metrics::BUCKETS];
+        let namespaces = self
+            .namespaces
+            .iter()
+            .map(|ns| {
+                let mut messages = 0;
+                for h in &ns.publish {
+                    for (sum, n) in latency.iter_mut().zip(h.bucket_counts()) {
+                        *sum += n;
+                        messages += n;
+                    }
+                }
+                (messages, ns.bytes.load(Ordering::Relaxed))
+            })
+            .collect();
+        let closes = CODES
+            .iter()
+            .zip(&self.errors)
+            .filter(|(code, _)| **code >= 1000)
+            .map(|(_, n)| n.load(Ordering::Relaxed))
+            .collect();
+        Reading {
+            namespaces,
+            latency,
+            connects: self.connections_accepted.load(Ordering::Relaxed),
+            closes,
+        }
+    }
+}
+
+/// The WebSocket close codes counted individually (the codes of [`CODES`] from 1000 up:
+/// below are error replies, not disconnects), in the order of [`Reading::closes`].
+pub fn close_codes() -> impl Iterator<Item = u16> {
+    CODES.iter().copied().filter(|c| *c >= 1000)
+}
+
+/// Cumulative counters at one moment, from [`Metrics::reading`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// Per namespace slot: publications accepted, payload bytes.
+    pub namespaces: Vec<(u64, u64)>,
+    /// `starling_publish_duration_seconds` summed over namespaces and sources, per
+    /// bucket (not cumulative).
+    pub latency: [u64; starling_core::metrics::BUCKETS],
+    /// WebSocket connections accepted.
+    pub connects: u64,
+    /// Disconnects the server sent or saw a close code for, per [`close_codes`].
+    pub closes: Vec<u64>,
 }
 
 fn line(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {

@@ -41,6 +41,7 @@ async fn every_endpoint_answers_as_documented() {
         ("user", json!({"user": "alice"})),
         ("disconnect", json!({"user": "nobody"})),
         ("history", json!({"channel": "chat:lobby"})),
+        ("analytics", json!({"window_secs": 600, "limit": 5})),
     ];
     let paths = openapi["paths"].as_object().expect("paths");
     assert_eq!(
@@ -442,7 +443,7 @@ async fn openapi_states_the_constraints() {
         let optional = op["requestBody"]["required"] == json!(false);
         assert_eq!(
             optional,
-            matches!(method, "channels" | "info"),
+            matches!(method, "channels" | "info" | "analytics"),
             "{path}: body required?"
         );
         // What the document calls optional is: no body at all is fine.
@@ -469,4 +470,103 @@ async fn openapi_states_the_constraints() {
         )
         .await;
     assert_eq!(status, 200, "{r}");
+}
+
+/// Without the archive a node answers `/api/analytics` from its own counters: what was
+/// just published shows in the current, partial minute (no snapshot needed), with the
+/// connect, the 4503 disconnect and a p99; top lists are empty with a note; the request
+/// limits are enforced.
+#[tokio::test]
+async fn analytics_without_the_archive_answers_from_the_node() {
+    // The node counts per configured namespace (others together, as ":other").
+    let server = Server::start(&["--dev", "--set", "namespaces.chat.allow_publish=true"]);
+    let alice = common::token(json!({"sub": "alice"}));
+    let (mut c, _) = Client::connect(&server, Some(&alice)).await;
+    for n in 0..3 {
+        let r = c
+            .call("publish", json!({"channel": "chat:x", "data": {"n": n}}))
+            .await;
+        assert!(r.get("publish").is_some(), "{r}");
+    }
+    for n in 0..2 {
+        let (status, r) = server
+            .api("publish", json!({"channel": "news", "data": [n]}))
+            .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let (status, r) = server.api("analytics", json!({})).await;
+    assert_eq!(status, 200, "{r}");
+    let result = &r["result"];
+    assert_eq!(result["source"], "node");
+    assert_eq!(result["bucket"], "minute");
+    assert!(
+        result["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("archive"))
+    );
+    assert_eq!(result["top_channels"], json!([]));
+    assert_eq!(result["top_publishers"], json!([]));
+    assert_eq!(result["connections"]["current"], 1);
+    // A minute may turn between the publications: sum the rows.
+    let sum = |ns: &str, field: &str| -> u64 {
+        result["traffic"]
+            .as_array()
+            .expect("traffic")
+            .iter()
+            .filter(|t| t["namespace"] == ns)
+            .map(|t| t[field].as_u64().expect("count"))
+            .sum()
+    };
+    assert_eq!(
+        (sum("chat", "messages"), sum("chat", "bytes")),
+        (3, 21),
+        "{r}"
+    );
+    assert_eq!(
+        (sum("default", "messages"), sum("default", "bytes")),
+        (2, 6),
+        "{r}"
+    );
+    assert!(
+        !result["publish_latency_p99"]
+            .as_array()
+            .expect("p99")
+            .is_empty(),
+        "{r}"
+    );
+    let peaks = result["connections"]["peaks"].as_array().expect("peaks");
+    assert_eq!(peaks.last().expect("a bucket")["peak"], 1, "{r}");
+    let (status, r) = server
+        .api("analytics", json!({"namespace": "chat", "bucket": "hour"}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["result"]["bucket"], "hour");
+    let traffic = r["result"]["traffic"].as_array().expect("traffic");
+    assert!(traffic.iter().all(|t| t["namespace"] == "chat"), "{r}");
+
+    let (_, r) = server.api("disconnect", json!({"user": "alice"})).await;
+    assert_eq!(r["result"]["disconnected"], 1);
+    c.expect_close().await;
+    let (_, r) = server.api("analytics", json!({"window_secs": 60})).await;
+    let events = r["result"]["events_by_code"].as_array().expect("events");
+    assert_eq!(
+        events[0],
+        json!({"kind": "connect", "code": null, "events": 1})
+    );
+    assert!(
+        events.contains(&json!({"kind": "disconnect", "code": 4503, "events": 1})),
+        "{r}"
+    );
+
+    for bad in [
+        json!({"window_secs": 0}),
+        json!({"window_secs": 2_678_401}),
+        json!({"limit": 0}),
+        json!({"limit": 101}),
+        json!({"bucket": "day"}),
+        json!({"nope": 1}),
+    ] {
+        let (status, r) = server.api("analytics", bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {r}");
+    }
 }

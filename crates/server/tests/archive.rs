@@ -219,3 +219,132 @@ fn archive_migrate_creates_the_schema_once() {
         "t"
     );
 }
+
+/// With the archive, `/api/analytics` answers from PostgreSQL: the namespace traffic,
+/// the top channels and publishers with their counts, and the connects and disconnects
+/// by code (4503 from the disconnect API); latency and current connections from the
+/// node.
+#[tokio::test(flavor = "multi_thread")]
+async fn analytics_answer_from_the_archive() {
+    let mut pg = PostgresServer::start();
+    pg.create_database("analytics");
+    let storage = storage_dir();
+    let server = node(&pg, "analytics", &storage);
+
+    let alice = token(json!({"sub": "alice"}));
+    let bob = token(json!({"sub": "bob"}));
+    let (mut a, _) = Client::connect(&server, Some(&alice)).await;
+    let (mut b, _) = Client::connect(&server, Some(&bob)).await;
+    // A publication to a channel without subscribers nor history goes nowhere (not in
+    // the log, not archived): subscribe first.
+    for (client, channel) in [(0, "news"), (1, "news"), (1, "sport")] {
+        let client = if client == 0 { &mut a } else { &mut b };
+        let r = client.call("subscribe", json!({"channel": channel})).await;
+        assert!(r.get("subscribe").is_some(), "{r}");
+    }
+    // alice 3 on news, bob 2 on news and 1 on sport (N = 6), the API 4 on chat:room (M).
+    for (client, channel, n) in [(0, "news", 3), (1, "news", 2), (1, "sport", 1)] {
+        let client = if client == 0 { &mut a } else { &mut b };
+        for i in 0..n {
+            let r = client
+                .call("publish", json!({"channel": channel, "data": {"n": i}}))
+                .await;
+            assert!(r.get("publish").is_some(), "{r}");
+        }
+    }
+    for i in 0..4 {
+        let (status, r) = server
+            .api("publish", json!({"channel": "chat:room", "data": [i]}))
+            .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let (_, r) = server.api("disconnect", json!({"user": "alice"})).await;
+    assert_eq!(r["result"]["disconnected"], 1);
+    a.expect_close().await;
+    wait_for(&pg, "analytics", COUNT, "10");
+    wait_for(
+        &pg,
+        "analytics",
+        "SELECT count(*) FROM starling_connection_events WHERE kind = 'disconnect' AND code = 4503",
+        "1",
+    );
+
+    let (status, r) = server.api("analytics", json!({"limit": 2})).await;
+    assert_eq!(status, 200, "{r}");
+    let result = &r["result"];
+    assert_eq!(result["source"], "archive", "{r}");
+    assert_eq!(result["bucket"], "minute");
+    let sum = |ns: &str| -> i64 {
+        result["traffic"]
+            .as_array()
+            .expect("traffic")
+            .iter()
+            .filter(|t| t["namespace"] == ns)
+            .map(|t| t["messages"].as_i64().expect("n"))
+            .sum()
+    };
+    assert_eq!((sum("default"), sum("chat")), (6, 4), "{r}");
+    let all: i64 = result["traffic"]
+        .as_array()
+        .expect("traffic")
+        .iter()
+        .map(|t| t["messages"].as_i64().expect("n"))
+        .sum();
+    assert_eq!(all, 10, "N + M: {r}");
+    assert_eq!(
+        result["top_channels"],
+        json!([
+            {"channel": "news", "namespace": "default", "messages": 5, "bytes": 35},
+            {"channel": "chat:room", "namespace": "chat", "messages": 4, "bytes": 12},
+        ]),
+        "{r}"
+    );
+    assert_eq!(
+        result["top_publishers"],
+        json!([
+            {"user": null, "messages": 4, "bytes": 12},
+            {"user": "alice", "messages": 3, "bytes": 21},
+        ]),
+        "{r}"
+    );
+    let events = result["events_by_code"].as_array().expect("events");
+    assert_eq!(
+        events[0],
+        json!({"kind": "connect", "code": null, "events": 2}),
+        "{r}"
+    );
+    assert!(
+        events.contains(&json!({"kind": "disconnect", "code": 4503, "events": 1})),
+        "{r}"
+    );
+    assert_eq!(result["connections"]["current"], 1, "bob is still on");
+    let peaks = result["connections"]["peaks"].as_array().expect("peaks");
+    assert!(peaks.iter().any(|p| p["peak"] == 2), "{r}");
+    assert!(
+        !result["publish_latency_p99"]
+            .as_array()
+            .expect("p99")
+            .is_empty(),
+        "{r}"
+    );
+    let (_, r) = server
+        .api(
+            "analytics",
+            json!({"namespace": "chat", "window_secs": 86_400}),
+        )
+        .await;
+    assert_eq!(r["result"]["bucket"], "hour");
+    let traffic = r["result"]["traffic"].as_array().expect("traffic");
+    assert_eq!(traffic.len(), 1, "{r}");
+    assert_eq!(traffic[0]["messages"], 4);
+
+    // PostgreSQL away: a clear 503, and the node keeps serving.
+    pg.kill();
+    let (status, r) = server.api("analytics", json!({})).await;
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["error"]["code"], 108, "{r}");
+    let message = r["error"]["message"].as_str().expect("message");
+    assert!(message.contains("PostgreSQL"), "{message}");
+    drop(b);
+    let _ = std::fs::remove_dir_all(&storage);
+}

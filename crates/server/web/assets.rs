@@ -3,7 +3,7 @@
     Asset {
         path: "/admin.html",
         content_type: "text/html; charset=utf-8",
-        etag: "\"c2619694c532040651dc\"",
+        etag: "\"8b249a07e4476817357c\"",
         immutable: false,
         body: include_bytes!("admin.html"),
         gzip: Some(include_bytes!("admin.html.gz")),
@@ -19,13 +19,13 @@
         brotli: Some(include_bytes!("index.html.br")),
     },
     Asset {
-        path: "/static/admin-a712c416.js",
+        path: "/static/admin-9a845898.js",
         content_type: "text/javascript; charset=utf-8",
-        etag: "\"a712c416837f1eae47b2\"",
+        etag: "\"9a84589837eef5f3ce53\"",
         immutable: true,
-        body: include_bytes!("static/admin-a712c416.js"),
-        gzip: Some(include_bytes!("static/admin-a712c416.js.gz")),
-        brotli: Some(include_bytes!("static/admin-a712c416.js.br")),
+        body: include_bytes!("static/admin-9a845898.js"),
+        gzip: Some(include_bytes!("static/admin-9a845898.js.gz")),
+        brotli: Some(include_bytes!("static/admin-9a845898.js.br")),
     },
     Asset {
         path: "/static/admin-daab09ee.css",
