@@ -1,4 +1,5 @@
 /** The connection: state machine, reconnects, token refresh, command batching, replies and pushes. */
+import { Waiters } from './waiters.js';
 import { backoffDelay } from './backoff.js';
 import type { Codec } from './codec/codec.js';
 import { jsonCodec } from './codec/json.js';
@@ -78,7 +79,7 @@ export class Client extends Emitter<ClientEvents> {
   private tokenStale = false;
   private offline = false;
   private _clientId: string | undefined;
-  private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private waiters = new Waiters();
   private readonly onOffline = () => this.goOffline();
   private readonly onOnline = () => this.goOnline();
 
@@ -134,17 +135,7 @@ export class Client extends Emitter<ClientEvents> {
     if (this._state === 'disconnected') {
       return Promise.reject(new StarlingError(ClientErrors.NOT_CONNECTED, 'client is disconnected', false));
     }
-    return new Promise((resolve, reject) => {
-      const waiter = {
-        resolve: () => { clearTimeout(timer); resolve(); },
-        reject: (e: Error) => { clearTimeout(timer); reject(e); },
-      };
-      const timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((w) => w !== waiter);
-        reject(new StarlingError(ClientErrors.TIMEOUT, 'timeout waiting for the connection'));
-      }, timeout);
-      this.waiters.push(waiter);
-    });
+    return this.waiters.wait(timeout, () => new StarlingError(ClientErrors.TIMEOUT, 'timeout waiting for the connection'));
   }
 
   // ---- subscriptions ----
@@ -423,9 +414,7 @@ export class Client extends Emitter<ClientEvents> {
     const ttl = result['ttl'] === undefined ? undefined : Number(result['ttl']);
     if (expires && ttl !== undefined) this.scheduleRefresh(ttl);
     this.setState('connected');
-    const waiters = this.waiters;
-    this.waiters = [];
-    for (const w of waiters) w.resolve();
+    this.waiters.resolveAll();
     const event: ClientEvents['connected'] = {
       client: this._clientId,
       version: String(result['version'] ?? ''),
@@ -540,9 +529,7 @@ export class Client extends Emitter<ClientEvents> {
     const queued = this.offlineQueue;
     this.offlineQueue = [];
     for (const q of queued) q.reject(closed);
-    const waiters = this.waiters;
-    this.waiters = [];
-    for (const w of waiters) w.reject(closed);
+    this.waiters.rejectAll(closed);
     for (const sub of this.subs.values()) {
       sub._onDisconnected(code, reason);
       sub._onClientClosed(closed);

@@ -1,4 +1,5 @@
 /** One channel subscription: its own state machine, position (for recovery) and events. */
+import { Waiters } from './waiters.js';
 import { backoffDelay } from './backoff.js';
 import { ClientErrors, ServerErrors, StarlingError, UnauthorizedError } from './errors.js';
 import { Emitter } from './events.js';
@@ -44,7 +45,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private recoverable = false;
   private epoch: string | undefined;
   private offset = 0;
-  private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private waiters = new Waiters();
 
   /** @internal Created through `client.newSubscription` / `getOrCreateSubscription`. */
   constructor(host: SubscriptionHost, channel: string, options: SubscriptionOptions = {}) {
@@ -89,17 +90,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     if (this._state === 'unsubscribed') {
       return Promise.reject(new StarlingError(ClientErrors.UNSUBSCRIBED, 'not subscribed', false));
     }
-    return new Promise((resolve, reject) => {
-      const waiter = {
-        resolve: () => { clearTimeout(timer); resolve(); },
-        reject: (e: Error) => { clearTimeout(timer); reject(e); },
-      };
-      const timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((w) => w !== waiter);
-        reject(new StarlingError(ClientErrors.TIMEOUT, 'timeout waiting for the subscription'));
-      }, timeout);
-      this.waiters.push(waiter);
-    });
+    return this.waiters.wait(timeout, () => new StarlingError(ClientErrors.TIMEOUT, 'timeout waiting for the subscription'));
   }
 
   /** Publishes into this channel (see `Client.publish`). */
@@ -185,9 +176,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   }
 
   private rejectWaiters(error: Error): void {
-    const waiters = this.waiters;
-    this.waiters = [];
-    for (const w of waiters) w.reject(error);
+    this.waiters.rejectAll(error);
   }
 
   private async sendSubscribe(): Promise<void> {
@@ -238,9 +227,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     const raw = (result['publications'] ?? []) as Record<string, unknown>[];
     const publications = raw.map((p) => this.host.readPublication(p));
     this.setState('subscribed');
-    const waiters = this.waiters;
-    this.waiters = [];
-    for (const w of waiters) w.resolve();
+    this.waiters.resolveAll();
     this.emit('subscribed', {
       channel: this.channel,
       recoverable: this.recoverable,

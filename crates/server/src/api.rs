@@ -453,7 +453,7 @@ pub fn parse_request(method: &str, body: &[u8]) -> Result<(), ApiError> {
         "history" => parse_body::<HistoryApiRequest>(body).map(drop),
         "channels" => parse_body::<ChannelsRequest>(body).map(drop),
         "presence" => parse_body::<PresenceRequest>(body).map(drop),
-        "disconnect" => parse_body::<DisconnectRequest>(body).map(drop),
+        "disconnect" => parse_body::<UserRequest>(body).map(drop),
         "unsubscribe" => parse_body::<UnsubscribeRequest>(body).map(drop),
         "user" => parse_body::<UserRequest>(body).map(drop),
         "info" => parse_body::<InfoRequest>(body).map(drop),
@@ -1055,13 +1055,14 @@ pub async fn presence(State(state): State<Arc<AppState>>, req: Request) -> ApiRe
     ok(json!({ "clients": clients }))
 }
 
+/// The body of `disconnect` and `user`: a user id.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DisconnectRequest {
+struct UserRequest {
     user: String,
 }
 
-impl ApiBody for DisconnectRequest {
+impl ApiBody for UserRequest {
     fn validate(&self) -> Result<(), ApiError> {
         if self.user.is_empty() {
             return Err(ApiError::bad_request("user must not be empty"));
@@ -1070,27 +1071,37 @@ impl ApiBody for DisconnectRequest {
     }
 }
 
+/// Sends `message` to every other node of a cluster (nothing on a single node), for the
+/// methods that act on a user wherever the user is connected.
+async fn to_other_nodes(
+    state: &Arc<AppState>,
+    message: starling_core::engine::ControlMessage,
+) -> Result<(), ApiError> {
+    if state.node.cluster().is_none() {
+        return Ok(());
+    }
+    let sink = crate::cluster::control_sink(Arc::downgrade(state));
+    state
+        .node
+        .broadcast_control(message, &sink)
+        .wait()
+        .await
+        .map_err(|e| ApiError::unavailable(state, e))
+}
+
 /// `POST /api/disconnect`: closes every connection of a user on this node (code 4503).
 pub async fn disconnect(State(state): State<Arc<AppState>>, req: Request) -> ApiResult {
-    let (_in_flight, body): (_, DisconnectRequest) =
+    let (_in_flight, body): (_, UserRequest) =
         authorized(&state, &mut AxumInput::from(req)).await?;
     let n = state
         .registry
         .disconnect_user(&body.user, codes::DISCONNECTED_BY_API);
-    if state.node.cluster().is_some() {
-        // Every other node acts on the message (this one finds nothing left to close).
-        let sink = crate::cluster::control_sink(Arc::downgrade(&state));
-        let message = starling_core::engine::ControlMessage::Disconnect {
-            user: body.user.clone(),
-            code: codes::DISCONNECTED_BY_API.code,
-        };
-        state
-            .node
-            .broadcast_control(message, &sink)
-            .wait()
-            .await
-            .map_err(|e| ApiError::unavailable(&state, e))?;
-    }
+    // Every other node acts on the message (this one finds nothing left to close).
+    let message = starling_core::engine::ControlMessage::Disconnect {
+        user: body.user,
+        code: codes::DISCONNECTED_BY_API.code,
+    };
+    to_other_nodes(&state, message).await?;
     ok(json!({ "disconnected": n }))
 }
 
@@ -1116,35 +1127,12 @@ pub async fn unsubscribe(State(state): State<Arc<AppState>>, req: Request) -> Ap
     let (_in_flight, body): (_, UnsubscribeRequest) =
         authorized(&state, &mut AxumInput::from(req)).await?;
     let n = state.registry.unsubscribe_user(&body.user, &body.channel);
-    if state.node.cluster().is_some() {
-        let sink = crate::cluster::control_sink(Arc::downgrade(&state));
-        let message = starling_core::engine::ControlMessage::Unsubscribe {
-            user: body.user.clone(),
-            channel: body.channel.clone(),
-        };
-        state
-            .node
-            .broadcast_control(message, &sink)
-            .wait()
-            .await
-            .map_err(|e| ApiError::unavailable(&state, e))?;
-    }
+    let message = starling_core::engine::ControlMessage::Unsubscribe {
+        user: body.user,
+        channel: body.channel,
+    };
+    to_other_nodes(&state, message).await?;
     ok(json!({ "unsubscribed": n }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserRequest {
-    user: String,
-}
-
-impl ApiBody for UserRequest {
-    fn validate(&self) -> Result<(), ApiError> {
-        if self.user.is_empty() {
-            return Err(ApiError::bad_request("user must not be empty"));
-        }
-        Ok(())
-    }
 }
 
 /// `POST /api/user`: how many connections a user holds on this node.
