@@ -1,6 +1,10 @@
 //! The hub's view of the durable message log: every publication is appended in offset
 //! order (the hub calls it under the channel lock). The server binds it to
 //! `starling-log`; tests use an in-memory one.
+//!
+//! A cluster node keeps a journal too when it archives: there the broker holds the
+//! streams, and the journal only records what this node published (after the broker
+//! accepted it, with the broker's offset) for the archive to read.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,4 +42,26 @@ pub trait Journal: Send + Sync + 'static {
         time_ms: u64,
         durable: bool,
     ) -> Result<Option<DurableAck>, JournalError>;
+
+    /// Appends like [`append`](Self::append), but waits (asynchronously, for a bounded
+    /// time) for room when the log is busy instead of refusing at once: for a caller that
+    /// cannot take the publication back — a cluster node whose broker already published
+    /// it — and holds no lock. [`JournalError::Busy`] only once that time ran out. The
+    /// default refuses like `append`.
+    fn append_waiting(
+        &self,
+        channel: &str,
+        epoch: &str,
+        publication: &Publication,
+        time_ms: u64,
+        durable: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<DurableAck>, JournalError>> + Send + '_>> {
+        Box::pin(std::future::ready(self.append(
+            channel,
+            epoch,
+            publication,
+            time_ms,
+            durable,
+        )))
+    }
 }

@@ -15,14 +15,15 @@ use starling_protocol::{ClientInfo, Publication};
 use tracing::{debug, warn};
 
 use crate::engine::{
-    Broker, ControlBus, ControlMessage, EngineError, EngineHandler, HistoryPage, Idempotency,
-    PresenceStore, PublishRequest, Step,
+    Accepted, Broker, ControlBus, ControlMessage, EngineError, EngineHandler, HistoryPage,
+    Idempotency, PresenceStore, PublishRequest, Step,
 };
 use crate::history::HistoryQuery;
 use crate::hub::{
     ChannelOptions, ClientKey, Delivery, HistoryReadError, Hub, JoinOutcome, Joined, PublishError,
     Published, RecoverFrom, StreamPosition, SubscribeError, Subscriber,
 };
+use crate::journal::{DurableAck, Journal, JournalError};
 
 /// Builds a subscriber's first frame (the subscribe reply) from what it joined at;
 /// called once, under the channel lock, before any live publication is queued.
@@ -60,6 +61,11 @@ pub struct Publish<'a> {
     pub idempotency: Option<Idempotency>,
 }
 
+/// An acknowledgement that is already decided.
+fn ready_ack(result: Result<(), JournalError>) -> DurableAck {
+    Box::pin(std::future::ready(result))
+}
+
 /// Attempts a heal makes to read history before it gives up on a channel.
 const HEAL_ATTEMPTS: u32 = 3;
 
@@ -67,6 +73,10 @@ const HEAL_ATTEMPTS: u32 = 3;
 pub struct Node {
     hub: Arc<Hub>,
     cluster: Option<Cluster>,
+    /// A cluster node's record of what it published (for the archive): every
+    /// publication its broker accepted, with the broker's position. `None` on a single
+    /// node (its hub writes the journal) and on a cluster node that does not archive.
+    journal: Option<Arc<dyn Journal>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -80,20 +90,28 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// A single node: `hub` holds the streams (the memory engine).
     pub fn local(hub: Arc<Hub>) -> Arc<Self> {
-        Arc::new(Self { hub, cluster: None })
+        Arc::new(Self {
+            hub,
+            cluster: None,
+            journal: None,
+        })
     }
 
     /// A cluster node: `hub` (built [`Hub::with_broker`]) replicates the streams the
     /// cluster's broker holds. Returns the node and the handler the engine must deliver
-    /// to; `control` receives control messages.
+    /// to; `control` receives control messages. With `journal`, every publication this
+    /// node publishes is appended to it once the broker accepted it (each publication is
+    /// journaled by the one node that published it: the archive reads it from there).
     pub fn clustered(
         hub: Arc<Hub>,
         cluster: Cluster,
         control: ControlSink,
+        journal: Option<Arc<dyn Journal>>,
     ) -> (Arc<Self>, Arc<NodeHandler>) {
         let node = Arc::new(Self {
             hub,
             cluster: Some(cluster),
+            journal,
         });
         let handler = Arc::new(NodeHandler {
             node: Arc::downgrade(&node),
@@ -129,10 +147,12 @@ impl Node {
                 may_create,
             ));
         };
-        if publish.durable {
-            // Durability in a cluster is the broker's (see OPERATIONS.md: Redis AOF).
+        if publish.durable && self.journal.is_none() {
+            // Durability in a cluster is the broker's (see OPERATIONS.md: Redis AOF); a
+            // node that archives can wait for its own journal.
             return Step::Ready(Err(PublishError::NotPersisted));
         }
+        let durable = publish.durable;
         let request = PublishRequest {
             channel: Arc::from(publish.channel),
             data: publish.data,
@@ -141,7 +161,7 @@ impl Node {
             idempotency: publish.idempotency,
         };
         let counters = self.hub.counters().clone();
-        cluster.broker.publish(request).map(move |result| {
+        let finish = move |result: Result<Accepted, EngineError>| {
             if result.as_ref().is_ok_and(|a| !a.replayed) {
                 counters
                     .publications
@@ -158,7 +178,62 @@ impl Node {
                     EngineError::Busy => PublishError::Overloaded,
                     e => PublishError::Unavailable(e.to_string()),
                 })
-        })
+        };
+        let Some(journal) = self.journal.clone() else {
+            return cluster.broker.publish(request).map(finish);
+        };
+        // What the journal needs once the broker gave the offset (cheap clones: the
+        // payload and the publisher are shared).
+        let (channel, data, info) = (
+            request.channel.clone(),
+            request.data.clone(),
+            request.info.clone(),
+        );
+        let errors = self.hub.counters().clone();
+        let step = cluster.broker.publish(request);
+        Step::Pending(Box::pin(async move {
+            let accepted = step.wait().await;
+            let ack = match &accepted {
+                // A replay was journaled by the publish it repeats.
+                Ok(a) if a.replayed => durable.then(|| ready_ack(Ok(()))),
+                Ok(a) => {
+                    let publication = Publication {
+                        data,
+                        offset: a.position.offset,
+                        info: info.map(|i| (*i).clone()),
+                        tags: None,
+                        delta: false,
+                    };
+                    let appended = journal
+                        .append_waiting(
+                            &channel,
+                            &a.position.epoch,
+                            &publication,
+                            crate::hub::now_ms(),
+                            durable,
+                        )
+                        .await;
+                    match appended {
+                        Ok(ack) => ack,
+                        Err(e) => {
+                            // Published and delivered, but not journaled (the log is
+                            // failed, or stayed full): the archive will miss it. The log
+                            // reports its own failure; a durable publish learns it here.
+                            errors
+                                .journal_errors
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            debug!(%channel, "a published publication was not journaled: {e}");
+                            durable.then(|| ready_ack(Err(e)))
+                        }
+                    }
+                }
+                Err(_) => None,
+            };
+            finish(accepted).map(|published| Published {
+                durable: ack,
+                ..published
+            })
+        }))
     }
 
     /// Subscribes a connection. With `recover`, the reply built by `first` carries the

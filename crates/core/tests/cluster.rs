@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{TextEncoder, frames, history, subscriber};
+use starling_core::engine::Idempotency;
 use starling_core::engine::memory::{MemoryBroker, MemoryLink};
 use starling_core::{
-    ChannelOptions, Cluster, Hub, HubCounters, Joined, Node, Outbox, Publish, RecoverFrom,
-    StreamPosition, Subscriber,
+    ChannelOptions, Cluster, DurableAck, Hub, HubCounters, Joined, Journal, JournalError, Node,
+    Outbox, Publish, PublishError, Published, RecoverFrom, StreamPosition, Subscriber,
 };
 use starling_protocol::codes;
 
@@ -32,6 +33,14 @@ fn node(broker: &Arc<MemoryBroker>) -> TestNode {
 }
 
 fn node_with(broker: &Arc<MemoryBroker>, linger_ms: u64) -> TestNode {
+    node_journaled(broker, linger_ms, None)
+}
+
+fn node_journaled(
+    broker: &Arc<MemoryBroker>,
+    linger_ms: u64,
+    journal: Option<Arc<dyn Journal>>,
+) -> TestNode {
     let link = broker.link();
     let counters = Arc::new(HubCounters::default());
     let hub = Hub::new(Arc::new(TextEncoder), counters.clone())
@@ -43,7 +52,7 @@ fn node_with(broker: &Arc<MemoryBroker>, linger_ms: u64) -> TestNode {
         presence: link.clone(),
         control: link.clone(),
     };
-    let (node, handler) = Node::clustered(hub, cluster, Arc::new(|_| {}));
+    let (node, handler) = Node::clustered(hub, cluster, Arc::new(|_| {}), journal);
     link.attach(handler);
     TestNode {
         node,
@@ -420,4 +429,125 @@ async fn a_node_stops_listening_when_its_last_subscriber_left_though_publishing_
     let joined = join(&b, "c", back.clone(), options, None).await;
     assert_eq!(joined.position.offset, 2);
     assert!(b.link.interested("c"));
+}
+
+/// A journal that records what it is given, or fails while `fail` is set.
+#[derive(Default)]
+struct RecordingJournal {
+    records: parking_lot::Mutex<Vec<(String, String, u64, Bytes)>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Journal for RecordingJournal {
+    fn append(
+        &self,
+        channel: &str,
+        epoch: &str,
+        publication: &starling_protocol::Publication,
+        _time_ms: u64,
+        durable: bool,
+    ) -> Result<Option<DurableAck>, JournalError> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(JournalError::Failed("disk gone".into()));
+        }
+        self.records.lock().push((
+            channel.to_string(),
+            epoch.to_string(),
+            publication.offset,
+            publication.data.clone(),
+        ));
+        Ok(durable.then(|| Box::pin(std::future::ready(Ok(()))) as DurableAck))
+    }
+}
+
+async fn publish_with(
+    node: &TestNode,
+    data: &str,
+    durable: bool,
+    idempotency: Option<&str>,
+) -> Result<Published, PublishError> {
+    node.node
+        .publish(
+            Publish {
+                channel: "c",
+                data: Bytes::from(data.to_string()),
+                info: None,
+                options: history(100),
+                durable,
+                idempotency: idempotency.map(|key| Idempotency {
+                    key: key.to_string(),
+                    fingerprint: 7,
+                    ttl_ms: 60_000,
+                }),
+            },
+            &mut || true,
+        )
+        .wait()
+        .await
+}
+
+#[tokio::test]
+async fn each_node_journals_what_it_published_with_the_brokers_position() {
+    let broker = MemoryBroker::new();
+    let (ja, jb) = (
+        Arc::new(RecordingJournal::default()),
+        Arc::new(RecordingJournal::default()),
+    );
+    let a = node_journaled(&broker, 2_000, Some(ja.clone()));
+    let b = node_journaled(&broker, 2_000, Some(jb.clone()));
+    let plain = node(&broker);
+    for (from, data) in [(&a, "a1"), (&b, "b2"), (&a, "a3"), (&plain, "p4")] {
+        publish_with(from, data, false, None)
+            .await
+            .expect("published");
+    }
+    // An idempotent publish repeated through another node: the broker replays it, and
+    // only the first node journals it.
+    let first = publish_with(&a, "k5", false, Some("k"))
+        .await
+        .expect("first");
+    let replay = publish_with(&b, "k5", false, Some("k"))
+        .await
+        .expect("replay");
+    assert_eq!(first.position, replay.position);
+    // A durable publish waits for the journal; without one it is refused, unpublished.
+    let durable = publish_with(&b, "b6", true, None).await.expect("durable");
+    durable.durable.expect("an ack").await.expect("on disk");
+    let refused = publish_with(&plain, "p7", true, None).await;
+    assert!(
+        matches!(refused, Err(PublishError::NotPersisted)),
+        "{refused:?}"
+    );
+
+    let epoch = first.position.epoch.to_string();
+    let seen = |j: &RecordingJournal| {
+        j.records
+            .lock()
+            .iter()
+            .map(|(c, e, o, d)| {
+                assert_eq!((c.as_str(), e.as_str()), ("c", epoch.as_str()));
+                (*o, String::from_utf8_lossy(d).into_owned())
+            })
+            .collect::<Vec<_>>()
+    };
+    let s = |o: u64, d: &str| (o, d.to_string());
+    assert_eq!(seen(&ja), vec![s(1, "a1"), s(3, "a3"), s(5, "k5")]);
+    assert_eq!(seen(&jb), vec![s(2, "b2"), s(6, "b6")]);
+
+    // A failed journal: the publication is out (the broker took it), the durable
+    // publisher learns that it is not on disk, and the node counts it.
+    ja.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = publish_with(&a, "a7", true, None).await.expect("published");
+    assert_eq!(published.position.offset, 7);
+    let ack = published.durable.expect("an ack").await;
+    assert!(matches!(ack, Err(JournalError::Failed(_))), "{ack:?}");
+    publish_with(&a, "a8", false, None)
+        .await
+        .expect("published");
+    assert_eq!(
+        a.counters
+            .journal_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
 }

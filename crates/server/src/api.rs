@@ -687,10 +687,16 @@ async fn publish_with(state: &Arc<AppState>, input: &mut impl ApiInput) -> Resul
     let (namespace, bytes) = (rules.options.index, data.len());
     if body.durable && state.journal.is_none() {
         // Refused before anything is published, not after.
+        let why = if state.engine.is_some() {
+            "durable publish in a cluster needs the archive (archive.enabled): it waits for \
+             the node's archive journal"
+        } else {
+            "durable publish needs the message log (storage.dir)"
+        };
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             codes::NOT_AVAILABLE,
-            "durable publish needs the message log (storage.dir)",
+            why,
         ));
     }
     // Reserved before publishing, so that a concurrent retry waits instead of publishing.

@@ -138,8 +138,15 @@ impl AppState {
             .with_max_history_bytes(config.server.history_max_bytes);
         // Echo mode has no channels, so nothing to log; in a cluster the broker holds
         // the streams (and their durability).
-        let journal = if config.storage.dir.is_empty() || config.server.echo || engine.is_some() {
+        let journal = if config.storage.dir.is_empty() || config.server.echo {
             None
+        } else if engine.is_some() {
+            // A cluster node journals only for the archive: what it publishes itself.
+            config
+                .archive
+                .enabled
+                .then(|| crate::journal::open_cluster_archive(&config.storage))
+                .transpose()?
         } else {
             let journal = crate::journal::open(&config.storage, &hub, &namespaces)?;
             hub = hub.with_journal(journal.clone());
@@ -171,7 +178,11 @@ impl AppState {
                 None => (Node::local(hub.clone()), None),
                 Some(engine) => {
                     let sink = crate::cluster::control_sink(weak.clone());
-                    let (node, handler) = Node::clustered(hub.clone(), engine.parts(), sink);
+                    let archive = journal
+                        .clone()
+                        .map(|j| j as Arc<dyn starling_core::Journal>);
+                    let (node, handler) =
+                        Node::clustered(hub.clone(), engine.parts(), sink, archive);
                     (node, Some(handler))
                 }
             };

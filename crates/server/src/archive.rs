@@ -9,6 +9,10 @@
 //! the records (a record the log's retention deleted first is counted as lost in
 //! `starling_archive_log_gap_records_total`). Connection events are best effort: a full
 //! queue drops them, counted.
+//!
+//! In a cluster the log read is the node's archive journal (`journal::open_cluster_archive`):
+//! each node archives the publications it published itself, appended once the broker
+//! accepted them, so every publication is archived by exactly one node.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -280,7 +284,13 @@ async fn start_position(postgres: &tokio_postgres::Config, node: &str, log: &Log
             }
             Ok(None) => return 0,
             Err(e) => {
-                warn!("archive: reading the cursor: {e}; retrying in {delay:?}");
+                // At first start the writer may not have made the tables yet (it
+                // migrates when it connects): only a lasting failure is worth a warning.
+                if delay >= Duration::from_secs(1) {
+                    warn!("archive: reading the cursor: {e}; retrying in {delay:?}");
+                } else {
+                    tracing::debug!("archive: reading the cursor: {e}; retrying in {delay:?}");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

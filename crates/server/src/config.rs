@@ -89,8 +89,10 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveConfig {
-    /// Archive to PostgreSQL. Needs `url` and the message log (a single node: the log
-    /// is what the archive reads, at least once).
+    /// Archive to PostgreSQL. Needs `url` and `storage.dir`: a single node's archive
+    /// reads its message log (at least once); a cluster node keeps an archive journal of
+    /// what it publishes itself in `<storage.dir>/cluster-archive` and archives that, so
+    /// that each publication is archived by the one node that published it.
     pub enabled: bool,
     /// PostgreSQL connection string, as `key=value` pairs (`host=127.0.0.1 user=starling
     /// dbname=starling password=...`) or a URL (`postgresql://starling@127.0.0.1/starling`).
@@ -670,13 +672,6 @@ impl Config {
             {
                 return Err(ConfigError::Invalid(format!("archive.url: {e}")));
             }
-            if self.cluster.engine != "memory" {
-                return Err(ConfigError::Invalid(
-                    "archive.enabled with cluster.engine = \"redis\" is not supported yet: the \
-                     archive reads the node's message log, which a cluster node does not keep"
-                        .into(),
-                ));
-            }
             if self.server.echo {
                 return Err(ConfigError::Invalid(
                     "archive.enabled in echo mode: an echo server publishes nothing".into(),
@@ -1080,7 +1075,7 @@ mod tests {
     }
 
     #[test]
-    fn the_archive_needs_a_url_the_log_and_a_single_node() {
+    fn the_archive_needs_a_url_and_the_log() {
         let on = ("archive.enabled".to_string(), "true".to_string());
         let load = |extra: &[(&str, &str)]| {
             let mut overrides = vec![on.clone()];
@@ -1097,13 +1092,13 @@ mod tests {
         assert!(err.to_string().contains("archive.url"), "{err}");
         let err = load(&[url, ("storage.dir", "\"\"")]).expect_err("no log");
         assert!(err.to_string().contains("storage.dir"), "{err}");
-        let err = load(&[
+        let cluster = load(&[
             url,
             ("cluster.engine", "\"redis\""),
             ("redis.addresses", "[\"redis://127.0.0.1:1\"]"),
         ])
-        .expect_err("cluster");
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        .expect("a cluster node archives what it publishes");
+        assert!(cluster.archive.enabled);
         let c = load(&[url]).expect("loads");
         assert!(c.archive.enabled);
         let shown = toml::to_string_pretty(&c.redacted()).expect("toml");

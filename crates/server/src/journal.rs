@@ -10,7 +10,9 @@
 //! continues at `offset` under `epoch`), so that they hold across later restarts.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,22 +56,27 @@ pub(crate) fn decode(record: &Record) -> Option<Publication> {
     })
 }
 
-impl Journal for LogJournal {
-    fn append(
+/// How long [`Journal::append_waiting`] waits for room in a full log queue.
+const APPEND_WAIT: Duration = Duration::from_secs(10);
+
+/// The record of `publication` in `channel` under `epoch`.
+fn record(channel: &str, epoch: &str, publication: &Publication, time_ms: u64) -> Record {
+    Record {
+        channel: channel.to_string(),
+        epoch: epoch.to_string(),
+        offset: publication.offset,
+        time_ms,
+        payload: encode(channel, publication),
+    }
+}
+
+impl LogJournal {
+    /// Hands `record` to the log (refused at once when its queue is full).
+    fn append_record(
         &self,
-        channel: &str,
-        epoch: &str,
-        publication: &Publication,
-        time_ms: u64,
+        record: Record,
         durable: bool,
     ) -> Result<Option<DurableAck>, JournalError> {
-        let record = Record {
-            channel: channel.to_string(),
-            epoch: epoch.to_string(),
-            offset: publication.offset,
-            time_ms,
-            payload: encode(channel, publication),
-        };
         let receiver = self.log.append(record, durable).map_err(|e| match e {
             LogError::Busy => JournalError::Busy,
             e => JournalError::Failed(e.to_string()),
@@ -86,6 +93,47 @@ impl Journal for LogJournal {
     }
 }
 
+impl Journal for LogJournal {
+    fn append(
+        &self,
+        channel: &str,
+        epoch: &str,
+        publication: &Publication,
+        time_ms: u64,
+        durable: bool,
+    ) -> Result<Option<DurableAck>, JournalError> {
+        self.append_record(record(channel, epoch, publication, time_ms), durable)
+    }
+
+    fn append_waiting(
+        &self,
+        channel: &str,
+        epoch: &str,
+        publication: &Publication,
+        time_ms: u64,
+        durable: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<DurableAck>, JournalError>> + Send + '_>> {
+        let record = record(channel, epoch, publication, time_ms);
+        Box::pin(async move {
+            // The writer frees room as it writes; each of its fsyncs moves the synced
+            // position, which is the signal to try again (no polling).
+            let mut synced = self.log.watch_synced();
+            let deadline = tokio::time::Instant::now() + APPEND_WAIT;
+            loop {
+                match self.append_record(record.clone(), durable) {
+                    Err(JournalError::Busy) => {
+                        let progress = tokio::time::timeout_at(deadline, synced.changed()).await;
+                        if !matches!(progress, Ok(Ok(()))) {
+                            return Err(JournalError::Busy);
+                        }
+                    }
+                    done => return done,
+                }
+            }
+        })
+    }
+}
+
 /// Opens the message log in `config.dir`, puts the retained publications back into the
 /// hub's history (for namespaces that keep history), applies the epoch rule (see the
 /// module doc), and returns the journal to attach. Runs before the node serves.
@@ -94,11 +142,7 @@ pub fn open(
     hub: &Hub,
     namespaces: &Namespaces,
 ) -> anyhow::Result<Arc<LogJournal>> {
-    let mut log_config = LogConfig::new(&config.dir);
-    log_config.segment_bytes = config.segment_bytes;
-    log_config.max_bytes = config.max_bytes;
-    log_config.max_age = Duration::from_secs(config.max_age_secs);
-    log_config.sync_interval = Duration::from_millis(config.sync_interval_ms.max(1));
+    let log_config = log_config(config, &config.dir);
     let (mut restored, mut skipped) = (0usize, 0usize);
     // Channels in the log that are not restored (no history now): their top offsets, so
     // that an unclean start renews their epochs too (history may be switched on later).
@@ -161,6 +205,38 @@ pub fn open(
     Ok(Arc::new(LogJournal { log: Arc::new(log) }))
 }
 
+/// The directory, under `storage.dir`, of a cluster node's archive journal.
+pub const CLUSTER_ARCHIVE_DIR: &str = "cluster-archive";
+
+/// Opens a cluster node's archive journal in `<storage.dir>/cluster-archive`: the
+/// publications this node published (appended once the broker accepted them), read by
+/// the archive. Nothing in it is restored (the broker holds the streams and their
+/// history); a subdirectory, so that a single node's message log in `storage.dir` and
+/// this journal never mix when a node changes engines.
+pub fn open_cluster_archive(config: &StorageConfig) -> anyhow::Result<Arc<LogJournal>> {
+    let dir = std::path::Path::new(&config.dir).join(CLUSTER_ARCHIVE_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (log, report) = Log::open(log_config(config, &dir), |_| {})
+        .with_context(|| format!("opening the archive journal in {}", dir.display()))?;
+    info!(
+        dir = %dir.display(),
+        records = report.records,
+        clean = report.clean,
+        "cluster archive journal opened (this node's publications, for the archive)"
+    );
+    Ok(Arc::new(LogJournal { log: Arc::new(log) }))
+}
+
+/// The log's settings from `[storage]`, for a log in `dir`.
+fn log_config(config: &StorageConfig, dir: impl Into<std::path::PathBuf>) -> LogConfig {
+    let mut log_config = LogConfig::new(dir);
+    log_config.segment_bytes = config.segment_bytes;
+    log_config.max_bytes = config.max_bytes;
+    log_config.max_age = Duration::from_secs(config.max_age_secs);
+    log_config.sync_interval = Duration::from_millis(config.sync_interval_ms.max(1));
+    log_config
+}
+
 /// The epoch rule after an unclean stop: every channel of the log gets a new epoch,
 /// recorded in the log. Blocks on the log's queue (start-up, before serving).
 fn renew_epochs(log: &Log, hub: &Hub, not_restored: HashMap<String, u64>) -> Result<(), LogError> {
@@ -199,5 +275,69 @@ fn epoch_record(channel: &str, epoch: &str, offset: u64, time_ms: u64) -> Record
         offset,
         time_ms,
         payload: Bytes::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(offset: u64) -> Publication {
+        Publication {
+            data: Bytes::from(format!("m{offset}")),
+            offset,
+            info: None,
+            tags: None,
+            delta: false,
+        }
+    }
+
+    /// A queue of one record is full most of the time under 64 concurrent appends (a
+    /// plain `append` would be refused with `Busy` again and again): `append_waiting`
+    /// waits for the writer instead, and every record lands once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn append_waiting_waits_for_room_instead_of_refusing() {
+        let dir = std::env::temp_dir().join(format!("starling-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = LogConfig::new(&dir);
+        config.queue_records = 1;
+        config.sync_interval = Duration::from_millis(1);
+        let (log, _) = Log::open(config, |_| {}).expect("log");
+        let journal = Arc::new(LogJournal { log: Arc::new(log) });
+        // Records of 1970 would be deleted at once by the log's age limit.
+        let now = starling_core::now_ms();
+        let tasks: Vec<_> = (100..164u64)
+            .map(|n| {
+                let journal = journal.clone();
+                tokio::spawn(async move {
+                    let ack = journal
+                        .append_waiting("c", "e", &publication(n), now, n % 2 == 0)
+                        .await
+                        .expect("taken");
+                    if let Some(ack) = ack {
+                        ack.await.expect("on disk");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+        journal.log.sync().expect("sync");
+        let mut reader = journal.log.reader(0).expect("reader");
+        let mut offsets = Vec::new();
+        while reader.position() < journal.log.synced_position() {
+            let batch = reader.next_batch(1000, 1 << 20).expect("read");
+            assert!(batch.gap.is_none(), "{:?}", batch.gap);
+            offsets.extend(batch.records.iter().map(|(_, r)| r.offset));
+        }
+        offsets.sort_unstable();
+        assert_eq!(
+            offsets,
+            (100..164).collect::<Vec<_>>(),
+            "every waiting append landed once"
+        );
+        drop(journal);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

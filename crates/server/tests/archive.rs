@@ -1,7 +1,8 @@
 //! The archive against a real PostgreSQL (an instance of the test's own, so that it can
 //! stop and restart it) and the real binary: publications arrive once each across node
 //! restarts, connection events with their codes, and a PostgreSQL outage only delays
-//! the archive while the node keeps serving.
+//! the archive while the node keeps serving. In a cluster (real `redis-server`), each
+//! node archives what it published, so every publication is archived once.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::{Client, Server, storage_dir, token};
 use serde_json::json;
 use starling_testkit::postgres::PostgresServer;
+use starling_testkit::redis::RedisServer;
 
 /// A node on `storage` archiving into `db` of `pg`.
 fn node(pg: &PostgresServer, db: &str, storage: &std::path::Path) -> Server {
@@ -182,6 +184,161 @@ async fn postgres_down_delays_the_archive_and_the_node_keeps_serving() {
     );
     assert_eq!(data.trim(), "0,1,2,3,4,5,6");
     let _ = std::fs::remove_dir_all(&storage);
+}
+
+/// A cluster node `name` on Redis at `redis`, archiving into `db` of `pg`.
+fn cluster_node(
+    pg: &PostgresServer,
+    db: &str,
+    redis: &RedisServer,
+    name: &str,
+    storage: &std::path::Path,
+) -> Server {
+    let url = format!("archive.url=\"{}\"", pg.conninfo(db));
+    let name = format!("server.name={name}");
+    Server::start_with_storage(
+        storage,
+        &[
+            "--dev",
+            "--redis",
+            &redis.url(),
+            "--set",
+            &name,
+            "--set",
+            "archive.enabled=true",
+            "--set",
+            &url,
+            "--set",
+            "archive.linger_ms=20",
+            "--set",
+            "namespaces.chat.history_size=100",
+        ],
+    )
+}
+
+/// The offsets of `channel` in the archive, in order, comma-separated.
+fn archived_offsets(pg: &PostgresServer, db: &str, channel: &str) -> String {
+    pg.psql(
+        db,
+        &format!(
+            "SELECT string_agg(\"offset\"::text, ',' ORDER BY \"offset\") \
+             FROM starling_publications WHERE channel = '{channel}'"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_cluster_each_publication_is_archived_once_by_the_node_that_published_it() {
+    let pg = PostgresServer::start();
+    pg.create_database("cluster");
+    let redis = RedisServer::start();
+    let (storage_a, storage_b) = (storage_dir(), storage_dir());
+    let mut a = cluster_node(&pg, "cluster", &redis, "a", &storage_a);
+    let b = cluster_node(&pg, "cluster", &redis, "b", &storage_b);
+
+    // Both nodes publish into one channel: 3 through a's API, 2 from a client on b.
+    for n in 0..3 {
+        let (status, r) = a
+            .api("publish", json!({"channel": "chat:room", "data": {"n": n}}))
+            .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let alice = token(json!({"sub": "alice"}));
+    let (mut c, _) = Client::connect(&b, Some(&alice)).await;
+    for n in 3..5 {
+        let r = c
+            .call("publish", json!({"channel": "chat:room", "data": {"n": n}}))
+            .await;
+        assert!(r.get("publish").is_some(), "{r}");
+    }
+    // An idempotent publish, repeated on the other node: the broker replays it, and it is
+    // archived once (by a).
+    let keyed = json!({"channel": "chat:room", "data": {"n": 5}, "idempotency_key": "k5"});
+    let (status, first) = a.api("publish", keyed.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = b.api("publish", keyed).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(first["result"]["offset"], again["result"]["offset"]);
+    // A durable publish in a cluster: acknowledged once a's archive journal has it on
+    // disk (without the archive a cluster node refuses `durable`).
+    let (status, r) = a
+        .api(
+            "publish",
+            json!({"channel": "chat:room", "data": {"n": 6}, "durable": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["result"]["offset"], 7);
+
+    wait_for(&pg, "cluster", COUNT, "7");
+    assert_eq!(
+        archived_offsets(&pg, "cluster", "chat:room"),
+        "1,2,3,4,5,6,7"
+    );
+    assert_eq!(
+        pg.psql(
+            "cluster",
+            "SELECT string_agg(node || ':' || n, ',' ORDER BY node) FROM \
+             (SELECT node, count(*) AS n FROM starling_publications GROUP BY node) t"
+        )
+        .trim(),
+        "a:5,b:2",
+        "each publication archived by the node that published it"
+    );
+    assert_eq!(
+        pg.psql(
+            "cluster",
+            "SELECT string_agg(coalesce(user_id, '-'), ',' ORDER BY \"offset\") \
+             FROM starling_publications"
+        )
+        .trim(),
+        "-,-,-,alice,alice,-,-"
+    );
+
+    // Node a dies without a word (SIGKILL) right after an acknowledged durable publish,
+    // and starts again: its journal still holds what it has not archived, nothing is
+    // archived twice, and both nodes go on.
+    let (status, _) = a
+        .api(
+            "publish",
+            json!({"channel": "chat:room", "data": {"n": 7}, "durable": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    a.kill();
+    drop(a);
+    let a = cluster_node(&pg, "cluster", &redis, "a", &storage_a);
+    let (status, _) = a
+        .api("publish", json!({"channel": "chat:room", "data": {"n": 8}}))
+        .await;
+    assert_eq!(status, 200);
+    let r = c
+        .call("publish", json!({"channel": "chat:room", "data": {"n": 9}}))
+        .await;
+    assert!(r.get("publish").is_some(), "{r}");
+    wait_for(&pg, "cluster", COUNT, "10");
+    assert_eq!(pg.psql("cluster", DISTINCT).trim(), "10");
+    assert_eq!(
+        archived_offsets(&pg, "cluster", "chat:room"),
+        "1,2,3,4,5,6,7,8,9,10"
+    );
+    let data = pg.psql(
+        "cluster",
+        "SELECT string_agg(convert_from(data, 'UTF8'), ',' ORDER BY \"offset\") \
+         FROM starling_publications",
+    );
+    assert_eq!(
+        data.trim(),
+        (0..10)
+            .map(|n| format!("{{\"n\":{n}}}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&storage_a);
+    let _ = std::fs::remove_dir_all(&storage_b);
 }
 
 #[test]

@@ -173,6 +173,25 @@ async fn publications_reach_every_node_in_one_order() {
     for c in &mut clients {
         assert_eq!(offsets(c, 10).await, (1..=10).collect::<Vec<_>>());
     }
+    // `durable` needs a journal, which a cluster node keeps only when it archives:
+    // refused before anything is published (tests/archive.rs has the archiving node).
+    let body = json!({"channel": "chat:room", "data": 0, "durable": true}).to_string();
+    let (status, r) = api_at(nodes[1].addr, "publish", &body, Some(API_KEY)).await;
+    assert_eq!(status, 409, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("archive.enabled")),
+        "{r}"
+    );
+    let (_, r) = api_at(
+        nodes[1].addr,
+        "history",
+        r#"{"channel":"chat:room","limit":0}"#,
+        Some(API_KEY),
+    )
+    .await;
+    assert_eq!(r["result"]["offset"], 10, "nothing was published: {r}");
 }
 
 #[tokio::test]
