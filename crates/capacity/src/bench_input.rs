@@ -81,9 +81,9 @@ pub struct BenchInput {
 
 /// Reads a results file.
 pub fn read(path: &Path) -> Result<BenchInput, CapacityError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CapacityError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| CapacityError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     parse(&text, &path.display().to_string())
 }

@@ -53,11 +53,8 @@ pub enum CapacityError {
     #[error("channel mix: {0}")]
     Mix(String),
     /// A file could not be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("reading {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     /// A results file is not what the load tool writes.
     #[error("{origin}: {detail}")]
     BenchInput { origin: String, detail: String },

@@ -265,9 +265,9 @@ pub fn parse_mix(text: &str) -> Result<Vec<ChannelClass>, CapacityError> {
 
 /// Reads a channel mix file (see [`parse_mix`]).
 pub fn read_mix(path: &std::path::Path) -> Result<Vec<ChannelClass>, CapacityError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CapacityError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| CapacityError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     parse_mix(&text).map_err(|e| match e {
         CapacityError::Mix(detail) => CapacityError::Mix(format!("{}: {detail}", path.display())),
