@@ -719,6 +719,20 @@ mod tests {
         assert_eq!(f[Id::NodeCores], 4.0, "a refused value changes nothing");
     }
 
+    /// docs/SCALING.md's table of coefficients lists every one, with its marker.
+    #[test]
+    fn every_figure_is_documented() {
+        let doc = include_str!("../../../docs/SCALING.md");
+        for id in Id::ALL {
+            assert!(doc.contains(&format!("`{}`", id.name())), "{}", id.name());
+        }
+        let last = Id::ALL.len();
+        assert!(
+            doc.contains(&format!("| {last} | `{}` |", Id::ALL[last - 1].name())),
+            "the markers in the doc follow the list"
+        );
+    }
+
     #[test]
     fn figures_round_trip_through_json() {
         let mut f = Figures::default();

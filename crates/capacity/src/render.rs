@@ -182,8 +182,9 @@ pub fn text(r: &Report) -> String {
     let engine = match p.engine {
         Engine::Memory => "memory engine: one node, no Redis".to_string(),
         Engine::Redis => format!(
-            "through Redis; a publication is heard by {} nodes on average",
-            num(p.hearing_nodes)
+            "through Redis; a publication is heard by {} node{} on average",
+            num(p.hearing_nodes),
+            if p.hearing_nodes == 1.0 { "" } else { "s" }
         ),
     };
     rows.push(["Starling nodes".into(), count(p.nodes as f64), engine]);
@@ -351,7 +352,7 @@ pub fn text(r: &Report) -> String {
     }
     out.push('\n');
 
-    out.push_str(&growth_text(&r.growth));
+    out.push_str(&growth_text(&r.growth, false));
     if !p.notes.is_empty() || !r.inputs.is_empty() {
         out.push_str("\nNotes\n");
         for note in p.notes.iter().chain(r.inputs.iter()) {
@@ -363,8 +364,8 @@ pub fn text(r: &Report) -> String {
     out
 }
 
-/// The growth table alone.
-pub fn growth_text(rows: &[GrowthRow]) -> String {
+/// The growth table; `standalone` (`--growth`) adds where its figures are listed.
+pub fn growth_text(rows: &[GrowthRow], standalone: bool) -> String {
     let mut out = String::from(
         "Growth table (the same per-user workload; network traffic through the balancers)\n",
     );
@@ -380,6 +381,11 @@ pub fn growth_text(rows: &[GrowthRow]) -> String {
         cells.push(growth_cells(row));
     }
     out.push_str(&table(&cells, 2));
+    if standalone {
+        out.push_str(
+            "  (the model's coefficients and their sources: the same command without --growth)\n",
+        );
+    }
     out
 }
 
@@ -784,7 +790,7 @@ mod tests {
     #[test]
     fn the_growth_table_has_a_row_per_scale() {
         let r = example();
-        let table = growth_text(&r.growth);
+        let table = growth_text(&r.growth, false);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 6, "{table}");
         assert!(lines[1].contains("users") && lines[1].contains("data storage"));

@@ -340,7 +340,7 @@ fn capacity(args: CapacityArgs) -> anyhow::Result<()> {
         (true, false) => render::json(&report)?,
         (true, true) => serde_json::to_string_pretty(&report.growth)?,
         (false, false) => render::text(&report),
-        (false, true) => render::growth_text(&report.growth),
+        (false, true) => render::growth_text(&report.growth, true),
     };
     // A reader that stops early (`| head`) is not an error.
     match writeln!(std::io::stdout().lock(), "{}", out.trim_end()) {

@@ -215,7 +215,7 @@ fn capacity_plans_the_source_analysis_example() {
     let o = capacity(&["--growth"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rows: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
-    assert_eq!(rows.len(), 6, "title, header, 4 scales: {rows:?}");
+    assert_eq!(rows.len(), 7, "title, header, 4 scales, the note: {rows:?}");
     assert!(rows[5].trim_start().starts_with("100M"), "{rows:?}");
 }
 
