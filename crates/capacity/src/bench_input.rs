@@ -47,6 +47,9 @@ pub const MEASURABLE: [Id; 5] = [
     Id::ShardMessages,
 ];
 
+/// Why a `users` run (or an unknown scenario) gives no coefficient.
+const UNUSED: &str = "it mixes publishing and delivery costs, or measures no coefficient";
+
 /// How several observations of one figure combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Combine {
@@ -81,10 +84,7 @@ pub struct BenchInput {
 
 /// Reads a results file.
 pub fn read(path: &Path) -> Result<BenchInput, CapacityError> {
-    let text = std::fs::read_to_string(path).map_err(|error| CapacityError::Read {
-        path: path.display().to_string(),
-        error,
-    })?;
+    let text = crate::read_text(path)?;
     parse(&text, &path.display().to_string())
 }
 
@@ -253,10 +253,9 @@ fn run_line(
             let shards = doc.get("shards").and_then(num);
             bench_doc(result, place, Some(RunContext { cpu, shards }), input);
         }
-        other => input.ignored.push(format!(
-            "{place}: {other} run (not used: it mixes publishing and delivery costs, or \
-             measures no coefficient)"
-        )),
+        other => input
+            .ignored
+            .push(format!("{place}: {other} run (not used: {UNUSED})")),
     }
     Ok(())
 }
@@ -377,10 +376,9 @@ fn bench_doc(doc: &Value, place: &str, context: Option<RunContext>, input: &mut 
                 });
             }
         }
-        other => input.ignored.push(format!(
-            "{place}: {other} run (not used: it mixes publishing and delivery costs, or \
-             measures no coefficient)"
-        )),
+        other => input
+            .ignored
+            .push(format!("{place}: {other} run (not used: {UNUSED})")),
     }
 }
 
@@ -420,46 +418,14 @@ pub fn apply(inputs: &[BenchInput], figures: &mut Figures) -> Result<Vec<String>
         let mut files: Vec<&str> = list.iter().map(|(_, origin)| *origin).collect();
         files.dedup();
         let files = files.join(", ");
-        let (value, detail) = match list[0].0.combine {
-            Combine::Given => {
-                let (o, _) = list[list.len() - 1];
-                (o.value, o.what.clone())
-            }
-            Combine::AtLeast => {
-                let best = list
-                    .iter()
-                    .map(|(o, _)| o)
-                    .fold(list[0].0, |a, b| if b.value > a.value { b } else { a });
-                if best.value <= figures[id] {
-                    notes.push(format!(
-                        "{files}: {} observed at {:.0}, below the figure used ({:.0}): kept",
-                        id.name(),
-                        best.value,
-                        figures[id]
-                    ));
-                    continue;
-                }
-                (
-                    best.value,
-                    format!("at least this much went through ({})", best.what),
-                )
-            }
-            Combine::Median => {
-                let mut values: Vec<f64> = list.iter().map(|(o, _)| o.value).collect();
-                values.sort_by(f64::total_cmp);
-                let median = median(&values);
-                let detail = if list.len() == 1 {
-                    list[0].0.what.clone()
-                } else {
-                    format!(
-                        "median of {} runs ({}; first: {})",
-                        list.len(),
-                        short_list(&values),
-                        list[0].0.what
-                    )
-                };
-                (median, detail)
-            }
+        let observed: Vec<&Observation> = list.iter().map(|(o, _)| *o).collect();
+        let Some((value, detail)) = combine(&observed, figures[id]) else {
+            notes.push(format!(
+                "{files}: {} observed below the figure used ({:.0}): kept",
+                id.name(),
+                figures[id]
+            ));
+            continue;
         };
         let source = Source {
             kind: SourceKind::Bench,
@@ -498,6 +464,44 @@ pub fn apply(inputs: &[BenchInput], figures: &mut Figures) -> Result<Vec<String>
         }
     }
     Ok(notes)
+}
+
+/// One value from several observations of a figure now at `current`: the last one given
+/// by name, else the median of the measurements, else the largest lower bound if it is
+/// above `current` (`None`: it is not, keep the figure).
+fn combine(list: &[&Observation], current: f64) -> Option<(f64, String)> {
+    let of = |kind: Combine| -> Vec<&Observation> {
+        list.iter().copied().filter(|o| o.combine == kind).collect()
+    };
+    if let Some(o) = of(Combine::Given).last() {
+        return Some((o.value, o.what.clone()));
+    }
+    let measured = of(Combine::Median);
+    if let Some(first) = measured.first() {
+        let mut values: Vec<f64> = measured.iter().map(|o| o.value).collect();
+        values.sort_by(f64::total_cmp);
+        let detail = if measured.len() == 1 {
+            first.what.clone()
+        } else {
+            format!(
+                "median of {} runs ({}; first: {})",
+                measured.len(),
+                short_list(&values),
+                first.what
+            )
+        };
+        return Some((median(&values), detail));
+    }
+    of(Combine::AtLeast)
+        .into_iter()
+        .max_by(|a, b| a.value.total_cmp(&b.value))
+        .filter(|best| best.value > current)
+        .map(|best| {
+            (
+                best.value,
+                format!("at least this much went through ({})", best.what),
+            )
+        })
 }
 
 fn median(sorted: &[f64]) -> f64 {
@@ -687,6 +691,14 @@ mod tests {
                 .text
                 .starts_with("from figures.json")
         );
+        // A figure given by name wins over a measurement of it.
+        let inputs = [
+            parse(IDLE, "idle.json").expect("idle"),
+            parse(r#"{"figures": {"memory_per_connection_kib": 2}}"#, "f.json").expect("f"),
+        ];
+        let mut f = Figures::default();
+        apply(&inputs, &mut f).expect("apply");
+        assert_eq!(f[Id::MemoryPerConnection], 2.0);
         // The report's own JSON list of figures reads back too.
         let listed = r#"{"figures": [{"name": "nic_gbps", "value": 25, "unit": "Gbit/s"}]}"#;
         let mut f = Figures::default();

@@ -60,6 +60,14 @@ pub enum CapacityError {
     BenchInput { origin: String, detail: String },
 }
 
+/// The text of the file at `path`.
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String, CapacityError> {
+    std::fs::read_to_string(path).map_err(|error| CapacityError::Read {
+        path: path.display().to_string(),
+        error,
+    })
+}
+
 /// Everything `starling capacity` prints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {

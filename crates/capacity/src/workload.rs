@@ -265,10 +265,7 @@ pub fn parse_mix(text: &str) -> Result<Vec<ChannelClass>, CapacityError> {
 
 /// Reads a channel mix file (see [`parse_mix`]).
 pub fn read_mix(path: &std::path::Path) -> Result<Vec<ChannelClass>, CapacityError> {
-    let text = std::fs::read_to_string(path).map_err(|error| CapacityError::Read {
-        path: path.display().to_string(),
-        error,
-    })?;
+    let text = crate::read_text(path)?;
     parse_mix(&text).map_err(|e| match e {
         CapacityError::Mix(detail) => CapacityError::Mix(format!("{}: {detail}", path.display())),
         other => other,
