@@ -51,6 +51,11 @@ enum Command {
     /// The PostgreSQL archive (archive.url from the configuration).
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Estimate what a workload takes (Starling nodes, Redis shards, balancers, archive
+    /// storage), which resource runs out first, and the growth from 100 to 100 million
+    /// users, from measured figures (docs/SCALING.md, "Planning capacity"). Every number
+    /// says where it came from.
+    Capacity(CapacityArgs),
     /// Print the version and exit.
     Version,
 }
@@ -152,6 +157,196 @@ struct ChecktokenArgs {
     source: ConfigSource,
     /// The token (JWT) to verify.
     token: String,
+}
+
+/// `starling capacity`.
+#[derive(Args, Debug)]
+struct CapacityArgs {
+    /// Users (each with --connections-per-user connections).
+    #[arg(long, value_name = "N")]
+    users: u64,
+    /// Publications per user per second (0.1: one every ten seconds).
+    #[arg(long, allow_negative_numbers = true, value_name = "R")]
+    msg_rate: f64,
+    /// Bytes of data per publication.
+    #[arg(long, value_name = "BYTES")]
+    msg_size: u64,
+    /// Subscribers each publication reaches (default 1: personal channels).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "F",
+        conflicts_with = "channel_mix"
+    )]
+    fanout: Option<f64>,
+    /// Channel classes instead of one fan-out: JSON lines (or a JSON array) of
+    /// {"name": "group", "share": 0.2, "subscribers": 100}, shares adding up to 1;
+    /// "subscribers": "all" is a broadcast to every connection.
+    #[arg(long, value_name = "FILE")]
+    channel_mix: Option<PathBuf>,
+    /// Connections per user (tabs, devices).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        default_value_t = 1.0
+    )]
+    connections_per_user: f64,
+    /// History entries kept per channel (namespaces.<ns>.history_size).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    history: u64,
+    /// Seconds a quiet channel's history is kept (namespaces.<ns>.history_ttl_secs).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    history_ttl: u64,
+    /// Presence on every subscription.
+    #[arg(long)]
+    presence: bool,
+    /// Days the PostgreSQL archive keeps (archive.retention_days); 0: no archive.
+    #[arg(long, value_name = "D", default_value_t = 0)]
+    archive_days: u64,
+    /// The clients' encoding.
+    #[arg(long, value_enum, default_value = "json")]
+    encoding: CapacityEncoding,
+    /// permessage-deflate on deliveries (default none; deflate when --compression-ratio
+    /// is given).
+    #[arg(long, value_enum)]
+    compression: Option<CapacityCompression>,
+    /// Deflated size over plain size, instead of the measured chat-like ratio.
+    #[arg(long, allow_negative_numbers = true, value_name = "RATIO")]
+    compression_ratio: Option<f64>,
+    /// Coefficients measured by the load tool: `starling-bench ... --json` output,
+    /// bench/peers.sh's runs.jsonl, or {"figures": {NAME: VALUE}} (repeatable).
+    #[arg(long = "from-bench", value_name = "FILE")]
+    from_bench: Vec<PathBuf>,
+    /// Set any coefficient by name, e.g. `--figure redis_shard_messages_per_s=800000`
+    /// (repeatable; the names are listed under Figures in the report).
+    #[arg(long = "figure", value_name = "NAME=VALUE")]
+    figure: Vec<String>,
+    /// Assumption: cores of a production node (8).
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    node_cores: Option<f64>,
+    /// Assumption: memory of a production node, GiB (32).
+    #[arg(long, allow_negative_numbers = true, value_name = "GIB")]
+    node_memory_gib: Option<f64>,
+    /// Assumption: each machine's network interface, Gbit/s (10).
+    #[arg(long, allow_negative_numbers = true, value_name = "GBPS")]
+    nic_gbps: Option<f64>,
+    /// Assumption: open-files limit per process in production (1048576).
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    max_files: Option<f64>,
+    /// Assumption: kernel memory per TCP socket, buffers included, KiB (10).
+    #[arg(long, allow_negative_numbers = true, value_name = "KIB")]
+    kernel_kib_per_socket: Option<f64>,
+    /// Assumption: memory of a Redis shard, GiB (16).
+    #[arg(long, allow_negative_numbers = true, value_name = "GIB")]
+    redis_memory_gib: Option<f64>,
+    /// Assumption: the share of any resource the plan may use (0.7).
+    #[arg(long, allow_negative_numbers = true, value_name = "FRACTION")]
+    max_utilization: Option<f64>,
+    /// Also write an SVG of nodes, shards, balancers and bandwidth against users.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Print only the growth table.
+    #[arg(long)]
+    growth: bool,
+    /// Print the report as JSON (with --growth: the growth table's rows).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum CapacityEncoding {
+    Json,
+    Msgpack,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum CapacityCompression {
+    None,
+    Deflate,
+}
+
+/// `starling capacity`: figures (defaults, then --from-bench, the assumption flags and
+/// --figure), the workload, then the report.
+fn capacity(args: CapacityArgs) -> anyhow::Result<()> {
+    use starling_capacity::figures::{Figures, Id};
+    use starling_capacity::workload::{self, Compression, Encoding};
+    use starling_capacity::{Workload, bench_input, growth, plot, render};
+    use std::io::Write as _;
+
+    let mut figures = Figures::default();
+    let inputs = args
+        .from_bench
+        .iter()
+        .map(|path| bench_input::read(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let notes = bench_input::apply(&inputs, &mut figures)?;
+    for (id, value) in [
+        (Id::NodeCores, args.node_cores),
+        (Id::NodeMemory, args.node_memory_gib),
+        (Id::Nic, args.nic_gbps),
+        (Id::MaxFiles, args.max_files),
+        (Id::KernelPerSocket, args.kernel_kib_per_socket),
+        (Id::RedisMemory, args.redis_memory_gib),
+        (Id::MaxUtilization, args.max_utilization),
+    ] {
+        if let Some(value) = value {
+            figures.set_flag(id, value)?;
+        }
+    }
+    for arg in &args.figure {
+        figures.set_from_arg(arg)?;
+    }
+
+    let mut w = Workload::new(
+        args.users as f64,
+        args.msg_rate,
+        args.msg_size as f64,
+        args.fanout.unwrap_or(1.0),
+    );
+    if let Some(path) = &args.channel_mix {
+        w.mix = workload::read_mix(path)?;
+    }
+    w.connections_per_user = args.connections_per_user;
+    w.history = args.history as f64;
+    w.history_ttl_s = args.history_ttl as f64;
+    w.presence = args.presence;
+    w.archive_days = args.archive_days as f64;
+    w.encoding = match args.encoding {
+        CapacityEncoding::Json => Encoding::Json,
+        CapacityEncoding::Msgpack => Encoding::Msgpack,
+    };
+    w.compression = match (args.compression, args.compression_ratio) {
+        (Some(CapacityCompression::None), Some(_)) => {
+            anyhow::bail!("--compression-ratio needs --compression deflate")
+        }
+        (Some(CapacityCompression::None), None) | (None, None) => Compression::None,
+        (_, ratio) => Compression::Deflate { ratio },
+    };
+
+    let mut report = starling_capacity::report(&w, &figures)?;
+    report.inputs = notes;
+    if let Some(path) = &args.plot {
+        let rows = growth::growth(&w, &figures, &growth::plot_scales())?;
+        let title = format!(
+            "Predicted cost against users: {}",
+            render::describe_per_user(&w)
+        );
+        std::fs::write(path, plot::svg(&rows, &title))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let out = match (args.json, args.growth) {
+        (true, false) => render::json(&report)?,
+        (true, true) => serde_json::to_string_pretty(&report.growth)?,
+        (false, false) => render::text(&report),
+        (false, true) => render::growth_text(&report.growth, true),
+    };
+    // A reader that stops early (`| head`) is not an error.
+    match writeln!(std::io::stdout().lock(), "{}", out.trim_end()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// A `--ttl` value: zero means no expiry.
@@ -434,6 +629,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Capacity(args) => capacity(args),
         Command::Version => {
             println!(
                 "starling {} (commit {}, rustc {})",

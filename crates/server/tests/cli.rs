@@ -1,5 +1,5 @@
 //! The command-line tools beside `serve`, run as the real binary: `genconfig`,
-//! `checkconfig`, `gentoken`, `gensubtoken`, `checktoken`, `version`.
+//! `checkconfig`, `gentoken`, `gensubtoken`, `checktoken`, `version`, `capacity`.
 
 mod common;
 
@@ -160,5 +160,182 @@ async fn minted_tokens_open_a_real_node() {
             .starts_with("valid subscription token for user \"ann\" on channel \"secret:plans\""),
         "{}",
         stdout(&o)
+    );
+}
+
+/// The source analysis's example: 10,000 users, 1 publication/s each of 1 KB.
+const EXAMPLE: [&str; 7] = [
+    "capacity",
+    "--users",
+    "10000",
+    "--msg-rate",
+    "1",
+    "--msg-size",
+    "1024",
+];
+
+fn capacity(extra: &[&str]) -> Output {
+    let mut args = EXAMPLE.to_vec();
+    args.extend_from_slice(extra);
+    starling(&args)
+}
+
+#[test]
+fn capacity_plans_the_source_analysis_example() {
+    let o = capacity(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for expected in [
+        "Capacity plan: 10,000 users × 1 publication/s × 1,024 B, fan-out 1, JSON",
+        "\nLoad\n",
+        "\nWhat it takes\n",
+        "\nFirst bottleneck",
+        "\nGrowth table",
+        "10,000/s",
+        "10.2 MB/s",
+        "36.9 GB/h",
+        "node CPU runs out first",
+        "default: docs/BENCHMARKS.md",
+        "assumption: a production node (--node-cores)",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+    // One node on the memory engine, no Redis.
+    // The value after a row's name ("  Starling nodes    1    memory engine ...").
+    let field = |name: &str| {
+        let line = text.lines().find_map(|l| l.trim_start().strip_prefix(name));
+        line.and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(field("Starling nodes"), "1", "{text}");
+    assert_eq!(field("Redis shards"), "0", "{text}");
+    assert_eq!(field("deliveries"), "10,000/s", "{text}");
+
+    let o = capacity(&["--growth"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(rows.len(), 7, "title, header, 4 scales, the note: {rows:?}");
+    assert!(rows[5].trim_start().starts_with("100M"), "{rows:?}");
+}
+
+#[test]
+fn capacity_json_plot_and_bench_results() {
+    let dir = tempfile::tempdir().expect("dir");
+    let plot = dir.path().join("cost.svg");
+    let bench = dir.path().join("idle.json");
+    // What `starling-bench idle --server-pid PID --json` prints (crates/bench/src/idle.rs).
+    std::fs::write(
+        &bench,
+        r#"{"scenario":"idle","protocol":"starling","stage":"subscribe","connections":10000,"ready":10000,"failed":0,"held":10000,"nodes":[{"url":"ws://127.0.0.1:4000/connection/websocket","held":10000,"rss_before":8912896,"rss_after":24272896,"rss_settled":true,"rss_delta_per_connection":1536}]}"#,
+    )
+    .expect("write");
+    let o = capacity(&[
+        "--json",
+        "--plot",
+        plot.to_str().expect("utf-8"),
+        "--from-bench",
+        bench.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("--json is JSON");
+    assert_eq!(v["load"]["publications_per_s"], 10_000.0);
+    assert_eq!(v["load"]["deliveries_per_s"], 10_000.0);
+    assert_eq!(v["load"]["payload_in_per_s"], 10_240_000.0);
+    assert_eq!(v["plan"]["nodes"], 1);
+    assert_eq!(v["plan"]["engine"], "memory");
+    assert_eq!(v["growth"].as_array().map(Vec::len), Some(4));
+    let figures = v["figures"].as_array().expect("figures");
+    assert!(
+        figures
+            .iter()
+            .all(|f| f["source"]["text"].as_str().is_some_and(|t| !t.is_empty()))
+    );
+    let memory = &figures[0];
+    assert_eq!(memory["name"], "memory_per_connection_kib");
+    assert_eq!(memory["value"], 1.5, "1,536 B from the bench file");
+    assert!(
+        memory["source"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("from "),
+        "{memory}"
+    );
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("Starling nodes"),
+        "{svg}"
+    );
+    assert!(stderr(&o).contains("wrote"), "{}", stderr(&o));
+}
+
+#[test]
+fn capacity_refuses_bad_input_clearly() {
+    let o = capacity(&["--bogus"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unexpected argument '--bogus'"),
+        "{}",
+        stderr(&o)
+    );
+    for (args, says) in [
+        (
+            vec![
+                "capacity",
+                "--users",
+                "0",
+                "--msg-rate",
+                "1",
+                "--msg-size",
+                "1",
+            ],
+            "--users must be",
+        ),
+        (
+            vec![
+                "capacity",
+                "--users",
+                "10",
+                "--msg-rate",
+                "-1",
+                "--msg-size",
+                "1",
+            ],
+            "--msg-rate must be",
+        ),
+        (
+            vec![
+                "capacity",
+                "--users",
+                "10",
+                "--msg-rate",
+                "NaN",
+                "--msg-size",
+                "1",
+            ],
+            "--msg-rate must be",
+        ),
+        (
+            vec!["capacity", "--users", "10", "--msg-rate", "1"],
+            "--msg-size",
+        ),
+    ] {
+        let o = starling(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    let o = capacity(&["--figure", "nope=1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown figure `nope`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = capacity(&["--from-bench", "/nonexistent/results.json"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("reading /nonexistent/results.json"),
+        "{}",
+        stderr(&o)
     );
 }
