@@ -30,7 +30,8 @@ pub struct GrowthRow {
     pub bytes_out_per_s: f64,
     /// The data alone, per day (the source analysis's "logs").
     pub payload_per_day: f64,
-    /// The message log's writes per day (a single node only; a cluster keeps none).
+    /// The message log's writes per day (a single node's log, or a cluster's archive
+    /// journals when it archives; a cluster that does not archive keeps none).
     pub log_per_day: Option<f64>,
     /// The archive's growth per day, when it is on.
     pub archive_per_day: Option<f64>,
@@ -67,7 +68,8 @@ pub fn growth(w: &Workload, f: &Figures, scales: &[f64]) -> Result<Vec<GrowthRow
                 bytes_in_per_s: load.bytes_in_per_s,
                 bytes_out_per_s: load.bytes_out_per_s,
                 payload_per_day: load.payload_in_per_s * DAY,
-                log_per_day: (plan.engine == Engine::Memory).then_some(load.log_bytes_per_s * DAY),
+                log_per_day: (plan.engine == Engine::Memory || plan.archive.is_some())
+                    .then_some(load.log_bytes_per_s * DAY),
                 archive_per_day: plan.archive.as_ref().map(|a| a.bytes_per_day),
                 bottleneck: plan.bottleneck,
                 utilization: first.map_or(0.0, |u| u.utilization),

@@ -373,13 +373,28 @@ pub fn plan(load: &Load, w: &Workload, f: &Figures) -> Result<Plan, CapacityErro
     let mut notes = Vec::new();
 
     let single = node_usages(load, w, f, 1.0, false);
-    let cluster = single.iter().any(|u| u.utilization > limit);
+    // Each node archives what it publishes, with one writer: an archive that needs more
+    // writers than one needs that many nodes.
+    let writers = if w.archive_days > 0.0 {
+        units(load.archive_rows_per_s, f[Id::ArchiveRows], limit)
+    } else {
+        0
+    };
+    let cluster = single.iter().any(|u| u.utilization > limit) || writers > 1;
     let (nodes, node_usage) = if cluster {
         let mut needs = [None; 4];
         for (i, need) in needs.iter_mut().enumerate() {
             *need = nodes_for(load, w, f, i, true, 2, limit);
         }
-        let nodes = needs.iter().flatten().copied().max().unwrap_or(2).max(2);
+        let by_nodes = needs.iter().flatten().copied().max().unwrap_or(2).max(2);
+        let nodes = by_nodes.max(writers);
+        if nodes > by_nodes {
+            notes.push(format!(
+                "{nodes} nodes where {by_nodes} would carry the connections and deliveries: \
+                 the archive needs {writers} writers, and each node has one (it archives \
+                 what it publishes)"
+            ));
+        }
         let mut usages = node_usages(load, w, f, nodes as f64, true);
         for (usage, need) in usages.iter_mut().zip(needs) {
             usage.needs = need;
@@ -509,26 +524,18 @@ pub fn plan(load: &Load, w: &Workload, f: &Figures) -> Result<Plan, CapacityErro
     usages.push(lb_sockets);
     usages.push(lb_network);
 
-    // The archive: one writer on the (single) node.
+    // The archive: one writer per node, each archiving what its node publishes (the
+    // balancer spreads publishers, so each writer takes about 1/nodes of the rows).
     let archive = (w.archive_days > 0.0).then(|| {
         let rows = load.archive_rows_per_s;
-        let writers = units(rows, f[Id::ArchiveRows], limit);
-        let mut usage = Usage::new(Resource::ArchiveWriter, rows, f[Id::ArchiveRows], "rows/s");
+        let mut usage = Usage::new(
+            Resource::ArchiveWriter,
+            rows / n,
+            f[Id::ArchiveRows],
+            "rows/s",
+        );
         usage.needs = Some(writers);
         usages.push(usage);
-        if cluster {
-            notes.push(
-                "a cluster node cannot archive yet (docs/OPERATIONS.md, The archive): the \
-                 archive figures are what it would take"
-                    .into(),
-            );
-        }
-        if writers > 1 {
-            notes.push(format!(
-                "the archive needs {writers} writers; a node has one, so it would lag \
-                 (measured with PostgreSQL on the node's own 2 cores)"
-            ));
-        }
         Archive {
             rows_per_s: rows,
             writers_needed: writers,
@@ -703,10 +710,32 @@ mod tests {
         assert_eq!(a.rows_per_s, 100_000.0);
         assert_eq!(a.writers_needed, 3, "100,000 / (70,000 × 0.7)");
         assert_eq!(a.partitions, 2.0 * (7.0 + 1.0 + 2.0));
-        assert!(!p.feasible);
-        assert_eq!(p.bottleneck, Resource::ArchiveWriter);
+        // One node would carry the rest: the archive alone makes it three.
+        assert_eq!(p.nodes, 3);
+        assert!(p.feasible);
+        let u = p.usage(Resource::ArchiveWriter).expect("writer usage");
+        assert!((u.used - 100_000.0 / 3.0).abs() < 1e-6, "{}", u.used);
         assert!(
             p.notes.iter().any(|n| n.contains("3 writers")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn in_a_cluster_each_node_archives_its_share() {
+        let f = Figures::default();
+        let mut w = Workload::new(4_000_000.0, 0.025, 1024.0, 1.0);
+        w.archive_days = 7.0;
+        let p = plan_of(&w, &f);
+        assert!(p.nodes >= 3, "a cluster: {}", p.nodes);
+        let a = p.archive.as_ref().expect("archive");
+        assert_eq!(a.writers_needed, 3, "100,000 / (70,000 × 0.7)");
+        let u = p.usage(Resource::ArchiveWriter).expect("writer usage");
+        let per_node = 100_000.0 / (70_000.0 * p.nodes as f64);
+        assert!((u.utilization - per_node).abs() < 1e-9, "{}", u.utilization);
+        assert!(
+            !p.notes.iter().any(|n| n.contains("writers")),
             "{:?}",
             p.notes
         );

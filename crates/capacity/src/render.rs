@@ -104,9 +104,16 @@ pub fn text(r: &Report) -> String {
         per_hour_day(l.payload_in_per_s),
         "the payload alone (what the source analysis calls logs)".into(),
     ]);
+    // A single node logs every publication; a cluster node logs only what it publishes,
+    // and only when it archives (its archive journal): the same bytes over all nodes.
+    let logged = p.engine == Engine::Memory || p.archive.is_some();
     rows.push([
-        "message log".into(),
         if p.engine == Engine::Memory {
+            "message log".into()
+        } else {
+            "archive journal".into()
+        },
+        if logged {
             per_hour_day(l.log_bytes_per_s)
         } else {
             "none".into()
@@ -117,8 +124,15 @@ pub fn text(r: &Report) -> String {
                 count(f[Id::LogRecordOverhead]),
                 cite(&[Id::LogRecordOverhead])
             )
+        } else if logged {
+            format!(
+                "over all nodes: each keeps what it publishes, records of size + {} B {} \
+                 (storage.dir/cluster-archive), until archived and past retention",
+                count(f[Id::LogRecordOverhead]),
+                cite(&[Id::LogRecordOverhead])
+            )
         } else {
-            "a cluster node keeps no message log".into()
+            "a cluster node keeps no message log (Redis holds the streams)".into()
         },
     ]);
     rows.push(match &p.archive {
