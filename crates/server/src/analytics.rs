@@ -6,12 +6,14 @@
 //! documented views use). Without it the node answers from its own counters: a
 //! [`Ring`] of per-minute [`Snapshot`]s of the metrics (the last [`RING_MINUTES`]
 //! minutes), taken by [`run_sampler`], plus a live reading for the current, partial
-//! minute, so that what was published a second ago already shows. Publish latency and
-//! the current connection count always come from the node: PostgreSQL does not have
-//! them.
+//! minute, so that what was published a second ago already shows; the top channels and
+//! publishers are counted from a single node's message log, read from the position the
+//! ring recorded at the window's start (a bounded scan that says when it was cut).
+//! Publish latency and the current connection count always come from the node:
+//! PostgreSQL does not have them.
 
-use std::collections::VecDeque;
-use std::sync::Weak;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -19,6 +21,7 @@ use serde_json::{Value, json};
 use starling_archive::analytics::{self as pg, Bucket as PgBucket, Window};
 use starling_archive::{ArchiveError, tokio_postgres};
 use starling_core::metrics::{BUCKET_BOUNDS_NS, BUCKETS};
+use starling_log::{Log, ReadError};
 
 use crate::app::AppState;
 use crate::metrics::{Reading, close_codes};
@@ -54,6 +57,9 @@ pub struct Snapshot {
     /// maximum the registry raises on every connect, so a burst between two snapshots
     /// is not missed).
     pub peak: u64,
+    /// The message log's synced position at `at_ms` (a single node with a log): where
+    /// the top lists start reading for a window beginning here.
+    pub log_position: Option<u64>,
 }
 
 impl Snapshot {
@@ -71,6 +77,7 @@ impl Snapshot {
             counters: state.metrics.reading(),
             connections: state.registry.connections() as u64,
             peak: peak as u64,
+            log_position: top_source(state).map(|log| log.synced_position()),
         }
     }
 }
@@ -167,6 +174,19 @@ impl Ring {
         while snapshots.len() > self.capacity {
             snapshots.pop_front();
         }
+    }
+
+    /// The log position to read from for a window starting at `from_ms`: the one of the
+    /// newest snapshot at or before it (so the read covers the window), else of the
+    /// oldest snapshot (the window reaches back past the ring).
+    pub fn log_position_at(&self, from_ms: u64) -> Option<u64> {
+        let snapshots = self.snapshots.lock();
+        snapshots
+            .iter()
+            .rev()
+            .find(|s| s.at_ms <= from_ms)
+            .or(snapshots.front())
+            .and_then(|s| s.log_position)
     }
 
     /// When the oldest snapshot was taken: the node answers nothing before.
@@ -313,11 +333,173 @@ pub struct Query {
     pub namespace: Option<String>,
 }
 
-/// What the node says without the archive about top channels and publishers.
+/// What the node says without the archive about its sources.
 const NODE_NOTE: &str = "source node: this node's counters, at most the last 60 minutes, per minute; \
-     top_channels and top_publishers need the archive (archive.enabled); events_by_code \
-     counts the disconnects this node sent or saw a close code for (clients closing \
-     without a code are not counted)";
+     events_by_code counts the disconnects this node sent or saw a close code for (clients \
+     closing without a code are not counted); ";
+
+/// Where the node's top lists come from without the archive: a single node's message
+/// log, which holds every publication (a cluster node's streams are in Redis).
+fn top_source(state: &AppState) -> Option<&Arc<Log>> {
+    if state.engine.is_some() {
+        return None;
+    }
+    state.journal.as_ref().map(|j| j.log())
+}
+
+/// Most log records one answer reads for its top lists (a bounded scan per request; it
+/// reads from the window's start, so a cut scan misses the newest, and says so).
+const TOP_SCAN_RECORDS: u64 = 1_000_000;
+/// Most distinct channels, and publishers, one answer counts.
+const TOP_KEYS: usize = 100_000;
+
+/// Top channels and publishers counted from the message log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LogTops {
+    /// (channel, publications, bytes), most first.
+    pub channels: Vec<(String, u64, u64)>,
+    /// (user, publications, bytes), most first; `None`: publications without a user.
+    pub publishers: Vec<(Option<String>, u64, u64)>,
+    /// Records read.
+    pub scanned: u64,
+    /// Whether every record of the window was counted (no scan or key bound reached,
+    /// nothing deleted by retention inside the window).
+    pub complete: bool,
+}
+
+/// Counts the publications of `log` from position `from`, published at `from_ms` or
+/// later, up to the synced end, by channel and by publisher; the `limit` largest of
+/// each, ordered as the archive orders them (publications, then bytes, then name).
+/// Blocking (file reads): run it off the runtime workers.
+pub fn tops_from_log(
+    log: &Log,
+    from: u64,
+    from_ms: u64,
+    limit: usize,
+) -> Result<LogTops, ReadError> {
+    let end = log.synced_position();
+    let mut reader = match log.reader(from) {
+        Err(ReadError::Ahead { .. }) => log.reader(0)?,
+        other => other?,
+    };
+    let mut channels: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut publishers: HashMap<Option<String>, (u64, u64)> = HashMap::new();
+    let (mut scanned, mut complete) = (0u64, true);
+    'read: while reader.position() < end {
+        let batch = reader.next_batch(1000, 4 * 1024 * 1024)?;
+        if batch.gap.is_some() && scanned > 0 {
+            // Retention deleted records while we read: some of the window is gone.
+            complete = false;
+        }
+        if batch.is_empty() && batch.gap.is_none() {
+            break;
+        }
+        for (_, record) in batch.records {
+            if scanned >= TOP_SCAN_RECORDS {
+                complete = false;
+                break 'read;
+            }
+            scanned += 1;
+            if record.payload.is_empty() || record.time_ms < from_ms {
+                continue;
+            }
+            let Some(publication) = crate::journal::decode(&record) else {
+                continue;
+            };
+            let size = publication.data.len() as u64;
+            let user = publication.info.map(|i| i.user).filter(|u| !u.is_empty());
+            let room = channels.len() < TOP_KEYS && publishers.len() < TOP_KEYS;
+            if let Some(c) = channels.get_mut(&record.channel) {
+                *c = (c.0 + 1, c.1 + size);
+            } else if room {
+                channels.insert(record.channel, (1, size));
+            } else {
+                complete = false;
+            }
+            if let Some(p) = publishers.get_mut(&user) {
+                *p = (p.0 + 1, p.1 + size);
+            } else if room {
+                publishers.insert(user, (1, size));
+            } else {
+                complete = false;
+            }
+        }
+    }
+    fn largest<K: Ord>(map: HashMap<K, (u64, u64)>, limit: usize) -> Vec<(K, u64, u64)> {
+        let mut rows: Vec<(K, u64, u64)> = map.into_iter().map(|(k, (m, b))| (k, m, b)).collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+        rows.truncate(limit);
+        rows
+    }
+    Ok(LogTops {
+        channels: largest(channels, limit),
+        publishers: largest(publishers, limit),
+        scanned,
+        complete,
+    })
+}
+
+/// The top lists of the node's answer, and what the note says about them.
+async fn node_tops(state: &AppState, from_ms: u64, limit: u32) -> (Value, Value, String) {
+    let empty = || (json!([]), json!([]));
+    let Some(log) = top_source(state).cloned() else {
+        let (c, p) = empty();
+        let why = if state.engine.is_some() {
+            "top_channels and top_publishers need the archive (archive.enabled) in a cluster"
+        } else {
+            "top_channels and top_publishers need the message log (storage.dir) or the archive"
+        };
+        return (c, p, why.into());
+    };
+    let from = state.analytics.log_position_at(from_ms).unwrap_or(0);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let counted =
+        tokio::task::spawn_blocking(move || tops_from_log(&log, from, from_ms, limit)).await;
+    let tops = match counted {
+        Ok(Ok(tops)) => tops,
+        Ok(Err(e)) => {
+            let (c, p) = empty();
+            return (
+                c,
+                p,
+                format!("top lists: the message log cannot be read: {e}"),
+            );
+        }
+        Err(e) => {
+            let (c, p) = empty();
+            return (c, p, format!("top lists: the log scan failed: {e}"));
+        }
+    };
+    let channels = tops
+        .channels
+        .iter()
+        .map(|(channel, messages, bytes)| {
+            json!({
+                "channel": channel, "namespace": starling_archive::namespace_of(channel),
+                "messages": messages, "bytes": bytes,
+            })
+        })
+        .collect();
+    let publishers = tops
+        .publishers
+        .iter()
+        .map(|(user, messages, bytes)| json!({"user": user, "messages": messages, "bytes": bytes}))
+        .collect();
+    let note = if tops.complete {
+        format!(
+            "top_channels and top_publishers counted from this node's message log ({} records \
+             read; publications the log's retention already deleted are not counted)",
+            tops.scanned
+        )
+    } else {
+        format!(
+            "top_channels and top_publishers are PARTIAL: counted from the first {} records of \
+             the window in this node's message log (a bounded scan; the archive answers in full)",
+            tops.scanned
+        )
+    };
+    (Value::Array(channels), Value::Array(publishers), note)
+}
 
 /// The publish-latency p99 per bucket, from the node's intervals.
 fn latency_json(groups: &[Interval]) -> Vec<Value> {
@@ -339,10 +521,11 @@ fn node_groups(state: &AppState, query: &Query, now: u64) -> (u64, Vec<Interval>
     (covered, group(&intervals, query.width.ms()))
 }
 
-/// The answer from the node's own counters (no archive).
-pub fn node_answer(state: &AppState, query: &Query) -> Value {
+/// The answer from the node's own counters and its message log (no archive).
+pub async fn node_answer(state: &AppState, query: &Query) -> Value {
     let now = now_ms();
     let (from, groups) = node_groups(state, query, now);
+    let (top_channels, top_publishers, top_note) = node_tops(state, from, query.limit).await;
     let labels: Vec<&str> = state.namespaces.metric_labels().collect();
     let mut traffic = Vec::new();
     for g in &groups {
@@ -378,13 +561,13 @@ pub fn node_answer(state: &AppState, query: &Query) -> Value {
     );
     json!({
         "source": "node",
-        "note": NODE_NOTE,
+        "note": format!("{NODE_NOTE}{top_note}"),
         "from_ms": from,
         "to_ms": now,
         "bucket": query.width.name(),
         "traffic": traffic,
-        "top_channels": [],
-        "top_publishers": [],
+        "top_channels": top_channels,
+        "top_publishers": top_publishers,
         "connections": {"current": state.registry.connections(), "peaks": peaks},
         "events_by_code": events,
         "publish_latency_p99": latency_json(&groups),
@@ -476,7 +659,107 @@ mod tests {
             },
             connections,
             peak: connections + 1,
+            log_position: Some(at_ms / 1000),
         }
+    }
+
+    /// The top lists count the window's publications in the log by channel and by
+    /// publisher, skip older ones and epoch records, order as the archive does, and say
+    /// when a bounded scan was cut.
+    #[test]
+    fn top_lists_from_the_log() {
+        use starling_log::{LogConfig, Record};
+        use starling_protocol::{ClientInfo, Publication};
+        let dir = std::env::temp_dir().join(format!("starling-tops-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (log, _) = Log::open(LogConfig::new(&dir), |_| {}).expect("log");
+        let now = now_ms();
+        let mut offset = 0;
+        let mut append = |channel: &str, user: Option<&str>, data: &str, time_ms: u64| {
+            offset += 1;
+            let publication = Publication {
+                data: bytes::Bytes::from(data.to_string()),
+                offset,
+                info: user.map(|u| ClientInfo {
+                    user: u.into(),
+                    client: "c1".into(),
+                    conn_info: None,
+                    chan_info: None,
+                }),
+                ..Publication::default()
+            };
+            let record = Record {
+                channel: channel.into(),
+                epoch: "e".into(),
+                offset,
+                time_ms,
+                payload: crate::journal::encode(channel, &publication),
+            };
+            log.append_blocking(record, false).expect("append");
+        };
+        append(
+            "chat:old",
+            Some("mallory"),
+            "before the window",
+            now - 120_000,
+        );
+        for data in ["1", "22", "333"] {
+            append("chat:a", Some("alice"), data, now);
+        }
+        append("b", Some("bob"), "4444", now);
+        append("c", None, "55", now);
+        append("c", None, "6", now);
+        log.append_blocking(
+            Record {
+                channel: "c".into(),
+                epoch: "e2".into(),
+                offset,
+                time_ms: now,
+                payload: bytes::Bytes::new(),
+            },
+            false,
+        )
+        .expect("epoch record");
+        log.sync().expect("sync");
+
+        let tops = tops_from_log(&log, 0, now - 60_000, 2).expect("tops");
+        assert_eq!(
+            tops.channels,
+            vec![("chat:a".to_string(), 3, 6), ("c".to_string(), 2, 3)]
+        );
+        assert_eq!(
+            tops.publishers,
+            vec![(Some("alice".to_string()), 3, 6), (None, 2, 3)]
+        );
+        assert_eq!((tops.scanned, tops.complete), (8, true));
+        // Publications first: the anonymous 2 before bob's 1, though bob sent more bytes.
+        let all = tops_from_log(&log, 0, now - 60_000, 10).expect("tops");
+        assert_eq!(all.publishers[2], (Some("bob".to_string()), 1, 4));
+        assert_eq!(all.channels.len(), 3);
+        // From a later position: only what follows it.
+        let later = tops_from_log(&log, 4, now - 60_000, 10).expect("tops");
+        assert_eq!(
+            later.channels,
+            vec![("c".to_string(), 2, 3), ("b".to_string(), 1, 4)]
+        );
+        drop(log);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The log position for a window: the newest snapshot at or before its start, else
+    /// the oldest.
+    #[test]
+    fn the_ring_finds_where_a_window_starts_in_the_log() {
+        let ring = Ring::new(Duration::from_secs(60), 3, snapshot(60_000, 0, 0, 0));
+        ring.push(snapshot(120_000, 0, 0, 0));
+        ring.push(snapshot(180_000, 0, 0, 0));
+        assert_eq!(ring.log_position_at(150_000), Some(120));
+        assert_eq!(ring.log_position_at(180_000), Some(180));
+        assert_eq!(
+            ring.log_position_at(10_000),
+            Some(60),
+            "before the ring: its oldest"
+        );
     }
 
     /// The ring keeps `intervals` periods, differences consecutive snapshots, adds the

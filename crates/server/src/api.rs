@@ -885,10 +885,17 @@ async fn await_durable(
         return Ok(());
     }
     let Some(ack) = ack else {
+        // With a log, no acknowledgement means the publication was stored nowhere.
+        let why = if state.journal.is_some() {
+            "durable publish: the publication was stored nowhere (its channel keeps no \
+             history and has no subscribers: offset 0), so nothing is on disk"
+        } else {
+            "durable publish needs the message log (storage.dir)"
+        };
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             codes::NOT_AVAILABLE,
-            "durable publish needs the message log (storage.dir)",
+            why,
         ));
     };
     // The log failed after taking the record: it was delivered live, but is not on disk.
@@ -1283,7 +1290,7 @@ pub async fn analytics(State(state): State<Arc<AppState>>, req: Request) -> ApiR
         authorized(&state, &mut AxumInput::from(req)).await?;
     let query = body.query();
     let Some(archive) = state.archive.get() else {
-        return ok(crate::analytics::node_answer(&state, &query));
+        return ok(crate::analytics::node_answer(&state, &query).await);
     };
     let answer = tokio::time::timeout(ANALYTICS_TIMEOUT, async {
         let client = archive.connect().await?;

@@ -41,7 +41,7 @@ impl LogJournal {
 
 /// A publication as stored: its `pub` push in MessagePack (data, offset, info, tags),
 /// the same encoding clients can read.
-fn encode(channel: &str, publication: &Publication) -> Bytes {
+pub(crate) fn encode(channel: &str, publication: &Publication) -> Bytes {
     let mut out = Vec::with_capacity(publication.data.len() + 64);
     encode_publication(Encoding::MsgPack, channel, publication, &mut out);
     Bytes::from(out)

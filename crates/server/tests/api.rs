@@ -479,7 +479,13 @@ async fn openapi_states_the_constraints() {
 #[tokio::test]
 async fn analytics_without_the_archive_answers_from_the_node() {
     // The node counts per configured namespace (others together, as ":other").
-    let server = Server::start(&["--dev", "--set", "namespaces.chat.allow_publish=true"]);
+    let server = Server::start(&[
+        "--dev",
+        "--set",
+        "namespaces.chat.allow_publish=true",
+        "--set",
+        "namespaces.chat.history_size=10",
+    ]);
     let alice = common::token(json!({"sub": "alice"}));
     let (mut c, _) = Client::connect(&server, Some(&alice)).await;
     for n in 0..3 {
@@ -494,6 +500,16 @@ async fn analytics_without_the_archive_answers_from_the_node() {
             .await;
         assert_eq!(status, 200, "{r}");
     }
+    // A durable publish waits for the log's fsync, which covers everything before it: the
+    // top lists (counted from the fsynced log) see it all. `news` keeps no history and
+    // has no subscriber: stored nowhere, it is in the traffic, not in the top lists.
+    let (status, r) = server
+        .api(
+            "publish",
+            json!({"channel": "chat:x", "data": [9], "durable": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
     let (status, r) = server.api("analytics", json!({})).await;
     assert_eq!(status, 200, "{r}");
     let result = &r["result"];
@@ -502,10 +518,21 @@ async fn analytics_without_the_archive_answers_from_the_node() {
     assert!(
         result["note"]
             .as_str()
-            .is_some_and(|n| n.contains("archive"))
+            .is_some_and(|n| n.contains("counted from this node's message log")),
+        "{r}"
     );
-    assert_eq!(result["top_channels"], json!([]));
-    assert_eq!(result["top_publishers"], json!([]));
+    assert_eq!(
+        result["top_channels"],
+        json!([{"channel": "chat:x", "namespace": "chat", "messages": 4, "bytes": 24}]),
+        "{r}"
+    );
+    assert_eq!(
+        result["top_publishers"],
+        json!([
+            {"user": "alice", "messages": 3, "bytes": 21},
+            {"user": null, "messages": 1, "bytes": 3},
+        ])
+    );
     assert_eq!(result["connections"]["current"], 1);
     // A minute may turn between the publications: sum the rows.
     let sum = |ns: &str, field: &str| -> u64 {
@@ -519,7 +546,7 @@ async fn analytics_without_the_archive_answers_from_the_node() {
     };
     assert_eq!(
         (sum("chat", "messages"), sum("chat", "bytes")),
-        (3, 21),
+        (4, 24),
         "{r}"
     );
     assert_eq!(
