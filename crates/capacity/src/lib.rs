@@ -22,6 +22,7 @@ pub mod growth;
 pub mod load;
 pub mod plan;
 pub mod plot;
+pub mod predict;
 pub mod render;
 pub mod workload;
 
@@ -31,6 +32,7 @@ pub use figures::Figures;
 pub use growth::GrowthRow;
 pub use load::Load;
 pub use plan::Plan;
+pub use predict::Prediction;
 pub use workload::Workload;
 
 /// Why no plan could be made.
@@ -78,6 +80,9 @@ pub struct Report {
     pub growth: Vec<GrowthRow>,
     /// What the inputs said (results files read, figures taken or ignored).
     pub inputs: Vec<String>,
+    /// The model's figures for a topology given with `--nodes`/`--shards`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Prediction>,
 }
 
 /// The load, the plan and the growth table of `w` under `f`.
@@ -93,6 +98,7 @@ pub fn report(w: &Workload, f: &Figures) -> Result<Report, CapacityError> {
         plan,
         growth,
         inputs: Vec::new(),
+        topology: None,
     })
 }
 

@@ -38,10 +38,10 @@ use crate::workload::Workload;
 
 /// The most machines of one kind the search considers.
 const MAX_UNITS: u64 = 1_000_000_000_000;
-const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
-const MIB: f64 = 1024.0 * 1024.0;
+pub(crate) const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 /// Bytes per second in one Gbit/s.
-const GBPS: f64 = 1e9 / 8.0;
+pub(crate) const GBPS: f64 = 1e9 / 8.0;
 /// The archive's partitioned tables (publications, connection events), one partition a
 /// day each (crates/archive/src/schema.rs).
 const ARCHIVE_TABLES: f64 = 2.0;
@@ -250,15 +250,64 @@ pub fn hearing(subscribers: f64, n: f64) -> f64 {
     (-n * (subscribers * (-1.0 / n).ln_1p()).exp_m1()).clamp(1.0, n)
 }
 
-fn mean_hearing(load: &Load, n: f64) -> f64 {
+pub(crate) fn mean_hearing(load: &Load, n: f64) -> f64 {
     load.classes
         .iter()
         .map(|c| c.share * hearing(c.subscribers, n))
         .sum()
 }
 
-/// The four node resources with `n` nodes.
-fn node_usages(load: &Load, w: &Workload, f: &Figures, n: f64, cluster: bool) -> [Usage; 4] {
+/// One node's share of the load with `n` nodes: what [`node_usages`] rates against a
+/// node's capacity, and what [`crate::predict`] states for a given topology.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NodeShare {
+    /// Connections held.
+    pub connections: f64,
+    /// Starling's own memory (what the process's RSS shows), bytes.
+    pub process_memory: f64,
+    /// The kernel's memory for the node's sockets (not in RSS), bytes.
+    pub kernel_memory: f64,
+    /// CPU, cores: fan-out deliveries.
+    pub cpu_deliveries: f64,
+    /// CPU, cores: publishes taken (decode, checks, history, broker or log).
+    pub cpu_publications: f64,
+    /// CPU, cores: publications heard from Redis (a cluster's replica step).
+    pub cpu_heard: f64,
+    /// CPU, cores: permessage-deflate.
+    pub cpu_compression: f64,
+    /// CPU, cores: pings and reconnects of idle connections.
+    pub cpu_upkeep: f64,
+    /// Bytes per second out and in.
+    pub out_per_s: f64,
+    pub in_per_s: f64,
+}
+
+impl NodeShare {
+    /// All CPU, cores.
+    pub fn cores(&self) -> f64 {
+        self.cpu_deliveries
+            + self.cpu_publications
+            + self.cpu_heard
+            + self.cpu_compression
+            + self.cpu_upkeep
+    }
+}
+
+/// Redis messages per second in all for a load heard by `hearing` nodes per publication
+/// on average: the publish script call, one pub/sub message per node hearing, and the
+/// presence writes.
+pub(crate) fn redis_messages(load: &Load, hearing: f64) -> f64 {
+    load.publications_per_s * (1.0 + hearing) + load.presence_writes_per_s
+}
+
+/// One node's share with `n` nodes (`cluster`: on Redis).
+pub(crate) fn node_share(
+    load: &Load,
+    w: &Workload,
+    f: &Figures,
+    n: f64,
+    cluster: bool,
+) -> NodeShare {
     let conns = load.connections / n;
     let pubs = load.publications_per_s;
     let heard = if cluster {
@@ -266,39 +315,23 @@ fn node_usages(load: &Load, w: &Workload, f: &Figures, n: f64, cluster: bool) ->
     } else {
         0.0
     };
-    let files = Usage::new(
-        Resource::NodeFiles,
-        conns,
-        f[Id::MaxFiles] - f[Id::OpenFilesReserve],
-        "connections",
-    );
-
     let per_conn_kib = if cluster {
         f[Id::MemoryPerConnectionCluster]
     } else {
         f[Id::MemoryPerConnection]
-    } + f[Id::KernelPerSocket];
-    let mut memory = conns * per_conn_kib * 1024.0 + f[Id::NodeBaseMemory] * MIB;
+    };
+    let mut process_memory = conns * per_conn_kib * 1024.0 + f[Id::NodeBaseMemory] * MIB;
     if !cluster {
-        memory += load.history_bytes + load.presence_bytes;
+        process_memory += load.history_bytes + load.presence_bytes;
     }
-    let memory = Usage::new(Resource::NodeMemory, memory / GIB, f[Id::NodeMemory], "GiB");
-
-    let compressed = if load.compressed {
+    let cpu_compression = if load.compressed {
         (if cluster { heard } else { pubs }) * f[Id::DeflateCpu] / 1e6
     } else {
         0.0
     };
-    let upkeep = conns
+    let cpu_upkeep = conns
         * (f[Id::PingCost] / f[Id::PingInterval] / f[Id::DeliveriesPerCore]
             + f[Id::Reconnects] / 3600.0 * f[Id::ConnectCpu] / 1e6);
-    let cores = load.deliveries_per_s / n / f[Id::DeliveriesPerCore]
-        + pubs / n / f[Id::PublishesPerCore]
-        + heard * f[Id::HeardPublicationCpu] / 1e6
-        + compressed
-        + upkeep;
-    let cpu = Usage::new(Resource::NodeCpu, cores, f[Id::NodeCores], "cores");
-
     let redis_message = w.msg_size + f[Id::RedisEntryOverhead];
     let mut out = load.bytes_out_per_s / n;
     let mut inbound = load.bytes_in_per_s / n;
@@ -306,9 +339,39 @@ fn node_usages(load: &Load, w: &Workload, f: &Figures, n: f64, cluster: bool) ->
         out += pubs / n * redis_message;
         inbound += heard * redis_message;
     }
+    NodeShare {
+        connections: conns,
+        process_memory,
+        kernel_memory: conns * f[Id::KernelPerSocket] * 1024.0,
+        cpu_deliveries: load.deliveries_per_s / n / f[Id::DeliveriesPerCore],
+        cpu_publications: pubs / n / f[Id::PublishesPerCore],
+        cpu_heard: heard * f[Id::HeardPublicationCpu] / 1e6,
+        cpu_compression,
+        cpu_upkeep,
+        out_per_s: out,
+        in_per_s: inbound,
+    }
+}
+
+/// The four node resources with `n` nodes.
+fn node_usages(load: &Load, w: &Workload, f: &Figures, n: f64, cluster: bool) -> [Usage; 4] {
+    let share = node_share(load, w, f, n, cluster);
+    let files = Usage::new(
+        Resource::NodeFiles,
+        share.connections,
+        f[Id::MaxFiles] - f[Id::OpenFilesReserve],
+        "connections",
+    );
+    let memory = Usage::new(
+        Resource::NodeMemory,
+        (share.process_memory + share.kernel_memory) / GIB,
+        f[Id::NodeMemory],
+        "GiB",
+    );
+    let cpu = Usage::new(Resource::NodeCpu, share.cores(), f[Id::NodeCores], "cores");
     let network = Usage::new(
         Resource::NodeNetwork,
-        out.max(inbound) / GBPS,
+        share.out_per_s.max(share.in_per_s) / GBPS,
         f[Id::Nic],
         "Gbit/s",
     );
@@ -425,7 +488,7 @@ pub fn plan(load: &Load, w: &Workload, f: &Figures) -> Result<Plan, CapacityErro
     let (shards, broker) = if cluster {
         let pubs = load.publications_per_s;
         let message = w.msg_size + f[Id::RedisEntryOverhead];
-        let messages = pubs * (1.0 + hearing_nodes) + load.presence_writes_per_s;
+        let messages = redis_messages(load, hearing_nodes);
         let memory = load.history_bytes + load.presence_bytes;
         let net_out = pubs * hearing_nodes * message;
         let net_in = pubs * message;

@@ -309,6 +309,10 @@ pub fn text(r: &Report) -> String {
     out.push_str(&table3(&rows));
     out.push('\n');
 
+    if let Some(t) = &r.topology {
+        topology_text(&mut out, t);
+    }
+
     // First bottleneck.
     let _ = writeln!(
         out,
@@ -463,6 +467,84 @@ pub fn figures_text(f: &Figures) -> String {
 /// The report as pretty JSON.
 pub fn json(r: &Report) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(r)
+}
+
+/// The section for `--nodes`/`--shards`: what the model predicts for that topology.
+fn topology_text(out: &mut String, t: &crate::Prediction) {
+    let _ = writeln!(
+        out,
+        "This topology ({} node{}, {}), as the model predicts it (per node unless said)",
+        t.nodes,
+        if t.nodes == 1 { "" } else { "s" },
+        match t.shards {
+            0 => "memory engine".to_string(),
+            1 => "1 Redis shard".to_string(),
+            s => format!("{s} Redis shards"),
+        }
+    );
+    let rows = vec![
+        [
+            "connections".into(),
+            count(t.connections_per_node),
+            String::new(),
+        ],
+        [
+            "process memory".into(),
+            format!("{} MiB", num(t.process_memory_mib)),
+            format!(
+                "the node's RSS: connections × memory per connection + base {}",
+                cite(&[
+                    Id::MemoryPerConnection,
+                    Id::MemoryPerConnectionCluster,
+                    Id::NodeBaseMemory
+                ])
+            ),
+        ],
+        [
+            "kernel memory".into(),
+            format!("{} MiB", num(t.kernel_memory_mib)),
+            format!(
+                "socket buffers, not in the RSS {}",
+                cite(&[Id::KernelPerSocket])
+            ),
+        ],
+        [
+            "CPU".into(),
+            format!("{} cores", num(t.cpu_cores_per_node)),
+            format!(
+                "deliveries {}, publishes {}, heard from Redis {}, compression {}, upkeep {}",
+                num(t.cpu_deliveries),
+                num(t.cpu_publications),
+                num(t.cpu_heard),
+                num(t.cpu_compression),
+                num(t.cpu_upkeep)
+            ),
+        ],
+        [
+            "network".into(),
+            format!(
+                "out {}, in {}",
+                gbps_of(t.out_gbps_per_node),
+                gbps_of(t.in_gbps_per_node)
+            ),
+            format!(
+                "a publication is heard by {} node(s) on average",
+                num(t.hearing_nodes)
+            ),
+        ],
+        [
+            "Redis, per shard".into(),
+            format!("{}/s messages", count(t.redis_messages_per_shard)),
+            "the publish script call + one pub/sub message per hearing node + presence".into(),
+        ],
+    ];
+    out.push_str(&table3(&rows));
+    out.push('\n');
+}
+
+/// A Gbit/s figure as text.
+fn gbps_of(x: f64) -> String {
+    gbps(x * crate::plan::GBPS)
 }
 
 /// The workload in one line.

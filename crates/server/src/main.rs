@@ -243,6 +243,13 @@ struct CapacityArgs {
     /// Assumption: the share of any resource the plan may use (0.7).
     #[arg(long, allow_negative_numbers = true, value_name = "FRACTION")]
     max_utilization: Option<f64>,
+    /// Also predict what this many nodes would use (per node: memory, CPU, network), to
+    /// check the model against a measured run or a running cluster.
+    #[arg(long, value_name = "N")]
+    nodes: Option<u64>,
+    /// With --nodes: Redis shards (default 0 with one node: the memory engine; else 1).
+    #[arg(long, value_name = "S")]
+    shards: Option<u64>,
     /// Also write an SVG of nodes, shards, balancers and bandwidth against users.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
@@ -326,6 +333,19 @@ fn capacity(args: CapacityArgs) -> anyhow::Result<()> {
 
     let mut report = starling_capacity::report(&w, &figures)?;
     report.inputs = notes;
+    if let Some(nodes) = args.nodes {
+        // One node runs the memory engine unless shards are given; more share Redis.
+        let shards = args.shards.unwrap_or(if nodes == 1 { 0 } else { 1 });
+        report.topology = Some(starling_capacity::predict::predict(
+            &report.load,
+            &w,
+            &figures,
+            nodes,
+            shards,
+        )?);
+    } else if args.shards.is_some() {
+        anyhow::bail!("--shards goes with --nodes (the topology to predict)");
+    }
     if let Some(path) = &args.plot {
         let rows = growth::growth(&w, &figures, &growth::plot_scales())?;
         let title = format!(

@@ -339,3 +339,51 @@ fn capacity_refuses_bad_input_clearly() {
         stderr(&o)
     );
 }
+
+#[test]
+fn capacity_predicts_a_given_topology() {
+    let o = starling(&[
+        "capacity",
+        "--users",
+        "9000",
+        "--msg-rate",
+        "0.0022222222",
+        "--msg-size",
+        "100",
+        "--fanout",
+        "9000",
+        "--nodes",
+        "3",
+        "--shards",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let t = &report["topology"];
+    assert_eq!(
+        (t["nodes"].as_u64(), t["shards"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(t["connections_per_node"].as_f64(), Some(3000.0));
+    let near = |field: &str, want: f64| {
+        let got = t[field].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            (got - want).abs() < 0.01 * want,
+            "{field}: {got}, want {want}"
+        );
+    };
+    // 20 publications/s, each heard by the 3 nodes: (1 + 3) messages, over 3 shards.
+    near("hearing_nodes", 3.0);
+    near("redis_messages_per_shard", 20.0 * 4.0 / 3.0);
+    let o = capacity(&["--shards", "2"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--shards goes with --nodes"),
+        "{}",
+        stderr(&o)
+    );
+    let o = capacity(&["--nodes", "2", "--shards", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--shards"), "{}", stderr(&o));
+}
