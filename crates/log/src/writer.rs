@@ -648,6 +648,15 @@ fn due(last: &mut Option<Instant>) -> bool {
 
 /// Creates the segment starting at `base`: header written and fsynced, directory fsynced.
 fn create_segment(dir: &Path, base: u64) -> Result<(File, SegmentMeta), (PathBuf, io::Error)> {
+    create_segment_with(dir, base, |d| File::open(d).and_then(|d| d.sync_all()))
+}
+
+/// [`create_segment`] with the directory's fsync given (a test makes it fail).
+fn create_segment_with(
+    dir: &Path,
+    base: u64,
+    sync_dir: impl Fn(&Path) -> io::Result<()>,
+) -> Result<(File, SegmentMeta), (PathBuf, io::Error)> {
     let path = dir.join(format::segment_name(base));
     let mut file = OpenOptions::new()
         .create_new(true)
@@ -662,9 +671,12 @@ fn create_segment(dir: &Path, base: u64) -> Result<(File, SegmentMeta), (PathBuf
         let _ = fs::remove_file(&path);
         return Err((path, e));
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| (dir.to_path_buf(), e))?;
+    if let Err(e) = sync_dir(dir) {
+        // Its name may not be durable: remove it, so that the next roll (or a retry after
+        // a recovery) can create it again instead of failing on "already exists".
+        let _ = fs::remove_file(&path);
+        return Err((dir.to_path_buf(), e));
+    }
     let meta = SegmentMeta {
         base,
         records: 0,
@@ -675,4 +687,25 @@ fn create_segment(dir: &Path, base: u64) -> Result<(File, SegmentMeta), (PathBuf
         hidden_max: 0,
     };
     Ok((file, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed directory fsync leaves no segment file behind: the next attempt at the
+    /// same base succeeds (before, it failed with "already exists" until a reopen).
+    #[test]
+    fn a_failed_directory_sync_leaves_no_segment_behind() {
+        let dir = std::env::temp_dir().join(format!("starling-segment-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        let failed = create_segment_with(&dir, 7, |_| Err(io::Error::other("injected")));
+        assert!(failed.is_err());
+        assert!(!dir.join(format::segment_name(7)).exists(), "removed");
+        let (_, meta) = create_segment(&dir, 7).expect("created on the next attempt");
+        assert_eq!(meta.base, 7);
+        assert!(dir.join(format::segment_name(7)).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

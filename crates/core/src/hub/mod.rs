@@ -948,7 +948,10 @@ impl Hub {
         durable: bool,
         may_create: &mut dyn FnMut() -> bool,
     ) -> Result<Published, PublishError> {
-        self.counters.publications.fetch_add(1, Ordering::Relaxed);
+        // Counted once accepted (below): a refused publish (channel limit, busy log) is not.
+        let accepted = || {
+            self.counters.publications.fetch_add(1, Ordering::Relaxed);
+        };
         // The shard lock is held until the channel is locked, so a sweep cannot remove a
         // channel between our lookup and our append to its history.
         let mut shard = self.shard(channel).lock();
@@ -968,11 +971,13 @@ impl Hub {
             durable: None,
         };
         let Some(entry) = entry else {
+            accepted();
             return Ok(nowhere());
         };
         let mut state = entry.state.lock();
         drop(shard);
         if state.gone {
+            accepted();
             return Ok(nowhere());
         }
         // The journal first: a refusal must leave the channel untouched (offset unused,
@@ -1005,6 +1010,7 @@ impl Hub {
                 }
             }
         };
+        accepted();
         state.options = options;
         let delivered = self.fan_out(channel, &mut state, publication, now);
         Ok(Published {
@@ -1516,6 +1522,8 @@ mod tests {
         hub.publish("z", Bytes::from_static(b"x"), None, opts(false), false)
             .expect("creates nothing");
         assert_eq!(hub.counters().channels.load(Ordering::Relaxed), 2);
+        // Only the accepted publish counts as a publication.
+        assert_eq!(hub.counters().publications.load(Ordering::Relaxed), 1);
         hub.unsubscribe("b", 2);
         hub.subscribe("c", subscriber(3, 0), opts(false), None, |_| None)
             .expect("a slot came free");
