@@ -82,6 +82,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The PostgreSQL archive of every publication and connection event.
     pub archive: ArchiveConfig,
+    /// `STARLING_*` environment variables that name no section, so were not read as
+    /// settings (reported at start).
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 /// The archive: every publication (read from the message log) and the connection events,
@@ -525,6 +529,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             admin: AdminConfig::default(),
             archive: ArchiveConfig::default(),
+            ignored_env: Vec::new(),
         }
     }
 }
@@ -595,11 +600,22 @@ impl Config {
             })?;
             merge(&mut tree, file_value, true);
         }
+        let mut ignored_env = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
             if ENV_IGNORED.contains(&name.as_str()) {
+                continue;
+            }
+            // A variable that names no section is not meant for us (Kubernetes' service
+            // links make STARLING_PORT, STARLING_SERVICE_HOST for a service named
+            // `starling`; scripts set STARLING_BIN): ignored, and reported at start. One
+            // that names a section but no key there is a typo: refused.
+            let section = rest.to_ascii_lowercase();
+            let section = section.split('_').next().unwrap_or_default();
+            if tree.get(section).is_none() {
+                ignored_env.push(name);
                 continue;
             }
             let path = env_key_path(&tree, rest).ok_or_else(|| ConfigError::UnknownKey {
@@ -621,6 +637,7 @@ impl Config {
         let mut config: Config = tree
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.ignored_env = ignored_env;
         config.finish()?;
         Ok(config)
     }
@@ -943,6 +960,28 @@ mod tests {
         .expect("loads");
         assert_eq!(c.websocket.max_message_size, 2000);
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
+    }
+
+    /// Variables that name no section belong to someone else (service links, scripts):
+    /// ignored and listed; a known section with an unknown key is still a typo.
+    #[test]
+    fn env_variables_of_no_section_are_ignored() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("STARLING_PORT", "tcp://10.0.0.1:8000"),
+                ("STARLING_SERVICE_HOST", "10.0.0.1"),
+                ("STARLING_BIN", "/usr/bin/starling"),
+                ("STARLING_SERVER_NAME", "n1"),
+            ]),
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(c.server.name, "n1");
+        assert_eq!(
+            c.ignored_env,
+            ["STARLING_PORT", "STARLING_SERVICE_HOST", "STARLING_BIN"]
+        );
     }
 
     #[test]

@@ -662,6 +662,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.load()?;
             starling::logging::init(&config.log)?;
+            if !config.ignored_env.is_empty() {
+                tracing::warn!(
+                    variables = %config.ignored_env.join(" "),
+                    "environment variables with the STARLING_ prefix that name no settings \
+                     section were ignored (settings are STARLING_<SECTION>_<KEY>)"
+                );
+            }
             match starling::rlimit::raise_open_files() {
                 Ok(r) if r.before < r.soft => tracing::info!(
                     before = r.before,
