@@ -364,17 +364,6 @@ EOF
 
 # ---------------------------------------------------------------- measurement helpers
 
-# cpu_ticks PIDS: user + system clock ticks of every process of PIDS (PID+PID...).
-cpu_ticks() {
-    local total=0 p t
-    for p in ${1//+/ }; do
-        # Fields after the command name (which may hold spaces): utime is the 12th.
-        t=$(sed -E 's/^.*\) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
-        total=$((total + ${t:-0}))
-    done
-    echo "$total"
-}
-
 cpu_seconds() { awk -v a="$1" -v b="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / hz }'; }
 
 # record KEY=VALUE... --bench FILE|--wrk FILE|--error TEXT: one line of runs.jsonl.

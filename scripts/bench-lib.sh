@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # Shared helpers of the benchmark scripts (scripts/bench.sh, scripts/cluster-bench.sh,
-# bench/peers/*.sh): sourced, not run. Expects ROOT, BIN (directory of the starling
-# binaries), LOGDIR, QUIET_WAIT and QUIET_LOAD to be set by the caller (or by
-# cluster_settings).
+# scripts/validate-capacity.sh, bench/peers/*.sh): sourced, not run. Expects ROOT, BIN
+# (directory of the starling binaries), LOGDIR, QUIET_WAIT and QUIET_LOAD to be set by
+# the caller (or by cluster_settings).
 
 # cluster_settings NAME: the settings of the multi-node fan-out scripts, from the
 # environment or their defaults, and a fresh log directory NAME.XXXXXX; stops every
@@ -92,6 +92,17 @@ wait_port() {
 # VmRSS of PID in KiB.
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# cpu_ticks PIDS: user + system clock ticks of every process of PIDS (PID+PID...).
+cpu_ticks() {
+    local total=0 p t
+    for p in ${1//+/ }; do
+        # Fields after the command name (which may hold spaces): utime is the 12th.
+        t=$(sed -E 's/^.*\) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
 # Raises the open-files soft limit and, as root, the kernel's backlog and port range.
 tune_kernel() {
     say "open-files limit: soft $(ulimit -Sn), hard $(ulimit -Hn); raising soft to hard"
@@ -158,8 +169,9 @@ stop_started() {
 }
 
 # start_redis: one Redis server on a free port (never 6379), in a directory under
-# LOGDIR, without persistence; appends its URL to REDIS_URLS.
+# LOGDIR, without persistence; appends its URL to REDIS_URLS and its PID to REDIS_PIDS.
 REDIS_URLS=()
+REDIS_PIDS=()
 start_redis() {
     local port dir pid
     port=$(free_port)
@@ -170,6 +182,7 @@ start_redis() {
     track_pid "$pid"
     wait_port "$port"
     REDIS_URLS+=("redis://127.0.0.1:$port")
+    REDIS_PIDS+=("$pid")
     say "redis pid $pid on 127.0.0.1:$port"
 }
 
@@ -206,14 +219,102 @@ need() {
     done
 }
 
-# wait_line FILE REGEX [PID]: waits (up to 10 s) for a line of FILE matching REGEX;
-# fails early if PID exits.
+# wait_line FILE REGEX [PID] [SECONDS]: waits (up to SECONDS, 10) for a line of FILE
+# matching REGEX; fails early if PID exits.
 wait_line() {
     local _
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 $((${4:-10} * 10))); do
         grep -qE "$2" "$1" 2>/dev/null && return 0
         if [[ -n "${3:-}" ]] && ! kill -0 "$3" 2>/dev/null; then break; fi
         sleep 0.1
     done
     return 1
+}
+
+# ---------------------------------------------------------------- nodes and clusters
+# (scripts/cluster-bench.sh, scripts/validate-capacity.sh)
+
+NODE_PIDS=()   # the current cluster's nodes
+NODE_PORTS=()
+CLUSTERED=0    # 1 when the nodes share a Redis engine
+
+# start_node NAME [serve options...]: one Starling node on a free port; sets
+# NODE_PID and NODE_PORT; returns 1 if it exits before listening.
+NODE_SERIAL=0
+start_node() {
+    local name=$1 log _
+    shift
+    NODE_SERIAL=$((NODE_SERIAL + 1))
+    log="$LOGDIR/node.$NODE_SERIAL.$name.log" # never reused: no stale "listening" line
+    # shellcheck disable=SC2046
+    "$BIN/starling" serve --dev --listen 127.0.0.1:0 \
+        --set log.level=warn --set client.command_rate=0 --set server.admission_rate=0 \
+        --set client.max_subscriptions=0 --set "server.name=bench-$name" $(fairness_sets) \
+        $(storage_set) "$@" >"$log" 2>&1 &
+    NODE_PID=$!
+    track_pid "$NODE_PID"
+    for _ in $(seq 1 100); do
+        if grep -q '^starling listening on http://' "$log" 2>/dev/null; then
+            NODE_PORT=$(sed -nE '1s#^starling listening on http://127\.0\.0\.1:([0-9]+).*#\1#p' "$log")
+            say "node $name: pid $NODE_PID on 127.0.0.1:$NODE_PORT $*"
+            return 0
+        fi
+        kill -0 "$NODE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    say "node $name did not start:"
+    sed 's/^/    /' "$log" >&2
+    stop_pid "$NODE_PID"
+    return 1
+}
+
+supports_redis() {
+    [[ "${INDEPENDENT:-0}" != 1 ]] && "$BIN/starling" serve --help 2>/dev/null | grep -q -- '--redis'
+}
+
+# start_cluster N SHARDS [serve options...]: N nodes sharing SHARDS Redis servers
+# (SHARDS 0: the memory engine; independent nodes, with a loud warning, when this
+# build cannot join a cluster); sets NODE_PIDS, NODE_PORTS, CLUSTERED.
+start_cluster() {
+    local n=$1 shards=$2 k redis_args=()
+    wait_quiet
+    NODE_PIDS=() NODE_PORTS=() REDIS_URLS=() REDIS_PIDS=() CLUSTERED=0
+    if [[ $shards -gt 0 ]] && supports_redis; then
+        for ((k = 0; k < shards; k++)); do start_redis; done
+        for url in "${REDIS_URLS[@]}"; do redis_args+=(--redis "$url"); done
+        if start_node A "${redis_args[@]}" "${@:3}"; then
+            CLUSTERED=1
+        else
+            loud_warning "this build of starling has --redis but a node could not start with it (see above)"
+        fi
+    elif [[ $shards -gt 0 && $n -gt 1 ]]; then
+        loud_warning "this build of starling has no --redis (or INDEPENDENT=1)"
+    fi
+    if [[ $shards -gt 0 && $n -gt 1 && $CLUSTERED -eq 0 ]]; then
+        loud_warning "starting $n INDEPENDENT nodes (memory engine each): a publication reaches only its own node's subscribers; the per-node figures below are not cross-node figures"
+        redis_args=()
+    fi
+    if [[ $CLUSTERED -eq 1 ]]; then
+        NODE_PIDS+=("$NODE_PID") NODE_PORTS+=("$NODE_PORT")
+        k=1
+    else
+        k=0
+    fi
+    local names=(A B C D E F G H I J)
+    for ((; k < n; k++)); do
+        start_node "${names[k]:-N$k}" ${redis_args[@]+"${redis_args[@]}"} "${@:3}" || exit 1
+        NODE_PIDS+=("$NODE_PID") NODE_PORTS+=("$NODE_PORT")
+    done
+    sleep 0.5 # let the runtimes finish starting before any baseline RSS
+}
+
+stop_cluster() {
+    stop_started
+    NODE_PIDS=() NODE_PORTS=() REDIS_URLS=() REDIS_PIDS=()
+    say "load average at the end: $(load1)"
+}
+
+ws_urls() {
+    local p
+    for p in "${NODE_PORTS[@]}"; do printf -- '--url\nws://127.0.0.1:%s/connection/websocket\n' "$p"; done
 }
