@@ -156,6 +156,9 @@ figure_ids! {
     RedisMemory = "redis_memory_gib",
     /// The share of any resource a plan may use.
     MaxUtilization = "max_utilization",
+    /// Redis CPU per publication (µs): the publish script, its pub/sub message to one
+    /// node, and the background work a publication brings (presence, join/leave).
+    RedisPublicationCpu = "redis_publication_cpu_us",
 }
 
 impl Id {
@@ -501,6 +504,16 @@ impl Id {
                 SourceKind::Assumption,
                 "assumption: plan for at most 70 % of any resource, for spikes and a failed \
                  machine's load (--max-utilization)"
+                    .into(),
+            ),
+            Id::RedisPublicationCpu => (
+                46.4,
+                "µs of Redis CPU per publication",
+                SourceKind::Measured,
+                "measured 2026-12-07, docs/SCALING.md, Validation (T2 users): one Redis at \
+                 0.463 cores under 9,987 publications/s to personal channels with presence \
+                 and join/leave (about 9.5 commands each, the script's own included); a \
+                 shard runs its commands on one core"
                     .into(),
             ),
         };

@@ -54,7 +54,7 @@ pub enum Resource {
     NodeMemory,
     NodeCpu,
     NodeNetwork,
-    ShardMessages,
+    ShardCpu,
     ShardMemory,
     ShardNetwork,
     HotChannel,
@@ -71,7 +71,7 @@ impl Resource {
             Resource::NodeMemory => "node memory",
             Resource::NodeCpu => "node CPU",
             Resource::NodeNetwork => "node network",
-            Resource::ShardMessages => "Redis shard messages/s",
+            Resource::ShardCpu => "Redis shard CPU",
             Resource::ShardMemory => "Redis shard memory",
             Resource::ShardNetwork => "Redis shard network",
             Resource::HotChannel => "busiest channel's Redis shard",
@@ -88,7 +88,7 @@ impl Resource {
             Resource::NodeMemory => "memory",
             Resource::NodeCpu => "CPU",
             Resource::NodeNetwork => "network",
-            Resource::ShardMessages => "Redis messages",
+            Resource::ShardCpu => "Redis CPU",
             Resource::ShardMemory => "Redis memory",
             Resource::ShardNetwork => "Redis network",
             Resource::HotChannel => "hot channel",
@@ -123,7 +123,9 @@ impl Resource {
             Resource::NodeNetwork | Resource::BalancerNetwork | Resource::ShardNetwork => {
                 &[Id::PacketOverhead, Id::PublishRequest, Id::Nic]
             }
-            Resource::ShardMessages | Resource::HotChannel => &[Id::ShardMessages],
+            Resource::ShardCpu | Resource::HotChannel => {
+                &[Id::RedisPublicationCpu, Id::ShardMessages]
+            }
             Resource::ShardMemory => &[Id::RedisEntryOverhead, Id::PresenceBytes, Id::RedisMemory],
             Resource::BalancerSockets => &[Id::MaxFiles, Id::OpenFilesReserve],
             Resource::ArchiveWriter => &[Id::ArchiveRows],
@@ -181,12 +183,14 @@ pub enum Engine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Broker {
     pub messages_per_s: f64,
+    /// Redis CPU in all, cores (a shard has one).
+    pub cpu_cores: f64,
     pub memory_bytes: f64,
     pub net_out_per_s: f64,
     pub net_in_per_s: f64,
-    /// The class whose one channel asks most of its shard, and how much.
+    /// The class whose one channel asks most of its shard, and how much (cores).
     pub hottest_class: String,
-    pub hottest_channel_messages_per_s: f64,
+    pub hottest_channel_cpu_cores: f64,
 }
 
 /// The archive's needs.
@@ -298,6 +302,17 @@ impl NodeShare {
 /// presence writes.
 pub(crate) fn redis_messages(load: &Load, hearing: f64) -> f64 {
     load.publications_per_s * (1.0 + hearing) + load.presence_writes_per_s
+}
+
+/// Redis CPU, cores, of `publications` per second each heard by `hearing` nodes: the
+/// measured cost per publication (its script and one pub/sub message), one more
+/// pub/sub message per further node hearing it, and `writes` presence writes, each
+/// message or write at the shard's message rate.
+pub(crate) fn redis_cpu(publications: f64, hearing: f64, writes: f64, f: &Figures) -> f64 {
+    let message_us = 1e6 / f[Id::ShardMessages];
+    (publications * (f[Id::RedisPublicationCpu] + (hearing - 1.0).max(0.0) * message_us)
+        + writes * message_us)
+        / 1e6
 }
 
 /// One node's share with `n` nodes (`cluster`: on Redis).
@@ -489,19 +504,27 @@ pub fn plan(load: &Load, w: &Workload, f: &Figures) -> Result<Plan, CapacityErro
         let pubs = load.publications_per_s;
         let message = w.msg_size + f[Id::RedisEntryOverhead];
         let messages = redis_messages(load, hearing_nodes);
+        // A shard runs its commands on one thread: one core each.
+        let cpu = redis_cpu(pubs, hearing_nodes, load.presence_writes_per_s, f);
         let memory = load.history_bytes + load.presence_bytes;
         let net_out = pubs * hearing_nodes * message;
         let net_in = pubs * message;
-        let by_messages = units(messages, f[Id::ShardMessages], limit);
+        let by_cpu = units(cpu, 1.0, limit);
         let by_memory = units(memory / GIB, f[Id::RedisMemory], limit);
         let by_network = units(net_out.max(net_in) / GBPS, f[Id::Nic], limit);
-        let shards = by_messages.max(by_memory).max(by_network).max(1);
+        let shards = by_cpu.max(by_memory).max(by_network).max(1);
         let s = shards as f64;
+        // The busiest channel: its Redis CPU, all on its one shard.
         let mut hottest = (String::new(), 0.0);
         for class in &load.classes {
-            let m = class.per_channel_per_s * (1.0 + hearing(class.subscribers, n));
-            if m > hottest.1 {
-                hottest = (class.name.clone(), m);
+            let c = redis_cpu(
+                class.per_channel_per_s,
+                hearing(class.subscribers, n),
+                0.0,
+                f,
+            );
+            if c > hottest.1 {
+                hottest = (class.name.clone(), c);
             }
         }
         let mut add = |resource, used, capacity, unit: &str, needs| {
@@ -509,13 +532,7 @@ pub fn plan(load: &Load, w: &Workload, f: &Figures) -> Result<Plan, CapacityErro
             usage.needs = needs;
             usages.push(usage);
         };
-        add(
-            Resource::ShardMessages,
-            messages / s,
-            f[Id::ShardMessages],
-            "messages/s",
-            Some(by_messages),
-        );
+        add(Resource::ShardCpu, cpu / s, 1.0, "cores", Some(by_cpu));
         add(
             Resource::ShardMemory,
             memory / GIB / s,
@@ -530,18 +547,18 @@ pub fn plan(load: &Load, w: &Workload, f: &Figures) -> Result<Plan, CapacityErro
             "Gbit/s",
             Some(by_network),
         );
-        let hot_fits = hottest.1 <= f[Id::ShardMessages] * limit;
+        let hot_fits = hottest.1 <= limit;
         add(
             Resource::HotChannel,
             hottest.1,
-            f[Id::ShardMessages],
-            "messages/s",
+            1.0,
+            "cores",
             hot_fits.then_some(1),
         );
         if !hot_fits {
             notes.push(format!(
-                "one `{}` channel needs {:.0} Redis messages/s, over {:.0} % of a shard: a \
-                 channel is never split over shards",
+                "one `{}` channel needs {:.2} cores of Redis, over {:.0} % of a shard's one \
+                 core: a channel is never split over shards",
                 hottest.0,
                 hottest.1,
                 limit * 100.0
@@ -551,11 +568,12 @@ pub fn plan(load: &Load, w: &Workload, f: &Figures) -> Result<Plan, CapacityErro
             shards,
             Some(Broker {
                 messages_per_s: messages,
+                cpu_cores: cpu,
                 memory_bytes: memory,
                 net_out_per_s: net_out,
                 net_in_per_s: net_in,
                 hottest_class: hottest.0,
-                hottest_channel_messages_per_s: hottest.1,
+                hottest_channel_cpu_cores: hottest.1,
             }),
         )
     } else {
@@ -720,7 +738,8 @@ mod tests {
         assert!(p.usages[..4].iter().all(|u| u.utilization <= 0.7));
     }
 
-    /// Redis messages = P × (1 + nodes hearing), over 500,000 × 0.7 per shard.
+    /// Redis CPU = P × (46.4 µs + 2 µs per further node hearing), over one core × 0.7
+    /// per shard; messages = P × (1 + nodes hearing).
     #[test]
     fn shards_carry_the_script_call_and_one_message_per_node_hearing() {
         let f = Figures::default();
@@ -728,13 +747,25 @@ mod tests {
         let broker = p.broker.as_ref().expect("redis");
         assert_eq!(p.hearing_nodes, 1.0);
         assert_eq!(broker.messages_per_s, 2_000_000.0);
-        assert_eq!(p.shards, 6, "2,000,000 / 350,000 = 5.7");
+        assert!(
+            (broker.cpu_cores - 46.4).abs() < 1e-9,
+            "{}",
+            broker.cpu_cores
+        );
+        assert_eq!(p.shards, 67, "46.4 cores / 0.7 = 66.3");
+        assert_eq!(p.usage(Resource::ShardCpu).and_then(|u| u.needs), Some(67));
         // A channel of 100 subscribers over 5 nodes: nearly every node hears it.
         let p = plan_of(&Workload::new(1_000_000.0, 0.01, 1024.0, 100.0), &f);
         let h = hearing(100.0, p.nodes as f64);
         assert!((p.hearing_nodes - h).abs() < 1e-12);
         let broker = p.broker.as_ref().expect("redis");
         assert!((broker.messages_per_s - 10_000.0 * (1.0 + h)).abs() < 1e-6);
+        let cpu = 10_000.0 * (46.4 + (h - 1.0) * 2.0) / 1e6;
+        assert!(
+            (broker.cpu_cores - cpu).abs() < 1e-9,
+            "{}",
+            broker.cpu_cores
+        );
     }
 
     /// Changing one coefficient moves the first bottleneck to its resource.
@@ -826,7 +857,8 @@ mod tests {
             "every node hears it"
         );
         let b = p.broker.as_ref().expect("redis");
-        assert!((b.hottest_channel_messages_per_s - 1000.0 * (1.0 + p.hearing_nodes)).abs() < 1e-3);
+        let cpu = 1000.0 * (46.4 + (p.hearing_nodes - 1.0) * 2.0) / 1e6;
+        assert!((b.hottest_channel_cpu_cores - cpu).abs() < 1e-9);
         assert!(!p.feasible);
         assert_eq!(p.bottleneck, Resource::HotChannel);
         assert_eq!(p.usage(Resource::HotChannel).and_then(|u| u.needs), None);

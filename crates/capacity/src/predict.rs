@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::CapacityError;
 use crate::figures::Figures;
 use crate::load::Load;
-use crate::plan::{Engine, GBPS, MIB, mean_hearing, node_share, redis_messages};
+use crate::plan::{Engine, GBPS, MIB, mean_hearing, node_share, redis_cpu, redis_messages};
 use crate::workload::Workload;
 
 /// The model's figures for one topology (per node and per shard, evenly shared).
@@ -37,6 +37,8 @@ pub struct Prediction {
     pub hearing_nodes: f64,
     /// Redis messages per second per shard (0 on the memory engine).
     pub redis_messages_per_shard: f64,
+    /// Redis CPU per shard, cores (a shard has one; 0 on the memory engine).
+    pub redis_cpu_cores_per_shard: f64,
 }
 
 /// The prediction for `nodes` nodes and `shards` Redis shards (0 shards: one node on the
@@ -91,6 +93,16 @@ pub fn predict(
         } else {
             0.0
         },
+        redis_cpu_cores_per_shard: if cluster {
+            redis_cpu(
+                load.publications_per_s,
+                hearing,
+                load.presence_writes_per_s,
+                f,
+            ) / shards as f64
+        } else {
+            0.0
+        },
     })
 }
 
@@ -123,6 +135,9 @@ mod tests {
         assert!((p.redis_messages_per_shard - 20.0 * 4.0).abs() < 1e-3);
         let three_shards = predict(&load, &w, &f, 3, 3).expect("prediction");
         assert!((three_shards.redis_messages_per_shard * 3.0 - 80.0).abs() < 1e-3);
+        // 20 publications × (46.4 µs + 2 further nodes × 2 µs), over 3 shards.
+        let cpu = 20.0 * (f[Id::RedisPublicationCpu] + 2.0 * 1e6 / f[Id::ShardMessages]) / 1e6;
+        assert!((three_shards.redis_cpu_cores_per_shard * 3.0 - cpu).abs() < 1e-6);
     }
 
     /// Idle connections: the process memory is connections × the measured memory per

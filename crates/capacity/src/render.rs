@@ -237,13 +237,21 @@ pub fn text(r: &Report) -> String {
                 "Redis shards".into(),
                 count(p.shards as f64),
                 format!(
-                    "{}/s messages (P × (1 + {})), {} of history and presence, {} out {}; \
-                     or a Redis Cluster of as many masters",
+                    "{} cores of Redis CPU in all, one per shard ({}/s publications × its \
+                     cost, {}/s messages: P × (1 + {})), {} of history and presence, {} out \
+                     {}; or a Redis Cluster of as many masters",
+                    num(b.cpu_cores),
+                    count(p_rate(b, p)),
                     count(b.messages_per_s),
                     num(p.hearing_nodes),
                     bytes(b.memory_bytes),
                     gbps(b.net_out_per_s),
-                    cite(&[Id::ShardMessages, Id::RedisMemory, Id::Nic])
+                    cite(&[
+                        Id::RedisPublicationCpu,
+                        Id::ShardMessages,
+                        Id::RedisMemory,
+                        Id::Nic
+                    ])
                 ),
             ]);
         }
@@ -534,12 +542,25 @@ fn topology_text(out: &mut String, t: &crate::Prediction) {
         ],
         [
             "Redis, per shard".into(),
-            format!("{}/s messages", count(t.redis_messages_per_shard)),
-            "the publish script call + one pub/sub message per hearing node + presence".into(),
+            format!(
+                "{} cores, {}/s messages",
+                num(t.redis_cpu_cores_per_shard),
+                count(t.redis_messages_per_shard)
+            ),
+            format!(
+                "publications × their measured cost + one pub/sub message per further \
+                 hearing node + presence writes {}",
+                cite(&[Id::RedisPublicationCpu, Id::ShardMessages])
+            ),
         ],
     ];
     out.push_str(&table3(&rows));
     out.push('\n');
+}
+
+/// Publications per second through Redis, from the broker's messages (P × (1 + H)).
+fn p_rate(b: &crate::plan::Broker, p: &crate::Plan) -> f64 {
+    b.messages_per_s / (1.0 + p.hearing_nodes)
 }
 
 /// A Gbit/s figure as text.
@@ -607,7 +628,7 @@ fn needs(u: &Usage) -> String {
         Resource::NodeFiles | Resource::NodeMemory | Resource::NodeCpu | Resource::NodeNetwork => {
             "node"
         }
-        Resource::ShardMessages | Resource::ShardMemory | Resource::ShardNetwork => "shard",
+        Resource::ShardCpu | Resource::ShardMemory | Resource::ShardNetwork => "shard",
         Resource::HotChannel => "shard",
         Resource::BalancerSockets | Resource::BalancerNetwork => "balancer",
         Resource::ArchiveWriter => "writer",

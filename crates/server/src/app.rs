@@ -89,7 +89,7 @@ impl AppState {
         engine: Option<Arc<dyn ClusterEngine>>,
     ) -> anyhow::Result<Arc<Self>> {
         let encoder = Arc::new(WireEncoder::new(config.websocket.compression_min_size));
-        let map: HashMap<String, NamespaceOptions> = config
+        let mut map: HashMap<String, NamespaceOptions> = config
             .namespaces
             .iter()
             .map(|(name, ns)| {
@@ -115,13 +115,11 @@ impl AppState {
             })
             .collect();
         // In dev mode every namespace exists and is open, so the quick start can use any.
-        // ... and keeps a little history, so recovery can be tried out, with presence and
-        // join/leave pushes (the demo chat's "here now" list).
+        // ... and keeps a little history, so recovery can be tried out, with presence.
         let fallback = config.server.dev.then_some(NamespaceOptions {
             allow_publish: true,
             allow_anonymous: true,
             presence: true,
-            join_leave: true,
             allow_delta: true,
             history: HistoryPolicy {
                 size: 100,
@@ -130,6 +128,17 @@ impl AppState {
             },
             ..NamespaceOptions::default()
         });
+        // The demo chat's rooms (`chat:<room>`) also push join/leave (its "here now" list),
+        // unless the configuration says otherwise. Only there: a join or leave goes to
+        // every subscriber, so in a channel of N subscribers N joins cost N² pushes, which
+        // would swamp any load test run on a dev node.
+        if let Some(open) = &fallback {
+            map.entry("chat".to_string())
+                .or_insert_with(|| NamespaceOptions {
+                    join_leave: true,
+                    ..open.clone()
+                });
+        }
         let namespaces = Namespaces::new(map, fallback);
         // One broadcast histogram per namespace (the configured ones are fixed from here).
         let counters = Arc::new(HubCounters::with_namespaces(namespaces.metric_slots()));
