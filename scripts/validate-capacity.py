@@ -61,11 +61,13 @@ CALIBRATED = [
     "deliveries_per_core_s",
     "publishes_per_core_s",
     "memory_per_connection_cluster_kib",
+    "deliveries_per_core_cluster_s",
     "heard_publication_cpu_us",
     "redis_publication_cpu_us",
 ]
 CLUSTER_ONLY = [
     "memory_per_connection_cluster_kib",
+    "deliveries_per_core_cluster_s",
     "heard_publication_cpu_us",
     "redis_publication_cpu_us",
 ]
@@ -422,10 +424,28 @@ def calibrate(measured, defaults, settings, hearing):
                 "T2 idle: median over the 2 nodes of RSS growth / connections held",
             )
             sources.add(("2", "idle"))
+        yy = 1.0 / out.get("publishes_per_core_s", (defaults["publishes_per_core_s"],))[0]
+        h0 = defaults["heard_publication_cpu_us"] / 1e6
+        xx = 1.0 / defaults["deliveries_per_core_cluster_s"]
+        # A cluster node's fan-out: T2 fanout's deliveries, what its few publications
+        # (taken and heard, at the default heard cost) leave.
+        fan2 = measured.get(("2", "fanout"))
+        if traffic_ok(fan2) and ("2", "fanout") in hearing:
+            total = sum(n["cores"] for n in fan2["nodes"])
+            e = cpu_equation(fan2, defaults, total)
+            heard = fan2["publications_per_s"] * hearing[("2", "fanout")]
+            x = (e["r"] - e["b"] * yy - heard * h0) / e["a"]
+            if x > 0:
+                xx = x
+                out["deliveries_per_core_cluster_s"] = (
+                    1.0 / x,
+                    f"T2 fanout: {total:.3f} cores on the 2 nodes at "
+                    f"{fan2['deliveries_per_s']:,.0f} deliveries/s and "
+                    f"{fan2['publications_per_s']:,.0f} publications/s",
+                )
+                sources.add(("2", "fanout"))
         users2 = measured.get(("2", "users"))
         if traffic_ok(users2) and ("2", "users") in hearing:
-            xx = 1.0 / out.get("deliveries_per_core_s", (defaults["deliveries_per_core_s"],))[0]
-            yy = 1.0 / out.get("publishes_per_core_s", (defaults["publishes_per_core_s"],))[0]
             total = sum(n["cores"] for n in users2["nodes"])
             e = cpu_equation(users2, defaults, total)
             heard = users2["publications_per_s"] * hearing[("2", "users")]
@@ -433,7 +453,8 @@ def calibrate(measured, defaults, settings, hearing):
             if h is not None:
                 text = (f"T2 users: {total:.3f} cores on the 2 nodes at "
                         f"{users2['publications_per_s']:,.0f} publications/s, each heard by "
-                        f"{hearing[('2', 'users')]:.2f} node(s): what the T1 figures leave")
+                        f"{hearing[('2', 'users')]:.2f} node(s): what the T1 figures and the cluster's "
+                        "deliveries per core leave")
                 if h < 0:
                     text += (f" is {h * 1e6:.1f} µs per heard publication, below zero: set to 0 "
                              "(a cluster node's publication costs less than the memory engine's)")

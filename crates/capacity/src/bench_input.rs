@@ -580,10 +580,10 @@ mod tests {
         // What the file did not give keeps its default, and says so.
         let kept = &f.figure(Id::DeliveriesPerCore).source.text;
         assert!(
-            kept.starts_with("default (idle.json gave none): docs/BENCHMARKS.md"),
+            kept.starts_with("default (idle.json gave none): docs/SCALING.md"),
             "{kept}"
         );
-        assert!(close(f[Id::DeliveriesPerCore], 1e6 / 6.5));
+        assert!(close(f[Id::DeliveriesPerCore], 181_272.0));
         // Assumptions are not the load tool's to give: untouched.
         assert!(
             f.figure(Id::NodeCores)

@@ -52,6 +52,9 @@ pub struct Figure {
     pub source: Source,
 }
 
+/// The default deliveries per core of a cluster node (see [`Id::DeliveriesPerCoreCluster`]).
+const CLUSTER_DELIVERIES: f64 = 164_000.0;
+
 /// The values a figure may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Range {
@@ -159,6 +162,8 @@ figure_ids! {
     /// Redis CPU per publication (µs): the publish script, its pub/sub message to one
     /// node, and the background work a publication brings (presence, join/leave).
     RedisPublicationCpu = "redis_publication_cpu_us",
+    /// Deliveries per second one core of a cluster node makes (the replica's fan-out).
+    DeliveriesPerCoreCluster = "deliveries_per_core_cluster_s",
 }
 
 impl Id {
@@ -226,13 +231,12 @@ impl Id {
                 ),
             ),
             Id::MemoryPerConnectionCluster => (
-                3.50,
+                1.92,
                 "KiB",
                 SourceKind::Measured,
-                "default: docs/SCALING.md, What a node costs, measured 2026-12-01 \
-                 (docs/BENCHMARKS.md, Cluster): 57,000 subscribed connections on 3 nodes \
-                 through one Redis, 3.49-3.51 KiB each; a build before issue 8's memory work, \
-                 so an upper bound"
+                "default: docs/SCALING.md, Validation, measured 2026-12-07 (2 cores shared with Redis and the load tool), T2 idle: 19,000 idle subscribed connections on each of 2 nodes \
+                 through one Redis, RSS growth 1.92 KiB each (1.92-1.93 on 3 nodes; 3.50 \
+                 before issue 8's memory work)"
                     .into(),
             ),
             Id::NodeBaseMemory => (
@@ -253,25 +257,23 @@ impl Id {
                     .into(),
             ),
             Id::DeliveriesPerCore => (
-                1e6 / 6.5,
+                181_272.0,
                 "deliveries/s per core",
                 SourceKind::Measured,
-                format!(
-                    "{BENCH}, Side by side with the peers, The floor (issue 8, 2026-12): about \
-                     6.5 µs of server CPU per delivery at 10 publications/s to 10,000 \
-                     subscribers, one write per delivery; on loopback it includes the \
-                     receiver's TCP work, so an upper bound per delivery"
-                ),
+                "default: docs/SCALING.md, Validation, measured 2026-12-07 (2 cores shared with Redis and the load tool), T1 fanout and T1 users solved together: 0.983 cores at 177,362 \
+                 deliveries/s (20 publications/s to 9,000 subscribers, one write per \
+                 delivery; on loopback it includes the receiver's TCP work)"
+                    .into(),
             ),
             Id::PublishesPerCore => (
-                1e6 / 10.5,
+                25_497.0,
                 "publications/s per core",
                 SourceKind::Measured,
-                format!(
-                    "{BENCH}, Side by side with the peers, Fourth pass, measured 2026-12-02: \
-                     10.5 µs of server CPU per HTTP publish, message log on (wrk -t2 -c64, \
-                     100 B)"
-                ),
+                "default: docs/SCALING.md, Validation, measured 2026-12-07 (2 cores shared with Redis and the load tool), T1 fanout and T1 users solved together: 0.452 cores at 9,999 HTTP \
+                 publications/s (32 keep-alive connections, one publication a request, \
+                 message log on) each delivered once; the HTTP path at saturation costs \
+                 less (10.5 µs in docs/BENCHMARKS.md, Fourth pass)"
+                    .into(),
             ),
             Id::ConnectCpu => (
                 79.0,
@@ -284,12 +286,12 @@ impl Id {
                 ),
             ),
             Id::HeardPublicationCpu => (
-                5.0,
+                32.0,
                 "µs",
-                SourceKind::Assumption,
-                "assumption: docs/SCALING.md, Sizing a cluster, gives \"a few microseconds \
-                 per publication per node\" for the replica's order check (not measured \
-                 alone)"
+                SourceKind::Measured,
+                "default: docs/SCALING.md, Validation, measured 2026-12-07 (2 cores shared with Redis and the load tool), T2 users: the 2 nodes' CPU the single-node figures leave, per \
+                 publication heard (the publishing node's script call and reply, the pub/sub \
+                 message read, the replica's order check)"
                     .into(),
             ),
             Id::DeflateCpu => (
@@ -507,13 +509,21 @@ impl Id {
                     .into(),
             ),
             Id::RedisPublicationCpu => (
-                46.4,
+                50.2,
                 "µs of Redis CPU per publication",
                 SourceKind::Measured,
-                "measured 2026-12-07, docs/SCALING.md, Validation (T2 users): one Redis at \
-                 0.463 cores under 9,987 publications/s to personal channels with presence \
-                 and join/leave (about 9.5 commands each, the script's own included); a \
-                 shard runs its commands on one core"
+                "default: docs/SCALING.md, Validation, measured 2026-12-07 (2 cores shared with Redis and the load tool), T2 users: one Redis at 0.476 cores under 9,493 publications/s to \
+                 personal channels with presence (about 9.5 commands each, the script's own \
+                 included); a shard runs its commands on one core"
+                    .into(),
+            ),
+            Id::DeliveriesPerCoreCluster => (
+                CLUSTER_DELIVERIES,
+                "deliveries/s per core",
+                SourceKind::Measured,
+                "default: docs/SCALING.md, Validation, measured 2026-12-07 (2 cores shared with Redis and the load tool), T2 fanout: each of 2 nodes on one Redis delivering 88,700/s to its \
+                 4,500 subscribers of one channel at 0.54 cores (a cluster node's replica \
+                 fan-out costs more per delivery than the single node's)"
                     .into(),
             ),
         };
@@ -695,9 +705,12 @@ mod tests {
     fn measured_defaults_are_the_documented_figures() {
         let f = Figures::default();
         assert!((f[Id::MemoryPerConnection] - 1.465).abs() < 0.001);
-        assert_eq!(f[Id::MemoryPerConnectionCluster], 3.5);
-        assert!((f[Id::DeliveriesPerCore] - 153_846.15).abs() < 0.1);
-        assert!((f[Id::PublishesPerCore] - 95_238.1).abs() < 0.1);
+        assert_eq!(f[Id::MemoryPerConnectionCluster], 1.92);
+        assert_eq!(f[Id::DeliveriesPerCore], 181_272.0);
+        assert_eq!(f[Id::DeliveriesPerCoreCluster], 164_000.0);
+        assert_eq!(f[Id::PublishesPerCore], 25_497.0);
+        assert_eq!(f[Id::HeardPublicationCpu], 32.0);
+        assert_eq!(f[Id::RedisPublicationCpu], 50.2);
         assert_eq!(f[Id::ArchiveRows], 70_000.0);
         // 1.24 GiB per million 1 KiB rows: 1,331 bytes a row.
         assert!((f[Id::ArchiveRowOverhead] + 1024.0 - 1331.4).abs() < 0.1);

@@ -112,14 +112,14 @@ mod tests {
         assert_eq!((rows[1].nodes, rows[1].shards), (1, 0));
         assert!(rows[1].log_per_day.is_some());
         assert_eq!(rows[2].engine, Engine::Redis);
-        assert_eq!((rows[2].nodes, rows[2].shards), (5, 67));
+        assert_eq!((rows[2].nodes, rows[2].shards), (14, 72));
         assert!(rows[2].log_per_day.is_none(), "a cluster keeps no log");
         assert_eq!(rows[2].bottleneck, Resource::ShardCpu);
         assert!(rows[3].nodes > 100 * rows[2].nodes - 100, "roughly linear");
         assert!(rows.windows(2).all(|p| p[0].nodes <= p[1].nodes));
-        // 10,000 users: 0.18 cores, 10.2 MB/s of payload in.
+        // 10,000 users: 0.45 cores, 10.2 MB/s of payload in.
         assert!(
-            (rows[1].cores_used - 0.1754).abs() < 0.001,
+            (rows[1].cores_used - 0.452).abs() < 0.001,
             "{}",
             rows[1].cores_used
         );

@@ -111,6 +111,7 @@ impl Resource {
             ],
             Resource::NodeCpu => &[
                 Id::DeliveriesPerCore,
+                Id::DeliveriesPerCoreCluster,
                 Id::PublishesPerCore,
                 Id::HeardPublicationCpu,
                 Id::DeflateCpu,
@@ -358,7 +359,13 @@ pub(crate) fn node_share(
         connections: conns,
         process_memory,
         kernel_memory: conns * f[Id::KernelPerSocket] * 1024.0,
-        cpu_deliveries: load.deliveries_per_s / n / f[Id::DeliveriesPerCore],
+        cpu_deliveries: load.deliveries_per_s
+            / n
+            / if cluster {
+                f[Id::DeliveriesPerCoreCluster]
+            } else {
+                f[Id::DeliveriesPerCore]
+            },
         cpu_publications: pubs / n / f[Id::PublishesPerCore],
         cpu_heard: heard * f[Id::HeardPublicationCpu] / 1e6,
         cpu_compression,
@@ -700,11 +707,12 @@ mod tests {
         assert!(p.broker.is_none() && p.archive.is_none());
         assert!(p.feasible);
         assert_eq!(p.bottleneck, Resource::NodeCpu);
-        // CPU: 10,000 deliveries at 6.5 µs + 10,000 publishes at 10.5 µs + upkeep.
+        // CPU: 10,000 deliveries at 181,272 a core + 10,000 publishes at 25,497 a core
+        // + upkeep (pings at two deliveries each, an hourly reconnect at 79 µs).
         let cpu = p.usage(Resource::NodeCpu).expect("cpu");
-        let upkeep = 10_000.0 * (2.0 / 25.0 * 6.5e-6 + 79e-6 / 3600.0);
+        let upkeep = 10_000.0 * (2.0 / 25.0 / 181_272.0 + 79e-6 / 3600.0);
         assert!(
-            (cpu.used - (0.065 + 0.105 + upkeep)).abs() < 1e-9,
+            (cpu.used - (10_000.0 / 181_272.0 + 10_000.0 / 25_497.0 + upkeep)).abs() < 1e-9,
             "{}",
             cpu.used
         );
@@ -719,17 +727,17 @@ mod tests {
         let w = Workload::new(1_000_000.0, 1.0, 1024.0, 1.0);
         let p = plan_of(&w, &f);
         assert_eq!(p.engine, Engine::Redis);
-        // CPU over all nodes: 6.5 (deliveries) + 10.5 (publishes) + 5 (heard from
-        // Redis, 5 µs each) + 0.54 (pings and reconnects) = 22.54 cores; 5.6 usable per
-        // node (8 × 0.7): 4.03, so 5 nodes.
+        // CPU over all nodes: 6.10 (deliveries at 164,000 a core) + 39.22 (publishes at
+        // 25,497) + 32 (heard from Redis, 32 µs each) + 0.46 (pings and reconnects) =
+        // 77.78 cores; 5.6 usable per node (8 × 0.7): 13.9, so 14 nodes.
         let cpu = p.usage(Resource::NodeCpu).expect("cpu");
         assert!(
-            (cpu.used * 5.0 - 22.542).abs() < 0.001,
+            (cpu.used * 14.0 - 77.781).abs() < 0.001,
             "{}",
-            cpu.used * 5.0
+            cpu.used * 14.0
         );
-        assert_eq!(cpu.needs, Some(5));
-        assert_eq!(p.nodes, 5);
+        assert_eq!(cpu.needs, Some(14));
+        assert_eq!(p.nodes, 14);
         let needs: Vec<u64> = p.usages[..4].iter().filter_map(|u| u.needs).collect();
         assert_eq!(p.nodes, needs.iter().copied().max().expect("needs"));
         // One node fewer is over the limit.
@@ -738,7 +746,7 @@ mod tests {
         assert!(p.usages[..4].iter().all(|u| u.utilization <= 0.7));
     }
 
-    /// Redis CPU = P × (46.4 µs + 2 µs per further node hearing), over one core × 0.7
+    /// Redis CPU = P × (50.2 µs + 2 µs per further node hearing), over one core × 0.7
     /// per shard; messages = P × (1 + nodes hearing).
     #[test]
     fn shards_carry_the_script_call_and_one_message_per_node_hearing() {
@@ -748,19 +756,19 @@ mod tests {
         assert_eq!(p.hearing_nodes, 1.0);
         assert_eq!(broker.messages_per_s, 2_000_000.0);
         assert!(
-            (broker.cpu_cores - 46.4).abs() < 1e-9,
+            (broker.cpu_cores - 50.2).abs() < 1e-9,
             "{}",
             broker.cpu_cores
         );
-        assert_eq!(p.shards, 67, "46.4 cores / 0.7 = 66.3");
-        assert_eq!(p.usage(Resource::ShardCpu).and_then(|u| u.needs), Some(67));
+        assert_eq!(p.shards, 72, "50.2 cores / 0.7 = 71.7");
+        assert_eq!(p.usage(Resource::ShardCpu).and_then(|u| u.needs), Some(72));
         // A channel of 100 subscribers over 5 nodes: nearly every node hears it.
         let p = plan_of(&Workload::new(1_000_000.0, 0.01, 1024.0, 100.0), &f);
         let h = hearing(100.0, p.nodes as f64);
         assert!((p.hearing_nodes - h).abs() < 1e-12);
         let broker = p.broker.as_ref().expect("redis");
         assert!((broker.messages_per_s - 10_000.0 * (1.0 + h)).abs() < 1e-6);
-        let cpu = 10_000.0 * (46.4 + (h - 1.0) * 2.0) / 1e6;
+        let cpu = 10_000.0 * (f[Id::RedisPublicationCpu] + (h - 1.0) * 2.0) / 1e6;
         assert!(
             (broker.cpu_cores - cpu).abs() < 1e-9,
             "{}",
@@ -857,7 +865,7 @@ mod tests {
             "every node hears it"
         );
         let b = p.broker.as_ref().expect("redis");
-        let cpu = 1000.0 * (46.4 + (p.hearing_nodes - 1.0) * 2.0) / 1e6;
+        let cpu = 1000.0 * (f[Id::RedisPublicationCpu] + (p.hearing_nodes - 1.0) * 2.0) / 1e6;
         assert!((b.hottest_channel_cpu_cores - cpu).abs() < 1e-9);
         assert!(!p.feasible);
         assert_eq!(p.bottleneck, Resource::HotChannel);

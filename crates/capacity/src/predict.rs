@@ -127,7 +127,10 @@ mod tests {
         assert_eq!(p.engine, Engine::Redis);
         assert!(close(p.connections_per_node, 3_000.0));
         assert!((p.hearing_nodes - 3.0).abs() < 1e-6, "{}", p.hearing_nodes);
-        assert!(close(p.cpu_deliveries, 60_000.0 / f[Id::DeliveriesPerCore]));
+        assert!(close(
+            p.cpu_deliveries,
+            60_000.0 / f[Id::DeliveriesPerCoreCluster]
+        ));
         assert!(close(
             p.cpu_heard,
             20.0 * f[Id::HeardPublicationCpu] / 1e6 * p.hearing_nodes / 3.0

@@ -918,7 +918,7 @@ mod tests {
             lines[3]
         );
         assert!(
-            lines[4].contains("5 nodes") && lines[4].contains("+ 6 Redis"),
+            lines[4].contains("14 nodes") && lines[4].contains("+ 72 Redis"),
             "{}",
             lines[4]
         );
