@@ -329,8 +329,8 @@ async fn the_dashboard_queries_only_metrics_that_exist() {
     let cluster = families(&text);
     // In a cluster the publish is accepted by Redis (the session's pending step) and
     // the recovery comes from the replica: counted the same way. `chat` is not
-    // configured there: dev mode's `:other`.
-    let other = "namespace=\":other\"";
+    // configured there: dev mode's own `chat` (its demo chat's namespace).
+    let other = "namespace=\"chat\"";
     for source in ["api", "client"] {
         let series =
             format!("starling_publish_duration_seconds_count{{{other},source=\"{source}\"}}");
