@@ -339,12 +339,18 @@ const NODE_NOTE: &str = "source node: this node's counters, at most the last 60 
      closing without a code are not counted); ";
 
 /// Where the node's top lists come from without the archive: a single node's message
-/// log, which holds every publication (a cluster node's streams are in Redis).
+/// log, which holds every publication (a cluster node's journal holds only its own).
 fn top_source(state: &AppState) -> Option<&Arc<Log>> {
-    if state.engine.is_some() {
-        return None;
-    }
-    state.journal.as_ref().map(|j| j.log())
+    full_log(state.journal.as_ref(), state.engine.is_some())
+}
+
+/// The log that holds every publication of the node's streams: a single node's
+/// (`clustered` false) message log, if it keeps one.
+pub fn full_log(
+    journal: Option<&Arc<crate::journal::LogJournal>>,
+    clustered: bool,
+) -> Option<&Arc<Log>> {
+    journal.filter(|_| !clustered).map(|j| j.log())
 }
 
 /// Most log records one answer reads for its top lists (a bounded scan per request; it

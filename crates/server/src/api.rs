@@ -752,7 +752,7 @@ async fn publish_with(state: &Arc<AppState>, input: &mut impl ApiInput) -> Resul
     let finish = tokio::spawn({
         let state = state.clone();
         async move {
-            let persisted = await_durable(&state, true, ack).await;
+            let persisted = await_durable(&state, ack).await;
             record(reservation, persisted.map(|()| result), PublishResult::body)
         }
     });
@@ -875,27 +875,18 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, req: Request) -> ApiR
     ok(result)
 }
 
-/// Waits for the message log's fsync when the caller asked for durability.
+/// Waits for the message log's fsync of a durable publish (the caller checked that a log
+/// exists: no acknowledgement then means the publication was stored nowhere).
 async fn await_durable(
     state: &AppState,
-    durable: bool,
     ack: Option<starling_core::DurableAck>,
 ) -> Result<(), ApiError> {
-    if !durable {
-        return Ok(());
-    }
     let Some(ack) = ack else {
-        // With a log, no acknowledgement means the publication was stored nowhere.
-        let why = if state.journal.is_some() {
-            "durable publish: the publication was stored nowhere (its channel keeps no \
-             history and has no subscribers: offset 0), so nothing is on disk"
-        } else {
-            "durable publish needs the message log (storage.dir)"
-        };
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             codes::NOT_AVAILABLE,
-            why,
+            "durable publish: the publication was stored nowhere (its channel keeps no \
+             history and has no subscribers: offset 0), so nothing is on disk",
         ));
     };
     // The log failed after taking the record: it was delivered live, but is not on disk.

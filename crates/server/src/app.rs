@@ -179,11 +179,8 @@ impl AppState {
                 counters: metrics.reading(),
                 connections: 0,
                 peak: 0,
-                // Only a single node's message log holds every publication.
-                log_position: journal
-                    .as_ref()
-                    .filter(|_| engine.is_none())
-                    .map(|j| j.log().synced_position()),
+                log_position: crate::analytics::full_log(journal.as_ref(), engine.is_some())
+                    .map(|log| log.synced_position()),
             },
         );
         let node_timeout = Duration::from_secs(config.cluster.node_timeout_secs);

@@ -13,21 +13,25 @@ use serde_json::json;
 use starling_testkit::postgres::PostgresServer;
 use starling_testkit::redis::RedisServer;
 
+/// A node on `storage` archiving into `db` of `pg`, with `extra` arguments.
+fn archiving(pg: &PostgresServer, db: &str, storage: &std::path::Path, extra: &[&str]) -> Server {
+    let url = format!("archive.url=\"{}\"", pg.conninfo(db));
+    let mut args = vec![
+        "--dev",
+        "--set",
+        "archive.enabled=true",
+        "--set",
+        &url,
+        "--set",
+        "archive.linger_ms=20",
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with_storage(storage, &args)
+}
+
 /// A node on `storage` archiving into `db` of `pg`.
 fn node(pg: &PostgresServer, db: &str, storage: &std::path::Path) -> Server {
-    let url = format!("archive.url=\"{}\"", pg.conninfo(db));
-    Server::start_with_storage(
-        storage,
-        &[
-            "--dev",
-            "--set",
-            "archive.enabled=true",
-            "--set",
-            &url,
-            "--set",
-            "archive.linger_ms=20",
-        ],
-    )
+    archiving(pg, db, storage, &[])
 }
 
 /// Waits (bounded) until `sql` on `db` answers `want` (once the node has made the
@@ -194,22 +198,16 @@ fn cluster_node(
     name: &str,
     storage: &std::path::Path,
 ) -> Server {
-    let url = format!("archive.url=\"{}\"", pg.conninfo(db));
     let name = format!("server.name={name}");
-    Server::start_with_storage(
+    archiving(
+        pg,
+        db,
         storage,
         &[
-            "--dev",
             "--redis",
             &redis.url(),
             "--set",
             &name,
-            "--set",
-            "archive.enabled=true",
-            "--set",
-            &url,
-            "--set",
-            "archive.linger_ms=20",
             "--set",
             "namespaces.chat.history_size=100",
         ],
